@@ -1,0 +1,3 @@
+from mizzen.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,38 @@
+"""The `mizzen` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from mizzen import __version__
+from mizzen.cli.errors import UsageError
+from mizzen.cli.store_cmd import add_store_parser
+from mizzen.log_config import configure_logging
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mizzen", description="Mizzen orchestrator")
+    p.add_argument("--version", action="version", version=f"mizzen {__version__}")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-format", default="auto", choices=["auto", "json", "console"])
+    sub = p.add_subparsers(dest="command", required=True)
+    add_store_parser(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure_logging(args.log_level, args.log_format)
+    try:
+        return int(args.func(args))
+    except UsageError as err:
+        print(f"mizzen: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

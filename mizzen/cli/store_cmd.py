@@ -1,0 +1,122 @@
+"""`mizzen store` and (for now) `mizzen up`: run a store node in the foreground."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+
+from mizzen.cli.errors import UsageError
+
+
+def add_store_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("store", help="run a store node (Raft + etcd-compatible gRPC API)")
+    p.add_argument("--name", default="n1", help="member name (default n1)")
+    p.add_argument("--data-dir", default="./.mizzen/store", help="journal and snapshots")
+    p.add_argument("--listen-client", default="127.0.0.1:2379", help="gRPC address host:port")
+    p.add_argument(
+        "--advertise-client",
+        default=None,
+        help="client address other members and clients should use",
+    )
+    p.add_argument("--listen-raft", default="127.0.0.1:2380", help="Raft peer address host:port")
+    p.add_argument(
+        "--initial-cluster",
+        default=None,
+        help="name=raft_addr,... of every member (default: this member alone)",
+    )
+    p.add_argument(
+        "--fsync",
+        choices=["always", "never"],
+        default="always",
+        help="flush the Raft journal to disk before acknowledging (default always)",
+    )
+    p.add_argument(
+        "--history-limit",
+        type=int,
+        default=100_000,
+        help="watch history kept, in events (older revisions are compacted)",
+    )
+    p.add_argument("--request-timeout", type=float, default=5.0)
+    p.add_argument(
+        "--election-timeout",
+        type=float,
+        default=0.5,
+        help="minimum Raft election timeout in seconds (max is twice this)",
+    )
+    p.add_argument(
+        "--progress-interval",
+        type=float,
+        default=5.0,
+        help="seconds between watch progress notifications to idle watchers",
+    )
+    p.set_defaults(func=run_store)
+
+    up = sub.add_parser("up", help="start a local cluster (for now: a one-node store)")
+    up.add_argument("--data-dir", default="./.mizzen")
+    up.add_argument("--listen-client", default="127.0.0.1:2379")
+    up.add_argument("--listen-raft", default="127.0.0.1:2380")
+    up.set_defaults(func=run_up)
+
+
+def parse_cluster(spec: str | None, name: str, raft: str) -> dict[str, str]:
+    if not spec:
+        return {name: raft}
+    out: dict[str, str] = {}
+    for part in spec.split(","):
+        member, sep, addr = part.strip().partition("=")
+        if not sep or not member or ":" not in addr:
+            raise UsageError(f"--initial-cluster: expected name=host:port, got {part!r}")
+        out[member] = addr.removeprefix("http://")
+    if out.get(name) != raft:
+        raise UsageError(
+            f"--initial-cluster must list this member as {name}={raft}, got {out.get(name)!r}"
+        )
+    return out
+
+
+def run_store(args: argparse.Namespace) -> int:
+    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+    from store.node import NodeConfig
+    from store.server import serve
+
+    cluster = parse_cluster(args.initial_cluster, args.name, args.listen_raft)
+    cfg = NodeConfig(
+        name=args.name,
+        data_dir=args.data_dir,
+        client_urls=[f"http://{args.advertise_client or args.listen_client}"],
+        raft_addr=args.listen_raft,
+        initial_cluster=cluster,
+        fsync=args.fsync == "always",
+        history_limit=args.history_limit,
+        request_timeout=args.request_timeout,
+        raft_password=os.environ.get("MIZZEN_RAFT_PASSWORD") or None,
+        progress_interval=args.progress_interval,
+        election_min=args.election_timeout,
+        election_max=2 * args.election_timeout,
+    )
+    asyncio.run(serve(cfg, args.listen_client))
+    return 0
+
+
+def run_up(args: argparse.Namespace) -> int:
+    print(
+        f"mizzen up: one store node at {args.listen_client}, data in {args.data_dir}; "
+        "Ctrl-C stops it",
+        file=sys.stderr,
+    )
+    ns = argparse.Namespace(
+        name="n1",
+        data_dir=os.path.join(args.data_dir, "store"),
+        listen_client=args.listen_client,
+        advertise_client=None,
+        listen_raft=args.listen_raft,
+        initial_cluster=None,
+        fsync="always",
+        history_limit=100_000,
+        request_timeout=5.0,
+        election_timeout=0.5,
+        progress_interval=5.0,
+    )
+    return run_store(ns)

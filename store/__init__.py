@@ -1,0 +1,1 @@
+"""Store node: replicated state machine, Raft glue and the etcd-compatible gRPC API."""

@@ -1,0 +1,311 @@
+"""A store node: the Raft-replicated state plus everything the gRPC services need.
+
+``StoreNode`` lives in the asyncio thread. It owns the pysyncobj instance (and
+its tick thread), the batcher, the watch hub, lease deadlines, and one
+periodic housekeeping task. Services call ``propose`` for writes,
+``barrier`` before linearizable reads and ``read`` to look at the state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import math
+import os
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import structlog
+
+from protos import rpc_pb2
+
+from .batcher import Batcher
+from .errors import Code, StoreError
+from .raft_node import RaftConfig, ReplicatedState, make_syncobj
+from .state_machine import Event, KeepAliveResult, StateMachine
+from .watch_hub import WatchHub
+
+log = structlog.get_logger("store.node")
+
+T = TypeVar("T")
+MIN_LEASE_TTL = 2  # seconds; like etcd, shorter TTLs are raised to this
+
+
+def member_id(name: str) -> int:
+    """Stable uint64 member id derived from the member name (non-zero)."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big") or 1
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    name: str
+    data_dir: str
+    client_urls: list[str]
+    raft_addr: str
+    initial_cluster: dict[str, str]  # member name -> raft address
+    fsync: bool = True
+    history_limit: int = 100_000
+    request_timeout: float = 5.0
+    raft_password: str | None = None
+    progress_interval: float = 5.0
+    election_min: float = 0.5
+    election_max: float = 1.0
+
+
+@dataclass
+class _LeaseClock:
+    """Lease deadlines as this member sees them (monotonic seconds)."""
+
+    deadlines: dict[int, float] = field(default_factory=dict)
+    expiring: set[int] = field(default_factory=set)
+
+
+class StoreNode:
+    def __init__(self, cfg: NodeConfig) -> None:
+        self.cfg = cfg
+        self.member_id = member_id(cfg.name)
+        ring = ",".join(f"{n}={a}" for n, a in sorted(cfg.initial_cluster.items()))
+        self.cluster_id = int.from_bytes(hashlib.sha256(ring.encode()).digest()[:8], "big")
+        self._addr_to_name = {a: n for n, a in cfg.initial_cluster.items()}
+        self.replicated = ReplicatedState(cfg.history_limit)
+        self._leases = _LeaseClock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._was_leader = False
+        self.leader_changes = 0
+        self.hub = WatchHub(self._history, self.header, progress_interval=cfg.progress_interval)
+        self.batcher = Batcher(self._submit)
+        self.syncobj: Any = None
+
+    # ------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.replicated.on_applied = self._on_applied_threadsafe
+        self.replicated.on_reset = self._on_reset_threadsafe
+        peers = [a for n, a in self.cfg.initial_cluster.items() if n != self.cfg.name]
+        raft = RaftConfig(
+            self_addr=self.cfg.raft_addr,
+            peers=peers,
+            data_dir=self.cfg.data_dir,
+            fsync=self.cfg.fsync,
+            password=self.cfg.raft_password,
+            election_min=self.cfg.election_min,
+            election_max=self.cfg.election_max,
+        )
+        # in this (the main) thread: pysyncobj's tick thread stops when its creator exits
+        self.syncobj = make_syncobj(raft, self.replicated)
+        with self.replicated.lock:
+            self.hub.delivered = self.replicated.state.revision
+        self._spawn(self._housekeeping())
+        self._spawn(self._publish_member())
+        log.info(
+            "store_node_started",
+            name=self.cfg.name,
+            member_id=f"{self.member_id:x}",
+            raft=self.cfg.raft_addr,
+            peers=peers,
+            fsync=self.cfg.fsync,
+        )
+
+    async def stop(self) -> None:
+        for t in list(self._tasks):
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.batcher.fail_all(StoreError(Code.UNAVAILABLE, "etcdserver: server stopped"))
+        if self.syncobj is not None:
+            await asyncio.to_thread(self.syncobj.destroy_synchronous)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ---------------------------------------------------------- raft bridges
+
+    def _submit(self, batch: tuple[Any, ...], callback: Callable[[Any, Any], None]) -> None:
+        self.replicated.apply(batch, callback=callback)
+
+    def _on_applied_threadsafe(
+        self, batch: tuple[Any, ...], results: list[Any], events: list[Event]
+    ) -> None:
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._on_applied, batch, results, events)
+
+    def _on_reset_threadsafe(self) -> None:
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._on_reset)
+
+    def _on_applied(self, batch: tuple[Any, ...], results: list[Any], events: list[Event]) -> None:
+        self.hub.on_events(events)
+        now = time.monotonic()
+        deadlines = self._leases.deadlines
+        for cmd, res in zip(batch[3], results, strict=False):
+            op = cmd[0]
+            if op == "lease_grant" and isinstance(res, rpc_pb2.LeaseGrantResponse):
+                deadlines[res.ID] = now + res.TTL
+            elif op == "lease_keepalive" and isinstance(res, KeepAliveResult) and res.ttl > 0:
+                deadlines[res.lease_id] = now + res.ttl
+            elif op in ("lease_revoke", "lease_expire"):
+                deadlines.pop(int(cmd[1]), None)
+                self._leases.expiring.discard(int(cmd[1]))
+
+    def _on_reset(self) -> None:
+        with self.replicated.lock:
+            sm = self.replicated.state
+            revision = sm.revision
+            leases = {lid: lease.ttl for lid, lease in sm.leases.items()}
+        now = time.monotonic()
+        self._leases.deadlines = {lid: now + ttl for lid, ttl in leases.items()}
+        self.hub.resync(revision)
+        log.info("state_restored_from_snapshot", revision=revision, leases=len(leases))
+
+    def _history(self, after: int) -> tuple[list[Event], int]:
+        with self.replicated.lock:
+            sm = self.replicated.state
+            return list(sm.events_after(after)), sm.compacted
+
+    # ---------------------------------------------------------- service API
+
+    async def propose(self, cmd: tuple[Any, ...], timeout: float | None = None) -> Any:
+        """Replicate one command; return its result, raising a StoreError result."""
+        result = await self.batcher.propose(cmd, timeout or self.cfg.request_timeout)
+        if isinstance(result, StoreError):
+            raise result
+        return result
+
+    async def barrier(self, timeout: float | None = None) -> None:
+        """Wait until this member has applied every write acknowledged before the call."""
+        await self.propose(("barrier",), timeout)
+
+    def read(self, fn: Callable[[StateMachine], T]) -> T:
+        with self.replicated.lock:
+            return fn(self.replicated.state)
+
+    def header(self, revision: int | None = None) -> rpc_pb2.ResponseHeader:
+        if revision is None:
+            revision = self.read(lambda sm: sm.revision)
+        return rpc_pb2.ResponseHeader(
+            cluster_id=self.cluster_id,
+            member_id=self.member_id,
+            revision=revision,
+            raft_term=self.raft_term,
+        )
+
+    def fill_header(self, resp: Any) -> Any:
+        h = resp.header
+        h.cluster_id = self.cluster_id
+        h.member_id = self.member_id
+        h.raft_term = self.raft_term
+        if not h.revision:
+            h.revision = self.read(lambda sm: sm.revision)
+        return resp
+
+    # ------------------------------------------------------------ raft facts
+
+    @property
+    def raft_term(self) -> int:
+        return int(self.syncobj.raftCurrentTerm) if self.syncobj is not None else 0
+
+    @property
+    def is_leader(self) -> bool:
+        return bool(self.syncobj is not None and self.syncobj._isLeader())
+
+    def leader_name(self) -> str | None:
+        leader = self.syncobj._getLeader() if self.syncobj is not None else None
+        if leader is None:
+            return None
+        return self._addr_to_name.get(str(getattr(leader, "address", leader)))
+
+    def leader_id(self) -> int:
+        name = self.leader_name()
+        return member_id(name) if name else 0
+
+    def raft_status(self) -> dict[str, Any]:
+        if self.syncobj is None:
+            return {}
+        return dict(self.syncobj.getStatus())
+
+    def data_size(self) -> int:
+        total = 0
+        for f in ("raft.journal", "raft.snapshot"):
+            with contextlib.suppress(OSError):
+                total += os.path.getsize(os.path.join(self.cfg.data_dir, f))
+        return total
+
+    # ---------------------------------------------------------------- leases
+
+    def new_lease_id(self) -> int:
+        return secrets.randbits(62) | 1
+
+    def lease_remaining(self, lease_id: int) -> int:
+        deadline = self._leases.deadlines.get(lease_id)
+        if deadline is None:
+            return -1
+        return max(0, math.ceil(deadline - time.monotonic()))
+
+    def _expire_leases(self) -> None:
+        now = time.monotonic()
+        for lid, deadline in list(self._leases.deadlines.items()):
+            if deadline <= now and lid not in self._leases.expiring:
+                self._leases.expiring.add(lid)
+                self._spawn(self._expire(lid))
+
+    async def _expire(self, lease_id: int) -> None:
+        try:
+            await self.propose(("lease_expire", lease_id))
+            log.info("lease_expired", lease=f"{lease_id:x}")
+        except StoreError as err:
+            if err.code == Code.NOT_FOUND:
+                self._leases.deadlines.pop(lease_id, None)
+        finally:
+            self._leases.expiring.discard(lease_id)
+
+    def _on_become_leader(self) -> None:
+        """Like etcd's lessor promotion: every lease gets a full TTL from now."""
+        leases = self.read(lambda sm: {lid: lease.ttl for lid, lease in sm.leases.items()})
+        now = time.monotonic()
+        self._leases.deadlines = {lid: now + ttl for lid, ttl in leases.items()}
+        self._leases.expiring.clear()
+
+    # ---------------------------------------------------------- background
+
+    async def _housekeeping(self) -> None:
+        last_progress = time.monotonic()
+        while True:
+            await asyncio.sleep(0.1)
+            try:
+                leader = self.is_leader
+                if leader != self._was_leader:
+                    self._was_leader = leader
+                    self.leader_changes += 1
+                    log.info("leadership_changed", leader=leader, term=self.raft_term)
+                    if leader:
+                        self._on_become_leader()
+                if leader:
+                    self._expire_leases()
+                self.batcher.check_stuck()
+                now = time.monotonic()
+                if now - last_progress >= min(1.0, self.hub.progress_interval):
+                    last_progress = now
+                    self.hub.progress_tick()
+            except Exception:
+                log.exception("housekeeping_failed")
+
+    async def _publish_member(self) -> None:
+        """Record this member's client URLs in the replicated state (for MemberList)."""
+        urls = list(self.cfg.client_urls)
+        while True:
+            if self.read(lambda sm: sm.members.get(self.cfg.name)) == urls:
+                return
+            try:
+                await self.propose(("member_attrs", self.cfg.name, urls))
+                return
+            except StoreError:
+                await asyncio.sleep(0.5)

@@ -1,0 +1,87 @@
+"""Run a store node: Raft + the etcd-compatible gRPC services + health + reflection."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from protos import rpc_pb2, rpc_pb2_grpc
+
+from .cluster_service import ClusterService, MaintenanceService
+from .kv_service import KVService
+from .lease_service import LeaseService
+from .node import NodeConfig, StoreNode
+from .watch_service import WatchService
+
+log = structlog.get_logger("store.server")
+
+MAX_RECV_BYTES = 2 * 1024 * 1024  # request limit (1.5 MiB) plus gRPC overhead, like etcd
+MAX_SEND_BYTES = 2**31 - 1
+
+SERVICES = ("KV", "Watch", "Lease", "Cluster", "Maintenance")
+
+
+async def serve(cfg: NodeConfig, listen: str, stop: asyncio.Event | None = None) -> None:
+    """Serve until ``stop`` is set or SIGTERM/SIGINT arrives."""
+    node = StoreNode(cfg)
+    await node.start()
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", MAX_RECV_BYTES),
+            ("grpc.max_send_message_length", MAX_SEND_BYTES),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+        ]
+    )
+    rpc_pb2_grpc.add_KVServicer_to_server(KVService(node), server)
+    rpc_pb2_grpc.add_WatchServicer_to_server(WatchService(node), server)
+    rpc_pb2_grpc.add_LeaseServicer_to_server(LeaseService(node), server)
+    rpc_pb2_grpc.add_ClusterServicer_to_server(ClusterService(node), server)
+    rpc_pb2_grpc.add_MaintenanceServicer_to_server(MaintenanceService(node), server)
+    health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = [rpc_pb2.DESCRIPTOR.services_by_name[s].full_name for s in SERVICES]
+    reflection.enable_server_reflection(
+        [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+    )
+    server.add_insecure_port(listen)
+    await server.start()
+    log.info("store_serving", listen=listen, name=cfg.name)
+
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+
+    async def report_health() -> None:
+        last = None
+        while True:
+            serving = node.leader_id() != 0
+            status = (
+                health_pb2.HealthCheckResponse.SERVING
+                if serving
+                else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+            if status != last:
+                for name in ["", *names]:
+                    await health_servicer.set(name, status)
+                last = status
+            await asyncio.sleep(0.5)
+
+    health_task = asyncio.create_task(report_health())
+    try:
+        await stop.wait()
+    finally:
+        log.info("store_stopping", name=cfg.name)
+        health_task.cancel()
+        await asyncio.gather(health_task, return_exceptions=True)
+        await server.stop(grace=1.0)
+        await node.stop()
+        log.info("store_stopped", name=cfg.name)

@@ -1,0 +1,592 @@
+"""The store's replicated state: a revisioned key-value map, leases and event history.
+
+A pure, deterministic object. Every change arrives as a command (plain tuples of
+builtins and serialized protobuf requests, so the Raft log never pickles our own
+classes) and is applied in log order by ``apply_batch``. Apply never reads the
+clock, the network or the disk, and never raises: a bad command yields a
+``StoreError`` value, because an exception inside a replicated apply would wedge
+every replica on the same log entry forever.
+
+Revisions follow etcd: the store starts at revision 1; every Put, every
+DeleteRange that deletes something and every Txn that writes bumps it by one
+(all writes of one Txn share a revision); reads, compactions and lease grants
+do not.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+from protos import kv_pb2, rpc_pb2
+
+from .errors import Code, StoreError
+from .keyspace import in_range, range_bounds
+
+MAX_TXN_OPS = 128
+MAX_LEASE_TTL = 9_000_000_000
+DEDUP_BATCHES_PER_PROPOSER = 256
+DEDUP_PROPOSERS = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One version of one key, shared by the live map and the event history."""
+
+    key: bytes
+    value: bytes
+    create_revision: int
+    mod_revision: int
+    version: int
+    lease: int
+
+    def to_proto(self, keys_only: bool = False) -> kv_pb2.KeyValue:
+        return kv_pb2.KeyValue(
+            key=self.key,
+            value=b"" if keys_only else self.value,
+            create_revision=self.create_revision,
+            mod_revision=self.mod_revision,
+            version=self.version,
+            lease=self.lease,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A change at ``revision``: ``record`` is the new version (None for a delete)."""
+
+    revision: int
+    key: bytes
+    record: Record | None
+    prev: Record | None
+
+    @property
+    def is_delete(self) -> bool:
+        return self.record is None
+
+    def to_proto(self, with_prev: bool) -> kv_pb2.Event:
+        if self.record is not None:
+            ev = kv_pb2.Event(type=kv_pb2.Event.PUT, kv=self.record.to_proto())
+        else:
+            kv = kv_pb2.KeyValue(key=self.key, mod_revision=self.revision)
+            ev = kv_pb2.Event(type=kv_pb2.Event.DELETE, kv=kv)
+        if with_prev and self.prev is not None:
+            ev.prev_kv.CopyFrom(self.prev.to_proto())
+        return ev
+
+
+@dataclass(slots=True)
+class Lease:
+    id: int
+    ttl: int
+    keys: set[bytes] = field(default_factory=set)
+
+
+@dataclass(slots=True)
+class Session:
+    """What the store remembers of one proposer: its floor and recent batch results."""
+
+    floor: int = 0
+    results: dict[int, list[Any]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class KeepAliveResult:
+    lease_id: int
+    ttl: int  # 0 when the lease does not exist (etcd answers TTL=0 then)
+
+
+class StateMachine:
+    """Applies commands; answers reads. Not thread-safe: the Raft glue holds a lock."""
+
+    def __init__(self, history_limit: int = 100_000) -> None:
+        self.revision = 1
+        self.compacted = 0  # history at or below this revision is gone
+        self.history_limit = history_limit
+        self._kv: dict[bytes, Record] = {}
+        self._keys: list[bytes] = []  # sorted; mirrors _kv for range scans
+        self._history: list[Event] = []
+        self.leases: dict[int, Lease] = {}
+        self.members: dict[str, list[str]] = {}  # member name -> client URLs
+        self._sessions: OrderedDict[str, Session] = OrderedDict()
+        self._pending: list[Event] = []  # events produced by the command being applied
+
+    # ------------------------------------------------------------------ apply
+
+    def apply_batch(
+        self, proposer: str, seq: int, floor: int, commands: list[tuple[Any, ...]]
+    ) -> list[Any]:
+        """Apply a batch proposed by ``proposer``; one result per command.
+
+        This is a Raft client session: ``seq`` numbers the proposer's batches and
+        ``floor`` is the lowest seq it still waits for. A batch seen before (the
+        proposer retried after an ambiguous outcome) is not applied again: its
+        recorded results are returned. A batch older than the floor was given up
+        by its proposer and is refused, so a late duplicate can never apply twice.
+        """
+        session = self._sessions.get(proposer)
+        if session is None:
+            session = self._sessions[proposer] = Session()
+            while len(self._sessions) > DEDUP_PROPOSERS:
+                self._sessions.popitem(last=False)
+        self._sessions.move_to_end(proposer)
+        if seq < session.floor:
+            stale = StoreError(Code.UNAVAILABLE, "mizzen: request abandoned by its proposer")
+            return [stale] * len(commands)
+        if seq in session.results:
+            return session.results[seq]
+        if floor > session.floor:
+            session.floor = floor
+            for old in [s for s in session.results if s < floor]:
+                del session.results[old]
+        results = [self.apply(cmd) for cmd in commands]
+        session.results[seq] = results
+        while len(session.results) > DEDUP_BATCHES_PER_PROPOSER:
+            del session.results[min(session.results)]
+        return results
+
+    def apply(self, cmd: tuple[Any, ...]) -> Any:
+        """Apply one command; never raises."""
+        try:
+            op = cmd[0]
+            if op == "put":
+                return self._write(lambda: self._put(_parse(rpc_pb2.PutRequest, cmd[1])))
+            if op == "delete":
+                return self._write(lambda: self._delete(_parse(rpc_pb2.DeleteRangeRequest, cmd[1])))
+            if op == "txn":
+                return self._write(lambda: self._txn(_parse(rpc_pb2.TxnRequest, cmd[1])))
+            if op == "compact":
+                return self._compact(int(cmd[1]))
+            if op == "lease_grant":
+                return self._lease_grant(int(cmd[1]), int(cmd[2]))
+            if op in ("lease_revoke", "lease_expire"):
+                return self._write(lambda: self._lease_revoke(int(cmd[1])))
+            if op == "lease_keepalive":
+                lease = self.leases.get(int(cmd[1]))
+                return KeepAliveResult(int(cmd[1]), lease.ttl if lease else 0)
+            if op == "member_attrs":
+                self.members[str(cmd[1])] = [str(u) for u in cmd[2]]
+                return None
+            if op == "barrier":
+                return self.revision
+            return StoreError(Code.INVALID_ARGUMENT, f"mizzen: unknown command {op!r}")
+        except StoreError as err:
+            self._rollback()
+            return err
+        except Exception as exc:  # a bug must not wedge the cluster
+            self._rollback()
+            return StoreError(Code.INTERNAL, f"mizzen: apply failed: {type(exc).__name__}: {exc}")
+
+    def _write(self, fn: Any) -> Any:
+        """Run a mutating operation as one revision: commit its events, or undo them all."""
+        self._pending = []
+        self._undo: list[tuple[bytes, Record | None]] = []
+        self._lease_undo: list[tuple[int, Lease | None]] = []
+        result = fn()  # a StoreError raised here is rolled back by apply()
+        if self._pending:
+            self.revision += 1
+            self._history.extend(self._pending)
+            self._pending = []
+            self._trim_history()
+        self._undo = []
+        self._lease_undo = []
+        if isinstance(
+            result, rpc_pb2.TxnResponse | rpc_pb2.PutResponse | rpc_pb2.DeleteRangeResponse
+        ):
+            result.header.revision = self.revision
+        return result
+
+    def _rollback(self) -> None:
+        for lid, lease in reversed(getattr(self, "_lease_undo", [])):
+            if lease is None:
+                self.leases.pop(lid, None)
+            else:
+                self.leases[lid] = lease
+        for key, rec in reversed(getattr(self, "_undo", [])):
+            self._set(key, rec)
+        self._pending = []
+        self._undo = []
+        self._lease_undo = []
+
+    # ------------------------------------------------------------ primitives
+
+    def _set(self, key: bytes, rec: Record | None) -> None:
+        """Replace the live record of key (None deletes), keeping _keys sorted."""
+        old = self._kv.get(key)
+        if rec is None:
+            if old is not None:
+                del self._kv[key]
+                i = bisect.bisect_left(self._keys, key)
+                del self._keys[i]
+        else:
+            if old is None:
+                bisect.insort(self._keys, key)
+            self._kv[key] = rec
+        old_lease = old.lease if old else 0
+        new_lease = rec.lease if rec else 0
+        if old_lease != new_lease:
+            if old_lease and old_lease in self.leases:
+                self.leases[old_lease].keys.discard(key)
+            if new_lease and new_lease in self.leases:
+                self.leases[new_lease].keys.add(key)
+
+    def _record_write(self, key: bytes, rec: Record | None) -> None:
+        prev = self._kv.get(key)
+        self._undo.append((key, prev))
+        self._set(key, rec)
+        self._pending.append(Event(self.revision + 1, key, rec, prev))
+
+    def _put(self, req: rpc_pb2.PutRequest) -> rpc_pb2.PutResponse:
+        check_put(req)
+        prev = self._kv.get(req.key)
+        if (req.ignore_value or req.ignore_lease) and prev is None:
+            raise StoreError(Code.INVALID_ARGUMENT, "etcdserver: key not found")
+        lease = prev.lease if (req.ignore_lease and prev) else req.lease
+        if lease and lease not in self.leases:
+            raise StoreError(Code.NOT_FOUND, "etcdserver: requested lease not found")
+        value = prev.value if (req.ignore_value and prev) else req.value
+        rev = self.revision + 1
+        rec = Record(
+            key=req.key,
+            value=value,
+            create_revision=prev.create_revision if prev else rev,
+            mod_revision=rev,
+            version=prev.version + 1 if prev else 1,
+            lease=lease,
+        )
+        self._record_write(req.key, rec)
+        resp = rpc_pb2.PutResponse()
+        if req.prev_kv and prev is not None:
+            resp.prev_kv.CopyFrom(prev.to_proto())
+        return resp
+
+    def _delete(self, req: rpc_pb2.DeleteRangeRequest) -> rpc_pb2.DeleteRangeResponse:
+        check_key(req.key)
+        resp = rpc_pb2.DeleteRangeResponse()
+        for key in self._scan(req.key, req.range_end):
+            prev = self._kv[key]
+            if req.prev_kv:
+                resp.prev_kvs.append(prev.to_proto())
+            self._record_write(key, None)
+            resp.deleted += 1
+        return resp
+
+    def _txn(self, req: rpc_pb2.TxnRequest, depth: int = 0) -> rpc_pb2.TxnResponse:
+        if depth == 0:
+            check_txn(req)
+        ok = all(self._compare(c) for c in req.compare)
+        resp = rpc_pb2.TxnResponse(succeeded=ok)
+        for op in req.success if ok else req.failure:
+            which = op.WhichOneof("request")
+            r = resp.responses.add()
+            if which == "request_range":
+                r.response_range.CopyFrom(self._range_live(op.request_range))
+            elif which == "request_put":
+                r.response_put.CopyFrom(self._put(op.request_put))
+            elif which == "request_delete_range":
+                r.response_delete_range.CopyFrom(self._delete(op.request_delete_range))
+            elif which == "request_txn":
+                r.response_txn.CopyFrom(self._txn(op.request_txn, depth + 1))
+        return resp
+
+    def _compare(self, c: rpc_pb2.Compare) -> bool:
+        keys = self._scan(c.key, c.range_end) if c.range_end else [c.key]
+        if c.range_end and not keys:
+            return self._compare_one(c, None)  # etcd: as a missing key (VERSION == 0 holds)
+        return all(self._compare_one(c, self._kv.get(k)) for k in keys)
+
+    @staticmethod
+    def _compare_one(c: rpc_pb2.Compare, rec: Record | None) -> bool:
+        t = c.target
+        have: Any
+        want: Any
+        if t == rpc_pb2.Compare.VALUE:
+            if rec is None:
+                return False  # etcd: a value compare on a missing key fails
+            have, want = rec.value, c.value
+        elif t == rpc_pb2.Compare.VERSION:
+            have, want = (rec.version if rec else 0), c.version
+        elif t == rpc_pb2.Compare.CREATE:
+            have, want = (rec.create_revision if rec else 0), c.create_revision
+        elif t == rpc_pb2.Compare.MOD:
+            have, want = (rec.mod_revision if rec else 0), c.mod_revision
+        elif t == rpc_pb2.Compare.LEASE:
+            have, want = (rec.lease if rec else 0), c.lease
+        else:
+            return False
+        r = c.result
+        if r == rpc_pb2.Compare.EQUAL:
+            return bool(have == want)
+        if r == rpc_pb2.Compare.NOT_EQUAL:
+            return bool(have != want)
+        if r == rpc_pb2.Compare.GREATER:
+            return bool(have > want)
+        if r == rpc_pb2.Compare.LESS:
+            return bool(have < want)
+        return False
+
+    def _compact(self, rev: int) -> Any:
+        if rev <= self.compacted:
+            return StoreError(
+                Code.OUT_OF_RANGE, "etcdserver: mvcc: required revision has been compacted"
+            )
+        if rev > self.revision:
+            return StoreError(
+                Code.OUT_OF_RANGE, "etcdserver: mvcc: required revision is a future revision"
+            )
+        self._drop_history_through(rev)
+        resp = rpc_pb2.CompactionResponse()
+        resp.header.revision = self.revision
+        return resp
+
+    def _drop_history_through(self, rev: int) -> None:
+        i = bisect.bisect_right(self._history, rev, key=lambda e: e.revision)
+        del self._history[:i]
+        self.compacted = max(self.compacted, rev)
+
+    def _trim_history(self) -> None:
+        excess = len(self._history) - self.history_limit
+        if excess > 0:
+            # compact whole revisions only, so a revision is either fully kept or gone
+            self._drop_history_through(self._history[excess - 1].revision)
+
+    def _lease_grant(self, lease_id: int, ttl: int) -> Any:
+        if lease_id <= 0:
+            return StoreError(Code.INVALID_ARGUMENT, "etcdserver: lease ID must be positive")
+        if lease_id in self.leases:
+            return StoreError(Code.FAILED_PRECONDITION, "etcdserver: lease already exists")
+        if ttl > MAX_LEASE_TTL:
+            return StoreError(Code.OUT_OF_RANGE, "etcdserver: too large lease TTL")
+        self.leases[lease_id] = Lease(lease_id, ttl)
+        resp = rpc_pb2.LeaseGrantResponse(ID=lease_id, TTL=ttl)
+        resp.header.revision = self.revision
+        return resp
+
+    def _lease_revoke(self, lease_id: int) -> rpc_pb2.LeaseRevokeResponse:
+        lease = self.leases.get(lease_id)
+        if lease is None:
+            raise StoreError(Code.NOT_FOUND, "etcdserver: requested lease not found")
+        for key in sorted(lease.keys):
+            self._record_write(key, None)
+        self._lease_undo.append((lease_id, lease))
+        del self.leases[lease_id]
+        return rpc_pb2.LeaseRevokeResponse()
+
+    # ----------------------------------------------------------------- reads
+
+    def _scan(self, key: bytes, range_end: bytes) -> list[bytes]:
+        lo, hi = range_bounds(key, range_end)
+        if hi is None:
+            return [key] if key in self._kv else []
+        i = bisect.bisect_left(self._keys, lo)
+        j = len(self._keys) if hi == b"" else bisect.bisect_left(self._keys, hi)
+        return self._keys[i:j] if i < j else []
+
+    def range(self, req: rpc_pb2.RangeRequest) -> rpc_pb2.RangeResponse:
+        """Answer a Range at the newest or an older revision; raises StoreError."""
+        check_key(req.key)
+        if req.revision > self.revision:
+            raise StoreError(
+                Code.OUT_OF_RANGE, "etcdserver: mvcc: required revision is a future revision"
+            )
+        if 0 < req.revision < self.compacted:
+            raise StoreError(
+                Code.OUT_OF_RANGE, "etcdserver: mvcc: required revision has been compacted"
+            )
+        if req.revision <= 0 or req.revision == self.revision:
+            records = [self._kv[k] for k in self._scan(req.key, req.range_end)]
+        else:
+            records = self._records_at(req.key, req.range_end, req.revision)
+        return self._range_response(req, records)
+
+    def _range_live(self, req: rpc_pb2.RangeRequest) -> rpc_pb2.RangeResponse:
+        check_key(req.key)
+        return self._range_response(req, [self._kv[k] for k in self._scan(req.key, req.range_end)])
+
+    def _records_at(self, key: bytes, range_end: bytes, rev: int) -> list[Record]:
+        """Records of [key, range_end) as of ``rev``, by undoing later events."""
+        view: dict[bytes, Record | None] = {}
+        start = bisect.bisect_right(self._history, rev, key=lambda e: e.revision)
+        for ev in reversed(self._history[start:]):
+            if in_range(ev.key, key, range_end):
+                view[ev.key] = ev.prev
+        live = {k: self._kv[k] for k in self._scan(key, range_end)}
+        for k, rec in view.items():
+            if rec is None:
+                live.pop(k, None)
+            else:
+                live[k] = rec
+        return [live[k] for k in sorted(live)]
+
+    @staticmethod
+    def _range_response(req: rpc_pb2.RangeRequest, records: list[Record]) -> rpc_pb2.RangeResponse:
+        resp = rpc_pb2.RangeResponse(count=len(records))  # etcd counts before the filters
+        if req.min_mod_revision:
+            records = [r for r in records if r.mod_revision >= req.min_mod_revision]
+        if req.max_mod_revision:
+            records = [r for r in records if r.mod_revision <= req.max_mod_revision]
+        if req.min_create_revision:
+            records = [r for r in records if r.create_revision >= req.min_create_revision]
+        if req.max_create_revision:
+            records = [r for r in records if r.create_revision <= req.max_create_revision]
+        sort_order, sort_target = req.sort_order, req.sort_target
+        if sort_order != rpc_pb2.RangeRequest.NONE or sort_target != rpc_pb2.RangeRequest.KEY:
+            records = _sorted(records, req.sort_target, req.sort_order)
+        if req.count_only:
+            return resp
+        if req.limit and len(records) > req.limit:
+            records = records[: req.limit]
+            resp.more = True
+        resp.kvs.extend(r.to_proto(req.keys_only) for r in records)
+        return resp
+
+    def get(self, key: bytes) -> Record | None:
+        return self._kv.get(key)
+
+    def events_after(self, rev: int) -> list[Event]:
+        """History events with revision > rev (caller checks rev >= compacted)."""
+        i = bisect.bisect_right(self._history, rev, key=lambda e: e.revision)
+        return self._history[i:]
+
+    def lease_keys(self, lease_id: int) -> list[bytes]:
+        lease = self.leases.get(lease_id)
+        return sorted(lease.keys) if lease else []
+
+    def key_count(self) -> int:
+        return len(self._kv)
+
+    def hash(self) -> int:
+        """A digest of the live key space, equal on replicas with equal state."""
+        h = hashlib.blake2b(digest_size=4)
+        for k in self._keys:
+            r = self._kv[k]
+            h.update(b"%d:%b%d:%b" % (len(k), k, len(r.value), r.value))
+            h.update(b"%d,%d,%d,%d" % (r.create_revision, r.mod_revision, r.version, r.lease))
+        return int.from_bytes(h.digest(), "big")
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = {k: getattr(self, k) for k in _SNAPSHOT_FIELDS}
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        for k in _SNAPSHOT_FIELDS:
+            setattr(self, k, state[k])
+        self._pending = []
+        self._undo = []
+        self._lease_undo = []
+
+
+_SNAPSHOT_FIELDS = (
+    "revision",
+    "compacted",
+    "history_limit",
+    "_kv",
+    "_keys",
+    "_history",
+    "leases",
+    "members",
+    "_sessions",
+)
+
+
+def _sorted(records: list[Record], target: int, order: int) -> list[Record]:
+    keyfs: dict[int, Any] = {
+        rpc_pb2.RangeRequest.KEY: lambda r: r.key,
+        rpc_pb2.RangeRequest.VERSION: lambda r: r.version,
+        rpc_pb2.RangeRequest.CREATE: lambda r: r.create_revision,
+        rpc_pb2.RangeRequest.MOD: lambda r: r.mod_revision,
+        rpc_pb2.RangeRequest.VALUE: lambda r: r.value,
+    }
+    keyf = keyfs.get(target)
+    if keyf is None:
+        raise StoreError(Code.INVALID_ARGUMENT, f"mizzen: unknown sort_target {target}")
+    return sorted(records, key=keyf, reverse=order == rpc_pb2.RangeRequest.DESCEND)
+
+
+def _parse(cls: Any, data: bytes) -> Any:
+    msg = cls()
+    msg.ParseFromString(data)
+    return msg
+
+
+def check_key(key: bytes) -> None:
+    if not key:
+        raise StoreError(Code.INVALID_ARGUMENT, "etcdserver: key is not provided")
+
+
+def check_put(req: rpc_pb2.PutRequest) -> None:
+    check_key(req.key)
+    if req.ignore_value and req.value:
+        raise StoreError(Code.INVALID_ARGUMENT, "etcdserver: value is provided")
+    if req.ignore_lease and req.lease:
+        raise StoreError(Code.INVALID_ARGUMENT, "etcdserver: lease is provided")
+
+
+def check_txn(req: rpc_pb2.TxnRequest, max_ops: int = MAX_TXN_OPS, nested: bool = False) -> None:
+    """etcd's static txn checks: op count, well-formed ops, no key written twice in one branch.
+
+    A nested txn gets the op budget its parent leaves (etcd's checkTxnRequest).
+    """
+    opc = max(len(req.compare), len(req.success), len(req.failure))
+    if opc > max_ops:
+        raise StoreError(Code.INVALID_ARGUMENT, "etcdserver: too many operations in txn request")
+    for c in req.compare:
+        check_key(c.key)
+    for op in (*req.success, *req.failure):
+        which = op.WhichOneof("request")
+        if which == "request_put":
+            check_put(op.request_put)
+        elif which == "request_delete_range":
+            check_key(op.request_delete_range.key)
+        elif which == "request_range":
+            check_key(op.request_range.key)
+        elif which == "request_txn":
+            check_txn(op.request_txn, max_ops - opc, nested=True)
+        else:
+            raise StoreError(Code.INVALID_ARGUMENT, "etcdserver: key not found")
+    if not nested:
+        _check_branch(req.success)
+        _check_branch(req.failure)
+
+
+def _check_branch(ops: Any) -> tuple[set[bytes], list[tuple[bytes, bytes]]]:
+    """etcd's checkIntervals: the keys put and ranges deleted by ops, at this level and below.
+
+    A key may not be put twice, nor put and deleted, except that the two
+    branches of a nested txn are exclusive and may put the same key.
+    """
+    dup = StoreError(Code.INVALID_ARGUMENT, "etcdserver: duplicate key given in txn request")
+    dels = [
+        (op.request_delete_range.key, op.request_delete_range.range_end)
+        for op in ops
+        if op.WhichOneof("request") == "request_delete_range"
+    ]
+
+    def deleted(k: bytes) -> bool:
+        return any(in_range(k, lo, hi) for lo, hi in dels)
+
+    puts: set[bytes] = set()
+    for op in ops:
+        if op.WhichOneof("request") != "request_txn":
+            continue
+        puts_then, dels_then = _check_branch(op.request_txn.success)
+        puts_else, dels_else = _check_branch(op.request_txn.failure)
+        for k in puts_then:
+            if k in puts or deleted(k):
+                raise dup
+            puts.add(k)
+        for k in puts_else:
+            if (k in puts and k not in puts_then) or deleted(k):
+                raise dup
+            puts.add(k)
+        dels += dels_then + dels_else
+    for op in ops:
+        if op.WhichOneof("request") == "request_put":
+            k = op.request_put.key
+            if k in puts or deleted(k):
+                raise dup
+            puts.add(k)
+    return puts, dels

@@ -1,0 +1,70 @@
+"""etcdserverpb.Watch: one bidirectional stream multiplexing many watches."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import grpc
+import structlog
+
+from protos import rpc_pb2, rpc_pb2_grpc
+
+from .node import StoreNode
+from .watch_hub import WatchStream
+
+log = structlog.get_logger("store.watch")
+
+
+class QueueSink:
+    """Responses waiting to be written to one stream; None ends the stream."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[rpc_pb2.WatchResponse | None] = asyncio.Queue()
+
+    def send(self, resp: rpc_pb2.WatchResponse) -> None:
+        self.queue.put_nowait(resp)
+
+    def pending(self) -> int:
+        return self.queue.qsize()
+
+
+class WatchService(rpc_pb2_grpc.WatchServicer):
+    def __init__(self, node: StoreNode) -> None:
+        self.node = node
+
+    async def Watch(
+        self,
+        request_iterator: AsyncIterator[rpc_pb2.WatchRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[rpc_pb2.WatchResponse]:
+        sink = QueueSink()
+        stream = WatchStream(sink)
+        hub = self.node.hub
+
+        async def read_requests() -> None:
+            try:
+                async for req in request_iterator:
+                    which = req.WhichOneof("request_union")
+                    if which == "create_request":
+                        hub.create(stream, req.create_request)
+                    elif which == "cancel_request":
+                        hub.cancel(stream, req.cancel_request.watch_id)
+                    elif which == "progress_request":
+                        hub.progress(stream)
+            except (asyncio.CancelledError, grpc.RpcError):
+                pass
+            finally:
+                sink.queue.put_nowait(None)
+
+        reader = asyncio.create_task(read_requests())
+        try:
+            while True:
+                resp = await sink.queue.get()
+                if resp is None:
+                    break
+                yield resp
+        finally:
+            hub.remove_stream(stream)
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
