@@ -45,6 +45,11 @@ class _Inflight:
     retry_handle: asyncio.TimerHandle | None = field(default=None, repr=False)
 
 
+def _time_out(fut: asyncio.Future[Any]) -> None:
+    if not fut.done():
+        fut.set_exception(StoreError(Code.UNAVAILABLE, TIMEOUT))
+
+
 class Batcher:
     """Owned by the asyncio loop thread; ``submit`` hands a batch to Raft."""
 
@@ -53,7 +58,7 @@ class Batcher:
         submit: Submit,
         *,
         max_batch: int = 4096,
-        max_inflight: int = 4,
+        max_inflight: int = 1,
         resend_after: float = 1.0,
         retry_backoff: float = 0.05,
         clock: Callable[[], float] = time.monotonic,
@@ -89,11 +94,11 @@ class Batcher:
         if not self._kick_scheduled:
             self._kick_scheduled = True
             loop.call_soon(self._kick)
+        timer = loop.call_later(timeout, _time_out, fut)
         try:
-            return await asyncio.wait_for(asyncio.shield(fut), timeout)
-        except TimeoutError:
-            fut.cancel()
-            raise StoreError(Code.UNAVAILABLE, TIMEOUT) from None
+            return await fut
+        finally:
+            timer.cancel()
 
     @property
     def floor(self) -> int:

@@ -14,6 +14,7 @@ import hashlib
 import math
 import os
 import secrets
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,6 +36,19 @@ T = TypeVar("T")
 MIN_LEASE_TTL = 2  # seconds; like etcd, shorter TTLs are raised to this
 
 
+def check_bindable(addr: str) -> None:
+    """Fail fast if the Raft address is taken (pysyncobj would retry binding forever)."""
+    host, _, port = addr.rpartition(":")
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host.strip("[]"), int(port)))
+        except OSError as err:
+            raise StoreError(
+                Code.UNAVAILABLE, f"cannot listen on raft address {addr}: {err}"
+            ) from None
+
+
 def member_id(name: str) -> int:
     """Stable uint64 member id derived from the member name (non-zero)."""
     return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big") or 1
@@ -54,6 +68,8 @@ class NodeConfig:
     progress_interval: float = 5.0
     election_min: float = 0.5
     election_max: float = 1.0
+    snapshot_entries: int = 20_000
+    snapshot_interval: float = 60.0
 
 
 @dataclass
@@ -96,7 +112,10 @@ class StoreNode:
             password=self.cfg.raft_password,
             election_min=self.cfg.election_min,
             election_max=self.cfg.election_max,
+            compaction_min_entries=self.cfg.snapshot_entries,
+            compaction_min_time=self.cfg.snapshot_interval,
         )
+        check_bindable(self.cfg.raft_addr)
         # in this (the main) thread: pysyncobj's tick thread stops when its creator exits
         self.syncobj = make_syncobj(raft, self.replicated)
         with self.replicated.lock:

@@ -24,6 +24,11 @@ log = structlog.get_logger("store.server")
 MAX_RECV_BYTES = 2 * 1024 * 1024  # request limit (1.5 MiB) plus gRPC overhead, like etcd
 MAX_SEND_BYTES = 2**31 - 1
 
+
+class AddressInUse(Exception):
+    """A listen address could not be bound."""
+
+
 SERVICES = ("KV", "Watch", "Lease", "Cluster", "Maintenance")
 
 
@@ -50,7 +55,13 @@ async def serve(cfg: NodeConfig, listen: str, stop: asyncio.Event | None = None)
     reflection.enable_server_reflection(
         [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )
-    server.add_insecure_port(listen)
+    try:
+        bound = server.add_insecure_port(listen)
+    except RuntimeError:
+        bound = 0
+    if not bound:
+        await node.stop()
+        raise AddressInUse(f"cannot listen on {listen} (client address in use?)")
     await server.start()
     log.info("store_serving", listen=listen, name=cfg.name)
 

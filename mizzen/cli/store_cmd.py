@@ -51,6 +51,18 @@ def add_store_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         default=5.0,
         help="seconds between watch progress notifications to idle watchers",
     )
+    p.add_argument(
+        "--snapshot-entries",
+        type=int,
+        default=20_000,
+        help="compact the Raft log into a snapshot after this many entries",
+    )
+    p.add_argument(
+        "--snapshot-interval",
+        type=float,
+        default=60.0,
+        help="...but at most once per this many seconds",
+    )
     p.set_defaults(func=run_store)
 
     up = sub.add_parser("up", help="start a local cluster (for now: a one-node store)")
@@ -78,6 +90,7 @@ def parse_cluster(spec: str | None, name: str, raft: str) -> dict[str, str]:
 
 def run_store(args: argparse.Namespace) -> int:
     os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+    sys.setswitchinterval(0.0005)  # the Raft tick thread must not wait 5 ms for the GIL
     from store.node import NodeConfig
     from store.server import serve
 
@@ -95,8 +108,16 @@ def run_store(args: argparse.Namespace) -> int:
         progress_interval=args.progress_interval,
         election_min=args.election_timeout,
         election_max=2 * args.election_timeout,
+        snapshot_entries=args.snapshot_entries,
+        snapshot_interval=args.snapshot_interval,
     )
-    asyncio.run(serve(cfg, args.listen_client))
+    from store.errors import StoreError
+    from store.server import AddressInUse
+
+    try:
+        asyncio.run(serve(cfg, args.listen_client))
+    except (StoreError, AddressInUse) as err:
+        raise UsageError(str(err)) from None
     return 0
 
 
