@@ -12,10 +12,12 @@ from .node import StoreNode
 from .state_machine import check_key, check_txn
 
 MAX_REQUEST_BYTES = 1536 * 1024  # etcd's default --max-request-bytes (1.5 MiB)
+# etcd applies the limit to the whole Raft entry: the request plus its request header
+RAFT_ENTRY_OVERHEAD = 18
 
 
 def check_size(req: object) -> None:
-    if req.ByteSize() > MAX_REQUEST_BYTES:  # type: ignore[attr-defined]
+    if req.ByteSize() + RAFT_ENTRY_OVERHEAD > MAX_REQUEST_BYTES:  # type: ignore[attr-defined]
         raise StoreError(Code.INVALID_ARGUMENT, REQUEST_TOO_LARGE)
 
 

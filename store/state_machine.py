@@ -104,7 +104,7 @@ class StateMachine:
 
     def __init__(self, history_limit: int = 100_000) -> None:
         self.revision = 1
-        self.compacted = 0  # history at or below this revision is gone
+        self.compacted = -1  # history below this revision is gone; -1 like etcd's fresh store
         self.history_limit = history_limit
         self._kv: dict[bytes, Record] = {}
         self._keys: list[bytes] = []  # sorted; mirrors _kv for range scans
@@ -193,9 +193,9 @@ class StateMachine:
             self._trim_history()
         self._undo = []
         self._lease_undo = []
-        if isinstance(
-            result, rpc_pb2.TxnResponse | rpc_pb2.PutResponse | rpc_pb2.DeleteRangeResponse
-        ):
+        if isinstance(result, rpc_pb2.TxnResponse):
+            _stamp_txn(result, self.revision)
+        elif isinstance(result, rpc_pb2.PutResponse | rpc_pb2.DeleteRangeResponse):
             result.header.revision = self.revision
         return result
 
@@ -437,7 +437,7 @@ class StateMachine:
             records = _sorted(records, req.sort_target, req.sort_order)
         if req.count_only:
             return resp
-        if req.limit and len(records) > req.limit:
+        if req.limit > 0 and len(records) > req.limit:
             records = records[: req.limit]
             resp.more = True
         resp.kvs.extend(r.to_proto(req.keys_only) for r in records)
@@ -504,6 +504,17 @@ def _sorted(records: list[Record], target: int, order: int) -> list[Record]:
     if keyf is None:
         raise StoreError(Code.INVALID_ARGUMENT, f"mizzen: unknown sort_target {target}")
     return sorted(records, key=keyf, reverse=order == rpc_pb2.RangeRequest.DESCEND)
+
+
+def _stamp_txn(resp: rpc_pb2.TxnResponse, revision: int) -> None:
+    """Like etcd, every response inside a Txn carries the Txn's revision."""
+    resp.header.revision = revision
+    for r in resp.responses:
+        which = r.WhichOneof("response")
+        if which == "response_txn":
+            _stamp_txn(r.response_txn, revision)
+        elif which is not None:
+            getattr(r, which).header.revision = revision
 
 
 def _parse(cls: Any, data: bytes) -> Any:

@@ -238,11 +238,6 @@ def test_value_just_under_limit_is_stored(store: Store) -> None:
         store.kv.DeleteRange(D(key=b"size/under"), timeout=RPC_TIMEOUT)
 
 
-@on_mizzen_xfail(
-    "etcd limits the whole raft entry (request + ~18 bytes of header) to 1.5 MiB: a Put with a "
-    "1572848-byte value (PutRequest 1572855 bytes) gets INVALID_ARGUMENT 'etcdserver: request "
-    "is too large'; Mizzen checks only the request's own size and stores it"
-)
 def test_request_whose_raft_entry_exceeds_limit_is_rejected(store: Store) -> None:
     request = P(key=b"size/edge", value=b"z" * (MAX_REQUEST_BYTES - 16))
     assert request.ByteSize() <= MAX_REQUEST_BYTES
@@ -431,15 +426,7 @@ def test_range_at_compacted_revision(store: Store) -> None:
     "backend",
     [
         "etcd",
-        pytest.param(
-            "mizzen",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="on a fresh store etcd answers Compact(revision=0) with OK (its compacted "
-                "revision starts at -1); Mizzen answers OUT_OF_RANGE 'etcdserver: mvcc: "
-                "required revision has been compacted'",
-            ),
-        ),
+        "mizzen",
     ],
 )
 def test_compact_zero_on_fresh_store(backend: str, tmp_path: Path) -> None:
@@ -469,10 +456,6 @@ def test_ignore_value_on_missing_key(store: Store) -> None:
     assert [(kv.value, kv.version) for kv in got.kvs] == [(b"kept", 2)]
 
 
-@on_mizzen_xfail(
-    "etcd treats a negative Range limit as no limit (3 keys, more=false); Mizzen slices "
-    "records[:limit] and answers 2 keys with more=true"
-)
 def test_negative_limit_means_no_limit(store: Store) -> None:
     for k in (b"neg/a", b"neg/b", b"neg/c"):
         store.put(k, b"v")

@@ -343,12 +343,6 @@ def test_txn_both_outcomes(ctl: Etcdctl, p: str) -> None:
     assert stored == [p + "created", "ok", p + "else2", "no", p + "then", "yes"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="etcd fills header.revision in every response inside a Txn "
-    '({"ResponsePut":{"header":{"revision":6}}}, same for ResponseRange); Mizzen leaves '
-    "the nested headers empty",
-)
 def test_txn_nested_responses_carry_revision(ctl: Etcdctl, p: str) -> None:
     script = _txn_script([], [f"put {p}k v", f"get {p}k"], [])
     answer = ctl.json("txn", stdin=script)

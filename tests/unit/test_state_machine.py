@@ -139,7 +139,7 @@ def sm() -> StateMachine:
 
 def test_fresh_machine() -> None:
     sm = StateMachine()
-    assert (sm.revision, sm.compacted, sm.key_count()) == (1, 0, 0)
+    assert (sm.revision, sm.compacted, sm.key_count()) == (1, -1, 0)  # etcd: -1 when fresh
     assert sm.apply(("barrier",)) == 1
     assert sm.events_after(0) == []
     assert everything(sm) == []
@@ -997,7 +997,7 @@ def test_history_limit_compacts_whole_revisions() -> None:
     sm = StateMachine(history_limit=3)
     ok(sm, txn(success=[op_put(b"a"), op_put(b"b")]))  # 2: two events
     ok(sm, put(b"c"))  # 3
-    assert (len(sm.events_after(0)), sm.compacted) == (3, 0)
+    assert (len(sm.events_after(0)), sm.compacted) == (3, -1)
     ok(sm, put(b"d"))  # 4: 4 events > 3, so all of revision 2 goes
     assert sm.compacted == 2
     assert [e.revision for e in sm.events_after(0)] == [3, 4]
