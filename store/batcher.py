@@ -17,6 +17,7 @@ state machine refuses any late copy of it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import Callable
@@ -132,10 +133,8 @@ class Batcher:
         seq, attempt = entry.seq, entry.attempts
 
         def callback(result: Any, error: Any) -> None:  # runs in the Raft tick thread
-            try:
+            with contextlib.suppress(RuntimeError):  # loop closed during shutdown
                 loop.call_soon_threadsafe(self._on_result, seq, attempt, result, error)
-            except RuntimeError:
-                pass  # loop closed during shutdown
 
         self._submit(entry.batch, callback)
 

@@ -14,7 +14,6 @@ partitioned leader steps down within seconds, and both ``journalFile`` and
 
 from __future__ import annotations
 
-import mmap
 import os
 import threading
 from collections.abc import Callable
@@ -134,11 +133,9 @@ def enable_journal_fsync() -> None:
         rf = self._FileJournal__journalFile
         mm = rf._ResizableFile__mm
         end = self._FileJournal__currentOffset
-        size = len(mm)
-        start = max(0, end - len(command) - 64) // mmap.PAGESIZE * mmap.PAGESIZE
-        mm.flush(start, min(size, end + 64) - start)
-        if start > 0:
-            mm.flush(0, min(size, mmap.PAGESIZE))  # header with the last record offset
+        # one msync from the header (last record offset) through the new record:
+        # only dirty pages are written, and the device is flushed once
+        mm.flush(0, min(len(mm), end + 64))
 
     def delete_entries_to(self: Any, entry_to: int) -> None:
         # log compaction rewrites the journal entry by entry: flush once at the end

@@ -17,7 +17,7 @@ from .cluster_service import ClusterService, MaintenanceService
 from .kv_service import KVService
 from .lease_service import LeaseService
 from .node import NodeConfig, StoreNode
-from .watch_service import WatchService
+from .watch_service import WatchService, add_watch_service
 
 log = structlog.get_logger("store.server")
 
@@ -45,7 +45,7 @@ async def serve(cfg: NodeConfig, listen: str, stop: asyncio.Event | None = None)
         ]
     )
     rpc_pb2_grpc.add_KVServicer_to_server(KVService(node), server)
-    rpc_pb2_grpc.add_WatchServicer_to_server(WatchService(node), server)
+    add_watch_service(WatchService(node), server)
     rpc_pb2_grpc.add_LeaseServicer_to_server(LeaseService(node), server)
     rpc_pb2_grpc.add_ClusterServicer_to_server(ClusterService(node), server)
     rpc_pb2_grpc.add_MaintenanceServicer_to_server(MaintenanceService(node), server)

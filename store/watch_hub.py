@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 import structlog
 
-from protos import kv_pb2, rpc_pb2
+from protos import rpc_pb2
 
 from .keyspace import in_range
 from .state_machine import Event
@@ -34,7 +34,7 @@ CATCHUP_CHUNK = 1000
 class Sink(Protocol):
     """Where a stream's responses go (a queue drained by the gRPC handler)."""
 
-    def send(self, resp: rpc_pb2.WatchResponse) -> None: ...
+    def send(self, resp: bytes) -> None: ...
     def pending(self) -> int: ...
 
 
@@ -79,7 +79,7 @@ class WatchHub:
         history: Callable[[int], tuple[list[Event], int]],
         header: Callable[[int], rpc_pb2.ResponseHeader],
         *,
-        max_pending: int = 2048,
+        max_pending: int = 50_000,
         progress_interval: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -196,7 +196,7 @@ class WatchHub:
         """Events of one applied batch, in revision order (loop thread)."""
         if not events:
             return
-        cache: dict[tuple[int, bool], kv_pb2.Event] = {}
+        cache: dict[Any, bytes] = {}
         for w in list(self._watchers):
             mine = [ev for ev in events if w.wants(ev)]
             if mine:
@@ -206,26 +206,29 @@ class WatchHub:
             if w.next_rev <= self.delivered:
                 w.next_rev = self.delivered + 1
 
-    def _deliver(self, w: Watcher, events: list[Event], cache: dict[tuple[int, bool], Any]) -> None:
-        protos = []
-        for ev in events:
-            k = (id(ev), w.prev_kv)
-            p = cache.get(k)
-            if p is None:
-                p = cache[k] = ev.to_proto(w.prev_kv)
-            protos.append(p)
-        resp = rpc_pb2.WatchResponse(
-            header=self._header(max(self.delivered, events[-1].revision)),
-            watch_id=w.watch_id,
-            events=protos,
-        )
+    def _deliver(self, w: Watcher, events: list[Event], cache: dict[Any, bytes]) -> None:
+        """Send events to one watcher.
+
+        The serialized header+events part is shared by every watcher that gets
+        the same events in the same form (the common case: many watchers on one
+        prefix), so a write costs one serialization plus a few bytes per watcher.
+        Protobuf merges concatenated encodings, so watch_id is simply prepended.
+        """
+        key = (tuple(map(id, events)), w.prev_kv)
+        body = cache.get(key)
+        if body is None:
+            rev = max(self.delivered, events[-1].revision)
+            body = rpc_pb2.WatchResponse(
+                header=self._header(rev), events=[ev.to_proto(w.prev_kv) for ev in events]
+            ).SerializeToString()
+            cache[key] = body
         w.next_rev = events[-1].revision + 1
         w.last_sent = self._clock()
         self.events_sent += len(events)
-        self._send(w.stream, resp)
+        self._send(w.stream, rpc_pb2.WatchResponse(watch_id=w.watch_id).SerializeToString() + body)
 
-    def _send(self, stream: WatchStream, resp: rpc_pb2.WatchResponse) -> None:
-        stream.sink.send(resp)
+    def _send(self, stream: WatchStream, resp: rpc_pb2.WatchResponse | bytes) -> None:
+        stream.sink.send(resp if isinstance(resp, bytes) else resp.SerializeToString())
         if stream.sink.pending() > self._max_pending and stream.watchers:
             self._cancel_slow(stream)
 
@@ -234,14 +237,13 @@ class WatchHub:
             self._watchers.discard(w)
             self.slow_cancelled += 1
             log.info("slow_watcher_cancelled", watch_id=w.watch_id, resume_revision=w.next_rev)
-            stream.sink.send(
-                rpc_pb2.WatchResponse(
-                    header=self._header(self.delivered),
-                    watch_id=w.watch_id,
-                    canceled=True,
-                    cancel_reason=f"mizzen: watcher too slow; resume from revision {w.next_rev}",
-                )
+            cancel = rpc_pb2.WatchResponse(
+                header=self._header(self.delivered),
+                watch_id=w.watch_id,
+                canceled=True,
+                cancel_reason=f"mizzen: watcher too slow; resume from revision {w.next_rev}",
             )
+            stream.sink.send(cancel.SerializeToString())  # not via _send: no recursion
         stream.watchers.clear()
 
     def progress_tick(self) -> None:

@@ -20,9 +20,9 @@ class QueueSink:
     """Responses waiting to be written to one stream; None ends the stream."""
 
     def __init__(self) -> None:
-        self.queue: asyncio.Queue[rpc_pb2.WatchResponse | None] = asyncio.Queue()
+        self.queue: asyncio.Queue[bytes | None] = asyncio.Queue()
 
-    def send(self, resp: rpc_pb2.WatchResponse) -> None:
+    def send(self, resp: bytes) -> None:
         self.queue.put_nowait(resp)
 
     def pending(self) -> int:
@@ -37,7 +37,8 @@ class WatchService(rpc_pb2_grpc.WatchServicer):
         self,
         request_iterator: AsyncIterator[rpc_pb2.WatchRequest],
         context: grpc.aio.ServicerContext,
-    ) -> AsyncIterator[rpc_pb2.WatchResponse]:
+    ) -> AsyncIterator[bytes]:
+        """Responses are pre-serialized WatchResponse bytes (see add_watch_service)."""
         sink = QueueSink()
         stream = WatchStream(sink)
         hub = self.node.hub
@@ -68,3 +69,15 @@ class WatchService(rpc_pb2_grpc.WatchServicer):
             hub.remove_stream(stream)
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
+
+
+def add_watch_service(servicer: WatchService, server: grpc.aio.Server) -> None:
+    """Register Watch with a pass-through serializer: the hub sends WatchResponse bytes."""
+    handler = grpc.stream_stream_rpc_method_handler(
+        servicer.Watch,
+        request_deserializer=rpc_pb2.WatchRequest.FromString,
+        response_serializer=None,
+    )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler("etcdserverpb.Watch", {"Watch": handler}),)
+    )

@@ -11,6 +11,7 @@ import asyncio
 import random
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -34,7 +35,7 @@ def read_all(endpoint: str, prefix: bytes) -> dict[bytes, bytes]:
     return {x.key: x.value for x in resp.kvs}
 
 
-def wait_until(pred, timeout: float, what: str) -> None:
+def wait_until(pred: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -77,7 +78,7 @@ async def writers_until(
         await asyncio.gather(*(writer(w) for w in range(n_writers)))
     finally:
         for c in channels:
-            await c.close()
+            await c.close(None)
     return acked, ack_times
 
 
@@ -133,12 +134,12 @@ def test_all_members_killed_and_restarted_keep_every_acknowledged_write(tmp_path
             c.restart(i)
         c.leader_index(timeout=20)
         for i in range(3):
-            wait_until(
-                lambda i=i: all(
-                    read_all(c.endpoint(i), b"all/").get(k) == v for k, v in acked.items()
-                ),
-                20, f"member {i} to hold every acknowledged write",
-            )  # fmt: skip
+
+            def holds_all(i: int = i) -> bool:
+                stored = read_all(c.endpoint(i), b"all/")
+                return all(stored.get(k) == v for k, v in acked.items())
+
+            wait_until(holds_all, 20, f"member {i} to hold every acknowledged write")
 
 
 def test_follower_restarted_from_old_snapshot_catches_up(tmp_path: Path) -> None:
@@ -183,9 +184,9 @@ def test_follower_restarted_from_old_snapshot_catches_up(tmp_path: Path) -> None
 def test_watch_resumes_across_leader_kill_without_gaps_or_duplicates(tmp_path: Path) -> None:
     with MizzenCluster(3, tmp_path) as c:
         leader = c.leader_index()
-        start_rev = kv(c.endpoint(leader)).Range(
-            rpc_pb2.RangeRequest(key=b"w"), timeout=5
-        ).header.revision
+        start_rev = (
+            kv(c.endpoint(leader)).Range(rpc_pb2.RangeRequest(key=b"w"), timeout=5).header.revision
+        )
 
         async def scenario() -> tuple[list[int], list[int]]:
             seen: list[int] = []
@@ -199,9 +200,13 @@ def test_watch_resumes_across_leader_kill_without_gaps_or_duplicates(tmp_path: P
                 for idx in order:
                     async with grpc.aio.insecure_channel(c.endpoint(idx)) as ch:
                         stream = rpc_pb2_grpc.WatchStub(ch).Watch()
-                        await stream.write(rpc_pb2.WatchRequest(
-                            create_request=rpc_pb2.WatchCreateRequest(
-                                key=b"watch/", range_end=b"watch0", start_revision=next_rev)))
+                        await stream.write(
+                            rpc_pb2.WatchRequest(
+                                create_request=rpc_pb2.WatchCreateRequest(
+                                    key=b"watch/", range_end=b"watch0", start_revision=next_rev
+                                )
+                            )
+                        )
                         try:
                             async for resp in stream:
                                 assert not resp.canceled, resp.cancel_reason
@@ -214,8 +219,10 @@ def test_watch_resumes_across_leader_kill_without_gaps_or_duplicates(tmp_path: P
                             continue  # member died: resume from next_rev on the next one
 
             async def write() -> None:
-                stubs = {i: rpc_pb2_grpc.KVStub(grpc.aio.insecure_channel(e))
-                         for i, e in enumerate(c.endpoints)}
+                stubs = {
+                    i: rpc_pb2_grpc.KVStub(grpc.aio.insecure_channel(e))
+                    for i, e in enumerate(c.endpoints)
+                }
                 rng = random.Random(7)
                 alive = [i for i in range(3) if i != leader]
                 for n in range(200):
@@ -225,9 +232,12 @@ def test_watch_resumes_across_leader_kill_without_gaps_or_duplicates(tmp_path: P
                     for attempt in range(50):
                         t = targets[(n + attempt) % len(targets)]
                         try:
-                            r = await stubs[t].Put(rpc_pb2.PutRequest(
-                                key=b"watch/%03d" % n, value=b"%d" % rng.random()),
-                                timeout=RPC_TIMEOUT)
+                            r = await stubs[t].Put(
+                                rpc_pb2.PutRequest(
+                                    key=b"watch/%03d" % n, value=b"%d" % rng.random()
+                                ),
+                                timeout=RPC_TIMEOUT,
+                            )
                             written.append(r.header.revision)
                             break
                         except grpc.aio.AioRpcError:
