@@ -110,12 +110,17 @@ _fsync_enabled = False
 
 
 def enable_journal_fsync() -> None:
-    """Make pysyncobj's journal durable: msync each appended entry, fsync the term/vote file.
+    """Make pysyncobj's journal durable: each appended entry is on disk before ``add`` returns.
 
     pysyncobj writes its journal into an mmap and never flushes it, which
     survives ``kill -9`` but not a power loss. Raft needs an entry on disk
     before it is acknowledged; pysyncobj acknowledges right after ``add``, so
-    flushing inside ``add`` gives exactly that.
+    making ``add`` durable gives exactly that. The new record and then the
+    header's last-record offset are written again through an ``O_DSYNC``
+    descriptor of the same file (same page cache as the mmap): on this
+    machine's disk that costs ~0.2 ms per write against ~2 ms for an msync or
+    fdatasync (see docs/BENCHMARKS.md). Record first, header second: a crash in
+    between leaves the header at the previous record, a consistent journal.
     """
     global _fsync_enabled
     if _fsync_enabled:
@@ -123,19 +128,24 @@ def enable_journal_fsync() -> None:
     _fsync_enabled = True
     file_journal: Any = pysyncobj_journal.FileJournal
     orig_add = file_journal.add
-
     orig_delete_to = file_journal.deleteEntriesTo
+    header = pysyncobj_journal.LAST_RECORD_OFFSET_OFFSET
 
     def add(self: Any, command: bytes, idx: int, term: int) -> None:
+        start = self._FileJournal__currentOffset
         orig_add(self, command, idx, term)
         if getattr(self, "_mizzen_rewriting", False):
             return
         rf = self._FileJournal__journalFile
+        fd = getattr(self, "_mizzen_dsync_fd", None)
+        if fd is None:
+            fd = self._mizzen_dsync_fd = os.open(
+                rf._ResizableFile__fileName, os.O_WRONLY | os.O_DSYNC
+            )
         mm = rf._ResizableFile__mm
         end = self._FileJournal__currentOffset
-        # one msync from the header (last record offset) through the new record:
-        # only dirty pages are written, and the device is flushed once
-        mm.flush(0, min(len(mm), end + 64))
+        os.pwrite(fd, mm[start:end], start)
+        os.pwrite(fd, mm[header : header + 4], header)
 
     def delete_entries_to(self: Any, entry_to: int) -> None:
         # log compaction rewrites the journal entry by entry: flush once at the end
@@ -145,6 +155,7 @@ def enable_journal_fsync() -> None:
         finally:
             self._mizzen_rewriting = False
         self.flush()
+        os.fsync(self._FileJournal__journalFile._ResizableFile__f.fileno())
 
     file_journal.add = add
     file_journal.deleteEntriesTo = delete_entries_to
