@@ -189,9 +189,29 @@ async def put_level(
                 continue
             latencies.append(time.perf_counter() - t0)
 
+    index_before = await raft_index(clients)
     await run_workers(writers, worker, deadline)
     elapsed = time.monotonic() - start
-    return summarize(f"put.{tag}.{writers}", latencies, elapsed, errors)
+    out = summarize(f"put.{tag}.{writers}", latencies, elapsed, errors)
+    entries = (await raft_index(clients)) - index_before
+    if entries > 0:
+        # the batching factor: acknowledged client writes per Raft log entry
+        out[f"put.{tag}.{writers}.writes_per_entry"] = round(len(latencies) / entries, 2)
+    return out
+
+
+async def raft_index(clients: Clients) -> int:
+    """Highest Raft commit index any member reports (0 if none answers)."""
+    best = 0
+    for ch in clients.channels:
+        try:
+            st = await rpc_pb2_grpc.MaintenanceStub(ch).Status(
+                rpc_pb2.StatusRequest(), timeout=RPC_TIMEOUT
+            )
+        except grpc.aio.AioRpcError:
+            continue
+        best = max(best, st.raftIndex)
+    return best
 
 
 async def range_level(clients: Clients, readers: int, duration: float) -> dict[str, Any]:
@@ -598,6 +618,11 @@ def rows_for(opts: Options) -> tuple[list[Row], list[Row]]:
             Row(f"Put, {w} {noun} → leader: throughput", f"put.leader.{w}.ops", "ops"),
             Row(f"Put, {w} {noun} → leader: p50", f"put.leader.{w}.p50_ms", "ms"),
             Row(f"Put, {w} {noun} → leader: p99", f"put.leader.{w}.p99_ms", "ms"),
+            Row(
+                f"Put, {w} {noun} → leader: writes per Raft entry",
+                f"put.leader.{w}.writes_per_entry",
+                "ratio",
+            ),
         ]
         spread += [
             Row(f"Put, {w} {noun} → all members: throughput", f"put.spread.{w}.ops", "ops"),
