@@ -1,4 +1,4 @@
-"""WatchHub against a real StateMachine: catch-up + live with no gaps, filters, compaction, slow streams."""
+"""WatchHub on a real StateMachine: catch-up then live, filters, compaction, slow streams."""
 
 from __future__ import annotations
 
