@@ -9,9 +9,13 @@ import sys
 
 from mizzen.cli.errors import UsageError
 
+_store_parser: argparse.ArgumentParser
+
 
 def add_store_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    global _store_parser
     p = sub.add_parser("store", help="run a store node (Raft + etcd-compatible gRPC API)")
+    _store_parser = p
     p.add_argument("--name", default="n1", help="member name (default n1)")
     p.add_argument("--data-dir", default="./.mizzen/store", help="journal and snapshots")
     p.add_argument("--listen-client", default="127.0.0.1:2379", help="gRPC address host:port")
@@ -127,17 +131,12 @@ def run_up(args: argparse.Namespace) -> int:
         "Ctrl-C stops it",
         file=sys.stderr,
     )
-    ns = argparse.Namespace(
-        name="n1",
-        data_dir=os.path.join(args.data_dir, "store"),
-        listen_client=args.listen_client,
-        advertise_client=None,
-        listen_raft=args.listen_raft,
-        initial_cluster=None,
-        fsync="always",
-        history_limit=100_000,
-        request_timeout=5.0,
-        election_timeout=0.5,
-        progress_interval=5.0,
-    )
-    return run_store(ns)
+    store_args = _store_parser.parse_args(
+        [
+            "--name", "n1",
+            "--data-dir", os.path.join(args.data_dir, "store"),
+            "--listen-client", args.listen_client,
+            "--listen-raft", args.listen_raft,
+        ]
+    )  # fmt: skip
+    return run_store(store_args)
