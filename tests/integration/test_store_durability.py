@@ -23,6 +23,7 @@ from protos import rpc_pb2, rpc_pb2_grpc
 pytestmark = pytest.mark.integration
 
 RPC_TIMEOUT = 2.0
+END = b"watch/end"
 
 
 def kv(endpoint: str) -> rpc_pb2_grpc.KVStub:
@@ -191,7 +192,6 @@ def test_watch_resumes_across_leader_kill_without_gaps_or_duplicates(tmp_path: P
         async def scenario() -> tuple[list[int], list[int]]:
             seen: list[int] = []
             written: list[int] = []
-            done = asyncio.Event()
 
             async def watch() -> None:
                 """Watch on the leader; when its stream breaks, resume elsewhere."""
@@ -213,8 +213,8 @@ def test_watch_resumes_across_leader_kill_without_gaps_or_duplicates(tmp_path: P
                                 for ev in resp.events:
                                     seen.append(ev.kv.mod_revision)
                                     next_rev = ev.kv.mod_revision + 1
-                                if done.is_set() and next_rev > max(written, default=0):
-                                    return
+                                    if ev.kv.key == END:
+                                        return
                         except grpc.aio.AioRpcError:
                             continue  # member died: resume from next_rev on the next one
 
@@ -225,7 +225,7 @@ def test_watch_resumes_across_leader_kill_without_gaps_or_duplicates(tmp_path: P
                 }
                 rng = random.Random(7)
                 alive = [i for i in range(3) if i != leader]
-                for n in range(200):
+                for n in range(201):  # the last write is the end marker
                     if n == 60:
                         c.kill(leader, signal.SIGKILL)
                     targets = [leader, *alive] if n < 60 else alive
@@ -234,7 +234,8 @@ def test_watch_resumes_across_leader_kill_without_gaps_or_duplicates(tmp_path: P
                         try:
                             r = await stubs[t].Put(
                                 rpc_pb2.PutRequest(
-                                    key=b"watch/%03d" % n, value=b"%d" % rng.random()
+                                    key=b"watch/%03d" % n if n < 200 else END,
+                                    value=b"%d" % rng.random(),
                                 ),
                                 timeout=RPC_TIMEOUT,
                             )
@@ -242,7 +243,6 @@ def test_watch_resumes_across_leader_kill_without_gaps_or_duplicates(tmp_path: P
                             break
                         except grpc.aio.AioRpcError:
                             await asyncio.sleep(0.05)
-                done.set()
 
             watcher = asyncio.create_task(watch())
             await asyncio.sleep(0.3)

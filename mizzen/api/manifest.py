@@ -1,0 +1,344 @@
+"""Manifests: Kubernetes-shaped YAML/JSON documents to typed messages and back.
+
+A manifest is ``{apiVersion: mizzen/v1, kind, metadata, spec, status?}``.
+load_manifests() parses every document of a text, reports every problem of
+every document at once (one ManifestError, one line per problem naming the
+source, the document number and the field path), and converts through the
+protobuf JSON mapping (json_format.ParseDict). ``kind: List`` with ``items``
+is accepted as several objects, because dump_json() writes several that way.
+
+Loading neither defaults nor validates: the server does both, and a caller
+that wants to check early runs mizzen.api.defaults and mizzen.api.validation.
+to_manifest(), dump_yaml() and dump_json() go the other way, so that
+load_manifests(dump_yaml(msgs)) gives messages equal to msgs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Hashable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, TextIO, cast
+
+import yaml
+from google.protobuf import json_format
+from google.protobuf.descriptor import Descriptor
+from google.protobuf.message import Message
+
+from mizzen.api import kinds
+from mizzen.api.kinds import API_VERSION, KindInfo
+from mizzen.api.manifest_convert import Decoder, describe, encode, join
+
+MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
+LIST_KIND = "List"
+STDIN = "-"
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """One object loaded from a manifest: where it came from and what it is."""
+
+    kind: KindInfo
+    message: Message
+    # File name, or "-" for standard input.
+    source: str
+    # 1-based number of the document in source (empty documents count too).
+    index: int
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a manifest; str() is the line shown to the user."""
+
+    source: str
+    # 1-based document number; None when the source could not be read at all.
+    document: int | None
+    message: str
+    path: str = ""
+    # "Deployment web": kind and name, as far as the document says them.
+    label: str = ""
+
+    def __str__(self) -> str:
+        parts = [self.source]
+        if self.document is not None:
+            where = f"document {self.document}"
+            parts.append(f"{where} ({self.label})" if self.label else where)
+        if self.path:
+            parts.append(self.path)
+        parts.append(self.message)
+        return ": ".join(parts)
+
+
+class ManifestError(ValueError):
+    """Manifests that cannot be loaded; the message has one line per problem."""
+
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        self.problems = tuple(problems)
+        super().__init__("\n".join(str(problem) for problem in self.problems))
+
+
+# ---------------------------------------------------------------- loading
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that rejects a key given twice in one mapping, as Kubernetes does.
+
+    PyYAML would silently keep the last value. Keys brought in by a merge
+    (``<<: *base``) may still be overridden.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
+        seen: set[Hashable] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, Hashable):
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        "while constructing a mapping",
+                        node.start_mark,
+                        f'duplicate key "{key}"',
+                        key_node.start_mark,
+                    )
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_manifests(text: str, source: str = STDIN) -> list[Manifest]:
+    """Every object in text, in order; empty documents are skipped.
+
+    A source whose name ends in ".json" is parsed as JSON (one document),
+    anything else as multi-document YAML. Raises ManifestError listing every
+    problem in every document.
+    """
+    documents = _parse(text, source)
+    manifests: list[Manifest] = []
+    problems: list[Problem] = []
+    for number, document in enumerate(documents, start=1):
+        if document is None:
+            continue
+        _load_document(document, source, number, manifests, problems)
+    if problems:
+        raise ManifestError(problems)
+    return manifests
+
+
+def load_paths(paths: Sequence[str], *, stdin: TextIO | None = None) -> list[Manifest]:
+    """Load files, directories (their *.yaml, *.yml, *.json, sorted, not recursive) and "-".
+
+    "-" reads stdin (sys.stdin unless given). Problems of all sources are
+    reported together in one ManifestError.
+    """
+    manifests: list[Manifest] = []
+    problems: list[Problem] = []
+    for path in paths:
+        for source, text in _read(path, stdin, problems):
+            try:
+                manifests.extend(load_manifests(text, source))
+            except ManifestError as exc:
+                problems.extend(exc.problems)
+    if problems:
+        raise ManifestError(problems)
+    return manifests
+
+
+def _read(path: str, stdin: TextIO | None, problems: list[Problem]) -> Iterator[tuple[str, str]]:
+    if path == STDIN:
+        yield STDIN, (stdin or sys.stdin).read()
+        return
+    if os.path.isdir(path):
+        try:
+            entries = os.listdir(path)
+        except OSError as exc:
+            problems.append(Problem(path, None, f"cannot read: {exc.strerror or exc}"))
+            return
+        files = [
+            os.path.join(path, name)
+            for name in sorted(entries)
+            if name.endswith(MANIFEST_SUFFIXES) and os.path.isfile(os.path.join(path, name))
+        ]
+    else:
+        files = [path]
+    for file in files:
+        try:
+            with open(file, encoding="utf-8-sig") as handle:
+                text = handle.read()
+        except OSError as exc:
+            problems.append(Problem(file, None, f"cannot read: {exc.strerror or exc}"))
+            continue
+        except UnicodeDecodeError as exc:
+            problems.append(Problem(file, None, f"cannot read: not UTF-8 text ({exc.reason})"))
+            continue
+        yield file, text
+
+
+def _parse(text: str, source: str) -> list[object]:
+    """The documents of text, or a ManifestError naming the line of a syntax error."""
+    if source.endswith(".json"):
+        try:
+            return [json.loads(text)] if text.strip() else []
+        except json.JSONDecodeError as exc:
+            where = f"line {exc.lineno}, column {exc.colno}"
+            raise ManifestError(
+                [Problem(source, 1, f"invalid JSON at {where}: {exc.msg}")]
+            ) from exc
+    documents: list[object] = []
+    try:
+        for document in yaml.load_all(text, Loader=_StrictLoader):
+            documents.append(document)
+    except yaml.YAMLError as exc:
+        raise ManifestError([Problem(source, len(documents) + 1, _yaml_message(exc))]) from exc
+    return documents
+
+
+def _yaml_message(exc: yaml.YAMLError) -> str:
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        problem = exc.problem or exc.context or "syntax error"
+        if mark is not None:
+            return f"invalid YAML at line {mark.line + 1}, column {mark.column + 1}: {problem}"
+        return f"invalid YAML: {problem}"
+    return f"invalid YAML: {exc}"
+
+
+def _load_document(
+    document: object,
+    source: str,
+    number: int,
+    manifests: list[Manifest],
+    problems: list[Problem],
+) -> None:
+    if not isinstance(document, dict):
+        problems.append(
+            Problem(
+                source,
+                number,
+                f"expected an object with apiVersion and kind, got {describe(document)}",
+            )
+        )
+        return
+    if document.get("kind") != LIST_KIND:
+        _load_object(document, source, number, "", manifests, problems)
+        return
+    before = len(problems)
+    _check_api_version(document, source, number, LIST_KIND, "", problems)
+    unknown = sorted(str(key) for key in document if key not in ("apiVersion", "kind", "items"))
+    for key in unknown:
+        problems.append(Problem(source, number, "unknown field", key, LIST_KIND))
+    items = document.get("items")
+    if not isinstance(items, list):
+        problems.append(
+            Problem(source, number, f"expected a list, got {describe(items)}", "items", LIST_KIND)
+        )
+    if len(problems) > before:
+        return
+    assert isinstance(items, list)
+    for i, item in enumerate(items):
+        path = f"items[{i}]"
+        if isinstance(item, dict):
+            _load_object(item, source, number, path, manifests, problems)
+        else:
+            problems.append(
+                Problem(source, number, f"expected an object, got {describe(item)}", path)
+            )
+
+
+def _label(obj: dict[Any, Any]) -> str:
+    kind = obj.get("kind")
+    metadata = obj.get("metadata")
+    name = metadata.get("name") if isinstance(metadata, dict) else None
+    parts = [part for part in (kind, name) if isinstance(part, str) and part]
+    return " ".join(parts)
+
+
+def _check_api_version(
+    obj: dict[Any, Any], source: str, number: int, label: str, prefix: str, problems: list[Problem]
+) -> None:
+    version = obj.get("apiVersion")
+    path = join(prefix, "apiVersion")
+    if version is None:
+        problems.append(Problem(source, number, f'required: must be "{API_VERSION}"', path, label))
+    elif version != API_VERSION:
+        message = f'unsupported apiVersion {describe(version)}: must be "{API_VERSION}"'
+        problems.append(Problem(source, number, message, path, label))
+
+
+def _resolve_kind(kind: object) -> tuple[KindInfo | None, str]:
+    """The kind named exactly by a manifest, or the reason it is not one."""
+    if kind is None:
+        return None, "required"
+    if not isinstance(kind, str):
+        return None, f"expected a string, got {describe(kind)}"
+    known = ", ".join(info.kind for info in kinds.KINDS)
+    try:
+        info = kinds.lookup(kind)
+    except kinds.UnknownKindError:
+        return None, f'unknown kind "{kind}"; known kinds: {known}'
+    if info.kind != kind:
+        return None, f'unknown kind "{kind}"; did you mean "{info.kind}"?'
+    return info, ""
+
+
+def _load_object(
+    obj: dict[Any, Any],
+    source: str,
+    number: int,
+    prefix: str,
+    manifests: list[Manifest],
+    problems: list[Problem],
+) -> None:
+    label = _label(obj)
+    before = len(problems)
+    _check_api_version(obj, source, number, label, prefix, problems)
+    info, reason = _resolve_kind(obj.get("kind"))
+    if info is None:
+        problems.append(Problem(source, number, reason, join(prefix, "kind"), label))
+    if info is None or len(problems) > before:
+        return
+    decoder = Decoder()
+    body = {key: value for key, value in obj.items() if key not in ("apiVersion", "kind")}
+    mapping = decoder.message(body, cast(Descriptor, info.message.DESCRIPTOR), prefix)
+    for error in decoder.errors:
+        problems.append(Problem(source, number, error.message, error.path, label))
+    if decoder.errors or mapping is None:
+        return
+    message = info.message()
+    try:
+        json_format.ParseDict(mapping, message)
+    except json_format.ParseError as exc:  # the decoder should have caught it; keep the text
+        problems.append(Problem(source, number, str(exc), prefix, label))
+        return
+    manifests.append(Manifest(info, message, source, number))
+
+
+# ---------------------------------------------------------------- dumping
+
+
+def to_manifest(msg: Message) -> dict[str, Any]:
+    """msg (a message of a registered kind) as a Kubernetes-shaped mapping."""
+    info = kinds.kind_of(msg)
+    return {"apiVersion": API_VERSION, "kind": info.kind, **encode(msg)}
+
+
+def dump_yaml(msgs: Iterable[Message]) -> str:
+    """msgs as multi-document YAML ("---" between documents)."""
+    return yaml.safe_dump_all(
+        [to_manifest(msg) for msg in msgs],
+        sort_keys=False,
+        allow_unicode=True,
+        width=2**16,
+    )
+
+
+def dump_json(msgs: Iterable[Message]) -> str:
+    """One message as its object; any other number as ``{kind: List, items: [...]}``."""
+    objects = [to_manifest(msg) for msg in msgs]
+    document: dict[str, Any] = (
+        objects[0]
+        if len(objects) == 1
+        else {"apiVersion": API_VERSION, "kind": LIST_KIND, "items": objects}
+    )
+    return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
