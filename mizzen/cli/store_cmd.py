@@ -94,7 +94,6 @@ def parse_cluster(spec: str | None, name: str, raft: str) -> dict[str, str]:
 
 def run_store(args: argparse.Namespace) -> int:
     os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
-    sys.setswitchinterval(0.0005)  # the Raft tick thread must not wait 5 ms for the GIL
     from store.node import NodeConfig
     from store.server import serve
 
