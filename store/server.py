@@ -11,12 +11,13 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from protos import rpc_pb2, rpc_pb2_grpc
+from protos import objects_api_pb2, objects_api_pb2_grpc, rpc_pb2, rpc_pb2_grpc
 
 from .cluster_service import ClusterService, MaintenanceService
 from .kv_service import KVService
 from .lease_service import LeaseService
 from .node import NodeConfig, StoreNode
+from .objects_service import ObjectsService
 from .watch_service import WatchService, add_watch_service
 
 log = structlog.get_logger("store.server")
@@ -49,9 +50,11 @@ async def serve(cfg: NodeConfig, listen: str, stop: asyncio.Event | None = None)
     rpc_pb2_grpc.add_LeaseServicer_to_server(LeaseService(node), server)
     rpc_pb2_grpc.add_ClusterServicer_to_server(ClusterService(node), server)
     rpc_pb2_grpc.add_MaintenanceServicer_to_server(MaintenanceService(node), server)
+    objects_api_pb2_grpc.add_ObjectsServicer_to_server(ObjectsService(node), server)
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = [rpc_pb2.DESCRIPTOR.services_by_name[s].full_name for s in SERVICES]
+    names.append(objects_api_pb2.DESCRIPTOR.services_by_name["Objects"].full_name)
     reflection.enable_server_reflection(
         [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )

@@ -6,7 +6,8 @@ import argparse
 import sys
 
 from mizzen import __version__
-from mizzen.cli.errors import UsageError
+from mizzen.cli.errors import CommandError, UsageError
+from mizzen.cli.objects_cmd import add_objects_parsers
 from mizzen.cli.store_cmd import add_store_parser
 from mizzen.log_config import configure_logging
 
@@ -14,20 +15,27 @@ from mizzen.log_config import configure_logging
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mizzen", description="Mizzen orchestrator")
     p.add_argument("--version", action="version", version=f"mizzen {__version__}")
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument(
+        "--log-level",
+        default=None,
+        choices=["debug", "info", "warning", "error"],
+        help="default: info for daemons, warning for client commands",
+    )
     p.add_argument("--log-format", default="auto", choices=["auto", "json", "console"])
     sub = p.add_subparsers(dest="command", required=True)
     add_store_parser(sub)
+    add_objects_parsers(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    configure_logging(args.log_level, args.log_format)
+    default_level = "warning" if getattr(args, "client_command", False) else "info"
+    configure_logging(args.log_level or default_level, args.log_format)
     try:
         return int(args.func(args))
-    except UsageError as err:
+    except (UsageError, CommandError) as err:
         print(f"mizzen: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

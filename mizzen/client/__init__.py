@@ -25,8 +25,10 @@ fails over to the next endpoint and re-learns the leader.
 """
 
 from mizzen.client.errors import (
+    AlreadyExistsError,
     AmbiguousWriteError,
     CompactedError,
+    ConflictError,
     FailedPreconditionError,
     FutureRevisionError,
     InvalidArgumentError,
@@ -39,6 +41,7 @@ from mizzen.client.errors import (
     UnavailableError,
 )
 from mizzen.client.lease import KeepAlive
+from mizzen.client.objects import ListResult, ObjectsClient
 from mizzen.client.ops import Compare, Op
 from mizzen.client.records import (
     DeleteResult,
@@ -58,9 +61,11 @@ from mizzen.client.store_client import StoreClient
 from mizzen.client.watch import Watcher
 
 __all__ = [
+    "AlreadyExistsError",
     "AmbiguousWriteError",
     "CompactedError",
     "Compare",
+    "ConflictError",
     "DeleteResult",
     "EventType",
     "FailedPreconditionError",
@@ -71,9 +76,11 @@ __all__ = [
     "LeaseExpiredError",
     "LeaseInfo",
     "LeaseNotFoundError",
+    "ListResult",
     "Member",
     "MemberStatus",
     "NotFoundError",
+    "ObjectsClient",
     "Op",
     "OpResult",
     "PermissionDeniedError",

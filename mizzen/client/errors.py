@@ -37,11 +37,22 @@ class LeaseNotFoundError(NotFoundError):
 
 
 class InvalidArgumentError(StoreClientError):
-    """The server rejected the request as malformed; retrying cannot help."""
+    """The server rejected the request as malformed; retrying cannot help.
+
+    For objects the message is the server's, naming every invalid field path.
+    """
 
 
 class FailedPreconditionError(StoreClientError):
     """The request is well-formed but the store's state forbids it (e.g. lease exists)."""
+
+
+class AlreadyExistsError(FailedPreconditionError):
+    """An object (or lease) with this name already exists."""
+
+
+class ConflictError(StoreClientError):
+    """An object was modified since it was read (ABORTED): reread and apply the change again."""
 
 
 class PermissionDeniedError(StoreClientError):
@@ -101,7 +112,8 @@ _BY_CODE: dict[grpc.StatusCode, type[StoreClientError]] = {
     grpc.StatusCode.NOT_FOUND: NotFoundError,
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,
     grpc.StatusCode.FAILED_PRECONDITION: FailedPreconditionError,
-    grpc.StatusCode.ALREADY_EXISTS: FailedPreconditionError,
+    grpc.StatusCode.ALREADY_EXISTS: AlreadyExistsError,
+    grpc.StatusCode.ABORTED: ConflictError,
     grpc.StatusCode.PERMISSION_DENIED: PermissionDeniedError,
     grpc.StatusCode.UNAUTHENTICATED: PermissionDeniedError,
     grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,

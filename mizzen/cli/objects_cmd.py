@@ -1,0 +1,275 @@
+"""`mizzen apply | get | delete | api-resources | version`: the typed Objects API from a shell.
+
+Every failure leaves through ``error_message`` as text for stderr and exit
+code 1 (``main`` prints it after "mizzen: "), never a traceback. The text is
+the server's own message where there is one, on one line:
+
+* not found:       ``pods "web" not found``
+* already exists:  ``deployments "web" already exists``
+* conflict:        ``deployment/web: the object has been modified; ...``
+* invalid:         ``Pod "Web_1" is invalid: metadata.name: ...; spec.x: ...``
+                   (every invalid field path, "; "-separated, on that one line)
+* unreachable:     ``cannot reach the store at 127.0.0.1:2379 (...)``
+* unknown kind:    ``unknown kind 'foo'; known kinds: nodes, pods, ...``
+
+A manifest error is the one multi-line case: the first problem follows
+"mizzen: " and every further problem is on its own line indented by two spaces.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from mizzen import __version__
+from mizzen.api import kinds
+from mizzen.api.defaults import DEFAULT_NAMESPACE
+from mizzen.api.kinds import KindInfo
+from mizzen.api.manifest import Manifest, ManifestError, dump_json, dump_yaml, load_paths
+from mizzen.cli import tables
+from mizzen.cli.apply_cmd import apply_all
+from mizzen.cli.config import resolve_endpoints
+from mizzen.cli.errors import CommandError, UsageError
+from mizzen.client.errors import (
+    AmbiguousWriteError,
+    ConflictError,
+    StoreClientError,
+    UnavailableError,
+)
+from mizzen.client.objects import ObjectsClient
+from mizzen.client.store_client import StoreClient
+
+
+def error_message(err: BaseException, endpoints: list[str]) -> str:
+    """The text shown after "mizzen: " for an error a command ended with."""
+    if isinstance(err, ManifestError):
+        first, *rest = [str(problem) for problem in err.problems] or [str(err)]
+        return "\n".join([first, *(f"  {line}" for line in rest)])
+    if isinstance(err, UnavailableError):
+        return f"cannot reach the store at {','.join(endpoints)} ({err})"
+    if isinstance(err, AmbiguousWriteError):
+        return str(err)
+    if isinstance(err, StoreClientError):
+        return err.details or str(err)
+    if isinstance(err, kinds.UnknownKindError):
+        return str(err.args[0]) if err.args else str(err)
+    return str(err)
+
+
+def _client_options() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--endpoints",
+        default=None,
+        help="store endpoints host:port,... (default: $MIZZEN_ENDPOINTS, "
+        "~/.mizzen/config, 127.0.0.1:2379)",
+    )
+    common.add_argument(
+        "--request-timeout",
+        type=float,
+        default=5.0,
+        help="seconds each request may take, retries included (default 5)",
+    )
+    return common
+
+
+def add_objects_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    common = _client_options()
+
+    p = sub.add_parser("apply", parents=[common], help="create or update objects from manifests")
+    p.add_argument("-f", "--filename", action="append", required=True, metavar="FILE|DIR|-")
+    p.add_argument("-n", "--namespace", default=None)
+    p.set_defaults(func=run_apply, client_command=True)
+
+    p = sub.add_parser("get", parents=[common], help="show objects")
+    p.add_argument("kind", metavar="KIND")
+    p.add_argument("name", metavar="NAME", nargs="?")
+    p.add_argument("-n", "--namespace", default=None)
+    p.add_argument("-A", "--all-namespaces", action="store_true")
+    p.add_argument("-l", "--selector", default="", help="label selector, e.g. app=web")
+    p.add_argument("--field-selector", default="", help="e.g. spec.nodeName=n1")
+    p.add_argument("-o", "--output", choices=["wide", "yaml", "json", "name"], default=None)
+    p.set_defaults(func=run_get, client_command=True)
+
+    p = sub.add_parser("delete", parents=[common], help="delete objects")
+    p.add_argument("kind", metavar="KIND", nargs="?")
+    p.add_argument("names", metavar="NAME", nargs="*")
+    p.add_argument("-f", "--filename", action="append", default=[], metavar="FILE|DIR|-")
+    p.add_argument("-n", "--namespace", default=None)
+    p.add_argument("--grace-period", type=int, default=None, metavar="SECONDS")
+    p.set_defaults(func=run_delete, client_command=True)
+
+    p = sub.add_parser("api-resources", parents=[common], help="list the kinds of objects")
+    p.set_defaults(func=run_api_resources, client_command=True)
+
+    p = sub.add_parser("version", parents=[common], help="client version and store reachability")
+    p.set_defaults(func=run_version, client_command=True)
+
+
+# ------------------------------------------------------------------ plumbing
+
+
+def _with_client(args: argparse.Namespace, body: Callable[[ObjectsClient], Awaitable[int]]) -> int:
+    """Run body against the store; every known error becomes a CommandError."""
+    endpoints = resolve_endpoints(args.endpoints)
+
+    async def run() -> int:
+        async with ObjectsClient(endpoints, timeout=args.request_timeout) as client:
+            return await body(client)
+
+    try:
+        return asyncio.run(run())
+    except (StoreClientError, ManifestError, kinds.UnknownKindError) as err:
+        raise CommandError(error_message(err, endpoints)) from None
+
+
+def _kind(name: str) -> KindInfo:
+    try:
+        return kinds.lookup(name)
+    except kinds.UnknownKindError as err:
+        raise CommandError(error_message(err, [])) from None
+
+
+def _namespace(info: KindInfo, flag: str | None) -> str:
+    return (flag or DEFAULT_NAMESPACE) if info.namespaced else ""
+
+
+def _load(paths: list[str], namespace: str | None) -> list[Manifest]:
+    """Manifests with namespaces filled in (-n, else default); a clash with -n is an error."""
+    try:
+        manifests = load_paths(paths)
+    except ManifestError as err:
+        raise CommandError(error_message(err, [])) from None
+    for m in manifests:
+        meta: Any = m.message.metadata  # type: ignore[attr-defined]
+        if not m.kind.namespaced:
+            continue
+        if namespace and meta.namespace and meta.namespace != namespace:
+            raise CommandError(
+                f"{m.source}: {m.kind.singular}/{meta.name} is in namespace "
+                f"{meta.namespace!r}, not {namespace!r} given by -n"
+            )
+        meta.namespace = meta.namespace or namespace or DEFAULT_NAMESPACE
+    return manifests
+
+
+def _out(line: str) -> None:
+    print(line, flush=True)
+
+
+# ------------------------------------------------------------------ commands
+
+
+def run_apply(args: argparse.Namespace) -> int:
+    manifests = _load(args.filename, args.namespace)
+
+    async def body(client: ObjectsClient) -> int:
+        try:
+            await apply_all(client, manifests, _out)
+        except ConflictError as err:
+            raise CommandError(f"{err.details or err} (kept changing while applying)") from None
+        return 0
+
+    return _with_client(args, body)
+
+
+def run_get(args: argparse.Namespace) -> int:
+    info = _kind(args.kind)
+    if args.name and (args.selector or args.field_selector or args.all_namespaces):
+        raise UsageError("get: a NAME cannot be combined with -l, --field-selector or -A")
+    everywhere = args.all_namespaces and info.namespaced
+    namespace = "" if everywhere else _namespace(info, args.namespace)
+
+    async def body(client: ObjectsClient) -> int:
+        if args.name:
+            objects = [await client.get(info, args.name, namespace)]
+        else:
+            listed = await client.list(
+                info,
+                namespace,
+                label_selector=args.selector,
+                field_selector=args.field_selector,
+            )
+            objects = listed.items
+        _print_objects(info, objects, args, everywhere, namespace)
+        return 0
+
+    return _with_client(args, body)
+
+
+def _print_objects(
+    info: KindInfo, objects: list[Any], args: argparse.Namespace, everywhere: bool, ns: str
+) -> None:
+    if args.output == "yaml":
+        if objects:
+            sys.stdout.write(dump_yaml(objects))
+    elif args.output == "json":
+        sys.stdout.write(dump_json(objects))
+    elif args.output == "name":
+        for obj in objects:
+            _out(f"{info.singular}/{obj.metadata.name}")
+    elif not objects:
+        where = f" in {ns} namespace" if ns else ""
+        print(f"No resources found{where}.", file=sys.stderr)
+    else:
+        rows = tables.table(
+            info, objects, now=time.time(), wide=args.output == "wide", with_namespace=everywhere
+        )
+        sys.stdout.write(tables.render(rows))
+
+
+def run_delete(args: argparse.Namespace) -> int:
+    targets: list[tuple[KindInfo, str, str]] = []
+    if args.filename:
+        if args.kind or args.names:
+            raise UsageError("delete: give either KIND NAME... or -f FILE, not both")
+        for m in _load(args.filename, args.namespace):
+            meta: Any = m.message.metadata  # type: ignore[attr-defined]
+            targets.append((m.kind, meta.name, meta.namespace))
+    else:
+        if not args.kind or not args.names:
+            raise UsageError("delete: expected KIND NAME... or -f FILE")
+        info = _kind(args.kind)
+        ns = _namespace(info, args.namespace)
+        targets = [(info, name, ns) for name in args.names]
+
+    async def body(client: ObjectsClient) -> int:
+        for info, name, ns in targets:
+            _, gone = await client.delete(info, name, ns, grace_period_seconds=args.grace_period)
+            _out(f"{info.singular}/{name} {'deleted' if gone else 'deleting'}")
+        return 0
+
+    return _with_client(args, body)
+
+
+def api_resources_rows() -> list[list[str]]:
+    rows = [["NAME", "SHORTNAMES", "NAMESPACED", "KIND"]]
+    for info in kinds.KINDS:
+        namespaced = "true" if info.namespaced else "false"
+        rows.append([info.plural, ",".join(info.short_names), namespaced, info.kind])
+    return rows
+
+
+def run_api_resources(args: argparse.Namespace) -> int:
+    sys.stdout.write(tables.render(api_resources_rows()))
+    return 0
+
+
+def run_version(args: argparse.Namespace) -> int:
+    endpoints = resolve_endpoints(args.endpoints)
+    _out(f"Client Version: mizzen {__version__}")
+
+    async def probe() -> str:
+        async with StoreClient(endpoints, timeout=args.request_timeout) as client:
+            status = await client.status()
+            return f"Server: {status.endpoint} (store version {status.version or 'unknown'})"
+
+    try:
+        _out(asyncio.run(probe()))
+    except StoreClientError as err:
+        raise CommandError(error_message(UnavailableError(str(err)), endpoints)) from None
+    return 0

@@ -1,0 +1,288 @@
+"""ObjectsClient: the asyncio client of the typed Objects API (mizzen.v1.Objects).
+
+It takes and returns kind messages (``pb.Pod``, ``pb.Deployment``, ...) and
+hides the ``Object`` envelope. Endpoint handling is ``EndpointPool``'s, so the
+retry policy is the store client's (``retry_policy``): reads move to the next
+endpoint on UNAVAILABLE, writes only when nothing can have been sent. A
+server's definite answer is translated once, by ``errors.translate``, into
+NotFoundError, AlreadyExistsError, ConflictError (ABORTED), InvalidArgumentError
+(the server's message, naming every invalid field path) and so on; the policy
+never sees it, so an ABORTED write is a conflict, not an ambiguous write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, TypeVar
+
+import grpc
+
+from mizzen.api.kinds import KindInfo, lookup
+from mizzen.client import retry_policy
+from mizzen.client.endpoints import ConnectFn, Connection, EndpointPool, Metadata
+from mizzen.client.errors import StoreClientError, UnavailableError, translate
+from protos import objects_api_pb2 as api
+from protos import objects_api_pb2_grpc as api_grpc
+
+T = TypeVar("T")
+
+_ONEOF = api.Object.DESCRIPTOR.oneofs_by_name["object"]
+_FIELD_BY_MESSAGE: dict[str, str] = {
+    f.message_type.full_name: f.name for f in _ONEOF.fields if f.message_type is not None
+}
+
+DEFINITE: frozenset[grpc.StatusCode] = frozenset(
+    {
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.ALREADY_EXISTS,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.OUT_OF_RANGE,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.UNIMPLEMENTED,
+    }
+)
+"""Statuses that are a server's answer about the object, never a transport failure."""
+
+
+def wrap(obj: Any) -> api.Object:
+    """The Object envelope holding obj (a message of a registered kind)."""
+    field = _FIELD_BY_MESSAGE.get(obj.DESCRIPTOR.full_name)
+    if field is None:
+        raise TypeError(f"{obj.DESCRIPTOR.full_name} is not an object kind")
+    out = api.Object()
+    getattr(out, field).CopyFrom(obj)
+    return out
+
+
+def unwrap(envelope: api.Object) -> Any:
+    """The message inside an envelope; StoreClientError when the server sent none."""
+    which = envelope.WhichOneof("object")
+    if which is None:
+        raise StoreClientError("the server returned an empty object")
+    return getattr(envelope, which)
+
+
+@dataclass(frozen=True)
+class ListResult:
+    items: list[Any]
+    # The store revision the list was read at: start a watch from here.
+    resource_version: str
+    # Non-empty when a limit was given and more objects may follow.
+    continue_token: str = ""
+
+
+def _kind_name(kind: str | KindInfo) -> str:
+    return kind.kind if isinstance(kind, KindInfo) else lookup(kind).kind
+
+
+async def _answer(call: Awaitable[T]) -> T:
+    """Await a unary call; a definite status leaves as a domain error right here."""
+    try:
+        return await call
+    except grpc.aio.AioRpcError as err:
+        if err.code() in DEFINITE:
+            raise translate(err.code(), err.details()) from None
+        raise
+
+
+class ObjectsClient:
+    """``async with ObjectsClient(["127.0.0.1:2379"]) as c: await c.get("pods", "web", "default")``.
+
+    ``timeout`` bounds each call including its retries on other endpoints.
+    Kinds may be given as any name ``kinds.lookup`` accepts or as a KindInfo.
+    """
+
+    def __init__(
+        self,
+        endpoints: Sequence[str],
+        *,
+        timeout: float = 5.0,
+        connect_timeout: float = 1.0,
+        connect: ConnectFn | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._pool = EndpointPool(
+            [e.removeprefix("http://").removeprefix("https://") for e in endpoints],
+            timeout=timeout,
+            connect_timeout=connect_timeout,
+            connect=connect,
+            clock=clock,
+        )
+        self._stubs: dict[str, api_grpc.ObjectsStub] = {}
+
+    async def __aenter__(self) -> ObjectsClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        self._stubs.clear()
+        await self._pool.close()
+
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        return self._pool.endpoints
+
+    def _stub(self, conn: Connection) -> api_grpc.ObjectsStub:
+        stub = self._stubs.get(conn.address)
+        if stub is None:
+            stub = self._stubs[conn.address] = api_grpc.ObjectsStub(conn.channel)
+        return stub
+
+    async def _call(
+        self,
+        method: str,
+        request: Any,
+        *,
+        mutating: bool,
+    ) -> Any:
+        async def send(conn: Connection, t: float, md: Metadata) -> Any:
+            rpc = getattr(self._stub(conn), method)
+            return await _answer(rpc(request, timeout=t, metadata=md))
+
+        return await self._pool.call(send, mutating=mutating, what=f"Objects.{method}")
+
+    # -- reads ----------------------------------------------------------------------
+
+    async def get(self, kind: str | KindInfo, name: str, namespace: str = "") -> Any:
+        request = api.GetRequest(kind=_kind_name(kind), namespace=namespace, name=name)
+        return unwrap(await self._call("Get", request, mutating=False))
+
+    async def list(
+        self,
+        kind: str | KindInfo,
+        namespace: str = "",
+        *,
+        label_selector: str = "",
+        field_selector: str = "",
+        limit: int = 0,
+        continue_token: str = "",
+    ) -> ListResult:
+        """Every matching object (following continue tokens), or one page when limit > 0."""
+        items: list[Any] = []
+        token = continue_token
+        while True:
+            request = api.ListRequest(
+                kind=_kind_name(kind),
+                namespace=namespace,
+                label_selector=label_selector,
+                field_selector=field_selector,
+                limit=limit,
+                continue_token=token,
+            )
+            page: api.ListResponse = await self._call("List", request, mutating=False)
+            items.extend(unwrap(item) for item in page.items)
+            token = page.continue_token
+            if limit > 0 or not token:
+                return ListResult(items, page.resource_version, token)
+
+    # -- writes ---------------------------------------------------------------------
+
+    async def create(self, obj: Any) -> Any:
+        request = api.CreateRequest(object=wrap(obj))
+        return unwrap(await self._call("Create", request, mutating=True))
+
+    async def update(self, obj: Any) -> Any:
+        """Spec and metadata; obj.metadata.resource_version must be the one read."""
+        request = api.UpdateRequest(object=wrap(obj))
+        return unwrap(await self._call("Update", request, mutating=True))
+
+    async def update_status(self, obj: Any) -> Any:
+        request = api.UpdateRequest(object=wrap(obj))
+        return unwrap(await self._call("UpdateStatus", request, mutating=True))
+
+    async def delete(
+        self,
+        kind: str | KindInfo,
+        name: str,
+        namespace: str = "",
+        *,
+        grace_period_seconds: int | None = None,
+        resource_version: str = "",
+    ) -> tuple[Any, bool]:
+        """(the object as last stored, True when it is gone rather than pending)."""
+        request = api.DeleteRequest(
+            kind=_kind_name(kind),
+            namespace=namespace,
+            name=name,
+            resource_version=resource_version,
+        )
+        if grace_period_seconds is not None:
+            request.grace_period_seconds = grace_period_seconds
+        response: api.DeleteResponse = await self._call("Delete", request, mutating=True)
+        return unwrap(response.object), response.deleted
+
+    # -- watch ----------------------------------------------------------------------
+
+    async def watch(
+        self,
+        kind: str | KindInfo,
+        namespace: str = "",
+        *,
+        label_selector: str = "",
+        field_selector: str = "",
+        resource_version: str = "",
+        allow_bookmarks: bool = False,
+        resume_timeout: float | None = None,
+    ) -> AsyncIterator[tuple[str, Any]]:
+        """(event type name, object) for every change after resource_version.
+
+        A stream that breaks is reopened (on the next endpoint) from the last
+        resource_version seen, so no event is lost or repeated. It gives up with
+        UnavailableError after ``resume_timeout`` (default: the client timeout)
+        seconds without a stream; a definite status is raised translated.
+        """
+        pool = self._pool
+        budget = pool.timeout if resume_timeout is None else resume_timeout
+        rv = resource_version
+        given_up_at = pool.clock() + budget
+        last = "no endpoint tried"
+        while True:
+            for ep in pool.read_order():
+                if pool.clock() >= given_up_at:
+                    raise UnavailableError(f"watch: no stream within {budget}s ({last})")
+                conn = pool.connection(ep)
+                if not await conn.ready(min(pool.connect_timeout, given_up_at - pool.clock())):
+                    last = f"{ep}: not connected"
+                    pool.mark_failed(ep)
+                    continue
+                request = api.WatchRequest(
+                    kind=_kind_name(kind),
+                    namespace=namespace,
+                    label_selector=label_selector,
+                    field_selector=field_selector,
+                    resource_version=rv,
+                    allow_bookmarks=allow_bookmarks,
+                )
+                stream = self._stub(conn).Watch(request)
+                try:
+                    async for event in stream:
+                        given_up_at = pool.clock() + budget
+                        obj = unwrap(event.object)
+                        if obj.metadata.resource_version:
+                            rv = obj.metadata.resource_version
+                        yield api.WatchEvent.Type.Name(event.type), obj
+                except grpc.aio.AioRpcError as err:
+                    code, details = err.code(), err.details() or ""
+                    if not retry_policy.stream_resumable(code) or code in DEFINITE:
+                        raise translate(code, details) from None
+                    last = f"{ep}: {code.name}: {details}"
+                    pool.mark_failed(ep)
+                    continue
+                finally:
+                    stream.cancel()
+                last = f"{ep}: stream ended"
+            await asyncio.sleep(0.1)

@@ -1,0 +1,124 @@
+"""How typed objects are laid out in the KV store: keys, values, continue tokens.
+
+Pure functions, no I/O. An object lives at ``/registry/<plural>/<namespace>/<name>``
+(cluster-scoped kinds: ``/registry/<plural>/<name>``) as its serialized
+message with ``metadata.resource_version`` cleared: the version is the key's
+mod revision, filled in when the value is read.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Any
+
+from google.protobuf.message import Message
+
+from mizzen.api import kinds
+from mizzen.api.kinds import KindInfo
+from protos import objects_api_pb2 as api
+
+from .errors import Code, StoreError
+
+REGISTRY = "/registry/"
+
+_FIELD_BY_KIND: dict[str, str] = {
+    field.message_type.full_name: field.name  # type: ignore[union-attr]
+    for field in api.Object.DESCRIPTOR.oneofs_by_name["object"].fields
+}
+
+
+def resolve_kind(name: str) -> KindInfo:
+    """The kind a request names, or INVALID_ARGUMENT."""
+    if not name:
+        raise StoreError(Code.INVALID_ARGUMENT, "kind is required")
+    try:
+        return kinds.lookup(name)
+    except kinds.UnknownKindError as err:
+        raise StoreError(Code.INVALID_ARGUMENT, str(err)) from None
+
+
+def kind_prefix(info: KindInfo, namespace: str = "") -> bytes:
+    """The key prefix of every object of a kind, or of one namespace of it."""
+    if namespace and info.namespaced:
+        return f"{REGISTRY}{info.plural}/{namespace}/".encode()
+    return f"{REGISTRY}{info.plural}/".encode()
+
+
+def object_key(info: KindInfo, namespace: str, name: str) -> bytes:
+    if info.namespaced:
+        if not namespace:
+            raise StoreError(Code.INVALID_ARGUMENT, f"namespace is required for {info.plural}")
+        return f"{REGISTRY}{info.plural}/{namespace}/{name}".encode()
+    return f"{REGISTRY}{info.plural}/{name}".encode()
+
+
+def key_of(obj: Message) -> bytes:
+    meta: Any = obj.metadata  # type: ignore[attr-defined]
+    return object_key(kinds.kind_of(obj), meta.namespace, meta.name)
+
+
+def wrap(obj: Message) -> api.Object:
+    """The Object envelope holding obj."""
+    out = api.Object()
+    getattr(out, _FIELD_BY_KIND[obj.DESCRIPTOR.full_name]).CopyFrom(obj)
+    return out
+
+
+def unwrap(envelope: api.Object) -> Message:
+    """The object inside an envelope (a copy), or INVALID_ARGUMENT when empty."""
+    which = envelope.WhichOneof("object")
+    if which is None:
+        raise StoreError(Code.INVALID_ARGUMENT, "object is required")
+    inner: Message = getattr(envelope, which)
+    copy = type(inner)()
+    copy.CopyFrom(inner)
+    return copy
+
+
+def encode(obj: Message) -> bytes:
+    """The stored value: obj without its resource_version."""
+    copy = type(obj)()
+    copy.CopyFrom(obj)
+    copy.metadata.ClearField("resource_version")  # type: ignore[attr-defined]
+    return copy.SerializeToString(deterministic=True)
+
+
+def decode(info: KindInfo, value: bytes, mod_revision: int) -> Message:
+    obj = info.message()
+    obj.ParseFromString(value)
+    obj.metadata.resource_version = str(mod_revision)  # type: ignore[attr-defined]
+    return obj
+
+
+def parse_resource_version(value: str, what: str = "resource_version") -> int:
+    """A resource_version string as a revision; empty is 0."""
+    if not value:
+        return 0
+    try:
+        rev = int(value)
+    except ValueError:
+        rev = -1
+    if rev < 0:
+        raise StoreError(Code.INVALID_ARGUMENT, f"invalid {what} {value!r}: want a revision")
+    return rev
+
+
+def encode_continue(next_key: bytes, revision: int) -> str:
+    """An opaque token: where the next page starts and the revision all pages read at."""
+    raw = json.dumps({"k": base64.b64encode(next_key).decode(), "r": revision})
+    return base64.urlsafe_b64encode(raw.encode()).decode()
+
+
+def decode_continue(token: str, prefix: bytes) -> tuple[bytes, int]:
+    """(next key, revision) of a token made by encode_continue for a list of prefix."""
+    try:
+        data = json.loads(base64.urlsafe_b64decode(token.encode()))
+        key = base64.b64decode(data["k"], validate=True)
+        revision = int(data["r"])
+    except (ValueError, KeyError, TypeError, binascii.Error):
+        raise StoreError(Code.INVALID_ARGUMENT, "invalid continue token") from None
+    if not key.startswith(prefix) or revision <= 0:
+        raise StoreError(Code.INVALID_ARGUMENT, "continue token does not belong to this list")
+    return key, revision

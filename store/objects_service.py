@@ -1,0 +1,405 @@
+"""mizzen.v1.Objects: validated, defaulted, versioned typed objects over the KV store.
+
+Every write is one Txn guarded by a compare on the key (create_revision == 0
+for Create, mod_revision == resource_version for Update, UpdateStatus and
+Delete), so concurrent writers cannot lose each other's changes. Reads are
+linearizable (a barrier first). Owner-reference cascading is not done here:
+the garbage collector controller deletes dependents.
+"""
+
+from __future__ import annotations
+
+import secrets
+import string
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from google.protobuf.message import Message
+
+from mizzen.api import selectors
+from mizzen.api.defaults import DEFAULT_TERMINATION_GRACE_SECONDS, apply_defaults
+from mizzen.api.field_errors import FieldError
+from mizzen.api.kinds import KindInfo, kind_of
+from mizzen.api.validation import validate, validate_update
+from protos import objects_api_pb2 as api
+from protos import objects_api_pb2_grpc as api_grpc
+from protos import objects_pb2 as pb
+from protos import rpc_pb2
+
+from .errors import Code, StoreError
+from .grpc_errors import grpc_errors, grpc_stream_errors
+from .keyspace import prefix_end
+from .kv_service import check_size
+from .node import StoreNode
+from .objects_codec import (
+    decode,
+    decode_continue,
+    encode,
+    encode_continue,
+    key_of,
+    kind_prefix,
+    object_key,
+    parse_resource_version,
+    resolve_kind,
+    unwrap,
+    wrap,
+)
+from .objects_watch import ObjectWatchSink, Selection
+from .state_machine import Record, StateMachine
+from .watch_hub import WatchStream
+
+CONFLICT = "the object has been modified; please apply your changes to the latest version"
+LIST_CHUNK = 500
+DELETE_ATTEMPTS = 5
+_SUFFIX_CHARS = string.ascii_lowercase + string.digits
+
+
+class ObjectsService(api_grpc.ObjectsServicer):
+    def __init__(self, node: StoreNode) -> None:
+        self.node = node
+
+    # ------------------------------------------------------------------ reads
+
+    @grpc_errors
+    async def Get(self, request: api.GetRequest, context: grpc.aio.ServicerContext) -> api.Object:
+        info = resolve_kind(request.kind)
+        key = object_key(info, request.namespace, request.name)
+        await self.node.barrier()
+        return wrap(_decode_record(info, self._get(info, key, request.name)))
+
+    @grpc_errors
+    async def List(
+        self, request: api.ListRequest, context: grpc.aio.ServicerContext
+    ) -> api.ListResponse:
+        info = resolve_kind(request.kind)
+        selection = _selection(info, request.label_selector, request.field_selector)
+        if request.limit < 0:
+            raise StoreError(Code.INVALID_ARGUMENT, "limit must not be negative")
+        prefix = kind_prefix(info, request.namespace)
+        if request.continue_token:
+            start, revision = decode_continue(request.continue_token, prefix)
+            if revision > self.node.read(lambda sm: sm.revision):
+                await self.node.barrier()  # this member lags behind the first page's
+        else:
+            await self.node.barrier()
+            start, revision = prefix, self.node.read(lambda sm: sm.revision)
+        return self.node.read(
+            lambda sm: _list_page(sm, selection, prefix, start, revision, request.limit)
+        )
+
+    # ----------------------------------------------------------------- writes
+
+    @grpc_errors
+    async def Create(
+        self, request: api.CreateRequest, context: grpc.aio.ServicerContext
+    ) -> api.Object:
+        obj: Any = unwrap(request.object)
+        info = kind_of(obj)
+        meta = obj.metadata
+        if not meta.name and meta.generate_name:
+            meta.name = meta.generate_name + "".join(
+                secrets.choice(_SUFFIX_CHARS) for _ in range(5)
+            )
+        apply_defaults(obj)
+        for field in ("resource_version", "deletion_timestamp", "deletion_grace_period_seconds"):
+            meta.ClearField(field)
+        meta.uid = str(uuid.uuid4())
+        meta.creation_timestamp.GetCurrentTime()
+        meta.generation = 1
+        _check(info, obj, validate(obj))
+        key = key_of(obj)
+        txn = rpc_pb2.TxnRequest(
+            compare=[
+                rpc_pb2.Compare(
+                    key=key,
+                    target=rpc_pb2.Compare.CREATE,
+                    result=rpc_pb2.Compare.EQUAL,
+                    create_revision=0,
+                )
+            ],
+            success=[rpc_pb2.RequestOp(request_put=rpc_pb2.PutRequest(key=key, value=encode(obj)))],
+        )
+        resp = await self._txn(txn)
+        if not resp.succeeded:
+            raise StoreError(Code.ALREADY_EXISTS, f'{info.plural} "{meta.name}" already exists')
+        meta.resource_version = str(resp.header.revision)
+        return wrap(obj)
+
+    @grpc_errors
+    async def Update(
+        self, request: api.UpdateRequest, context: grpc.aio.ServicerContext
+    ) -> api.Object:
+        new: Any = unwrap(request.object)
+        info, key, rev, old = await self._current(new)
+        if not new.metadata.uid:
+            new.metadata.uid = old.metadata.uid
+        if not new.metadata.HasField("creation_timestamp"):
+            _copy_field(old.metadata, new.metadata, "creation_timestamp")
+        for field in ("deletion_timestamp", "deletion_grace_period_seconds", "generation"):
+            _copy_field(old.metadata, new.metadata, field)
+        if info.has_status:
+            new.status.CopyFrom(old.status)
+        apply_defaults(new)
+        if new.spec != old.spec:
+            new.metadata.generation = old.metadata.generation + 1
+        _check(info, new, validate_update(old, new))
+        return wrap(await self._replace(info, key, rev, old, new))
+
+    @grpc_errors
+    async def UpdateStatus(
+        self, request: api.UpdateRequest, context: grpc.aio.ServicerContext
+    ) -> api.Object:
+        given: Any = unwrap(request.object)
+        info, key, rev, old = await self._current(given)
+        if not info.has_status:
+            raise StoreError(Code.INVALID_ARGUMENT, f"{info.plural} have no status")
+        new: Any = type(old)()
+        new.CopyFrom(old)
+        new.status.CopyFrom(given.status)
+        _check(info, new, validate_update(old, new))
+        return wrap(await self._replace(info, key, rev, old, new))
+
+    @grpc_errors
+    async def Delete(
+        self, request: api.DeleteRequest, context: grpc.aio.ServicerContext
+    ) -> api.DeleteResponse:
+        info = resolve_kind(request.kind)
+        key = object_key(info, request.namespace, request.name)
+        if request.HasField("grace_period_seconds") and request.grace_period_seconds < 0:
+            raise StoreError(Code.INVALID_ARGUMENT, "grace_period_seconds must not be negative")
+        wanted = parse_resource_version(request.resource_version)
+        await self.node.barrier()
+        for _ in range(DELETE_ATTEMPTS - 1):
+            try:
+                return await self._delete_once(info, key, request, wanted)
+            except StoreError as err:
+                if wanted or err.code != Code.ABORTED:
+                    raise
+                # no precondition: a concurrent write is no reason to fail; look again
+        return await self._delete_once(info, key, request, wanted)
+
+    async def _delete_once(
+        self, info: KindInfo, key: bytes, request: api.DeleteRequest, wanted: int
+    ) -> api.DeleteResponse:
+        record = self._get(info, key, request.name)
+        if wanted and wanted != record.mod_revision:
+            raise StoreError(Code.ABORTED, CONFLICT)
+        obj: Any = _decode_record(info, record)
+        grace = _grace_seconds(obj, request)
+        if not obj.metadata.finalizers and grace == 0:
+            await self._delete(key, record.mod_revision, request.name, info)
+            return api.DeleteResponse(object=wrap(obj), deleted=True)
+        meta = obj.metadata
+        if not meta.HasField("deletion_timestamp") or grace < meta.deletion_grace_period_seconds:
+            pending: Any = type(obj)()
+            pending.CopyFrom(obj)
+            if not meta.HasField("deletion_timestamp"):
+                pending.metadata.deletion_timestamp.GetCurrentTime()
+            pending.metadata.deletion_grace_period_seconds = grace
+            obj = await self._replace(info, key, record.mod_revision, obj, pending)
+        gone = not obj.metadata.finalizers and grace == 0
+        return api.DeleteResponse(object=wrap(obj), deleted=gone)
+
+    # ------------------------------------------------------------------ watch
+
+    @grpc_stream_errors
+    async def Watch(
+        self, request: api.WatchRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[api.WatchEvent]:
+        info = resolve_kind(request.kind)
+        selection = _selection(info, request.label_selector, request.field_selector)
+        after = parse_resource_version(request.resource_version)
+        prefix = kind_prefix(info, request.namespace)
+        sink = ObjectWatchSink(
+            selection,
+            bookmarks=request.allow_bookmarks,
+            bookmark_interval=self.node.hub.progress_interval,
+        )
+        stream = WatchStream(sink)
+        hub = self.node.hub
+        hub.create(
+            stream,
+            rpc_pb2.WatchCreateRequest(
+                key=prefix,
+                range_end=prefix_end(prefix),
+                start_revision=after + 1 if after else 0,
+                prev_kv=True,
+                progress_notify=request.allow_bookmarks,
+            ),
+        )
+        try:
+            while True:
+                item = await sink.queue.get()
+                if item is None:
+                    return
+                if isinstance(item, StoreError):
+                    raise item
+                yield item
+        finally:
+            hub.remove_stream(stream)
+
+    # ---------------------------------------------------------------- helpers
+
+    def _get(self, info: KindInfo, key: bytes, name: str) -> Record:
+        record = self.node.read(lambda sm: sm.get(key))
+        if record is None:
+            raise StoreError(Code.NOT_FOUND, f'{info.plural} "{name}" not found')
+        return record
+
+    async def _current(self, obj: Any) -> tuple[KindInfo, bytes, int, Any]:
+        """(kind, key, the version the client read, the stored object) for an update."""
+        info = kind_of(obj)
+        if info.namespaced and not obj.metadata.namespace:
+            obj.metadata.namespace = "default"
+        key = key_of(obj)
+        rev = parse_resource_version(obj.metadata.resource_version, "metadata.resourceVersion")
+        if not rev:
+            raise StoreError(
+                Code.INVALID_ARGUMENT, "metadata.resourceVersion: must be specified for an update"
+            )
+        record = self.node.read(lambda sm: sm.get(key))
+        if record is None or record.mod_revision != rev:
+            await self.node.barrier()  # this member may lag: look again
+            record = self._get(info, key, obj.metadata.name)
+        if record.mod_revision != rev:
+            raise StoreError(Code.ABORTED, CONFLICT)
+        return info, key, rev, _decode_record(info, record)
+
+    async def _replace(self, info: KindInfo, key: bytes, rev: int, old: Any, new: Any) -> Any:
+        """Write new over the stored version rev; delete it instead once it may go."""
+        if new.metadata.HasField("deletion_timestamp") and not new.metadata.finalizers:
+            grace = new.metadata.deletion_grace_period_seconds
+            if not (isinstance(new, pb.Pod) and grace > 0):
+                await self._delete(key, rev, new.metadata.name, info)
+                return new
+        value = encode(new)
+        if value == encode(old):
+            return old  # no change: no write, no new version
+        txn = rpc_pb2.TxnRequest(
+            compare=[_mod_equals(key, rev)],
+            success=[rpc_pb2.RequestOp(request_put=rpc_pb2.PutRequest(key=key, value=value))],
+            failure=[rpc_pb2.RequestOp(request_range=rpc_pb2.RangeRequest(key=key))],
+        )
+        resp = await self._txn(txn)
+        if not resp.succeeded:
+            _raise_conflict(resp, info, new.metadata.name)
+        new.metadata.resource_version = str(resp.header.revision)
+        return new
+
+    async def _delete(self, key: bytes, rev: int, name: str, info: KindInfo) -> None:
+        txn = rpc_pb2.TxnRequest(
+            compare=[_mod_equals(key, rev)],
+            success=[rpc_pb2.RequestOp(request_delete_range=rpc_pb2.DeleteRangeRequest(key=key))],
+            failure=[rpc_pb2.RequestOp(request_range=rpc_pb2.RangeRequest(key=key))],
+        )
+        resp = await self._txn(txn)
+        if not resp.succeeded:
+            _raise_conflict(resp, info, name)
+
+    async def _txn(self, txn: rpc_pb2.TxnRequest) -> rpc_pb2.TxnResponse:
+        check_size(txn)
+        resp: rpc_pb2.TxnResponse = await self.node.propose(("txn", txn.SerializeToString()))
+        return resp
+
+
+def _mod_equals(key: bytes, rev: int) -> rpc_pb2.Compare:
+    return rpc_pb2.Compare(
+        key=key, target=rpc_pb2.Compare.MOD, result=rpc_pb2.Compare.EQUAL, mod_revision=rev
+    )
+
+
+def _raise_conflict(resp: rpc_pb2.TxnResponse, info: KindInfo, name: str) -> None:
+    if resp.responses and not resp.responses[0].response_range.kvs:
+        raise StoreError(Code.NOT_FOUND, f'{info.plural} "{name}" not found')
+    raise StoreError(Code.ABORTED, CONFLICT)
+
+
+_PRESENCE = {"creation_timestamp", "deletion_timestamp", "deletion_grace_period_seconds"}
+
+
+def _copy_field(src: Any, dst: Any, field: str) -> None:
+    """dst.field = src.field, including "unset" for fields with presence."""
+    if field in _PRESENCE and not src.HasField(field):
+        dst.ClearField(field)
+        return
+    value = getattr(src, field)
+    if isinstance(value, Message):
+        getattr(dst, field).CopyFrom(value)
+    else:
+        setattr(dst, field, value)
+
+
+def _grace_seconds(obj: Any, request: api.DeleteRequest) -> int:
+    """Seconds a pod's processes get to stop; 0 (delete at once) for other kinds.
+
+    As in Kubernetes, a pod that was never scheduled or has finished has no
+    processes to stop and goes at once.
+    """
+    if not isinstance(obj, pb.Pod):
+        return 0
+    if request.HasField("grace_period_seconds"):
+        grace = request.grace_period_seconds
+    elif obj.spec.HasField("termination_grace_period_seconds"):
+        grace = obj.spec.termination_grace_period_seconds
+    else:
+        grace = DEFAULT_TERMINATION_GRACE_SECONDS
+    if not obj.spec.node_name or obj.status.phase in ("Succeeded", "Failed"):
+        return 0
+    return int(grace)
+
+
+def _decode_record(info: KindInfo, record: Record) -> Any:
+    return decode(info, record.value, record.mod_revision)
+
+
+def _check(info: KindInfo, obj: Any, errors: list[FieldError]) -> None:
+    if errors:
+        detail = "; ".join(str(e) for e in errors)
+        raise StoreError(
+            Code.INVALID_ARGUMENT, f'{info.kind} "{obj.metadata.name}" is invalid: {detail}'
+        )
+
+
+def _selection(info: KindInfo, labels: str, fields: str) -> Selection:
+    try:
+        return Selection(
+            info,
+            selectors.parse_label_selector(labels),
+            selectors.parse_field_selector(fields, info.kind),
+        )
+    except selectors.SelectorError as err:
+        raise StoreError(Code.INVALID_ARGUMENT, str(err)) from None
+
+
+def _list_page(
+    sm: StateMachine,
+    selection: Selection,
+    prefix: bytes,
+    start: bytes,
+    revision: int,
+    limit: int,
+) -> api.ListResponse:
+    """One page of matching objects from start, read at revision (raises if compacted)."""
+    out = api.ListResponse(resource_version=str(revision))
+    end = prefix_end(prefix)
+    key = start
+    while True:
+        chunk = sm.range(
+            rpc_pb2.RangeRequest(key=key, range_end=end, revision=revision, limit=LIST_CHUNK)
+        )
+        for i, kv in enumerate(chunk.kvs):
+            obj = decode(selection.info, kv.value, kv.mod_revision)
+            if selection.matches(obj):
+                out.items.append(wrap(obj))
+            if limit and len(out.items) == limit:
+                if i + 1 < len(chunk.kvs) or chunk.more:
+                    out.continue_token = encode_continue(kv.key + b"\0", revision)
+                return out
+        if not chunk.more:
+            return out
+        key = chunk.kvs[-1].key + b"\0"
+
+
+__all__ = ["ObjectsService"]

@@ -1,0 +1,69 @@
+"""Where the CLI finds the store: --endpoints, then MIZZEN_ENDPOINTS, then the config file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mizzen.cli.config import DEFAULT_ENDPOINT, resolve_endpoints
+from mizzen.cli.errors import UsageError
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    path = tmp_path / "config"
+    path.write_text("endpoints:\n  - 10.0.0.1:2379\n  - 10.0.0.2:2379\n")
+    return path
+
+
+def test_flag_wins_over_env_and_file(config: Path) -> None:
+    env = {"MIZZEN_ENDPOINTS": "e:1", "MIZZEN_CONFIG": str(config)}
+    assert resolve_endpoints("a:1, b:2,", env) == ["a:1", "b:2"]
+
+
+def test_env_wins_over_file(config: Path) -> None:
+    env = {"MIZZEN_ENDPOINTS": "e:1,e:2", "MIZZEN_CONFIG": str(config)}
+    assert resolve_endpoints(None, env) == ["e:1", "e:2"]
+
+
+def test_blank_env_falls_through_to_file(config: Path) -> None:
+    env = {"MIZZEN_ENDPOINTS": "  ", "MIZZEN_CONFIG": str(config)}
+    assert resolve_endpoints(None, env) == ["10.0.0.1:2379", "10.0.0.2:2379"]
+
+
+def test_file_endpoints_may_be_a_comma_string(tmp_path: Path) -> None:
+    path = tmp_path / "c"
+    path.write_text("endpoints: a:1,b:2\n")
+    assert resolve_endpoints(None, {"MIZZEN_CONFIG": str(path)}) == ["a:1", "b:2"]
+
+
+def test_default_config_path_is_under_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / ".mizzen").mkdir()
+    (tmp_path / ".mizzen" / "config").write_text("endpoints: [h:9]\n")
+    assert resolve_endpoints(None, {}) == ["h:9"]
+
+
+def test_default_when_nothing_is_configured(tmp_path: Path) -> None:
+    env = {"MIZZEN_CONFIG": str(tmp_path / "missing")}
+    assert resolve_endpoints(None, env) == [DEFAULT_ENDPOINT]
+
+
+def test_file_without_endpoints_uses_default(tmp_path: Path) -> None:
+    path = tmp_path / "c"
+    path.write_text("# nothing yet\n")
+    assert resolve_endpoints(None, {"MIZZEN_CONFIG": str(path)}) == [DEFAULT_ENDPOINT]
+
+
+@pytest.mark.parametrize("text", ["endpoints: [1, 2]\n", "endpoints: []\n", "endpoints: [a\n"])
+def test_malformed_file_is_a_usage_error(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "c"
+    path.write_text(text)
+    with pytest.raises(UsageError, match=str(path)):
+        resolve_endpoints(None, {"MIZZEN_CONFIG": str(path)})
+
+
+def test_empty_flag_is_a_usage_error() -> None:
+    with pytest.raises(UsageError, match="--endpoints"):
+        resolve_endpoints(" , ", {})
