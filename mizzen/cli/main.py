@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from mizzen import __version__
+from mizzen.cli.describe_cmd import add_describe_parsers
 from mizzen.cli.errors import CommandError, UsageError
 from mizzen.cli.objects_cmd import add_objects_parsers
 from mizzen.cli.store_cmd import add_store_parser
@@ -25,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     add_store_parser(sub)
     add_objects_parsers(sub)
+    add_describe_parsers(sub)
     return p
 
 

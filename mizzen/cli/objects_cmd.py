@@ -34,6 +34,7 @@ from mizzen.cli import tables
 from mizzen.cli.apply_cmd import apply_all
 from mizzen.cli.config import resolve_endpoints
 from mizzen.cli.errors import CommandError, UsageError
+from mizzen.cli.watch_cmd import watch_until_interrupted
 from mizzen.client.errors import (
     AmbiguousWriteError,
     ConflictError,
@@ -93,6 +94,8 @@ def add_objects_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     p.add_argument("-l", "--selector", default="", help="label selector, e.g. app=web")
     p.add_argument("--field-selector", default="", help="e.g. spec.nodeName=n1")
     p.add_argument("-o", "--output", choices=["wide", "yaml", "json", "name"], default=None)
+    p.add_argument("-w", "--watch", action="store_true", help="after the listing, print changes")
+    p.add_argument("--watch-only", action="store_true", help="print changes, no listing first")
     p.set_defaults(func=run_get, client_command=True)
 
     p = sub.add_parser("delete", parents=[common], help="delete objects")
@@ -183,6 +186,11 @@ def run_get(args: argparse.Namespace) -> int:
         raise UsageError("get: a NAME cannot be combined with -l, --field-selector or -A")
     everywhere = args.all_namespaces and info.namespaced
     namespace = "" if everywhere else _namespace(info, args.namespace)
+
+    if args.watch or args.watch_only:
+        return _with_client(
+            args, lambda client: watch_until_interrupted(client, info, namespace, args, everywhere)
+        )
 
     async def body(client: ObjectsClient) -> int:
         if args.name:

@@ -83,7 +83,7 @@ def node_status(node: Any) -> str:
     return f"{ready},SchedulingDisabled" if node.spec.unschedulable else ready
 
 
-def _selector(obj: Any) -> str:
+def selector_text(obj: Any) -> str:
     labels = obj.spec.selector.match_labels
     parts = [f"{key}={labels[key]}" for key in sorted(labels)]
     for req in obj.spec.selector.match_expressions:
@@ -141,7 +141,7 @@ _COLUMNS: dict[str, Columns] = {
 }
 """Per kind: the columns between NAME and AGE."""
 
-_SELECTOR: Columns = (["SELECTOR"], lambda o: [_selector(o)])
+_SELECTOR: Columns = (["SELECTOR"], lambda o: [selector_text(o)])
 _WIDE: dict[str, Columns] = {
     "Pod": (["IP"], lambda o: [o.status.host_ip or "<none>"]),
     "Deployment": _SELECTOR,

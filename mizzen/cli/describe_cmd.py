@@ -1,0 +1,86 @@
+"""`mizzen describe KIND NAME` and `mizzen events`: objects with the Events about them.
+
+Errors leave like every other client command's (``objects_cmd``): exit 1 and
+one line after "mizzen: ", e.g. ``pods "web" not found``. Event selection is
+done here, on the client: the server has no field selector on the involved
+object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any
+
+from mizzen.api import kinds
+from mizzen.cli import event_view, tables
+from mizzen.cli.describe import describe
+from mizzen.cli.errors import UsageError
+from mizzen.cli.objects_cmd import _client_options, _kind, _namespace, _with_client
+from mizzen.client.objects import ObjectsClient
+
+EVENTS = kinds.lookup("events")
+
+
+def add_describe_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    common = _client_options()
+
+    p = sub.add_parser("describe", parents=[common], help="show an object and its events")
+    p.add_argument("kind", metavar="KIND")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("-n", "--namespace", default=None)
+    p.set_defaults(func=run_describe, client_command=True)
+
+    p = sub.add_parser("events", parents=[common], help="list events, oldest first")
+    p.add_argument("-n", "--namespace", default=None)
+    p.add_argument("-A", "--all-namespaces", action="store_true")
+    p.add_argument("--for", dest="target", default=None, metavar="KIND/NAME")
+    p.set_defaults(func=run_events, client_command=True)
+
+
+def run_describe(args: argparse.Namespace) -> int:
+    info = _kind(args.kind)
+    namespace = _namespace(info, args.namespace)
+
+    async def body(client: ObjectsClient) -> int:
+        obj = await client.get(info, args.name, namespace)
+        events = (await client.list(EVENTS, namespace)).items
+        sys.stdout.write(describe(obj, events, now=time.time()))
+        return 0
+
+    return _with_client(args, body)
+
+
+def _target(text: str) -> tuple[str, str]:
+    """(Kind, name) from ``--for pod/web`` (any spelling kinds.lookup accepts)."""
+    kind, sep, name = text.partition("/")
+    if not sep or not kind or not name:
+        raise UsageError(f"events: --for wants KIND/NAME, not {text!r}")
+    return _kind(kind).kind, name
+
+
+def select_events(events: list[Any], target: tuple[str, str] | None) -> list[Any]:
+    if target is None:
+        return events
+    kind, name = target
+    return [e for e in events if event_view.is_about(e, kind, name, "")]
+
+
+def run_events(args: argparse.Namespace) -> int:
+    if args.all_namespaces and args.namespace:
+        raise UsageError("events: give -n or -A, not both")
+    target = _target(args.target) if args.target else None
+    namespace = "" if args.all_namespaces else _namespace(EVENTS, args.namespace)
+
+    async def body(client: ObjectsClient) -> int:
+        events = select_events((await client.list(EVENTS, namespace)).items, target)
+        if not events:
+            where = f" in {namespace} namespace" if namespace else ""
+            print(f"No events found{where}.", file=sys.stderr)
+            return 0
+        rows = event_view.events_table(events, now=time.time(), with_namespace=args.all_namespaces)
+        sys.stdout.write(tables.render(rows))
+        return 0
+
+    return _with_client(args, body)
