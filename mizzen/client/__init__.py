@@ -40,6 +40,7 @@ from mizzen.client.errors import (
     StoreClientError,
     UnavailableError,
 )
+from mizzen.client.informer import Informer
 from mizzen.client.lease import KeepAlive
 from mizzen.client.objects import ListResult, ObjectsClient
 from mizzen.client.ops import Compare, Op
@@ -70,6 +71,7 @@ __all__ = [
     "EventType",
     "FailedPreconditionError",
     "FutureRevisionError",
+    "Informer",
     "InvalidArgumentError",
     "KeepAlive",
     "KeyValue",
