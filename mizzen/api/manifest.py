@@ -334,11 +334,16 @@ def dump_yaml(msgs: Iterable[Message]) -> str:
 
 
 def dump_json(msgs: Iterable[Message]) -> str:
-    """One message as its object; any other number as ``{kind: List, items: [...]}``."""
+    """One message as its object (indented); any other number as ``{kind: List, items: [...]}``.
+
+    In a List each item is written on one line: json's indenting encoder is
+    pure Python and took ~0.5 s for 10,000 pods, the compact one is in C.
+    """
     objects = [to_manifest(msg) for msg in msgs]
-    document: dict[str, Any] = (
-        objects[0]
-        if len(objects) == 1
-        else {"apiVersion": API_VERSION, "kind": LIST_KIND, "items": objects}
-    )
-    return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+    if len(objects) == 1:
+        return json.dumps(objects[0], indent=2, ensure_ascii=False) + "\n"
+    head = f'{{\n  "apiVersion": {json.dumps(API_VERSION)},\n  "kind": {json.dumps(LIST_KIND)},\n'
+    if not objects:
+        return head + '  "items": []\n}\n'
+    items = ",\n".join("    " + json.dumps(o, ensure_ascii=False) for o in objects)
+    return head + '  "items": [\n' + items + "\n  ]\n}\n"
