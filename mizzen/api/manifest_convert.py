@@ -319,35 +319,61 @@ def camel_case(name: str) -> str:
 
 def encode(msg: Message) -> dict[str, Any]:
     """msg as a manifest mapping: camelCase names, set fields only, quantities as strings."""
-    return {field.json_name: _encode_field(field, value) for field, value in msg.ListFields()}
+    return {field.json_name: _encoder(field)(value) for field, value in msg.ListFields()}
 
 
-def _encode_field(field: FieldDescriptor, value: Any) -> Any:
+# One encoder function per field, built on first use: a list of 10,000 pods
+# walks the same few dozen fields again and again.
+_ENCODERS: dict[FieldDescriptor, Callable[[Any], Any]] = {}
+
+
+def _encoder(field: FieldDescriptor) -> Callable[[Any], Any]:
+    enc = _ENCODERS.get(field)
+    if enc is None:
+        enc = _ENCODERS[field] = _build_encoder(field)
+    return enc
+
+
+def _build_encoder(field: FieldDescriptor) -> Callable[[Any], Any]:
     if _is_map(field):
-        value_field = _map_value(field)
-        return {key: _encode_single(value_field, value[key]) for key in sorted(value)}
+        single = _single_encoder(_map_value(field))
+        return lambda value: {key: single(value[key]) for key in sorted(value)}
+    single = _single_encoder(field)
     if field.is_repeated:
-        return [_encode_single(field, item) for item in value]
-    return _encode_single(field, value)
+        return lambda value: [single(item) for item in value]
+    return single
 
 
-def _encode_single(field: FieldDescriptor, value: Any) -> Any:
+def _single_encoder(field: FieldDescriptor) -> Callable[[Any], Any]:
     if field.type == _F.TYPE_MESSAGE:
         name = _message_type(field).full_name
         if name == TIMESTAMP:
-            return value.ToJsonString()
+            return lambda value: value.ToJsonString()
         if name == RESOURCE_LIST:
-            return {
-                manifest_name: _RESOURCE_FORMATS[f](getattr(value, f))
-                for f, manifest_name in RESOURCES
-                if value.HasField(f)
-            }
-        return encode(value)
+            return _encode_resources
+        return encode
     if field.type == _F.TYPE_STRING and field.name in INT_OR_STRING:
-        digits = value.isascii() and value.isdigit()
-        return int(value) if digits and str(int(value)) == value else value
+        return _encode_int_or_string
     if field.type == _F.TYPE_ENUM and field.enum_type is not None:
-        return field.enum_type.values_by_number[value].name
+        values = field.enum_type.values_by_number
+        return lambda value: values[value].name
     if field.type == _F.TYPE_BYTES:
-        return base64.b64encode(value).decode("ascii")
+        return lambda value: base64.b64encode(value).decode("ascii")
+    return _identity
+
+
+def _encode_resources(value: Any) -> dict[str, str | int]:
+    return {
+        manifest_name: _RESOURCE_FORMATS[f](getattr(value, f))
+        for f, manifest_name in RESOURCES
+        if value.HasField(f)
+    }
+
+
+def _encode_int_or_string(value: str) -> int | str:
+    digits = value.isascii() and value.isdigit()
+    return int(value) if digits and str(int(value)) == value else value
+
+
+def _identity(value: Any) -> Any:
     return value
