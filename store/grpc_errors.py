@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import grpc
 import structlog
@@ -17,6 +17,17 @@ F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 S = TypeVar("S", bound=Callable[..., AsyncIterator[Any]])
 
 
+async def abort_for(exc: Exception, context: grpc.aio.ServicerContext, method: str) -> NoReturn:
+    """End the call with the status for exc: StoreError -> its code; a bug -> INTERNAL, logged."""
+    if isinstance(exc, StoreError):
+        await context.abort(exc.code.grpc, exc.message)
+    if isinstance(exc, grpc.aio.AbortError | grpc.RpcError):
+        raise exc
+    log.exception("rpc_failed", method=method)
+    await context.abort(grpc.StatusCode.INTERNAL, f"mizzen: internal error: {exc}")
+    raise AssertionError("unreachable: abort raises")
+
+
 def grpc_errors(fn: F) -> F:
     """Wrap a unary servicer method: StoreError -> status; anything else -> INTERNAL, logged."""
 
@@ -24,13 +35,8 @@ def grpc_errors(fn: F) -> F:
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
             return await fn(self, request, context)
-        except StoreError as err:
-            await context.abort(err.code.grpc, err.message)
-        except (grpc.aio.AbortError, grpc.RpcError):
-            raise
         except Exception as exc:
-            log.exception("rpc_failed", method=fn.__name__)
-            await context.abort(grpc.StatusCode.INTERNAL, f"mizzen: internal error: {exc}")
+            await abort_for(exc, context, fn.__name__)
 
     return wrapper  # type: ignore[return-value]
 
@@ -45,12 +51,7 @@ def grpc_stream_errors(fn: S) -> S:
         try:
             async for item in fn(self, request, context):
                 yield item
-        except StoreError as err:
-            await context.abort(err.code.grpc, err.message)
-        except (grpc.aio.AbortError, grpc.RpcError):
-            raise
         except Exception as exc:
-            log.exception("rpc_failed", method=fn.__name__)
-            await context.abort(grpc.StatusCode.INTERNAL, f"mizzen: internal error: {exc}")
+            await abort_for(exc, context, fn.__name__)
 
     return wrapper  # type: ignore[return-value]

@@ -14,8 +14,7 @@ import grpc
 
 from protos import rpc_pb2, rpc_pb2_grpc
 
-from .errors import StoreError
-from .grpc_errors import grpc_errors
+from .grpc_errors import abort_for, grpc_errors
 from .node import MIN_LEASE_TTL, StoreNode
 from .state_machine import KeepAliveResult
 
@@ -48,8 +47,8 @@ class LeaseService(rpc_pb2_grpc.LeaseServicer):
         async for req in request_iterator:
             try:
                 res: KeepAliveResult = await self.node.propose(("lease_keepalive", req.ID))
-            except StoreError as err:
-                await context.abort(err.code.grpc, err.message)
+            except Exception as exc:
+                await abort_for(exc, context, "LeaseKeepAlive")
             yield self.node.fill_header(rpc_pb2.LeaseKeepAliveResponse(ID=req.ID, TTL=res.ttl))
 
     @grpc_errors
