@@ -23,6 +23,7 @@ from typing import Any
 import structlog
 from pysyncobj import SyncObj, SyncObjConf, SyncObjConsumer, replicated
 from pysyncobj import journal as pysyncobj_journal
+from pysyncobj import serializer as pysyncobj_serializer
 
 from .state_machine import Event, StateMachine
 
@@ -159,6 +160,8 @@ def enable_journal_fsync() -> None:
 
     file_journal.add = add
     file_journal.deleteEntriesTo = delete_entries_to
+    # a snapshot must be on disk before the journal entries it replaces are dropped
+    pysyncobj_serializer.atomicReplace = durable_replace
 
     meta_storer: Any = pysyncobj_journal.MetaStorer
     orig_store = meta_storer.storeMeta
@@ -173,3 +176,24 @@ def enable_journal_fsync() -> None:
             os.close(fd)
 
     meta_storer.storeMeta = store_meta
+
+
+def durable_replace(tmp_path: str, path: str) -> None:
+    """Rename tmp_path over path with its data and the rename both on disk.
+
+    pysyncobj writes snapshots (its own, and ones received from the leader) to
+    a temporary file and renames it; it compacts the journal once that
+    returned. Without these fsyncs a power loss after compaction could leave
+    neither the snapshot nor the journal entries it replaced.
+    """
+    fd = os.open(tmp_path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(tmp_path, path)
+    dir_fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
