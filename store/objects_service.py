@@ -3,17 +3,28 @@
 Every write is one Txn guarded by a compare on the key (create_revision == 0
 for Create, mod_revision == resource_version for Update, UpdateStatus and
 Delete), so concurrent writers cannot lose each other's changes. Reads are
-linearizable (a barrier first). Owner-reference cascading is not done here:
-the garbage collector controller deletes dependents.
+linearizable (a barrier first).
+
+Fencing: a write whose gRPC metadata carries ``mizzen-fence-key`` and
+``mizzen-fence-revision`` also requires, in the same Txn, that the key's
+create_revision is that revision; otherwise it fails with FAILED_PRECONDITION
+("fenced: ..."). A controller manager fences every write with its election
+key, so a deposed leader cannot have any write accepted.
+
+Owner-reference cascading is not done here: Delete records the propagation
+policy as a finalizer (foregroundDeletion, orphan) and the garbage collector
+controller acts on dependents.
 """
 
 from __future__ import annotations
 
+import contextvars
 import secrets
 import string
 import uuid
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Coroutine
+from functools import wraps
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.message import Message
@@ -50,10 +61,57 @@ from .objects_watch import ObjectWatchSink, Selection
 from .state_machine import Record, StateMachine
 from .watch_hub import WatchStream
 
+FENCE_KEY_HEADER = "mizzen-fence-key"
+FENCE_REVISION_HEADER = "mizzen-fence-revision"
+FOREGROUND_FINALIZER = "foregroundDeletion"
+ORPHAN_FINALIZER = "orphan"
+PROPAGATION_FINALIZERS = {"Foreground": FOREGROUND_FINALIZER, "Orphan": ORPHAN_FINALIZER}
 CONFLICT = "the object has been modified; please apply your changes to the latest version"
 LIST_CHUNK = 500
 DELETE_ATTEMPTS = 5
 _SUFFIX_CHARS = string.ascii_lowercase + string.digits
+
+
+Fence = tuple[bytes, int]
+_fence: contextvars.ContextVar[Fence | None] = contextvars.ContextVar("fence", default=None)
+R = TypeVar("R")
+Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Coroutine[Any, Any, R]]
+
+
+def fence_of(metadata: Any) -> Fence | None:
+    """The (key, create_revision) a write must be fenced by, from gRPC metadata."""
+    values = {k: v for k, v in (metadata or ()) if k in (FENCE_KEY_HEADER, FENCE_REVISION_HEADER)}
+    if not values:
+        return None
+    key, revision = values.get(FENCE_KEY_HEADER), values.get(FENCE_REVISION_HEADER)
+    if not key or revision is None:
+        raise StoreError(
+            Code.INVALID_ARGUMENT,
+            f"{FENCE_KEY_HEADER} and {FENCE_REVISION_HEADER} must be given together",
+        )
+    try:
+        rev = int(revision)
+    except ValueError:
+        rev = 0
+    if rev <= 0:
+        raise StoreError(
+            Code.INVALID_ARGUMENT, f"{FENCE_REVISION_HEADER}: must be a positive revision"
+        )
+    return (key.encode() if isinstance(key, str) else bytes(key)), rev
+
+
+def fenced_write(handler: Handler[R]) -> Handler[R]:
+    """Run a write handler with the request's fence (if any) in effect for its Txns."""
+
+    @wraps(handler)
+    async def run(self: Any, request: Any, context: grpc.aio.ServicerContext) -> R:
+        token = _fence.set(fence_of(context.invocation_metadata()))
+        try:
+            return await handler(self, request, context)
+        finally:
+            _fence.reset(token)
+
+    return run
 
 
 class ObjectsService(api_grpc.ObjectsServicer):
@@ -92,6 +150,7 @@ class ObjectsService(api_grpc.ObjectsServicer):
     # ----------------------------------------------------------------- writes
 
     @grpc_errors
+    @fenced_write
     async def Create(
         self, request: api.CreateRequest, context: grpc.aio.ServicerContext
     ) -> api.Object:
@@ -128,6 +187,7 @@ class ObjectsService(api_grpc.ObjectsServicer):
         return wrap(obj)
 
     @grpc_errors
+    @fenced_write
     async def Update(
         self, request: api.UpdateRequest, context: grpc.aio.ServicerContext
     ) -> api.Object:
@@ -148,6 +208,7 @@ class ObjectsService(api_grpc.ObjectsServicer):
         return wrap(await self._replace(info, key, rev, old, new))
 
     @grpc_errors
+    @fenced_write
     async def UpdateStatus(
         self, request: api.UpdateRequest, context: grpc.aio.ServicerContext
     ) -> api.Object:
@@ -162,6 +223,7 @@ class ObjectsService(api_grpc.ObjectsServicer):
         return wrap(await self._replace(info, key, rev, old, new))
 
     @grpc_errors
+    @fenced_write
     async def Delete(
         self, request: api.DeleteRequest, context: grpc.aio.ServicerContext
     ) -> api.DeleteResponse:
@@ -169,6 +231,12 @@ class ObjectsService(api_grpc.ObjectsServicer):
         key = object_key(info, request.namespace, request.name)
         if request.HasField("grace_period_seconds") and request.grace_period_seconds < 0:
             raise StoreError(Code.INVALID_ARGUMENT, "grace_period_seconds must not be negative")
+        if request.propagation_policy not in ("", "Background", *PROPAGATION_FINALIZERS):
+            raise StoreError(
+                Code.INVALID_ARGUMENT,
+                f'propagation_policy: unsupported value "{request.propagation_policy}": '
+                "must be Background, Foreground or Orphan",
+            )
         wanted = parse_resource_version(request.resource_version)
         await self.node.barrier()
         for _ in range(DELETE_ATTEMPTS - 1):
@@ -188,16 +256,23 @@ class ObjectsService(api_grpc.ObjectsServicer):
             raise StoreError(Code.ABORTED, CONFLICT)
         obj: Any = _decode_record(info, record)
         grace = _grace_seconds(obj, request)
-        if not obj.metadata.finalizers and grace == 0:
+        finalizer = PROPAGATION_FINALIZERS.get(request.propagation_policy)
+        if not obj.metadata.finalizers and grace == 0 and finalizer is None:
             await self._delete(key, record.mod_revision, request.name, info)
             return api.DeleteResponse(object=wrap(obj), deleted=True)
         meta = obj.metadata
-        if not meta.HasField("deletion_timestamp") or grace < meta.deletion_grace_period_seconds:
+        adds_finalizer = finalizer is not None and finalizer not in meta.finalizers
+        pending_since = meta.HasField("deletion_timestamp")
+        shortens = not pending_since or grace < meta.deletion_grace_period_seconds
+        if shortens or adds_finalizer:
             pending: Any = type(obj)()
             pending.CopyFrom(obj)
-            if not meta.HasField("deletion_timestamp"):
+            if not pending_since:
                 pending.metadata.deletion_timestamp.GetCurrentTime()
-            pending.metadata.deletion_grace_period_seconds = grace
+            if shortens:
+                pending.metadata.deletion_grace_period_seconds = grace
+            if adds_finalizer:
+                pending.metadata.finalizers.append(finalizer)
             obj = await self._replace(info, key, record.mod_revision, obj, pending)
         gone = not obj.metadata.finalizers and grace == 0
         return api.DeleteResponse(object=wrap(obj), deleted=gone)
@@ -299,8 +374,28 @@ class ObjectsService(api_grpc.ObjectsServicer):
             _raise_conflict(resp, info, name)
 
     async def _txn(self, txn: rpc_pb2.TxnRequest) -> rpc_pb2.TxnResponse:
+        fence = _fence.get()
+        if fence is not None:
+            fence_key, fence_rev = fence
+            txn.compare.append(
+                rpc_pb2.Compare(
+                    key=fence_key,
+                    target=rpc_pb2.Compare.CREATE,
+                    result=rpc_pb2.Compare.EQUAL,
+                    create_revision=fence_rev,
+                )
+            )
+            txn.failure.append(rpc_pb2.RequestOp(request_range=rpc_pb2.RangeRequest(key=fence_key)))
         check_size(txn)
         resp: rpc_pb2.TxnResponse = await self.node.propose(("txn", txn.SerializeToString()))
+        if fence is not None and not resp.succeeded:
+            kvs = resp.responses.pop().response_range.kvs
+            if not kvs or kvs[0].create_revision != fence[1]:
+                raise StoreError(
+                    Code.FAILED_PRECONDITION,
+                    f"fenced: {fence[0].decode(errors='replace')} is no longer at create "
+                    f"revision {fence[1]} (leadership lost)",
+                )
         return resp
 
 

@@ -51,6 +51,10 @@ class AlreadyExistsError(FailedPreconditionError):
     """An object (or lease) with this name already exists."""
 
 
+class FencedError(FailedPreconditionError):
+    """A fenced write was refused: the fence key is gone or was re-created (leadership lost)."""
+
+
 class ConflictError(StoreClientError):
     """An object was modified since it was read (ABORTED): reread and apply the change again."""
 
@@ -132,6 +136,8 @@ def translate(code: grpc.StatusCode, details: str | None) -> StoreClientError:
         return FutureRevisionError(text, code=code, details=text)
     if "lease not found" in lowered:
         return LeaseNotFoundError(text, code=code, details=text)
+    if code == grpc.StatusCode.FAILED_PRECONDITION and text.startswith("fenced:"):
+        return FencedError(text, code=code, details=text)
     kind = _BY_CODE.get(code, StoreClientError)
     return kind(f"{code.name}: {text}" if text else code.name, code=code, details=text)
 

@@ -116,6 +116,25 @@ class ObjectsClient:
             clock=clock,
         )
         self._stubs: dict[str, api_grpc.ObjectsStub] = {}
+        self._write_metadata: Metadata = ()
+        self._owns_pool = True
+
+    def fenced(self, key: bytes, create_revision: int) -> ObjectsClient:
+        """A client sharing this one's connections whose writes need the fence to hold.
+
+        Every mutating call carries the fence; the store applies the write only
+        if ``key`` still has this create_revision (in the same Txn), else it
+        raises FencedError. Closing the fenced client leaves the pool open.
+        """
+        other = ObjectsClient.__new__(ObjectsClient)
+        other._pool = self._pool
+        other._stubs = self._stubs
+        other._owns_pool = False
+        other._write_metadata = (
+            ("mizzen-fence-key", key.decode()),
+            ("mizzen-fence-revision", str(create_revision)),
+        )
+        return other
 
     async def __aenter__(self) -> ObjectsClient:
         return self
@@ -129,6 +148,8 @@ class ObjectsClient:
         await self.close()
 
     async def close(self) -> None:
+        if not self._owns_pool:
+            return
         self._stubs.clear()
         await self._pool.close()
 
@@ -149,9 +170,11 @@ class ObjectsClient:
         *,
         mutating: bool,
     ) -> Any:
+        extra = self._write_metadata if mutating else ()
+
         async def send(conn: Connection, t: float, md: Metadata) -> Any:
             rpc = getattr(self._stub(conn), method)
-            return await _answer(rpc(request, timeout=t, metadata=md))
+            return await _answer(rpc(request, timeout=t, metadata=md + extra))
 
         return await self._pool.call(send, mutating=mutating, what=f"Objects.{method}")
 
@@ -212,13 +235,19 @@ class ObjectsClient:
         *,
         grace_period_seconds: int | None = None,
         resource_version: str = "",
+        propagation_policy: str = "",
     ) -> tuple[Any, bool]:
-        """(the object as last stored, True when it is gone rather than pending)."""
+        """(the object as last stored, True when it is gone rather than pending).
+
+        propagation_policy: "Background" (default), "Foreground" or "Orphan";
+        see DeleteRequest in protos/objects_api.proto.
+        """
         request = api.DeleteRequest(
             kind=_kind_name(kind),
             namespace=namespace,
             name=name,
             resource_version=resource_version,
+            propagation_policy=propagation_policy,
         )
         if grace_period_seconds is not None:
             request.grace_period_seconds = grace_period_seconds
