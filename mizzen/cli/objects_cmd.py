@@ -104,6 +104,12 @@ def add_objects_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     p.add_argument("-f", "--filename", action="append", default=[], metavar="FILE|DIR|-")
     p.add_argument("-n", "--namespace", default=None)
     p.add_argument("--grace-period", type=int, default=None, metavar="SECONDS")
+    p.add_argument(
+        "--cascade",
+        choices=["background", "foreground", "orphan"],
+        default="background",
+        help="dependents: deleted afterwards (background), first (foreground), or kept (orphan)",
+    )
     p.set_defaults(func=run_delete, client_command=True)
 
     p = sub.add_parser("api-resources", parents=[common], help="list the kinds of objects")
@@ -247,7 +253,13 @@ def run_delete(args: argparse.Namespace) -> int:
 
     async def body(client: ObjectsClient) -> int:
         for info, name, ns in targets:
-            _, gone = await client.delete(info, name, ns, grace_period_seconds=args.grace_period)
+            _, gone = await client.delete(
+                info,
+                name,
+                ns,
+                grace_period_seconds=args.grace_period,
+                propagation_policy=args.cascade.capitalize(),
+            )
             _out(f"{info.singular}/{name} {'deleted' if gone else 'deleting'}")
         return 0
 

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 import yaml
 
@@ -27,6 +28,8 @@ from mizzen.client.errors import (
 )
 from mizzen.client.objects import ObjectsClient
 from mizzen.testing.local_cluster import REPO_ROOT, MizzenCluster, free_ports
+from protos import objects_api_pb2 as api
+from protos import objects_api_pb2_grpc as api_grpc
 from protos import objects_pb2 as pb
 
 pytestmark = pytest.mark.integration
@@ -280,3 +283,22 @@ def test_client_watch_from_a_list(cluster: MizzenCluster) -> None:
             assert seen == [("ADDED", "w"), ("DELETED", "w")]
 
     asyncio.run(scenario())
+
+
+def test_delete_cascade_orphan_keeps_the_object_until_its_finalizer_goes(
+    cluster: MizzenCluster, home: Path
+) -> None:
+    with grpc.insecure_channel(cluster.endpoints[0]) as channel:
+        stub = api_grpc.ObjectsStub(channel)
+        stub.Create(
+            api.CreateRequest(object=api.Object(deployment=_deployment("keep", "cascade"))),
+            timeout=10,
+        )
+    ns = ["-n", "cascade"]
+    out = ok(run(cluster, home, "delete", "deploy", "keep", "--cascade", "orphan", *ns))
+    assert out == "deployment/keep deleting\n"
+    doc = yaml.safe_load(ok(run(cluster, home, "get", "deploy", "keep", "-o", "yaml", *ns)))
+    assert doc["metadata"]["finalizers"] == ["orphan"]
+    assert "deletionTimestamp" in doc["metadata"]
+    bad = run(cluster, home, "delete", "deploy", "keep", "--cascade", "sideways", *ns)
+    assert bad.returncode == 2 and "invalid choice" in bad.stderr
