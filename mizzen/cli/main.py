@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from mizzen import __version__
+from mizzen.cli.cluster_cmd import add_cluster_parsers
 from mizzen.cli.describe_cmd import add_describe_parsers
 from mizzen.cli.errors import CommandError, UsageError
 from mizzen.cli.objects_cmd import add_objects_parsers
@@ -27,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_store_parser(sub)
     add_objects_parsers(sub)
     add_describe_parsers(sub)
+    add_cluster_parsers(sub)
     return p
 
 

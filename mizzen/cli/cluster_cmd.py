@@ -1,0 +1,101 @@
+"""`mizzen cluster status`: store members, who leads Raft, who leads the controllers, nodes.
+
+Every store member is asked for its own Maintenance.Status, so a member that
+is down shows as unreachable instead of hiding behind the others. The
+controller leader is the value of the election key (``CONTROLLERS_LEADER_KEY``);
+its create revision is the fence every controller write carries.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from dataclasses import dataclass
+
+from mizzen.cli import tables
+from mizzen.cli.config import resolve_endpoints
+from mizzen.cli.errors import CommandError
+from mizzen.cli.objects_cmd import _client_options, error_message
+from mizzen.client.errors import StoreClientError
+from mizzen.client.objects import ObjectsClient
+from mizzen.client.records import Member, MemberStatus
+from mizzen.client.store_client import StoreClient
+
+CONTROLLERS_LEADER_KEY = b"/mizzen/leader/controllers"
+
+
+def add_cluster_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    common = _client_options()
+    p = sub.add_parser("cluster", help="the cluster as a whole")
+    cluster_sub = p.add_subparsers(dest="cluster_command", required=True)
+    s = cluster_sub.add_parser("status", parents=[common], help="members, leaders and nodes")
+    s.set_defaults(func=run_status, client_command=True)
+
+
+@dataclass(frozen=True)
+class ClusterStatus:
+    members: list[Member]
+    statuses: dict[str, MemberStatus | str]  # client URL -> status or error text
+    controllers_leader: tuple[str, int] | None  # (identity, fence revision)
+    nodes_ready: int
+    nodes_total: int
+
+
+async def gather_status(endpoints: list[str], timeout: float) -> ClusterStatus:
+    async with StoreClient(endpoints, timeout=timeout) as store:
+        members = await store.member_list()
+        statuses: dict[str, MemberStatus | str] = {}
+
+        async def one(url: str) -> None:
+            try:
+                statuses[url] = await store.status(url)
+            except StoreClientError as err:
+                statuses[url] = f"unreachable ({err})"
+
+        urls = [m.client_urls[0] for m in members if m.client_urls]
+        await asyncio.gather(*(one(u) for u in urls))
+        record = await store.get(CONTROLLERS_LEADER_KEY)
+        leader = None
+        if record is not None:
+            leader = (record.value.decode(errors="replace"), record.create_revision)
+    async with ObjectsClient(endpoints, timeout=timeout) as objects:
+        nodes = (await objects.list("nodes")).items
+    ready = sum(
+        1
+        for n in nodes
+        if any(c.type == "Ready" and c.status == "True" for c in n.status.conditions)
+    )
+    return ClusterStatus(members, statuses, leader, ready, len(nodes))
+
+
+def render(status: ClusterStatus) -> str:
+    rows = [["MEMBER", "ID", "ENDPOINT", "ROLE", "RAFT TERM", "REVISION", "DB SIZE"]]
+    for m in sorted(status.members, key=lambda m: m.name):
+        url = m.client_urls[0] if m.client_urls else ""
+        st = status.statuses.get(url, "no client URL")
+        if isinstance(st, str):
+            rows.append([m.name, f"{m.id:x}", url, st, "", "", ""])
+            continue
+        role = "leader" if st.is_leader else ("follower" if st.leader else "no leader")
+        rows.append(
+            [m.name, f"{m.id:x}", url, role, str(st.raft_term), str(st.revision), str(st.db_size)]
+        )
+    out = tables.render(rows)
+    if status.controllers_leader is None:
+        out += "\nControllers: no leader\n"
+    else:
+        who, rev = status.controllers_leader
+        out += f"\nControllers: leader {who} (fence revision {rev})\n"
+    out += f"Nodes: {status.nodes_ready}/{status.nodes_total} ready\n"
+    return out
+
+
+def run_status(args: argparse.Namespace) -> int:
+    endpoints = resolve_endpoints(args.endpoints)
+    try:
+        status = asyncio.run(gather_status(endpoints, args.request_timeout))
+    except StoreClientError as err:
+        raise CommandError(error_message(err, endpoints)) from None
+    sys.stdout.write(render(status))
+    return 0

@@ -1,0 +1,63 @@
+"""`mizzen cluster status` against a real 3-node store."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mizzen.cli.cluster_cmd import CONTROLLERS_LEADER_KEY
+from mizzen.client import StoreClient
+from mizzen.testing.local_cluster import REPO_ROOT, MizzenCluster
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[MizzenCluster]:
+    with MizzenCluster(3, tmp_path / "c") as c:
+        yield c
+
+
+def status(endpoints: list[str], home: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MIZZEN_")}
+    env["HOME"] = str(home)
+    argv = [sys.executable, "-m", "mizzen", "cluster", "status", "--endpoints", ",".join(endpoints)]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=REPO_ROOT, env=env)
+
+
+def roles(stdout: str) -> dict[str, str]:
+    lines = stdout.splitlines()
+    assert lines[0].split()[:4] == ["MEMBER", "ID", "ENDPOINT", "ROLE"]
+    return {line.split()[0]: line.split()[3] for line in lines[1:] if line.startswith("n")}
+
+
+def test_status_shows_leaders_and_an_unreachable_member(
+    cluster: MizzenCluster, tmp_path: Path
+) -> None:
+    result = status(cluster.endpoints, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert sorted(roles(result.stdout).values()) == ["follower", "follower", "leader"]
+    assert "Controllers: no leader" in result.stdout
+    assert "Nodes: 0/0 ready" in result.stdout
+
+    async def elect() -> int:
+        async with StoreClient(cluster.endpoints) as store:
+            rev, _ = await store.put(CONTROLLERS_LEADER_KEY, b"cm-1")
+            return rev
+
+    rev = asyncio.run(elect())
+    leader = cluster.leader_index()
+    follower = next(i for i in range(3) if i != leader)
+    cluster.kill(follower)
+    result = status([cluster.endpoints[leader]], tmp_path)
+    assert result.returncode == 0, result.stderr
+    by_name = roles(result.stdout)
+    assert by_name[f"n{follower + 1}"] == "unreachable"
+    assert by_name[f"n{leader + 1}"] == "leader"
+    assert f"Controllers: leader cm-1 (fence revision {rev})" in result.stdout
