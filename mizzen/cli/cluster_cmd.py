@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import sys
 from dataclasses import dataclass
+from typing import Any
 
 from mizzen.cli import tables
 from mizzen.cli.config import resolve_endpoints
@@ -38,8 +39,7 @@ class ClusterStatus:
     members: list[Member]
     statuses: dict[str, MemberStatus | str]  # client URL -> status or error text
     controllers_leader: tuple[str, int] | None  # (identity, fence revision)
-    nodes_ready: int
-    nodes_total: int
+    nodes: list[tuple[str, str]]  # (name, Ready condition: True/False/Unknown)
 
 
 async def gather_status(endpoints: list[str], timeout: float) -> ClusterStatus:
@@ -60,26 +60,43 @@ async def gather_status(endpoints: list[str], timeout: float) -> ClusterStatus:
         if record is not None:
             leader = (record.value.decode(errors="replace"), record.create_revision)
     async with ObjectsClient(endpoints, timeout=timeout) as objects:
-        nodes = (await objects.list("nodes")).items
-    ready = sum(
-        1
-        for n in nodes
-        if any(c.type == "Ready" and c.status == "True" for c in n.status.conditions)
-    )
-    return ClusterStatus(members, statuses, leader, ready, len(nodes))
+        items = (await objects.list("nodes")).items
+    nodes = [(n.metadata.name, _ready(n)) for n in items]
+    return ClusterStatus(members, statuses, leader, nodes)
+
+
+def _ready(node: Any) -> str:
+    for c in node.status.conditions:
+        if c.type == "Ready":
+            return str(c.status)
+    return "Unknown"
 
 
 def render(status: ClusterStatus) -> str:
-    rows = [["MEMBER", "ID", "ENDPOINT", "ROLE", "RAFT TERM", "REVISION", "DB SIZE"]]
+    header = ["MEMBER", "ID", "ENDPOINT", "ROLE", "TERM", "APPLIED", "LAG", "REVISION", "DB SIZE"]
+    rows = [header]
+    answered = [s for s in status.statuses.values() if isinstance(s, MemberStatus)]
+    leader = next((s for s in answered if s.is_leader), None)
     for m in sorted(status.members, key=lambda m: m.name):
         url = m.client_urls[0] if m.client_urls else ""
         st = status.statuses.get(url, "no client URL")
         if isinstance(st, str):
-            rows.append([m.name, f"{m.id:x}", url, st, "", "", ""])
+            rows.append([m.name, f"{m.id:x}", url, st] + [""] * 5)
             continue
         role = "leader" if st.is_leader else ("follower" if st.leader else "no leader")
+        lag = "?" if leader is None else str(max(0, leader.raft_index - st.raft_applied_index))
         rows.append(
-            [m.name, f"{m.id:x}", url, role, str(st.raft_term), str(st.revision), str(st.db_size)]
+            [
+                m.name,
+                f"{m.id:x}",
+                url,
+                role,
+                str(st.raft_term),
+                str(st.raft_applied_index),
+                lag,
+                str(st.revision),
+                str(st.db_size),
+            ]
         )
     out = tables.render(rows)
     if status.controllers_leader is None:
@@ -87,7 +104,13 @@ def render(status: ClusterStatus) -> str:
     else:
         who, rev = status.controllers_leader
         out += f"\nControllers: leader {who} (fence revision {rev})\n"
-    out += f"Nodes: {status.nodes_ready}/{status.nodes_total} ready\n"
+    ready = sum(1 for _, r in status.nodes if r == "True")
+    out += f"Nodes: {ready}/{len(status.nodes)} ready\n"
+    if status.nodes:
+        names = {"True": "Ready", "False": "NotReady"}
+        node_rows = [["NODE", "STATUS"]]
+        node_rows += [[n, names.get(r, "Unknown")] for n, r in sorted(status.nodes)]
+        out += tables.render(node_rows)
     return out
 
 

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from mizzen.cli.cluster_cmd import CONTROLLERS_LEADER_KEY
-from mizzen.client import StoreClient
+from mizzen.client import ObjectsClient, StoreClient
 from mizzen.testing.local_cluster import REPO_ROOT, MizzenCluster
+from protos import objects_pb2 as pb
 
 pytestmark = pytest.mark.integration
 
@@ -47,6 +48,11 @@ def test_status_shows_leaders_and_an_unreachable_member(
     assert "Nodes: 0/0 ready" in result.stdout
 
     async def elect() -> int:
+        async with ObjectsClient(cluster.endpoints) as objects:
+            for name, ready in (("w1", "True"), ("w2", "Unknown")):
+                node = await objects.create(pb.Node(metadata=pb.ObjectMeta(name=name)))
+                node.status.conditions.add(type="Ready", status=ready)
+                await objects.update_status(node)
         async with StoreClient(cluster.endpoints) as store:
             rev, _ = await store.put(CONTROLLERS_LEADER_KEY, b"cm-1")
             return rev
@@ -61,3 +67,12 @@ def test_status_shows_leaders_and_an_unreachable_member(
     assert by_name[f"n{follower + 1}"] == "unreachable"
     assert by_name[f"n{leader + 1}"] == "leader"
     assert f"Controllers: leader cm-1 (fence revision {rev})" in result.stdout
+    assert "Nodes: 1/2 ready" in result.stdout
+    tail = result.stdout.split("Nodes: 1/2 ready\n")[1].splitlines()
+    assert [line.split() for line in tail] == [
+        ["NODE", "STATUS"],
+        ["w1", "Ready"],
+        ["w2", "Unknown"],
+    ]
+    lags = [line.split()[6] for line in result.stdout.splitlines()[1:4] if "leader" in line]
+    assert lags and lags[0] == "0"
