@@ -11,7 +11,8 @@ selector matches everything.
 
 Field selectors support ``=``, ``==`` and ``!=`` on a small set of fields per
 kind (metadata.name, metadata.namespace for all; spec.nodeName and
-status.phase for pods; spec.unschedulable for nodes).
+status.phase for pods; spec.unschedulable for nodes; involvedObject.kind,
+.name, .namespace, .uid, reason, type and source for events).
 """
 
 from __future__ import annotations
@@ -238,6 +239,16 @@ _KIND_FIELDS: dict[str, dict[str, FieldGetter]] = {
     },
     "Node": {
         "spec.unschedulable": lambda o: str(o.spec.unschedulable).lower(),
+    },
+    # kubectl's names for an Event's fields (ours live under spec).
+    "Event": {
+        "involvedObject.kind": lambda o: o.spec.involved_object.kind,
+        "involvedObject.name": lambda o: o.spec.involved_object.name,
+        "involvedObject.namespace": lambda o: o.spec.involved_object.namespace,
+        "involvedObject.uid": lambda o: o.spec.involved_object.uid,
+        "reason": lambda o: o.spec.reason,
+        "type": lambda o: o.spec.type,
+        "source": lambda o: o.spec.source.component,
     },
 }
 

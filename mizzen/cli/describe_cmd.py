@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import Any
 
 from mizzen.api import kinds
 from mizzen.cli import event_view, tables
@@ -45,7 +44,8 @@ def run_describe(args: argparse.Namespace) -> int:
 
     async def body(client: ObjectsClient) -> int:
         obj = await client.get(info, args.name, namespace)
-        events = (await client.list(EVENTS, namespace)).items
+        about = f"involvedObject.kind={info.kind},involvedObject.name={args.name}"
+        events = (await client.list(EVENTS, namespace, field_selector=about)).items
         sys.stdout.write(describe(obj, events, now=time.time()))
         return 0
 
@@ -60,11 +60,12 @@ def _target(text: str) -> tuple[str, str]:
     return _kind(kind).kind, name
 
 
-def select_events(events: list[Any], target: tuple[str, str] | None) -> list[Any]:
+def event_selector(target: tuple[str, str] | None) -> str:
+    """The server-side field selector for events about target (all events when None)."""
     if target is None:
-        return events
+        return ""
     kind, name = target
-    return [e for e in events if event_view.is_about(e, kind, name, "")]
+    return f"involvedObject.kind={kind},involvedObject.name={name}"
 
 
 def run_events(args: argparse.Namespace) -> int:
@@ -74,7 +75,8 @@ def run_events(args: argparse.Namespace) -> int:
     namespace = "" if args.all_namespaces else _namespace(EVENTS, args.namespace)
 
     async def body(client: ObjectsClient) -> int:
-        events = select_events((await client.list(EVENTS, namespace)).items, target)
+        selector = event_selector(target)
+        events = (await client.list(EVENTS, namespace, field_selector=selector)).items
         if not events:
             where = f" in {namespace} namespace" if namespace else ""
             print(f"No events found{where}.", file=sys.stderr)

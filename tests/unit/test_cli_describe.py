@@ -6,9 +6,10 @@ import argparse
 import io
 
 from mizzen.api import kinds
+from mizzen.api.selectors import parse_field_selector
 from mizzen.cli import event_view
 from mizzen.cli.describe import describe
-from mizzen.cli.describe_cmd import select_events
+from mizzen.cli.describe_cmd import event_selector
 from mizzen.cli.watch_cmd import Printer, WatchTable
 from protos import objects_pb2 as pb
 
@@ -301,9 +302,11 @@ def test_events_for_one_object() -> None:
     events = [
         _event("a", "Pod", "web-1", "Scheduled", "x", ago=5),
         _event("b", "Pod", "web-2", "Scheduled", "y", ago=5),
+        _event("c", "Node", "web-1", "Scheduled", "y", ago=5),
     ]
-    assert [e.metadata.name for e in select_events(events, ("Pod", "web-1"))] == ["a"]
-    assert select_events(events, None) == events
+    matcher = parse_field_selector(event_selector(("Pod", "web-1")), "Event")
+    assert [e.metadata.name for e in events if matcher.matches(e)] == ["a"]
+    assert event_selector(None) == ""
 
 
 def test_event_time_falls_back_to_creation() -> None:

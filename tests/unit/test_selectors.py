@@ -193,6 +193,24 @@ def test_field_selector_unscheduled_pods() -> None:
     )
 
 
+def test_field_selector_on_events() -> None:
+    event = pb.Event(metadata=pb.ObjectMeta(name="e1", namespace="default"))
+    event.spec.involved_object.kind = "Pod"
+    event.spec.involved_object.name = "web-1"
+    event.spec.reason = "BackOff"
+    event.spec.type = "Warning"
+    event.spec.source.component = "agent"
+
+    def sel(text: str) -> bool:
+        return selectors.parse_field_selector(text, "Event").matches(event)
+
+    assert sel("involvedObject.kind=Pod,involvedObject.name=web-1")
+    assert not sel("involvedObject.name=web-2")
+    assert sel("reason=BackOff,type!=Normal,source=agent")
+    with pytest.raises(selectors.SelectorError, match="not supported for Pod"):
+        selectors.parse_field_selector("reason=BackOff", "Pod")
+
+
 def test_field_selector_on_nodes() -> None:
     node = pb.Node()
     node.metadata.name = "n1"
