@@ -96,6 +96,11 @@ def add_objects_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     p.add_argument("-o", "--output", choices=["wide", "yaml", "json", "name"], default=None)
     p.add_argument("-w", "--watch", action="store_true", help="after the listing, print changes")
     p.add_argument("--watch-only", action="store_true", help="print changes, no listing first")
+    p.add_argument(
+        "--output-watch-events",
+        action="store_true",
+        help="with -w: show each change's type (ADDED, MODIFIED, DELETED)",
+    )
     p.set_defaults(func=run_get, client_command=True)
 
     p = sub.add_parser("delete", parents=[common], help="delete objects")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -54,8 +55,11 @@ class Printer:
         with_namespace: bool,
         write: Callable[[str], object],
         clock: Callable[[], float] = time.time,
+        *,
+        events: bool = False,
     ) -> None:
         self.info = info
+        self.events = events
         self.output = output
         self.with_namespace = with_namespace
         self.write = write
@@ -63,16 +67,26 @@ class Printer:
         self.table = WatchTable()
         self.started = False
 
-    def objects(self, objects: Sequence[Any]) -> None:
+    def objects(self, objects: Sequence[Any], event: str = "ADDED") -> None:
+        """Print objects; with --output-watch-events each is prefixed by its event type."""
         if not objects:
             return
+        tag = f"{event} " if self.events else ""
         if self.output == "name":
-            self.write("".join(f"{self.info.singular}/{o.metadata.name}\n" for o in objects))
+            self.write("".join(f"{tag}{self.info.singular}/{o.metadata.name}\n" for o in objects))
         elif self.output == "json":
-            self.write("".join(dump_json([o]) for o in objects))
+            for obj in objects:
+                text = dump_json([obj])
+                if self.events:
+                    text = json.dumps({"type": event, "object": json.loads(text)}, indent=2) + "\n"
+                self.write(text)
         elif self.output == "yaml":
             for obj in objects:
-                self.write(("---\n" if self.started else "") + dump_yaml([obj]))
+                text = dump_yaml([obj])
+                if self.events:
+                    inner = "".join(f"  {line}\n" for line in text.splitlines())
+                    text = f"type: {event}\nobject:\n{inner}"
+                self.write(("---\n" if self.started else "") + text)
                 self.started = True
         else:
             rows = tables.table(
@@ -82,6 +96,8 @@ class Printer:
                 wide=self.output == "wide",
                 with_namespace=self.with_namespace,
             )
+            if self.events:
+                rows = [["EVENT", *rows[0]], *([event, *row] for row in rows[1:])]
             self.write(self.table.lines(rows if not self.started else rows[1:]))
         self.started = True
 
@@ -119,7 +135,7 @@ async def follow(
         resource_version=rv,
     ):
         if kind != "BOOKMARK":
-            printer.objects([obj])
+            printer.objects([obj], kind)
 
 
 async def watch_until_interrupted(
@@ -144,7 +160,9 @@ async def watch_until_interrupted(
     for sig in signals:
         loop.add_signal_handler(sig, interrupt)
     try:
-        await follow(client, info, namespace, args, Printer(info, args.output, everywhere, _write))
+        events = bool(getattr(args, "output_watch_events", False))
+        printer = Printer(info, args.output, everywhere, _write, events=events)
+        await follow(client, info, namespace, args, printer)
     except asyncio.CancelledError:
         if not interrupted:
             raise

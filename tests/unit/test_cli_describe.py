@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
+
+import yaml
 
 from mizzen.api import kinds
 from mizzen.api.selectors import parse_field_selector
@@ -344,6 +347,30 @@ def test_watch_printer_header_once_and_other_outputs() -> None:
     printer.objects([_pod()])
     assert out.getvalue().count("---\n") == 1
     assert out.getvalue().count("kind: Pod") == 2
+
+
+def test_watch_printer_with_event_types() -> None:
+    out = io.StringIO()
+    info = kinds.lookup("pods")
+    printer = Printer(info, None, False, out.write, clock=lambda: NOW, events=True)
+    printer.objects([_pod()])
+    printer.objects([_pod()], "DELETED")
+    assert out.getvalue().splitlines() == [
+        "EVENT   NAME    READY   STATUS             RESTARTS   NODE   AGE",
+        "ADDED   web-1   1/2     CrashLoopBackOff   7          n1     30s",
+        "DELETED   web-1   1/2     CrashLoopBackOff   7          n1     30s",  # widths only grow
+    ]
+    out = io.StringIO()
+    Printer(info, "name", False, out.write, events=True).objects([_pod()], "MODIFIED")
+    assert out.getvalue() == "MODIFIED pod/web-1\n"
+    out = io.StringIO()
+    Printer(info, "json", False, out.write, events=True).objects([_pod()], "DELETED")
+    doc = json.loads(out.getvalue())
+    assert doc["type"] == "DELETED" and doc["object"]["metadata"]["name"] == "web-1"
+    out = io.StringIO()
+    Printer(info, "yaml", False, out.write, events=True).objects([_pod()], "ADDED")
+    doc = yaml.safe_load(out.getvalue())
+    assert doc["type"] == "ADDED" and doc["object"]["kind"] == "Pod"
 
 
 def test_argparse_flags_registered() -> None:
