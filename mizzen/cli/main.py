@@ -9,6 +9,7 @@ from mizzen import __version__
 from mizzen.cli.cluster_cmd import add_cluster_parsers
 from mizzen.cli.describe_cmd import add_describe_parsers
 from mizzen.cli.errors import CommandError, UsageError
+from mizzen.cli.logs_cmd import add_logs_parsers
 from mizzen.cli.objects_cmd import add_objects_parsers
 from mizzen.cli.store_cmd import add_store_parser
 from mizzen.log_config import configure_logging
@@ -29,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_objects_parsers(sub)
     add_describe_parsers(sub)
     add_cluster_parsers(sub)
+    add_logs_parsers(sub)
     return p
 
 
