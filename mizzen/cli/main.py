@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from mizzen import __version__
+from mizzen.cli.agent_cmd import add_agent_parser
 from mizzen.cli.cluster_cmd import add_cluster_parsers
 from mizzen.cli.describe_cmd import add_describe_parsers
 from mizzen.cli.errors import CommandError, UsageError
@@ -31,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_describe_parsers(sub)
     add_cluster_parsers(sub)
     add_logs_parsers(sub)
+    add_agent_parser(sub)
     return p
 
 

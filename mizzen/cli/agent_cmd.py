@@ -1,0 +1,61 @@
+"""`mizzen agent`: run the node agent in the foreground (as root).
+
+The agent itself is imported only when the command runs, so building the CLI
+parser never imports ``nodeagent``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+
+from mizzen.cli.config import resolve_endpoints
+from mizzen.cli.errors import UsageError
+
+
+def add_agent_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--name", default=None, help="node name (default: $MIZZEN_NODE_NAME or hostname)"
+    )
+    p.add_argument("--endpoints", default=None, help="store endpoints host:port,...")
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="local state and logs (default: $MIZZEN_AGENT_DATA_DIR or /var/lib/mizzen/agent)",
+    )
+    p.add_argument("--listen", default="0.0.0.0:10250", help="agent gRPC address host:port")
+    p.add_argument("--address", default="", help="InternalIP to report (default: detected)")
+    p.add_argument("--labels", default="", help="node labels k=v,...")
+    p.add_argument("--reserved", default="", help="kept from pods: cpu=500m,memory=512Mi,pids=1000")
+    p.add_argument("--cgroup-root", default="/sys/fs/cgroup")
+    p.add_argument("--cgroup-parent", default="mizzen", help="cgroup under which pods live")
+    p.add_argument("--cgroup-version", default="auto", choices=["auto", "v1", "v2"])
+    p.add_argument("--heartbeat-interval", type=float, default=1.0, help="lease renewal seconds")
+    p.add_argument("--status-interval", type=float, default=10.0, help="node status seconds")
+    p.add_argument("--backoff-initial", type=float, default=1.0, help="first restart delay")
+    p.add_argument("--backoff-cap", type=float, default=60.0, help="longest restart delay")
+    p.add_argument("--log-max-bytes", type=int, default=10 * 1024 * 1024)
+    p.add_argument("--logs-linger", type=float, default=60.0, help="keep a removed pod's logs")
+
+
+def add_agent_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("agent", help="run the node agent (pods' processes in cgroups)")
+    add_agent_arguments(p)
+    p.set_defaults(func=run_agent_cmd)
+
+
+def run_agent_cmd(args: argparse.Namespace) -> int:
+    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+    from nodeagent.agent import AgentStartError, run_agent
+    from nodeagent.config import ConfigError, config_from_args
+
+    try:
+        config = config_from_args(args, resolve_endpoints(args.endpoints))
+    except ConfigError as err:
+        raise UsageError(str(err)) from None
+    try:
+        asyncio.run(run_agent(config))
+    except AgentStartError as err:
+        raise UsageError(str(err)) from None
+    return 0

@@ -1,0 +1,300 @@
+"""The node agent daemon: ``run_agent(config)``.
+
+Startup order: detect the cgroup driver, serve gRPC (logs, stats, health,
+reflection), register the Node, then watch this node's pods. Pod workers are
+created from informer events; a worker finds its pod's local record on disk
+and re-adopts its processes. Once the informer has synced, local records and
+``pod-<uid>`` cgroups of pods the store no longer has are killed and removed
+(the contract: an agent that comes back kills any local pod the store no
+longer has).
+
+SIGTERM/SIGINT stop the agent WITHOUT stopping pods (like kubelet): their
+processes keep running in their own sessions and cgroups, and the next agent
+re-adopts them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+from collections.abc import Mapping
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from mizzen.client import ObjectsClient
+from mizzen.client.errors import StoreClientError
+from mizzen.client.informer import Informer
+from nodeagent import runtime
+from nodeagent.agent_service import NodeAgentService
+from nodeagent.cgroups import CgroupDriver, CgroupError, detect
+from nodeagent.cgroups.base import Cgroup
+from nodeagent.config import AgentConfig
+from nodeagent.logs import DiskLogSource, PodLogs, rotate_if_needed
+from nodeagent.node_status import (
+    NodeFacts,
+    NodeHeartbeat,
+    allocatable,
+    outbound_ip,
+    parse_reserved,
+    read_capacity,
+    system_info,
+)
+from nodeagent.pod_worker import PodWorker, WorkerDeps
+from nodeagent.state import PodRecord, StateDir, read_boot_id
+from nodeagent.stats import PodRef, UsageSampler
+from protos import agent_pb2, agent_pb2_grpc
+from protos import objects_pb2 as pb
+
+log = structlog.get_logger(__name__)
+
+SAMPLE_INTERVAL = 2.0
+ROTATE_INTERVAL = 10.0
+RESYNC_PERIOD = 30.0
+
+
+class AgentStartError(Exception):
+    """The agent cannot start (cgroups unusable, address in use); the message says why."""
+
+
+class Agent:
+    def __init__(self, config: AgentConfig, driver: CgroupDriver, client: ObjectsClient) -> None:
+        self.config = config
+        self.driver = driver
+        self.client = client
+        self.boot_id = read_boot_id()
+        self.state = StateDir(config.pods_dir)
+        self.logs = PodLogs(config.logs_dir)
+        os.makedirs(config.logs_dir, exist_ok=True)
+        self.address = config.address or outbound_ip(config.endpoints[0])
+        self.deps = WorkerDeps(
+            client=client,
+            driver=driver,
+            logs=self.logs,
+            state=self.state,
+            boot_id=self.boot_id,
+            host_ip=self.address,
+            backoff_initial=config.backoff_initial,
+            backoff_cap=config.backoff_cap,
+            logs_linger=config.logs_linger,
+        )
+        self.workers: dict[str, PodWorker] = {}
+        self.sampler = UsageSampler(self._pod_cgroups)
+        self._tg: asyncio.TaskGroup | None = None
+        self._log = log.bind(node=config.name)
+
+    def grpc_address(self) -> str:
+        host, _, port = self.config.listen.rpartition(":")
+        if host in ("", "0.0.0.0", "::", "[::]"):
+            host = self.address
+        return f"{host}:{port}"
+
+    def _pod_cgroups(self) -> Mapping[PodRef, tuple[Cgroup, Mapping[str, Cgroup]]]:
+        out: dict[PodRef, tuple[Cgroup, Mapping[str, Cgroup]]] = {}
+        for w in list(self.workers.values()):
+            groups = w.cgroups()
+            if groups is not None:
+                out[PodRef(w.ctx.namespace, w.ctx.pod, w.uid)] = groups
+        return out
+
+    # -- pod dispatch (informer handlers; run in the informer's task) -------------------
+
+    def _dispatch(self, pod: pb.Pod) -> None:
+        uid = pod.metadata.uid
+        worker = self.workers.get(uid)
+        if worker is not None:
+            worker.update(pod)
+            return
+        if self._tg is None:
+            return
+        worker = PodWorker(pod, self.deps, self.state.load(uid))
+        self.workers[uid] = worker
+        task = self._tg.create_task(self._run_worker(worker))
+        task.add_done_callback(lambda _: self.workers.pop(uid, None))
+
+    def _gone(self, pod: pb.Pod) -> None:
+        worker = self.workers.get(pod.metadata.uid)
+        if worker is not None:
+            worker.gone()
+
+    async def _run_worker(self, worker: PodWorker) -> None:
+        try:
+            await worker.run()
+        except Exception:
+            # Its record stays on disk: the next resync re-adopts the processes.
+            worker._log.exception("pod_worker_failed")
+
+    # -- orphans ---------------------------------------------------------------------
+
+    async def _kill_orphans(self) -> None:
+        """Stop every local pod (record or cgroup) whose uid has no worker."""
+        for record in self.state.load_all():
+            if record.uid not in self.workers:
+                await self._kill_orphan(record)
+        self._remove_orphan_logs()
+        try:
+            children = self.driver.children("")
+        except CgroupError as err:
+            self._log.warning("cgroup_list_failed", error=str(err))
+            return
+        for path in children:
+            uid = path.removeprefix("pod-")
+            if path.startswith("pod-") and uid not in self.workers:
+                cgroup = self.driver.open(path)
+                if cgroup is not None:
+                    self._log.info("orphan_cgroup_removed", cgroup=path)
+                    self._destroy(cgroup)
+
+    def _remove_orphan_logs(self) -> None:
+        """Log directories (``<ns>_<pod>_<uid>``) of pods with no worker."""
+        try:
+            names = os.listdir(self.config.logs_dir)
+        except OSError:
+            return
+        for name in names:
+            uid = name.rpartition("_")[2]
+            if uid and uid not in self.workers:
+                shutil.rmtree(os.path.join(self.config.logs_dir, name), ignore_errors=True)
+
+    async def _kill_orphan(self, record: PodRecord) -> None:
+        self._log.info("orphan_pod_stopping", pod=f"{record.namespace}/{record.name}")
+        runs = [
+            run
+            for p in record.processes.values()
+            if (run := runtime.recover(p, self.driver, self.boot_id)) is not None
+        ]
+        await asyncio.gather(*(runtime.stop(r, float(record.grace_seconds)) for r in runs))
+        cgroup = self.driver.open(f"pod-{record.uid}")
+        if cgroup is not None:
+            self._destroy(cgroup)
+        self.state.remove(record.uid)
+        self.logs.remove_pod(record.namespace, record.name, record.uid)
+
+    def _destroy(self, cgroup: Cgroup) -> None:
+        try:
+            cgroup.kill_all()
+            cgroup.remove()
+        except CgroupError as err:
+            self._log.error("cgroup_destroy_failed", cgroup=cgroup.path, error=str(err))
+
+    # -- periodic work ---------------------------------------------------------------
+
+    async def _housekeeping(self) -> None:
+        since_rotate = 0.0
+        while True:
+            try:
+                await asyncio.to_thread(self.sampler.sample)
+            except Exception as err:
+                self._log.warning("usage_sample_failed", error=repr(err))
+            since_rotate += SAMPLE_INTERVAL
+            if since_rotate >= ROTATE_INTERVAL:
+                since_rotate = 0.0
+                for w in list(self.workers.values()):
+                    for path in w.log_files():
+                        with contextlib.suppress(OSError):
+                            rotate_if_needed(path, self.config.log_max_bytes, self.config.log_keep)
+            await asyncio.sleep(SAMPLE_INTERVAL)
+
+    async def _register(self, heartbeat: NodeHeartbeat) -> None:
+        delay = 0.2
+        while True:
+            try:
+                await heartbeat.register()
+                return
+            except StoreClientError as err:
+                self._log.warning("node_register_failed", error=str(err), retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def run(self) -> None:
+        cfg = self.config
+        capacity = read_capacity()
+        facts = NodeFacts(
+            name=cfg.name,
+            labels=cfg.labels,
+            capacity=capacity,
+            allocatable=allocatable(capacity, parse_reserved(cfg.reserved)),
+            addresses=[
+                ("InternalIP", self.address),
+                ("Hostname", cfg.name),
+                ("AgentGRPC", self.grpc_address()),
+            ],
+            info=system_info(self.boot_id, self.driver.version),
+        )
+        heartbeat = NodeHeartbeat(self.client, facts, status_interval=cfg.status_interval)
+        await self._register(heartbeat)
+        informer = Informer(
+            self.client,
+            "pods",
+            field_selector=f"spec.nodeName={cfg.name}",
+            resync_period=RESYNC_PERIOD,
+        )
+        informer.on_add(self._dispatch)
+        informer.on_update(lambda _old, new: self._dispatch(new))
+        informer.on_delete(self._gone)
+        async with asyncio.TaskGroup() as tg:
+            self._tg = tg
+            tg.create_task(heartbeat.run(cfg.heartbeat_interval))
+            tg.create_task(informer.run())
+            tg.create_task(self._housekeeping())
+            await informer.has_synced.wait()
+            await self._kill_orphans()
+            self._log.info("agent_synced", pods=len(self.workers))
+
+
+async def _serve_grpc(agent: Agent, listen: str) -> grpc.aio.Server:
+    server = grpc.aio.server()
+    service = NodeAgentService(DiskLogSource(agent.config.logs_dir), agent.sampler)
+    agent_pb2_grpc.add_NodeAgentServicer_to_server(service, server)
+    health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    name = agent_pb2.DESCRIPTOR.services_by_name["NodeAgent"].full_name
+    reflection.enable_server_reflection(
+        [name, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+    )
+    try:
+        bound = server.add_insecure_port(listen)
+    except RuntimeError:
+        bound = 0
+    if not bound:
+        raise AgentStartError(f"cannot listen on {listen} (address in use?)")
+    await server.start()
+    for service_name in ("", name):
+        await health_servicer.set(service_name, health_pb2.HealthCheckResponse.SERVING)
+    return server
+
+
+async def run_agent(config: AgentConfig, stop: asyncio.Event | None = None) -> None:
+    """Run until stop is set or SIGTERM/SIGINT; pods keep running afterwards."""
+    log.info("agent_config", **config.for_log())
+    try:
+        prefer = None if config.cgroup_version == "auto" else config.cgroup_version
+        driver = detect(config.cgroup_root, config.cgroup_parent, prefer)
+    except CgroupError as err:
+        raise AgentStartError(f"cgroups: {err}") from None
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    async with ObjectsClient(config.endpoints, timeout=config.request_timeout) as client:
+        agent = Agent(config, driver, client)
+        server = await _serve_grpc(agent, config.listen)
+        log.info("agent_serving", listen=config.listen, node=config.name, cgroups=driver.version)
+        work = asyncio.create_task(agent.run())
+        stopped = asyncio.create_task(stop.wait())
+        try:
+            await asyncio.wait({work, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            work.cancel()
+            stopped.cancel()
+            await asyncio.gather(work, stopped, return_exceptions=True)
+            await server.stop(grace=1.0)
+            log.info("agent_stopped", node=config.name)
+        if work.done() and not work.cancelled() and work.exception() is not None:
+            raise work.exception()  # type: ignore[misc]

@@ -1,0 +1,92 @@
+"""The node agent's one configuration object, parsed once from flags and environment.
+
+The flags themselves are declared by ``mizzen.cli.agent_cmd`` (the CLI must not
+import the agent to build its parser); ``config_from_args`` validates them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from nodeagent.node_status import parse_labels, parse_reserved
+
+
+class ConfigError(ValueError):
+    """A flag or environment value is invalid; the message names it."""
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    name: str
+    endpoints: tuple[str, ...]
+    data_dir: str = "/var/lib/mizzen/agent"
+    listen: str = "0.0.0.0:10250"
+    address: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
+    reserved: str = ""
+    cgroup_root: str = "/sys/fs/cgroup"
+    cgroup_parent: str = "mizzen"
+    cgroup_version: str = "auto"
+    heartbeat_interval: float = 1.0
+    status_interval: float = 10.0
+    backoff_initial: float = 1.0
+    backoff_cap: float = 60.0
+    log_max_bytes: int = 10 * 1024 * 1024
+    log_keep: int = 3
+    logs_linger: float = 60.0
+    request_timeout: float = 5.0
+
+    @property
+    def pods_dir(self) -> str:
+        return os.path.join(self.data_dir, "pods")
+
+    @property
+    def logs_dir(self) -> str:
+        return os.path.join(self.data_dir, "logs")
+
+    def for_log(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["labels"] = dict(self.labels)
+        return out
+
+
+def config_from_args(
+    args: argparse.Namespace, endpoints: list[str], env: Mapping[str, str] | None = None
+) -> AgentConfig:
+    environ = os.environ if env is None else env
+    name = args.name or environ.get("MIZZEN_NODE_NAME") or socket.gethostname()
+    data_dir = args.data_dir or environ.get("MIZZEN_AGENT_DATA_DIR") or "/var/lib/mizzen/agent"
+    try:
+        labels = parse_labels(args.labels)
+        parse_reserved(args.reserved)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    if args.heartbeat_interval <= 0:
+        raise ConfigError("--heartbeat-interval must be positive")
+    if not 0 < args.backoff_initial <= args.backoff_cap:
+        raise ConfigError("--backoff-initial must be positive and at most --backoff-cap")
+    if ":" not in args.listen:
+        raise ConfigError("--listen: expected host:port")
+    return AgentConfig(
+        name=name,
+        endpoints=tuple(endpoints),
+        data_dir=data_dir,
+        listen=args.listen,
+        address=args.address,
+        labels=labels,
+        reserved=args.reserved,
+        cgroup_root=args.cgroup_root,
+        cgroup_parent=args.cgroup_parent,
+        cgroup_version=args.cgroup_version,
+        heartbeat_interval=args.heartbeat_interval,
+        status_interval=args.status_interval,
+        backoff_initial=args.backoff_initial,
+        backoff_cap=args.backoff_cap,
+        log_max_bytes=args.log_max_bytes,
+        logs_linger=args.logs_linger,
+    )

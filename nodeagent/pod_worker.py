@@ -1,0 +1,276 @@
+"""One pod on this node, from first start to final cleanup: one asyncio task per pod.
+
+The worker owns the pod's cgroup (``pod-<uid>``), one ``ProcessSupervisor``
+per process, the pod's local record (for re-adoption) and its status in the
+store. Guarantees:
+
+* status is written only when ``compute_status`` yields something different
+  (read-modify-write on resource_version; on conflict it re-reads and retries);
+* termination (deletion timestamp, or the pod vanished from the store) sends
+  SIGTERM to every process group, waits the grace period, then kills the whole
+  pod cgroup — nothing started by the pod survives — removes the cgroups and
+  the record, and finishes the deletion in the store (NotFound is fine);
+* cancelling ``run`` (the agent shutting down) leaves the processes running
+  and the record on disk: the next agent re-adopts them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from mizzen.client.errors import ConflictError, NotFoundError, StoreClientError
+from nodeagent.cgroups.base import Cgroup, CgroupDriver, CgroupError
+from nodeagent.logs import PodLogs
+from nodeagent.pod_status import compute_status, status_differs
+from nodeagent.state import PodRecord, ProcessRecord, StateDir
+from nodeagent.supervisor import PodContext, ProcessSupervisor
+from protos import objects_pb2 as pb
+
+log = structlog.get_logger(__name__)
+
+STATUS_ATTEMPTS = 5
+
+
+@dataclass
+class WorkerDeps:
+    client: Any  # ObjectsClient (or a fake with get/update_status/delete)
+    driver: CgroupDriver
+    logs: PodLogs
+    state: StateDir
+    boot_id: str
+    host_ip: str = ""
+    backoff_initial: float = 1.0
+    backoff_cap: float = 60.0
+    logs_linger: float = 60.0
+
+
+def _rv(pod: pb.Pod) -> int:
+    rv = pod.metadata.resource_version
+    return int(rv) if rv.isdigit() else 0
+
+
+class PodWorker:
+    def __init__(self, pod: pb.Pod, deps: WorkerDeps, record: PodRecord | None = None) -> None:
+        self.pod = pod
+        self.deps = deps
+        self.uid = pod.metadata.uid
+        self._log = log.bind(pod=f"{pod.metadata.namespace}/{pod.metadata.name}", uid=self.uid)
+        self._terminate = asyncio.Event()
+        self._changed = asyncio.Event()
+        self._gone = False
+        # A pod that finished before this agent knew it (no record): leave it alone.
+        self.passive = record is None and pod.status.phase in ("Succeeded", "Failed")
+        self.record = record or PodRecord(
+            namespace=pod.metadata.namespace, name=pod.metadata.name, uid=self.uid
+        )
+        self.record.grace_seconds = int(pod.spec.termination_grace_period_seconds)
+        self.ctx = PodContext(
+            namespace=pod.metadata.namespace,
+            pod=pod.metadata.name,
+            uid=self.uid,
+            restart_policy=pod.spec.restart_policy or "Always",
+            driver=deps.driver,
+            logs=deps.logs,
+            boot_id=deps.boot_id,
+            save=self._save,
+            changed=self._changed.set,
+            grace=self._grace,
+            backoff_initial=deps.backoff_initial,
+            backoff_cap=deps.backoff_cap,
+        )
+        self.supervisors: list[ProcessSupervisor] = []
+        for spec in pod.spec.processes:
+            rec = self.record.processes.setdefault(spec.name, ProcessRecord(name=spec.name))
+            self.supervisors.append(ProcessSupervisor(self.ctx, spec, rec))
+        self.pod_cgroup: Cgroup | None = None
+        self.done = asyncio.Event()
+        if self._deleting(pod):
+            self._terminate.set()
+
+    # -- events from the informer ------------------------------------------------------
+
+    def update(self, pod: pb.Pod) -> None:
+        if pod.metadata.uid != self.uid:
+            return
+        if _rv(pod) >= _rv(self.pod):
+            self.pod = pod
+        if self._deleting(pod):
+            self._terminate.set()
+
+    def gone(self) -> None:
+        """The store no longer has the pod: stop it, nothing to finish in the store."""
+        self._gone = True
+        self._terminate.set()
+
+    @staticmethod
+    def _deleting(pod: pb.Pod) -> bool:
+        return pod.metadata.HasField("deletion_timestamp")
+
+    def _grace(self) -> float:
+        meta = self.pod.metadata
+        if meta.HasField("deletion_grace_period_seconds"):
+            return float(meta.deletion_grace_period_seconds)
+        return float(self.pod.spec.termination_grace_period_seconds)
+
+    def cgroups(self) -> tuple[Cgroup, Mapping[str, Cgroup]] | None:
+        if self.pod_cgroup is None:
+            return None
+        procs = {s.name: s.cgroup for s in self.supervisors if s.cgroup is not None}
+        return self.pod_cgroup, procs
+
+    def log_files(self) -> list[str]:
+        """The current log instance file of every process (for rotation)."""
+        meta = self.pod.metadata
+        return [
+            self.deps.logs.instance_path(
+                meta.namespace, meta.name, self.uid, s.name, s.record.restart_count
+            )
+            for s in self.supervisors
+            if s.run is not None
+        ]
+
+    # -- the task --------------------------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            if self.passive:
+                await self._terminate.wait()
+            else:
+                await self._run_pod()
+            if not self._gone:
+                await self._finish_deletion()
+        finally:
+            self.done.set()
+        if not self.passive:
+            await asyncio.sleep(self.deps.logs_linger)
+            meta = self.pod.metadata
+            self.deps.logs.remove_pod(meta.namespace, meta.name, self.uid)
+
+    async def _run_pod(self) -> None:
+        try:
+            self.pod_cgroup = self.deps.driver.create(self.ctx.pod_cgroup_path)
+        except CgroupError as err:
+            for s in self.supervisors:
+                s.start_error = f"cgroup: {err}"
+        was_ready = {ps.name: ps.ready for ps in self.pod.status.process_statuses}
+        for s in self.supervisors:
+            s.recover(was_ready.get(s.name, False))
+        self._save()
+        self._changed.set()
+        async with asyncio.TaskGroup() as tg:
+            status = tg.create_task(self._status_loop())
+            tasks = [tg.create_task(s.supervise()) for s in self.supervisors]
+            await self._terminate.wait()
+            await self._stop_processes(tasks)
+            status.cancel()
+            try:
+                await self._sync_status()
+            except StoreClientError as err:
+                self._log.warning("pod_status_failed", error=str(err))
+        self._cleanup()
+
+    async def _stop_processes(self, tasks: list[asyncio.Task[None]]) -> None:
+        grace = self._grace()
+        self._log.info("pod_stopping", grace=grace, gone=self._gone)
+        self.ctx.stopping.set()
+        if grace > 0:
+            for s in self.supervisors:
+                if s.run is not None:
+                    s.run.signal_group(signal.SIGTERM)
+            await asyncio.wait(tasks, timeout=grace)
+        if self.pod_cgroup is not None:
+            try:
+                self.pod_cgroup.kill_all()
+            except CgroupError as err:
+                self._log.error("pod_kill_failed", error=str(err))
+                for s in self.supervisors:
+                    if s.run is not None:
+                        s.run.signal_group(signal.SIGKILL)
+        await asyncio.wait(tasks)
+
+    def _cleanup(self) -> None:
+        if self.pod_cgroup is not None:
+            try:
+                self.pod_cgroup.remove()
+            except CgroupError as err:
+                self._log.error("pod_cgroup_remove_failed", error=str(err))
+            self.pod_cgroup = None
+        self.deps.state.remove(self.uid)
+        self._log.info("pod_stopped")
+
+    async def _finish_deletion(self) -> None:
+        meta = self.pod.metadata
+        client = self.deps.client
+        for attempt in range(10):
+            try:
+                current = await client.get("pods", meta.name, meta.namespace)
+                if current.metadata.uid != self.uid:
+                    return  # a new pod of the same name: not ours to delete
+                await client.delete(
+                    "pods",
+                    meta.name,
+                    meta.namespace,
+                    grace_period_seconds=0,
+                    resource_version=current.metadata.resource_version,
+                )
+                return
+            except NotFoundError:
+                return
+            except StoreClientError as err:
+                self._log.warning("pod_delete_failed", error=str(err), attempt=attempt)
+                await asyncio.sleep(min(2.0**attempt * 0.2, 5.0))
+
+    # -- local record and status -------------------------------------------------------
+
+    def _save(self) -> None:
+        try:
+            self.deps.state.save(self.record)
+        except OSError as err:
+            self._log.error("state_save_failed", error=str(err))
+
+    def views(self) -> list[Any]:
+        return [s.view() for s in self.supervisors]
+
+    async def _status_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(10.0):
+                    await self._changed.wait()
+            self._changed.clear()
+            try:
+                await self._sync_status()
+            except StoreClientError as err:
+                self._log.warning("pod_status_failed", error=str(err))
+                await asyncio.sleep(1.0)
+                self._changed.set()
+
+    async def _sync_status(self) -> None:
+        client = self.deps.client
+        meta = self.pod.metadata
+        for _ in range(STATUS_ATTEMPTS):
+            pod = self.pod
+            status = compute_status(pod, self.views(), time.time(), self.deps.host_ip)
+            if not status_differs(pod.status, status):
+                return
+            out = pb.Pod()
+            out.CopyFrom(pod)
+            out.status.CopyFrom(status)
+            try:
+                self.update(await client.update_status(out))
+                return
+            except ConflictError:
+                fresh = await client.get("pods", meta.name, meta.namespace)
+                if fresh.metadata.uid != self.uid:
+                    return
+                self.update(fresh)
+            except NotFoundError:
+                return
+        raise StoreClientError("pod status: too many conflicting writes")

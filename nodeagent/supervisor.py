@@ -1,0 +1,315 @@
+"""One process of a pod through its runs: start, probe, wait, restart with back-off.
+
+A ``ProcessSupervisor`` is driven by its pod worker: ``supervise()`` loops
+until the restart policy says the process is finished or the worker is
+stopping; every change of what it observes is written to the pod's local
+record (``PodContext.save``) before the status is recomputed
+(``PodContext.changed``), so a restarted agent re-adopts the current run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import structlog
+
+from nodeagent import runtime
+from nodeagent.backoff import RestartBackoff
+from nodeagent.cgroups.base import Cgroup, CgroupDriver, CgroupError, Limits
+from nodeagent.launch import LaunchError, LaunchSpec, process_env, resolve_user, wrap_argv
+from nodeagent.logs import PodLogs
+from nodeagent.pod_status import ProcessView, Running, State, Waiting
+from nodeagent.probes import ProbeTracker, run_probe
+from nodeagent.runtime import ProcessRun
+from nodeagent.state import ProcessRecord, Terminated
+from protos import objects_pb2 as pb
+
+log = structlog.get_logger(__name__)
+
+START_ERROR_EXIT_CODE = 128
+
+
+@dataclass
+class PodContext:
+    """What a supervisor needs from its pod worker."""
+
+    namespace: str
+    pod: str
+    uid: str
+    restart_policy: str
+    driver: CgroupDriver
+    logs: PodLogs
+    boot_id: str
+    save: Callable[[], None]
+    changed: Callable[[], None]
+    grace: Callable[[], float]
+    backoff_initial: float = 1.0
+    backoff_cap: float = 60.0
+    wall: Callable[[], float] = time.time
+    monotonic: Callable[[], float] = time.monotonic
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def pod_cgroup_path(self) -> str:
+        return f"pod-{self.uid}"
+
+
+def limits_of(process: pb.Process) -> Limits:
+    res = process.resources
+
+    def opt(rl: pb.ResourceList, name: str) -> int | None:
+        return getattr(rl, name) if rl.HasField(name) else None
+
+    return Limits(
+        cpu_limit_millis=opt(res.limits, "cpu_millis"),
+        cpu_request_millis=opt(res.requests, "cpu_millis"),
+        memory_limit_bytes=opt(res.limits, "memory_bytes"),
+        pids_limit=opt(res.limits, "pids"),
+    )
+
+
+def should_restart(policy: str, exited: Terminated) -> bool:
+    if policy == "Always":
+        return True
+    if policy == "OnFailure":
+        return exited.exit_code != 0 and exited.reason != "StartError"
+    return False
+
+
+class ProcessSupervisor:
+    def __init__(self, ctx: PodContext, spec: pb.Process, record: ProcessRecord) -> None:
+        self.ctx = ctx
+        self.spec = spec
+        self.record = record
+        self.run: ProcessRun | None = None
+        self.state: State = Waiting("ProcessCreating")
+        self.ready = False
+        self.final = False
+        self.started_once = record.pid > 0 or record.last_terminated is not None
+        self.start_error = ""
+        self.cgroup: Cgroup | None = None
+        self.backoff = RestartBackoff(ctx.backoff_initial, ctx.backoff_cap)
+        self._ready_hint = False
+        self._log = log.bind(pod=f"{ctx.namespace}/{ctx.pod}", process=spec.name)
+        if record.final is not None:
+            self.state, self.final, self.started_once = record.final, True, True
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def cgroup_path(self) -> str:
+        return f"{self.ctx.pod_cgroup_path}/{self.spec.name}"
+
+    def view(self) -> ProcessView:
+        return ProcessView(
+            name=self.name,
+            state=self.state,
+            last_terminated=self.record.last_terminated,
+            ready=self.ready and isinstance(self.state, Running),
+            restart_count=self.record.restart_count,
+            pid=self.run.pid if self.run is not None else 0,
+            started_once=self.started_once,
+            final=self.final,
+            start_error=self.start_error,
+        )
+
+    def recover(self, was_ready: bool = False) -> None:
+        """Re-adopt the recorded run, or note that it ended while the agent was away.
+
+        was_ready (from the pod's last status) keeps a re-adopted process ready
+        until its readiness probe says otherwise, so an agent restart does not
+        flip the pod's Ready condition.
+        """
+        if self.final or self.record.pid <= 0:
+            return
+        self._ready_hint = was_ready
+        self.run = runtime.recover(self.record, self.ctx.driver, self.ctx.boot_id)
+        self.cgroup = self.run.cgroup if self.run is not None else None
+        if self.run is None:
+            self._log.info("process_not_recovered", pid=self.record.pid)
+        else:
+            self._log.info("process_recovered", pid=self.run.pid)
+
+    # -- the loop --------------------------------------------------------------------
+
+    async def supervise(self) -> None:
+        if self.final:
+            return
+        run = self.run
+        while True:
+            if run is None and self.ctx.stopping.is_set():
+                return  # terminating: start nothing new
+            if run is None and self.record.pid > 0:
+                exited = self._lost()
+            else:
+                if run is None:
+                    run = self._start()
+                exited = await self._watch(run) if run is not None else self._start_failed()
+            self.run = run = None
+            self.ready = False
+            self.record.pid = 0
+            if self.ctx.stopping.is_set() or not should_restart(self.ctx.restart_policy, exited):
+                self._finish(exited)
+                return
+            delay = self.backoff.delay_after_exit(exited.started_at, exited.finished_at)
+            self.record.last_terminated = exited
+            self.state = Waiting(
+                "CrashLoopBackOff", f"back-off {delay:g}s restarting failed process {self.name}"
+            )
+            self._commit()
+            self._log.info("process_backoff", delay=delay, exit_code=exited.exit_code)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self.ctx.stopping.wait()
+            if self.ctx.stopping.is_set():
+                self._finish(exited)
+                return
+            self.record.restart_count += 1
+
+    def _finish(self, exited: Terminated) -> None:
+        self.state = exited
+        self.final = True
+        self.record.final = exited
+        self._commit()
+
+    def _commit(self) -> None:
+        self.ctx.save()
+        self.ctx.changed()
+
+    def _lost(self) -> Terminated:
+        now = self.ctx.wall()
+        return Terminated(
+            exit_code=-1,
+            signal=0,
+            reason="Unknown",
+            message="the process was gone when the agent restarted",
+            started_at=self.record.started_at,
+            finished_at=now,
+        )
+
+    def _start_failed(self) -> Terminated:
+        now = self.ctx.wall()
+        self._log.warning("process_start_failed", error=self.start_error)
+        return Terminated(
+            exit_code=START_ERROR_EXIT_CODE,
+            signal=0,
+            reason="StartError",
+            message=self.start_error,
+            started_at=now,
+            finished_at=now,
+        )
+
+    def _start(self) -> ProcessRun | None:
+        """A new run, or None with start_error set."""
+        ctx = self.ctx
+        self.started_once = True
+        try:
+            cgroup = ctx.driver.create(self.cgroup_path, limits_of(self.spec))
+            cgroup.kill_all()  # leftovers of the previous run
+        except CgroupError as err:
+            self.start_error = f"cgroup: {err}"
+            return None
+        self.cgroup = cgroup
+        spec = self.launch_spec(cgroup)
+        count = self.record.restart_count
+        fd = ctx.logs.open_instance(ctx.namespace, ctx.pod, ctx.uid, self.name, count)
+        try:
+            run = runtime.start(spec, cgroup, fd, clock=ctx.wall)
+        except LaunchError as err:
+            self.start_error = str(err)
+            return None
+        finally:
+            os.close(fd)
+        ctx.logs.prune(ctx.namespace, ctx.pod, ctx.uid, self.name, keep_instances=2)
+        self.start_error = ""
+        run.record_into(self.record, ctx.boot_id)
+        self.record.log_instance = count
+        self.state = Running(run.started_at)
+        self._commit()
+        self._log.info("process_started", pid=run.pid, restart_count=count)
+        return run
+
+    def launch_spec(self, cgroup: Cgroup) -> LaunchSpec:
+        env = process_env(
+            [(e.name, e.value) for e in self.spec.env],
+            namespace=self.ctx.namespace,
+            pod=self.ctx.pod,
+            uid=self.ctx.uid,
+        )
+        return LaunchSpec(
+            argv=(*self.spec.command, *self.spec.args),
+            env=env,
+            cwd=self.spec.working_dir or None,
+            user=self.spec.user,
+            procs_files=tuple(cgroup.procs_files()),
+        )
+
+    async def _watch(self, run: ProcessRun) -> Terminated:
+        """Probe the run until it exits; its exit (and leftovers killed)."""
+        self.run = run
+        self.state = Running(run.started_at)
+        initially_ready = self._ready_hint
+        self._ready_hint = False
+        self.ready = initially_ready or not self.spec.HasField("readiness_probe")
+        self.ctx.changed()
+        probes = asyncio.create_task(self._probe_loop(run, initially_ready))
+        try:
+            exited = await run.wait()
+        finally:
+            probes.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await probes
+        run.kill_cgroup()
+        self._log.info(
+            "process_exited", pid=run.pid, exit_code=exited.exit_code, reason=exited.reason
+        )
+        return exited
+
+    async def _probe_loop(self, run: ProcessRun, initially_ready: bool) -> None:
+        ctx = self.ctx
+        now = ctx.monotonic()
+        trackers: dict[str, tuple[pb.Probe, ProbeTracker]] = {}
+        if self.spec.HasField("liveness_probe"):
+            spec = self.spec.liveness_probe
+            trackers["liveness"] = (spec, ProbeTracker(spec, started_at=now, initial_state=True))
+        if self.spec.HasField("readiness_probe"):
+            spec = self.spec.readiness_probe
+            trackers["readiness"] = (
+                spec,
+                ProbeTracker(spec, started_at=now, initial_state=initially_ready),
+            )
+        if not trackers:
+            return
+        launch = self.launch_spec(run.cgroup)
+        try:
+            run_as = resolve_user(self.spec.user)
+        except LaunchError:
+            run_as = None
+
+        def wrap(argv: list[str]) -> list[str]:
+            return wrap_argv(launch.procs_files, argv, run_as)
+
+        while True:
+            due = min(t.next_due() for _, t in trackers.values())
+            await asyncio.sleep(max(0.0, due - ctx.monotonic()))
+            for kind, (spec, tracker) in trackers.items():
+                started = ctx.monotonic()
+                if tracker.next_due() > started:
+                    continue
+                result = await run_probe(spec, env=launch.env, cwd=launch.cwd, wrap_argv=wrap)
+                tracker.record(started, result.ok)
+                if kind == "readiness" and tracker.healthy != self.ready:
+                    self.ready = tracker.healthy
+                    self._log.info("readiness_changed", ready=self.ready, message=result.message)
+                    ctx.changed()
+                if kind == "liveness" and not tracker.healthy:
+                    self._log.info("liveness_failed", message=result.message)
+                    await runtime.stop(run, ctx.grace())
+                    return
