@@ -8,10 +8,12 @@ import sys
 from mizzen import __version__
 from mizzen.cli.agent_cmd import add_agent_parser
 from mizzen.cli.cluster_cmd import add_cluster_parsers
+from mizzen.cli.controllers_cmd import add_controllers_parser
 from mizzen.cli.describe_cmd import add_describe_parsers
 from mizzen.cli.errors import CommandError, UsageError
 from mizzen.cli.logs_cmd import add_logs_parsers
 from mizzen.cli.objects_cmd import add_objects_parsers
+from mizzen.cli.rollout_cmd import add_rollout_parsers
 from mizzen.cli.store_cmd import add_store_parser
 from mizzen.log_config import configure_logging
 
@@ -33,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_cluster_parsers(sub)
     add_logs_parsers(sub)
     add_agent_parser(sub)
+    add_controllers_parser(sub)
+    add_rollout_parsers(sub)
     return p
 
 

@@ -1,0 +1,420 @@
+"""The DaemonSet controller: one pod on every eligible node.
+
+A node is eligible when its labels match the template's ``node_selector`` and
+the template tolerates every ``NoSchedule`` / ``NoExecute`` taint on it (the
+scheduler's predicates, ``controllers.scheduling``). Cordoned nodes stay
+eligible, as in Kubernetes. Pods are created already bound
+(``spec.node_name``), so the scheduler never sees them.
+
+``plan_daemonset`` is the pure decision; ``DaemonSetController`` carries it
+out. What is guaranteed:
+
+* a pod is created on an eligible node without one, but not while an old pod
+  there is still terminating (a node runs at most one copy of the daemon,
+  except during a surge);
+* a daemon pod that ended (Failed, or Succeeded) is deleted and replaced
+  after a per-node backoff (1 s, doubling, capped at 15 min) and a
+  ``FailedDaemonPod`` Warning Event;
+* pods on nodes no longer eligible are deleted; pods on nodes that no longer
+  exist are deleted with grace 0 (no agent is left to stop them);
+* the template's hash is the pod label ``controller-revision-hash``.
+  RollingUpdate replaces old pods while at most ``max_unavailable`` (rounded
+  up from a percentage; default 1) eligible nodes lack an available pod; with
+  ``max_surge`` > 0 the new pod starts beside the old one, which is deleted
+  once the new one is available. OnDelete never deletes an old pod;
+* status counts nodes (desired, current, ready, updated, available,
+  misscheduled) and ``observed_generation``; it is written only when it
+  changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from controllers.base import (
+    Controller,
+    ControllerContext,
+    Result,
+    TemporaryError,
+    controller_ref,
+    is_terminating,
+    key_of,
+)
+from controllers.job import CREATE_BURST, Expectations, creation_seconds
+from controllers.replicaset import available_in, is_ready, pod_from_template
+from controllers.scheduling import untolerated
+from mizzen.api.quantity import resolve_int_or_percent
+from mizzen.client.errors import ConflictError, NotFoundError
+from protos import objects_pb2 as pb
+
+if TYPE_CHECKING:
+    from controllers.manager import ManagerConfig
+
+log = structlog.get_logger(__name__)
+
+HASH_LABEL = "controller-revision-hash"
+FAILED_BACKOFF_BASE = 1.0
+FAILED_BACKOFF_CAP = 900.0
+_BLOCKING = ("NoSchedule", "NoExecute")
+_ENDED = ("Succeeded", "Failed")
+
+
+def template_hash(template: pb.PodTemplateSpec) -> str:
+    """A stable short hash of the pod template (deterministic serialization)."""
+    digest = hashlib.sha256(template.SerializeToString(deterministic=True)).hexdigest()
+    return digest[:10]
+
+
+def should_run(spec: pb.PodSpec, node: pb.Node) -> bool:
+    """Whether a daemon pod of spec belongs on node (selector and taints)."""
+    labels = node.metadata.labels
+    if any(labels.get(k) != v for k, v in spec.node_selector.items()):
+        return False
+    return not untolerated(node.spec.taints, spec.tolerations, _BLOCKING)
+
+
+@dataclass(frozen=True)
+class Deletion:
+    pod: pb.Pod
+    force: bool = False
+
+
+@dataclass(frozen=True)
+class DaemonSetPlan:
+    create_on: tuple[str, ...]
+    delete: tuple[Deletion, ...]
+    status: pb.DaemonSetStatus
+    requeue_after: float | None = None
+    # Nodes whose daemon pod ended (Failed or Succeeded) and is being replaced.
+    failed_on: tuple[str, ...] = ()
+
+
+@dataclass
+class _NodePods:
+    new: list[pb.Pod]
+    old: list[pb.Pod]
+    terminating: int
+
+
+def _by_node(pods: list[pb.Pod], current: str) -> dict[str, _NodePods]:
+    out: dict[str, _NodePods] = defaultdict(lambda: _NodePods([], [], 0))
+    for pod in sorted(pods, key=lambda p: (creation_seconds(p), p.metadata.name)):
+        slot = out[pod.spec.node_name]
+        if is_terminating(pod):
+            slot.terminating += 1
+        elif pod.metadata.labels.get(HASH_LABEL) == current:
+            slot.new.append(pod)
+        else:
+            slot.old.append(pod)
+    return out
+
+
+def _budgets(ds: pb.DaemonSet, desired: int) -> tuple[int, int]:
+    """(max unavailable, max surge) for a RollingUpdate; Kubernetes' rounding."""
+    rolling = ds.spec.update_strategy.rolling_update
+    surge = resolve_int_or_percent(rolling.max_surge or "0", desired, round_up=True)
+    unavailable = resolve_int_or_percent(rolling.max_unavailable or "1", desired, round_up=True)
+    if surge == 0 and unavailable == 0:
+        unavailable = 1
+    return unavailable, surge
+
+
+def plan_daemonset(
+    ds: pb.DaemonSet,
+    nodes: list[pb.Node],
+    pods: list[pb.Pod],
+    now: float,
+    hold: Mapping[str, float] | None = None,
+) -> DaemonSetPlan:
+    """The next step for ds given every node and the pods it controls, at wall time now.
+
+    hold maps node names to the time before which no pod is created there
+    (the backoff after daemon pods that ended).
+    """
+    hold = hold or {}
+    failed_on: list[str] = []
+    current = template_hash(ds.spec.template)
+    min_ready = ds.spec.min_ready_seconds
+    slots = _by_node(pods, current)
+    node_names = {n.metadata.name for n in nodes}
+    create: list[str] = []
+    delete: list[Deletion] = []
+    waits: list[float] = []
+    status = pb.DaemonSetStatus()
+
+    def available(pod: pb.Pod) -> bool:
+        left = available_in(pod, min_ready, now)
+        if left is not None and left > 0:
+            waits.append(left)
+        return left is not None and left <= 0
+
+    for name, slot in slots.items():
+        if name not in node_names:
+            delete.extend(Deletion(p, force=True) for p in slot.new + slot.old)
+    rollout: list[tuple[str, _NodePods]] = []
+    for node in sorted(nodes, key=lambda n: n.metadata.name):
+        name = node.metadata.name
+        slot = slots.get(name) or _NodePods([], [], 0)
+        if not should_run(ds.spec.template.spec, node):
+            if slot.new or slot.old:
+                status.number_misscheduled += 1
+                delete.extend(Deletion(p) for p in slot.new + slot.old)
+            continue
+        status.desired_number_scheduled += 1
+        for group in (slot.new, slot.old):
+            ended = [p for p in group if p.status.phase in _ENDED]
+            if ended:
+                failed_on.append(name)
+                delete.extend(Deletion(p) for p in ended)
+            group[:] = [p for p in group if p.status.phase not in _ENDED]
+            delete.extend(Deletion(p) for p in group[1:])
+            del group[1:]
+        live = slot.new + slot.old
+        if not live:
+            held = hold.get(name, 0.0) - now
+            if held > 0:
+                waits.append(held)
+            elif slot.terminating == 0 and name not in failed_on:
+                create.append(name)
+            continue
+        status.current_number_scheduled += 1
+        status.number_ready += any(is_ready(p) for p in live)
+        status.number_available += any(available(p) for p in live)
+        status.updated_number_scheduled += bool(slot.new)
+        rollout.append((name, slot))
+
+    status.number_unavailable = status.desired_number_scheduled - status.number_available
+    status.observed_generation = ds.metadata.generation
+    status.conditions.extend(ds.status.conditions)
+    if ds.spec.update_strategy.type == "RollingUpdate":
+        _roll(ds, status, rollout, create, delete, available)
+    else:
+        delete.extend(Deletion(s.old[0]) for _, s in rollout if s.new and s.old)
+    return DaemonSetPlan(
+        tuple(create[:CREATE_BURST]),
+        tuple(delete),
+        status,
+        min(waits, default=None),
+        tuple(failed_on),
+    )
+
+
+def _roll(
+    ds: pb.DaemonSet,
+    status: pb.DaemonSetStatus,
+    rollout: list[tuple[str, _NodePods]],
+    create: list[str],
+    delete: list[Deletion],
+    available: Any,
+) -> None:
+    """RollingUpdate steps on nodes that still run an old pod."""
+    max_unavailable, max_surge = _budgets(ds, status.desired_number_scheduled)
+    if max_surge > 0:
+        surging = sum(1 for _, s in rollout if s.new and s.old and not available(s.new[0]))
+        for name, slot in rollout:
+            if not slot.old:
+                continue
+            replaced = available(slot.new[0]) if slot.new else not available(slot.old[0])
+            if replaced:
+                delete.append(Deletion(slot.old[0]))
+            elif not slot.new and surging < max_surge:
+                create.append(name)
+                surging += 1
+        return
+    budget = max_unavailable - status.number_unavailable
+    for _, slot in rollout:
+        if not slot.old:
+            continue
+        if slot.new or not available(slot.old[0]):
+            delete.append(Deletion(slot.old[0]))
+        elif budget > 0:
+            delete.append(Deletion(slot.old[0]))
+            budget -= 1
+
+
+class NodeBackoff:
+    """Per (DaemonSet, node) delay before replacing a daemon pod that ended.
+
+    Each end doubles the delay (base, 2 base, ... cap); a node whose last end
+    is older than twice the cap starts again from base, as Kubernetes does.
+    """
+
+    def __init__(self, base: float, cap: float) -> None:
+        self.base = base
+        self.cap = cap
+        self._entries: dict[str, dict[str, tuple[int, float]]] = {}
+
+    def failed(self, key: str, node: str, now: float) -> float:
+        """Record an end on node; the delay before the replacement."""
+        nodes = self._entries.setdefault(key, {})
+        count, until = nodes.get(node, (0, 0.0))
+        if now - until > 2 * self.cap:
+            count = 0
+        delay = min(self.base * 2**count, self.cap)
+        nodes[node] = (count + 1, now + delay)
+        return delay
+
+    def holds(self, key: str, now: float) -> dict[str, float]:
+        """node -> the time before which no pod is created there (only future times)."""
+        return {n: until for n, (_, until) in self._entries.get(key, {}).items() if until > now}
+
+    def forget(self, key: str) -> None:
+        self._entries.pop(key, None)
+
+
+def new_pod(ds: pb.DaemonSet, node_name: str, revision: str) -> pb.Pod:
+    """A pod of ds's template bound to node_name, owned by ds."""
+    pod = pod_from_template(ds, ds.spec.template)
+    pod.metadata.labels[HASH_LABEL] = revision
+    pod.spec.node_name = node_name
+    return pod
+
+
+class DaemonSetController(Controller):
+    """Drives DaemonSets with ``plan_daemonset``; see the module doc."""
+
+    name = "daemonset"
+    primary_kind = "DaemonSet"
+
+    def __init__(
+        self,
+        *,
+        workers: int = 2,
+        backoff_base: float = FAILED_BACKOFF_BASE,
+        backoff_cap: float = FAILED_BACKOFF_CAP,
+    ) -> None:
+        self.workers = workers
+        self.expectations = Expectations()
+        self.backoff = NodeBackoff(backoff_base, backoff_cap)
+
+    def setup(self, ctx: ControllerContext) -> None:
+        self.ctx = ctx
+        self.sets = ctx.informers.get("DaemonSet")
+        self.pods = ctx.informers.get("Pod")
+        self.nodes = ctx.informers.get("Node")
+        self.expectations.clock = ctx.clock
+        self.sets.on_add(self.enqueue)
+        self.sets.on_update(lambda old, new: self.enqueue(new))
+        self.sets.on_delete(self._ds_deleted)
+        self.pods.on_add(self._pod_changed)
+        self.pods.on_update(lambda old, new: self._pod_changed(new))
+        self.pods.on_delete(self._pod_deleted)
+        self.nodes.on_add(self._node_changed)
+        self.nodes.on_update(self._node_updated)
+        self.nodes.on_delete(self._node_changed)
+
+    def _ds_deleted(self, ds: Any) -> None:
+        self.expectations.forget(key_of(ds))
+        self.backoff.forget(key_of(ds))
+
+    def _owner_key(self, pod: Any) -> str | None:
+        ref = controller_ref(pod)
+        if ref is None or ref.kind != "DaemonSet":
+            return None
+        return f"{pod.metadata.namespace}/{ref.name}"
+
+    def _pod_changed(self, pod: Any) -> None:
+        key = self._owner_key(pod)
+        if key is not None:
+            self.queue.add(key)
+
+    def _pod_deleted(self, pod: Any) -> None:
+        key = self._owner_key(pod)
+        if key is not None:
+            self.expectations.observe_deleted(key, pod.metadata.uid)
+            self.queue.add(key)
+
+    def _node_updated(self, old: Any, new: Any) -> None:
+        if old.metadata.labels != new.metadata.labels or list(old.spec.taints) != list(
+            new.spec.taints
+        ):
+            self._node_changed(new)
+
+    def _node_changed(self, node: Any) -> None:
+        for ds in self.sets.list():
+            self.enqueue(ds)
+
+    async def reconcile(self, key: str) -> Result:
+        ds: pb.DaemonSet | None = self.sets.get_key(key)
+        if ds is None or is_terminating(ds):
+            return Result()
+        pods = [
+            p
+            for p in self.pods.by_owner(ds.metadata.uid)
+            if p.metadata.namespace == ds.metadata.namespace
+        ]
+        if not self.expectations.satisfied(key, pods):
+            return Result(requeue_after=self.expectations.recheck_in(key))
+        now = self.ctx.clock()
+        plan = plan_daemonset(ds, self.nodes.list(), pods, now, self.backoff.holds(key, now))
+        revision = template_hash(ds.spec.template)
+        waits = [plan.requeue_after] if plan.requeue_after is not None else []
+        for node_name in plan.failed_on:
+            delay = self.backoff.failed(key, node_name, now)
+            waits.append(delay)
+            self.ctx.events.record(
+                ds,
+                "Warning",
+                "FailedDaemonPod",
+                f"daemon pod on node {node_name} ended; replacing it in {delay:g}s",
+            )
+        for deletion in plan.delete:
+            await self._delete(key, ds, deletion)
+        for node_name in plan.create_on:
+            await self._create(key, ds, node_name, revision)
+        await self._write_status(ds, plan.status)
+        return Result(requeue_after=min(waits, default=None))
+
+    async def _create(self, key: str, ds: pb.DaemonSet, node_name: str, revision: str) -> None:
+        try:
+            pod = await self.ctx.client.create(new_pod(ds, node_name, revision))
+        except Exception:
+            self.expectations.forget(key)
+            raise
+        self.expectations.expect_create(key, pod.metadata.uid)
+        self.ctx.events.record(
+            ds, "Normal", "SuccessfulCreate", f"Created pod: {pod.metadata.name} on {node_name}"
+        )
+
+    async def _delete(self, key: str, ds: pb.DaemonSet, deletion: Deletion) -> None:
+        pod = deletion.pod
+        self.expectations.expect_delete(key, pod.metadata.uid)
+        try:
+            await self.ctx.client.delete(
+                "Pod",
+                pod.metadata.name,
+                pod.metadata.namespace,
+                grace_period_seconds=0 if deletion.force else None,
+            )
+        except NotFoundError:
+            return
+        except Exception:
+            self.expectations.forget(key)
+            raise
+        self.ctx.events.record(
+            ds, "Normal", "SuccessfulDelete", f"Deleted pod: {pod.metadata.name}"
+        )
+
+    async def _write_status(self, ds: pb.DaemonSet, status: pb.DaemonSetStatus) -> None:
+        if status == ds.status:
+            return
+        updated = pb.DaemonSet()
+        updated.CopyFrom(ds)
+        updated.status.CopyFrom(status)
+        try:
+            await self.ctx.client.update_status(updated)
+        except ConflictError as err:
+            raise TemporaryError(f"daemonset status conflict: {err}") from None
+        except NotFoundError:
+            return
+
+
+def daemonset_controller_from_config(config: ManagerConfig) -> DaemonSetController:
+    """The manager's factory."""
+    return DaemonSetController()

@@ -1,0 +1,465 @@
+"""The Job controller: run pods until ``completions`` of them succeed.
+
+``plan_job`` is the pure decision (what status the Job should show, how many
+pods to create, which to delete, whether the Job itself must go); the
+``JobController`` reads the shared caches, calls it and carries the plan out.
+
+What is guaranteed, as in Kubernetes' (non-indexed) Job controller:
+
+* at most ``min(parallelism, completions - succeeded)`` pods are active;
+  pods are created with ``generate_name = "<job>-"``, the template's labels
+  plus ``job-name``, and a controller reference to the Job;
+* the counts are taken from the Job's pods, which stay (terminal) until the
+  Job is deleted, so succeeded and failed never double-count a pod (as in
+  Kubernetes before pod-tracking finalizers, a terminal pod deleted by hand
+  is no longer counted, and an evicted active pod is replaced, not counted
+  as failed);
+* a Job has been retried too often once failed pods (plus, for
+  ``restartPolicy: OnFailure``, process restarts of its active pods) exceed
+  ``backoff_limit``: it gets condition ``Failed`` / ``BackoffLimitExceeded``
+  and its active pods are deleted; replacements for failed pods are created
+  after an exponential delay (10 s, 20 s, ... capped at 6 min);
+* ``active_deadline_seconds`` after ``start_time`` the Job fails with
+  ``DeadlineExceeded`` and its active pods are deleted;
+* a finished Job (``Complete`` or ``Failed``) is never restarted; with
+  ``ttl_seconds_after_finished`` it is deleted (Foreground) that long after
+  it finished, and the garbage collector removes its pods.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from controllers.base import (
+    Controller,
+    ControllerContext,
+    Result,
+    TemporaryError,
+    controller_ref,
+    is_terminating,
+    key_of,
+    split_key,
+)
+from controllers.replicaset import is_active, is_ready, pod_from_template
+from mizzen.client.errors import ConflictError, NotFoundError
+from protos import objects_pb2 as pb
+
+if TYPE_CHECKING:
+    from controllers.manager import ManagerConfig
+
+log = structlog.get_logger(__name__)
+
+JOB_NAME_LABEL = "job-name"
+BACKOFF_BASE = 10.0
+BACKOFF_CAP = 360.0
+CREATE_BURST = 500
+
+
+# ------------------------------------------------------------------ helpers
+# (also used by controllers.daemonset)
+
+
+def seconds_of(ts: Any) -> float:
+    """A protobuf Timestamp as Unix seconds (0.0 when unset)."""
+    return float(ts.ToNanoseconds()) / 1e9
+
+
+def set_timestamp(ts: Any, seconds: float) -> None:
+    ts.FromNanoseconds(int(seconds * 1e9))
+
+
+def creation_seconds(obj: Any) -> float:
+    return seconds_of(obj.metadata.creation_timestamp)
+
+
+def mark_condition(
+    conditions: Any, type_: str, status: str, reason: str, message: str, now: float
+) -> None:
+    """Set condition type_ in a repeated Condition field; the transition time moves on change."""
+    for cond in conditions:
+        if cond.type == type_:
+            if cond.status != status:
+                cond.status = status
+                set_timestamp(cond.last_transition_time, now)
+            cond.reason, cond.message = reason, message
+            return
+    cond = conditions.add(type=type_, status=status, reason=reason, message=message)
+    set_timestamp(cond.last_transition_time, now)
+
+
+@dataclass
+class _Pending:
+    creates: set[str]
+    deletes: set[str]
+    since: float
+
+
+class Expectations:
+    """Pod creations and deletions a controller made that its cache has not shown yet.
+
+    Deciding from a cache that lags behind our own writes would create
+    duplicates or delete twice, so a key whose expectations are unmet waits
+    (its pods' watch events requeue it). ``timeout`` bounds the wait should an
+    expected event never come (e.g. the pod was created and deleted in
+    between); then the cache, being the truth again after a relist, wins.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic, timeout: float = 30.0) -> None:
+        self.clock = clock
+        self.timeout = timeout
+        self._pending: dict[str, _Pending] = {}
+
+    def _entry(self, key: str) -> _Pending:
+        entry = self._pending.get(key)
+        if entry is None:
+            entry = self._pending[key] = _Pending(set(), set(), self.clock())
+        return entry
+
+    def expect_create(self, key: str, uid: str) -> None:
+        self._entry(key).creates.add(uid)
+
+    def expect_delete(self, key: str, uid: str) -> None:
+        self._entry(key).deletes.add(uid)
+
+    def observe_deleted(self, key: str, uid: str) -> None:
+        entry = self._pending.get(key)
+        if entry is not None:
+            entry.creates.discard(uid)
+            entry.deletes.discard(uid)
+
+    def forget(self, key: str) -> None:
+        self._pending.pop(key, None)
+
+    def satisfied(self, key: str, pods: Iterable[Any]) -> bool:
+        """Whether pods (the cache's view of key's pods) reflect every expected change."""
+        entry = self._pending.get(key)
+        if entry is None:
+            return True
+        present = {p.metadata.uid: p for p in pods}
+        entry.creates = {uid for uid in entry.creates if uid not in present}
+        entry.deletes = {
+            uid
+            for uid in entry.deletes
+            if uid in present and not present[uid].metadata.HasField("deletion_timestamp")
+        }
+        if (entry.creates or entry.deletes) and self.clock() - entry.since < self.timeout:
+            return False
+        self.forget(key)
+        return True
+
+    def recheck_in(self, key: str) -> float:
+        entry = self._pending.get(key)
+        return (
+            self.timeout if entry is None else max(0.0, entry.since + self.timeout - self.clock())
+        )
+
+
+@dataclass(frozen=True)
+class JobPlan:
+    """One reconcile step of a Job: apply in the order delete, create, status, delete_job."""
+
+    status: pb.JobStatus
+    create: int = 0
+    delete: tuple[pb.Pod, ...] = ()
+    delete_job: bool = False
+    requeue_after: float | None = None
+    events: tuple[tuple[str, str, str], ...] = field(default=())
+
+
+def finished_condition(job: pb.Job) -> pb.Condition | None:
+    """The Job's true Complete or Failed condition, if it has finished."""
+    for cond in job.status.conditions:
+        if cond.type in ("Complete", "Failed") and cond.status == "True":
+            return cond
+    return None
+
+
+def restarts(pods: list[pb.Pod]) -> int:
+    return sum(p.restart_count for pod in pods for p in pod.status.process_statuses)
+
+
+def last_failure(pods: list[pb.Pod]) -> float:
+    """When the latest failed pod stopped (its processes' finish, else its creation)."""
+    latest = 0.0
+    for pod in pods:
+        finished = [
+            seconds_of(p.state.terminated.finished_at)
+            for p in pod.status.process_statuses
+            if p.state.HasField("terminated") and p.state.terminated.HasField("finished_at")
+        ]
+        latest = max(latest, max(finished) if finished else creation_seconds(pod))
+    return latest
+
+
+def deletion_order(pod: pb.Pod) -> tuple[bool, bool, float]:
+    """Sort key: unbound first, then not ready, then newest."""
+    return (bool(pod.spec.node_name), is_ready(pod), -creation_seconds(pod))
+
+
+def plan_job(
+    job: pb.Job,
+    pods: list[pb.Pod],
+    now: float,
+    *,
+    backoff_base: float = BACKOFF_BASE,
+    backoff_cap: float = BACKOFF_CAP,
+) -> JobPlan:
+    """The next step for job given its pods (those it controls) at wall time now."""
+    spec = job.spec
+    status = pb.JobStatus()
+    status.CopyFrom(job.status)
+    active = [p for p in pods if is_active(p)]
+    succeeded = sum(1 for p in pods if p.status.phase == "Succeeded")
+    failed_pods = [p for p in pods if p.status.phase == "Failed"]
+    status.active = len(active)
+    status.succeeded = succeeded
+    status.failed = len(failed_pods)
+    status.ready = sum(1 for p in active if is_ready(p))
+
+    done = finished_condition(job)
+    if done is not None:
+        return _plan_finished(job, status, done, active, now)
+
+    if not status.HasField("start_time"):
+        set_timestamp(status.start_time, now)
+    started = seconds_of(status.start_time)
+    retries = len(failed_pods)
+    if spec.template.spec.restart_policy == "OnFailure":
+        retries += restarts(active)
+    deadline = started + spec.active_deadline_seconds
+    if retries > spec.backoff_limit:
+        return _fail(
+            job,
+            status,
+            active,
+            now,
+            "BackoffLimitExceeded",
+            "Job has reached the specified backoff limit",
+        )
+    if spec.HasField("active_deadline_seconds") and now >= deadline:
+        return _fail(
+            job,
+            status,
+            active,
+            now,
+            "DeadlineExceeded",
+            "Job was active longer than specified deadline",
+        )
+    if succeeded >= spec.completions:
+        mark_condition(
+            status.conditions,
+            "Complete",
+            "True",
+            "CompletionsReached",
+            f"Job completed: {succeeded} pod(s) succeeded",
+            now,
+        )
+        set_timestamp(status.completion_time, now)
+        status.active = 0
+        ttl = _ttl_wait(job, now, now)
+        event = ("Normal", "Completed", "Job completed")
+        return JobPlan(status, delete=tuple(active), requeue_after=ttl, events=(event,))
+
+    waits: list[float] = []
+    if spec.HasField("active_deadline_seconds"):
+        waits.append(deadline - now)
+    wanted = max(0, min(spec.parallelism, spec.completions - succeeded))
+    create = 0
+    delete: tuple[pb.Pod, ...] = ()
+    if len(active) > wanted:
+        delete = tuple(sorted(active, key=deletion_order)[: len(active) - wanted])
+    elif len(active) < wanted:
+        ready_at = 0.0
+        if failed_pods:
+            delay = min(backoff_base * 2 ** (len(failed_pods) - 1), backoff_cap)
+            ready_at = last_failure(failed_pods) + delay
+        if now >= ready_at:
+            create = min(wanted - len(active), CREATE_BURST)
+        else:
+            waits.append(ready_at - now)
+    status.active = len(active) - len(delete) + create
+    return JobPlan(status, create=create, delete=delete, requeue_after=min(waits, default=None))
+
+
+def _fail(
+    job: pb.Job, status: pb.JobStatus, active: list[pb.Pod], now: float, reason: str, message: str
+) -> JobPlan:
+    mark_condition(status.conditions, "Failed", "True", reason, message, now)
+    status.active = 0
+    return JobPlan(
+        status,
+        delete=tuple(active),
+        requeue_after=_ttl_wait(job, now, now),
+        events=(("Warning", reason, message),),
+    )
+
+
+def _plan_finished(
+    job: pb.Job, status: pb.JobStatus, done: pb.Condition, active: list[pb.Pod], now: float
+) -> JobPlan:
+    status.active = 0
+    if job.status.HasField("completion_time"):
+        finished = seconds_of(job.status.completion_time)
+    else:
+        finished = seconds_of(done.last_transition_time)
+    wait = _ttl_wait(job, finished, now)
+    expired = wait is not None and wait <= 0
+    return JobPlan(
+        status,
+        delete=tuple(active),
+        delete_job=expired,
+        requeue_after=None if expired else wait,
+    )
+
+
+def _ttl_wait(job: pb.Job, finished: float, now: float) -> float | None:
+    """Seconds until a finished Job's TTL runs out (<= 0: now), None without a TTL."""
+    if not job.spec.HasField("ttl_seconds_after_finished"):
+        return None
+    return finished + job.spec.ttl_seconds_after_finished - now
+
+
+def new_pod(job: pb.Job) -> pb.Pod:
+    """A pod of job's template, owned by it (the name comes from generate_name)."""
+    pod = pod_from_template(job, job.spec.template)
+    pod.metadata.labels[JOB_NAME_LABEL] = job.metadata.name
+    return pod
+
+
+class JobController(Controller):
+    """Drives Jobs with ``plan_job``; see the module doc."""
+
+    name = "job"
+    primary_kind = "Job"
+
+    def __init__(
+        self,
+        *,
+        workers: int = 2,
+        backoff_base: float = BACKOFF_BASE,
+        backoff_cap: float = BACKOFF_CAP,
+    ) -> None:
+        self.workers = workers
+        self.backoff_base = backoff_base
+        self.backoff_cap = backoff_cap
+        self.expectations = Expectations()
+
+    def setup(self, ctx: ControllerContext) -> None:
+        self.ctx = ctx
+        self.jobs = ctx.informers.get("Job")
+        self.pods = ctx.informers.get("Pod")
+        self.expectations.clock = ctx.clock
+        self.jobs.on_add(self.enqueue)
+        self.jobs.on_update(lambda old, new: self.enqueue(new))
+        self.jobs.on_delete(self._job_deleted)
+        self.pods.on_add(self._pod_changed)
+        self.pods.on_update(lambda old, new: self._pod_changed(new))
+        self.pods.on_delete(self._pod_deleted)
+
+    def _job_deleted(self, job: Any) -> None:
+        self.expectations.forget(key_of(job))
+
+    def _pod_changed(self, pod: Any) -> None:
+        ref = controller_ref(pod)
+        if ref is not None and ref.kind == "Job":
+            self.queue.add(f"{pod.metadata.namespace}/{ref.name}")
+
+    def _pod_deleted(self, pod: Any) -> None:
+        ref = controller_ref(pod)
+        if ref is not None and ref.kind == "Job":
+            job_key = f"{pod.metadata.namespace}/{ref.name}"
+            self.expectations.observe_deleted(job_key, pod.metadata.uid)
+            self.queue.add(job_key)
+
+    async def reconcile(self, key: str) -> Result:
+        job: pb.Job | None = self.jobs.get_key(key)
+        if job is None or is_terminating(job):
+            return Result()
+        pods = [
+            p
+            for p in self.pods.by_owner(job.metadata.uid)
+            if p.metadata.namespace == job.metadata.namespace
+        ]
+        if not self.expectations.satisfied(key, pods):
+            return Result(requeue_after=self.expectations.recheck_in(key))
+        plan = plan_job(
+            job,
+            pods,
+            self.ctx.clock(),
+            backoff_base=self.backoff_base,
+            backoff_cap=self.backoff_cap,
+        )
+        await self._delete_pods(key, job, plan.delete)
+        await self._create_pods(key, job, plan.create)
+        await self._write_status(job, plan.status)
+        for event_type, reason, message in plan.events:
+            self.ctx.events.record(job, event_type, reason, message)
+        if plan.delete_job:
+            await self._delete_job(job)
+            return Result()
+        return Result(requeue_after=plan.requeue_after)
+
+    async def _create_pods(self, key: str, job: pb.Job, count: int) -> None:
+        for _ in range(count):
+            try:
+                pod = await self.ctx.client.create(new_pod(job))
+            except Exception:
+                self.expectations.forget(key)
+                raise
+            self.expectations.expect_create(key, pod.metadata.uid)
+            self.ctx.events.record(
+                job, "Normal", "SuccessfulCreate", f"Created pod: {pod.metadata.name}"
+            )
+
+    async def _delete_pods(self, key: str, job: pb.Job, pods: tuple[pb.Pod, ...]) -> None:
+        for pod in pods:
+            self.expectations.expect_delete(key, pod.metadata.uid)
+            try:
+                await self.ctx.client.delete("Pod", pod.metadata.name, pod.metadata.namespace)
+            except NotFoundError:
+                pass
+            except Exception:
+                self.expectations.forget(key)
+                raise
+            self.ctx.events.record(
+                job, "Normal", "SuccessfulDelete", f"Deleted pod: {pod.metadata.name}"
+            )
+
+    async def _write_status(self, job: pb.Job, status: pb.JobStatus) -> None:
+        if status == job.status:
+            return
+        updated = pb.Job()
+        updated.CopyFrom(job)
+        updated.status.CopyFrom(status)
+        try:
+            await self.ctx.client.update_status(updated)
+        except ConflictError as err:
+            raise TemporaryError(f"job status conflict: {err}") from None
+        except NotFoundError:
+            return
+
+    async def _delete_job(self, job: pb.Job) -> None:
+        namespace, name = split_key(key_of(job))
+        log.info("job_ttl_expired", job=key_of(job))
+        try:
+            await self.ctx.client.delete(
+                "Job",
+                name,
+                namespace,
+                resource_version=job.metadata.resource_version,
+                propagation_policy="Foreground",
+            )
+        except NotFoundError:
+            return
+        except ConflictError as err:
+            raise TemporaryError(f"job changed before its TTL deletion: {err}") from None
+
+
+def job_controller_from_config(config: ManagerConfig) -> JobController:
+    """The manager's factory: ``options["job.backoff_base"]`` overrides the retry delay base."""
+    return JobController(backoff_base=float(config.options.get("job.backoff_base", BACKOFF_BASE)))

@@ -1,0 +1,95 @@
+"""`mizzen controllers`: run the controller manager (leader-elected) in the foreground.
+
+Several can run against one store; one leads (runs the controllers), the
+others keep warm caches and take over when the leader's lease ends. SIGTERM
+or Ctrl-C stops cleanly and hands leadership over at once (lease revoked).
+The ``controllers`` package is imported only when the command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+
+import structlog
+
+from mizzen.cli.config import resolve_endpoints
+from mizzen.cli.errors import UsageError
+
+log = structlog.get_logger(__name__)
+
+
+def add_controllers_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("controllers", help="run the controller manager (one leader at a time)")
+    p.add_argument("--endpoints", default=None, help="store endpoints host:port,...")
+    p.add_argument("--id", default=None, help="identity in the election (default host-pid)")
+    p.add_argument("--election-key", default=None, help="store key of the election")
+    p.add_argument("--lease-ttl", type=float, default=3.0, help="leader lease TTL, seconds")
+    p.add_argument(
+        "--renew-interval",
+        type=float,
+        default=1.0,
+        help="seconds between the leader's checks that it still holds the election key",
+    )
+    p.add_argument("--resync", type=float, default=30.0, help="full resync period, seconds")
+    p.add_argument("--node-grace", type=float, default=5.0)
+    p.add_argument("--eviction-timeout", type=float, default=10.0)
+    p.add_argument("--request-timeout", type=float, default=5.0)
+    p.add_argument(
+        "--controllers",
+        default=None,
+        help="comma-separated controller names to run (default: all)",
+    )
+    p.add_argument(
+        "--workers",
+        action="append",
+        default=[],
+        metavar="NAME=N",
+        help="workers for one controller (repeatable)",
+    )
+    p.set_defaults(func=run_controllers)
+
+
+def _workers(items: list[str]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for item in items:
+        name, sep, count = item.partition("=")
+        if not sep or not count.isdigit() or int(count) < 1:
+            raise UsageError(f"--workers: expected NAME=N with N >= 1, got {item!r}")
+        out[name] = int(count)
+    return out
+
+
+def run_controllers(args: argparse.Namespace) -> int:
+    from controllers.manager import ControllerManager, ManagerConfig
+
+    config = ManagerConfig(
+        endpoints=resolve_endpoints(args.endpoints),
+        lease_ttl=args.lease_ttl,
+        renew_interval=args.renew_interval,
+        resync=args.resync,
+        node_grace=args.node_grace,
+        eviction_timeout=args.eviction_timeout,
+        request_timeout=args.request_timeout,
+        workers=_workers(args.workers),
+        enabled=tuple(n.strip() for n in args.controllers.split(",")) if args.controllers else None,
+    )
+    if args.id:
+        config.id = args.id
+    if args.election_key:
+        config.election_key = args.election_key
+    if args.lease_ttl < 1:
+        raise UsageError("--lease-ttl must be at least 1 second")
+    log.info("controllers_config", **{k: str(v) for k, v in vars(config).items()})
+    manager = ControllerManager(config)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await manager.run(stop)
+
+    asyncio.run(main())
+    return 0
