@@ -105,7 +105,7 @@ class ObjectsAPI(Protocol):
 
 
 class EventSink(Protocol):
-    """Where controllers report Events (``controllers.events.EventRecorder``)."""
+    """Where controllers report Events (``mizzen.client.events.EventRecorder``)."""
 
     def record(self, obj: Any, type: str, reason: str, message: str) -> None: ...
 

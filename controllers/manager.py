@@ -29,11 +29,11 @@ from typing import Any
 import structlog
 
 from controllers.base import Controller, ControllerContext, SharedInformers
-from controllers.events import EventRecorder
 from controllers.leader import DEFAULT_KEY, LeaderElector, Leadership
 from controllers.runner import RunnerStats, run_controller
 from mizzen.api.kinds import KindInfo
 from mizzen.client.errors import FencedError
+from mizzen.client.events import EventRecorder
 from mizzen.client.objects import ListResult, ObjectsClient
 from mizzen.client.store_client import StoreClient
 

@@ -29,6 +29,7 @@ from grpc_reflection.v1alpha import reflection
 
 from mizzen.client import ObjectsClient
 from mizzen.client.errors import StoreClientError
+from mizzen.client.events import EventRecorder
 from mizzen.client.informer import Informer
 from nodeagent import runtime
 from nodeagent.agent_service import NodeAgentService
@@ -83,6 +84,8 @@ class Agent:
             backoff_cap=config.backoff_cap,
             logs_linger=config.logs_linger,
         )
+        self.events = EventRecorder(client, "agent", host=config.name)
+        self.deps.events = self.events
         self.workers: dict[str, PodWorker] = {}
         self.sampler = UsageSampler(self._pod_cgroups)
         self._tg: asyncio.TaskGroup | None = None
@@ -242,6 +245,7 @@ class Agent:
             tg.create_task(heartbeat.run(cfg.heartbeat_interval))
             tg.create_task(informer.run())
             tg.create_task(self._housekeeping())
+            tg.create_task(self.events.run())
             await informer.has_synced.wait()
             await self._kill_orphans()
             self._log.info("agent_synced", pods=len(self.workers))

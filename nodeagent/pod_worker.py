@@ -22,7 +22,7 @@ import signal
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
@@ -39,6 +39,10 @@ log = structlog.get_logger(__name__)
 STATUS_ATTEMPTS = 5
 
 
+class EventSink(Protocol):
+    def record(self, obj: Any, type: str, reason: str, message: str) -> None: ...
+
+
 @dataclass
 class WorkerDeps:
     client: Any  # ObjectsClient (or a fake with get/update_status/delete)
@@ -50,6 +54,7 @@ class WorkerDeps:
     backoff_initial: float = 1.0
     backoff_cap: float = 60.0
     logs_linger: float = 60.0
+    events: EventSink | None = None
 
 
 def _rv(pod: pb.Pod) -> int:
@@ -85,6 +90,7 @@ class PodWorker:
             grace=self._grace,
             backoff_initial=deps.backoff_initial,
             backoff_cap=deps.backoff_cap,
+            event=self._event,
         )
         self.supervisors: list[ProcessSupervisor] = []
         for spec in pod.spec.processes:
@@ -113,6 +119,10 @@ class PodWorker:
     @staticmethod
     def _deleting(pod: pb.Pod) -> bool:
         return pod.metadata.HasField("deletion_timestamp")
+
+    def _event(self, type: str, reason: str, message: str) -> None:
+        if self.deps.events is not None:
+            self.deps.events.record(self.pod, type, reason, message)
 
     def _grace(self) -> float:
         meta = self.pod.metadata
@@ -180,6 +190,8 @@ class PodWorker:
     async def _stop_processes(self, tasks: list[asyncio.Task[None]]) -> None:
         grace = self._grace()
         self._log.info("pod_stopping", grace=grace, gone=self._gone)
+        if not self._gone:
+            self._event("Normal", "Killing", f"Stopping pod processes (grace period {grace:g}s)")
         self.ctx.stopping.set()
         if grace > 0:
             for s in self.supervisors:

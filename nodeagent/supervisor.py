@@ -53,6 +53,8 @@ class PodContext:
     wall: Callable[[], float] = time.time
     monotonic: Callable[[], float] = time.monotonic
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    # Reports an Event about the pod: (type "Normal"|"Warning", reason, message).
+    event: Callable[[str, str, str], None] = lambda _type, _reason, _message: None
 
     @property
     def pod_cgroup_path(self) -> str:
@@ -165,6 +167,9 @@ class ProcessSupervisor:
             )
             self._commit()
             self._log.info("process_backoff", delay=delay, exit_code=exited.exit_code)
+            self.ctx.event(
+                "Warning", "BackOff", f"Back-off {delay:g}s restarting failed process {self.name}"
+            )
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
                     await self.ctx.stopping.wait()
@@ -197,6 +202,9 @@ class ProcessSupervisor:
     def _start_failed(self) -> Terminated:
         now = self.ctx.wall()
         self._log.warning("process_start_failed", error=self.start_error)
+        self.ctx.event(
+            "Warning", "Failed", f"Error starting process {self.name}: {self.start_error}"
+        )
         return Terminated(
             exit_code=START_ERROR_EXIT_CODE,
             signal=0,
@@ -234,6 +242,7 @@ class ProcessSupervisor:
         self.state = Running(run.started_at)
         self._commit()
         self._log.info("process_started", pid=run.pid, restart_count=count)
+        self.ctx.event("Normal", "Started", f"Started process {self.name}")
         return run
 
     def launch_spec(self, cgroup: Cgroup) -> LaunchSpec:
@@ -270,6 +279,8 @@ class ProcessSupervisor:
         self._log.info(
             "process_exited", pid=run.pid, exit_code=exited.exit_code, reason=exited.reason
         )
+        if exited.reason == "OOMKilled":
+            self.ctx.event("Warning", "OOMKilled", f"Process {self.name} was killed: out of memory")
         return exited
 
     async def _probe_loop(self, run: ProcessRun, initially_ready: bool) -> None:
@@ -308,8 +319,18 @@ class ProcessSupervisor:
                 if kind == "readiness" and tracker.healthy != self.ready:
                     self.ready = tracker.healthy
                     self._log.info("readiness_changed", ready=self.ready, message=result.message)
+                    if not self.ready:
+                        ctx.event(
+                            "Warning", "Unhealthy", f"Readiness probe failed: {result.message}"
+                        )
                     ctx.changed()
                 if kind == "liveness" and not tracker.healthy:
                     self._log.info("liveness_failed", message=result.message)
+                    ctx.event("Warning", "Unhealthy", f"Liveness probe failed: {result.message}")
+                    ctx.event(
+                        "Normal",
+                        "Killing",
+                        f"Process {self.name} failed liveness probe, will be restarted",
+                    )
                     await runtime.stop(run, ctx.grace())
                     return

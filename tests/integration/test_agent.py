@@ -108,6 +108,13 @@ def condition(pod: pb.Pod, type_: str) -> str:
     return next((c.status for c in pod.status.conditions if c.type == type_), "")
 
 
+async def event_reasons(client: ObjectsClient, pod: str) -> set[str]:
+    selector = f"involvedObject.kind=Pod,involvedObject.name={pod}"
+    events = (await client.list("events", NS, field_selector=selector)).items
+    assert all(e.spec.source.component == "agent" for e in events)
+    return {e.spec.reason for e in events}
+
+
 async def delete_and_wait_gone(client: ObjectsClient, name: str, timeout: float = 20) -> None:
     await client.delete("pods", name, NS)
 
@@ -218,6 +225,12 @@ async def test_memory_limit_ends_in_oomkilled(client: ObjectsClient, agent: Agen
     )
     term = proc_status(pod, "hog").state.terminated
     assert (term.reason, term.exit_code, term.signal) == ("OOMKilled", 137, 9)
+    reasons = await eventually(
+        lambda: event_reasons(client, "oom"),
+        lambda r: {"Started", "OOMKilled"} <= r,
+        what="Started and OOMKilled events",
+    )
+    assert "OOMKilled" in reasons
     await delete_and_wait_gone(client, "oom")
 
 
@@ -282,6 +295,11 @@ async def test_liveness_failure_restarts(client: ObjectsClient, agent: AgentProc
     for name in ("exec", "tcp"):
         last = proc_status(pod, name).last_state.terminated
         assert last.signal == signal.SIGTERM and last.reason == "Error"
+    await eventually(
+        lambda: event_reasons(client, "liveness"),
+        lambda r: {"Unhealthy", "Killing", "Started"} <= r,
+        what="Unhealthy and Killing events",
+    )
     await delete_and_wait_gone(client, "liveness")
 
 

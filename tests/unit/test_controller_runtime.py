@@ -15,7 +15,6 @@ from controllers.base import (
     key_of,
     split_key,
 )
-from controllers.events import EventRecorder
 from controllers.runner import RunnerStats, process_key
 from controllers.testing import FakeObjects, RecordingEvents, drain, fake_context
 from controllers.workqueue import RateLimitedQueue
@@ -26,6 +25,7 @@ from mizzen.client.errors import (
     InvalidArgumentError,
     NotFoundError,
 )
+from mizzen.client.events import EventRecorder
 from protos import objects_pb2 as pb
 
 

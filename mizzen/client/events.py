@@ -1,4 +1,4 @@
-"""EventRecorder: controllers report what they did as Event objects, without waiting.
+"""EventRecorder: controllers and node agents report what they did as Events, without waiting.
 
 ``record`` only appends to an in-memory queue; ``run`` (owned by the manager)
 or ``flush`` (tests) writes them. Repeats of the same (object uid, reason,
@@ -16,18 +16,25 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from controllers.base import ObjectsAPI
 from mizzen.api.defaults import DEFAULT_NAMESPACE
 from mizzen.api.kinds import API_VERSION, kind_of
 from mizzen.client.errors import ConflictError, NotFoundError, StoreClientError
 from protos import objects_pb2 as pb
 
 log = structlog.get_logger(__name__)
+
+
+class EventWriter(Protocol):
+    """The part of ObjectsClient the recorder writes through."""
+
+    async def create(self, obj: Any) -> Any: ...
+
+    async def update(self, obj: Any) -> Any: ...
 
 AGGREGATE_WINDOW = 600.0
 MAX_PENDING = 1000
@@ -70,7 +77,7 @@ def object_reference(obj: Any) -> pb.ObjectReference:
 class EventRecorder:
     def __init__(
         self,
-        client: ObjectsAPI,
+        client: EventWriter,
         component: str,
         host: str = "",
         clock: Callable[[], float] = time.time,
