@@ -348,9 +348,13 @@ from controllers.deployment import DeploymentController  # noqa: E402
 from controllers.event_ttl import event_ttl_from_config  # noqa: E402
 from controllers.gc import garbage_collector_from_config  # noqa: E402
 from controllers.job import job_controller_from_config  # noqa: E402
+from controllers.node_lifecycle import node_lifecycle_from_config  # noqa: E402
 from controllers.replicaset import ReplicaSetController  # noqa: E402
+from controllers.scheduler import scheduler_from_config  # noqa: E402
 
 CONTROLLERS: list[Callable[[ManagerConfig], Controller]] = [
+    scheduler_from_config,
+    node_lifecycle_from_config,
     ReplicaSetController,
     DeploymentController,
     job_controller_from_config,

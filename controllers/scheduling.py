@@ -360,9 +360,6 @@ class ClusterState:
     def node(self, name: str) -> NodeInfo | None:
         return self._nodes.get(name)
 
-    def nodes(self) -> list[NodeInfo]:
-        return list(self._nodes.values())
-
     # -- pods ----------------------------------------------------------------------
 
     def observe_pod(self, pod: pb.Pod) -> None:
@@ -398,10 +395,6 @@ class ClusterState:
     def is_assumed(self, key: str) -> bool:
         placed = self._placed.get(key)
         return placed is not None and placed.assumed
-
-    def placement(self, key: str) -> str:
-        placed = self._placed.get(key)
-        return placed.node_name if placed is not None else ""
 
     def decide(self, pod: pb.Pod) -> Decision:
         return choose_node(self._nodes.values(), pod, most_allocated=self.most_allocated)

@@ -12,6 +12,7 @@ from mizzen.cli.controllers_cmd import add_controllers_parser
 from mizzen.cli.describe_cmd import add_describe_parsers
 from mizzen.cli.errors import CommandError, UsageError
 from mizzen.cli.logs_cmd import add_logs_parsers
+from mizzen.cli.node_cmd import add_node_parsers
 from mizzen.cli.objects_cmd import add_objects_parsers
 from mizzen.cli.rollout_cmd import add_rollout_parsers
 from mizzen.cli.store_cmd import add_store_parser
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_agent_parser(sub)
     add_controllers_parser(sub)
     add_rollout_parsers(sub)
+    add_node_parsers(sub)
     return p
 
 

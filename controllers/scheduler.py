@@ -1,0 +1,303 @@
+"""The scheduler: binds pending pods to nodes.
+
+Decisions are serial and binds are concurrent. ``reconcile`` decides and
+*assumes* the pod onto the chosen node in one synchronous step (no await in
+between, so two workers never decide on the same accounting), then awaits the
+bind; with ``workers`` > 1 several binds are in flight while the next pod is
+decided. The assumption is counted by ``ClusterState`` until the informer
+shows the pod bound, so consecutive decisions never overcommit a node before
+the watch catches up.
+
+Binding is ``update(pod)`` with ``spec.node_name`` set, carrying the
+resource_version read: a conflict means the pod changed, so the assumption is
+dropped, the pod re-read and, if still pending, retried later with backoff —
+never bound twice (the store also refuses to change a set nodeName). Then
+``PodScheduled=True`` is written with ``update_status``.
+
+A pod that fits nowhere gets ``PodScheduled=False`` / ``Unschedulable`` with
+Kubernetes' reason string and a Warning Event ``FailedScheduling``; it is
+retried with exponential backoff and at once when a node appears or changes
+in a way that matters to placement, or when a bound pod goes away.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from controllers.base import Controller, ControllerContext, Result, TemporaryError, key_of
+from controllers.scheduling import ClusterState, is_pending, is_terminal, node_allocatable
+from controllers.scheduling import node_is_ready as _ready
+from mizzen.client.errors import (
+    AmbiguousWriteError,
+    ConflictError,
+    NotFoundError,
+    StoreClientError,
+)
+from protos import objects_pb2 as pb
+
+if TYPE_CHECKING:
+    from controllers.manager import ManagerConfig
+
+log = structlog.get_logger(__name__)
+
+POD_SCHEDULED = "PodScheduled"
+
+
+def _copy(obj: Any) -> Any:
+    out = type(obj)()
+    out.CopyFrom(obj)
+    return out
+
+
+def set_condition(
+    conditions: Any, type_: str, status: str, reason: str, message: str, now: float
+) -> bool:
+    """Set (or add) the condition; the transition time moves only when status changes.
+
+    Returns False when the condition already said exactly this.
+    """
+    for cond in conditions:
+        if cond.type == type_:
+            if cond.status == status and cond.reason == reason and cond.message == message:
+                return False
+            if cond.status != status:
+                cond.last_transition_time.CopyFrom(_timestamp(now))
+            cond.status, cond.reason, cond.message = status, reason, message
+            return True
+    conditions.add(
+        type=type_,
+        status=status,
+        reason=reason,
+        message=message,
+        last_transition_time=_timestamp(now),
+    )
+    return True
+
+
+def _timestamp(seconds: float) -> Timestamp:
+    ts = Timestamp()
+    ts.FromNanoseconds(int(seconds * 1e9))
+    return ts
+
+
+def _placement_view(node: pb.Node) -> tuple[Any, ...]:
+    """What of a node matters to placement (heartbeats alone do not re-trigger pods)."""
+    return (
+        node.spec.SerializeToString(deterministic=True),
+        tuple(sorted(node.metadata.labels.items())),
+        node_allocatable(node),
+        _ready(node),
+    )
+
+
+class Scheduler(Controller):
+    """Places pending pods; see the module doc."""
+
+    name = "scheduler"
+    primary_kind = None
+
+    def __init__(
+        self,
+        *,
+        workers: int = 64,
+        most_allocated: bool = False,
+        scheduled_events: bool = True,
+        backoff_initial: float = 1.0,
+        backoff_max: float = 30.0,
+    ) -> None:
+        self.workers = workers
+        self.state = ClusterState(most_allocated=most_allocated)
+        self.scheduled_events = scheduled_events
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self.unschedulable: dict[str, int] = {}
+        self.bound = 0
+        self._ctx: ControllerContext | None = None
+
+    @property
+    def ctx(self) -> ControllerContext:
+        if self._ctx is None:
+            raise RuntimeError("setup() was not called")
+        return self._ctx
+
+    @property
+    def _clock(self) -> Callable[[], float]:
+        return self._ctx.clock if self._ctx is not None else time.time
+
+    # -- handlers (only accounting and enqueueing) ------------------------------------
+
+    def setup(self, ctx: ControllerContext) -> None:
+        self._ctx = ctx
+        nodes = ctx.informers.get("nodes")
+        nodes.on_add(self._node_added)
+        nodes.on_update(self._node_updated)
+        nodes.on_delete(lambda node: self.state.remove_node(node.metadata.name))
+        pods = ctx.informers.get("pods")
+        pods.on_add(self._pod_changed)
+        pods.on_update(lambda old, new: self._pod_changed(new, old))
+        pods.on_delete(self._pod_deleted)
+
+    def _node_added(self, node: pb.Node) -> None:
+        self.state.set_node(node)
+        self._retry_unschedulable()
+
+    def _node_updated(self, old: pb.Node, new: pb.Node) -> None:
+        self.state.set_node(new)
+        if _placement_view(old) != _placement_view(new):
+            self._retry_unschedulable()
+
+    def _pod_changed(self, pod: pb.Pod, old: pb.Pod | None = None) -> None:
+        self.state.observe_pod(pod)
+        key = key_of(pod)
+        if is_pending(pod):
+            if old is None or old.spec != pod.spec or not is_pending(old):
+                self.queue.add(key)  # not for status-only echoes of our own writes
+            return
+        self.unschedulable.pop(key, None)
+        if old is not None and old.spec.node_name and not is_terminal(old) and is_terminal(pod):
+            self._retry_unschedulable()
+
+    def _pod_deleted(self, pod: pb.Pod) -> None:
+        key = key_of(pod)
+        self.state.forget_pod(key)
+        self.unschedulable.pop(key, None)
+        if pod.spec.node_name and not is_terminal(pod):
+            self._retry_unschedulable()
+
+    def _retry_unschedulable(self) -> None:
+        for key in list(self.unschedulable):
+            self.queue.add(key)
+
+    # -- reconcile ----------------------------------------------------------------------
+
+    async def reconcile(self, key: str) -> Result:
+        pods = self.ctx.informers.get("pods")
+        pod = pods.get_key(key)
+        if pod is None or not is_pending(pod):
+            self.unschedulable.pop(key, None)
+            return Result()
+        if self.state.is_assumed(key):
+            return Result()  # a bind is in flight, or done and not yet echoed by the watch
+        decision = self.state.decide(pod)
+        if not decision.node_name:
+            return await self._unschedulable(pod, decision.message)
+        self.state.assume(pod, decision.node_name)
+        return await self._bind(pod, decision.node_name)
+
+    async def _bind(self, pod: pb.Pod, node_name: str) -> Result:
+        key = key_of(pod)
+        client = self.ctx.client
+        wanted = _copy(pod)
+        wanted.spec.node_name = node_name
+        try:
+            stored = await client.update(wanted)
+        except ConflictError:
+            self.state.unassume(key)
+            return await self._after_conflict(pod)
+        except NotFoundError:
+            self.state.unassume(key)
+            return Result()
+        except AmbiguousWriteError:
+            stored = await self._resolve_ambiguous(pod, node_name)
+            if stored is None:
+                raise
+        except BaseException:
+            self.state.unassume(key)
+            raise
+        self.unschedulable.pop(key, None)
+        self.bound += 1
+        log.debug("pod_bound", pod=key, node=node_name)
+        await self._mark_scheduled(stored)
+        if self.scheduled_events:
+            self.ctx.events.record(
+                stored, "Normal", "Scheduled", f"Successfully assigned {key} to {node_name}"
+            )
+        return Result()
+
+    async def _after_conflict(self, pod: pb.Pod) -> Result:
+        """The pod changed under us: done if it is no longer pending, else retry later."""
+        try:
+            fresh = await self.ctx.client.get("pods", pod.metadata.name, pod.metadata.namespace)
+        except NotFoundError:
+            return Result()
+        if not is_pending(fresh):
+            return Result()
+        raise TemporaryError(f"pod {key_of(pod)} changed while binding; will retry")
+
+    async def _resolve_ambiguous(self, pod: pb.Pod, node_name: str) -> pb.Pod | None:
+        """After a write that may or may not have happened: the bound pod, or None (unassumed)."""
+        key = key_of(pod)
+        try:
+            fresh = await self.ctx.client.get("pods", pod.metadata.name, pod.metadata.namespace)
+        except Exception:
+            self.state.unassume(key)
+            return None
+        if fresh.spec.node_name == node_name:
+            return fresh
+        self.state.unassume(key)
+        return None
+
+    async def _mark_scheduled(self, pod: pb.Pod) -> None:
+        """PodScheduled=True; the bind already happened, so a failure here is only logged."""
+        for _ in range(3):
+            status_pod = _copy(pod)
+            if not set_condition(
+                status_pod.status.conditions, POD_SCHEDULED, "True", "", "", self._clock()
+            ):
+                return
+            try:
+                await self.ctx.client.update_status(status_pod)
+                return
+            except ConflictError:
+                try:
+                    pod = await self.ctx.client.get(
+                        "pods", pod.metadata.name, pod.metadata.namespace
+                    )
+                except NotFoundError:
+                    return
+            except NotFoundError:
+                return
+            except StoreClientError as err:
+                log.warning("pod_scheduled_condition_failed", pod=key_of(pod), error=str(err))
+                return
+        log.warning("pod_scheduled_condition_not_written", pod=key_of(pod))
+
+    async def _unschedulable(self, pod: pb.Pod, message: str) -> Result:
+        key = key_of(pod)
+        attempts = self.unschedulable.get(key, 0) + 1
+        self.unschedulable[key] = attempts
+        status_pod = _copy(pod)
+        if set_condition(
+            status_pod.status.conditions,
+            POD_SCHEDULED,
+            "False",
+            "Unschedulable",
+            message,
+            self._clock(),
+        ):
+            try:
+                await self.ctx.client.update_status(status_pod)
+            except ConflictError:
+                raise TemporaryError(f"pod {key} changed; will retry") from None
+            except NotFoundError:
+                self.unschedulable.pop(key, None)
+                return Result()
+        self.ctx.events.record(pod, "Warning", "FailedScheduling", message)
+        log.info("pod_unschedulable", pod=key, reason=message, attempt=attempts)
+        delay = min(self.backoff_initial * 2 ** (attempts - 1), self.backoff_max)
+        return Result(requeue_after=delay)
+
+
+def scheduler_from_config(config: ManagerConfig) -> Scheduler:
+    """The manager's factory; options ``scheduler.most_allocated`` (pack nodes instead of
+    spreading) and ``scheduler.scheduled_events`` (default true)."""
+    options = config.options
+    return Scheduler(
+        most_allocated=bool(options.get("scheduler.most_allocated", False)),
+        scheduled_events=bool(options.get("scheduler.scheduled_events", True)),
+    )
