@@ -12,8 +12,8 @@ for (b) and (c) two latencies per pod: agent-side = the process's
 ``state.running.started_at`` minus the pod's ``creation_timestamp`` (both
 written on this host), and observed = first watch event showing the process
 running minus the moment the create call was sent;
-(d) with every pod running (2 x --pods processes), the agent's CPU (utime +
-    stime from /proc over --idle seconds, as % of one core) and RSS.
+(d) with the burst pods deleted again, so --pods processes run, the agent's
+    CPU (utime + stime from /proc over --idle seconds, as % of one core) and RSS.
 
 Everything binds 127.0.0.1; the pods, the agent, the cgroups and the store are
 removed on exit, error or Ctrl-C.
@@ -174,6 +174,13 @@ async def measure(endpoints: list[str], args: argparse.Namespace, agent_pid: int
 
             burst = [f"burst-{i}" for i in range(args.pods)]
             queue = list(burst)
+            spy_burst = None
+            if args.py_spy_burst:
+                spy_burst = await asyncio.create_subprocess_exec(
+                    "py-spy", "record", "--format", "raw", "-o", args.py_spy_burst,
+                    "-d", "6", "-p", str(agent_pid), "--nonblocking",
+                    stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+                )  # fmt: skip
 
             async def writer() -> None:
                 while queue:
@@ -181,6 +188,8 @@ async def measure(endpoints: list[str], args: argparse.Namespace, agent_pid: int
 
             await asyncio.gather(*(writer() for _ in range(16)))
             await tracker.wait(burst, 300)
+            if spy_burst is not None:
+                await spy_burst.wait()
             agent_side, observed = tracker.results(burst)
             report["burst_agent_side"] = summary(agent_side)
             report["burst_observed"] = summary(observed)
@@ -188,14 +197,25 @@ async def measure(endpoints: list[str], args: argparse.Namespace, agent_pid: int
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await watcher
-        await asyncio.sleep(3)  # let the start-up work settle
+        for name in burst:  # measure supervision with exactly --pods processes
+            await client.delete("pods", name, NS, grace_period_seconds=0)
+        await asyncio.sleep(5)  # the agent stops them; let that work settle
         c0, t0 = cpu_seconds(agent_pid), time.monotonic()
+        spy = None
+        if args.py_spy:
+            spy = await asyncio.create_subprocess_exec(
+                "py-spy", "record", "--format", "raw", "-o", args.py_spy,
+                "-d", str(int(args.idle)), "-p", str(agent_pid), "--nonblocking",
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+            )  # fmt: skip
         await asyncio.sleep(args.idle)
+        if spy is not None:
+            await spy.wait()
         c1, t1 = cpu_seconds(agent_pid), time.monotonic()
-        report["idle_processes"] = 2 * args.pods
+        report["idle_processes"] = args.pods
         report["agent_cpu_pct_of_one_core"] = round(100 * (c1 - c0) / (t1 - t0), 2)
         report["agent_rss_mb"] = round(rss_mb(agent_pid), 1)
-        for name in tracker.sent:
+        for name in paced:
             with contextlib.suppress(Exception):
                 await client.delete("pods", name, NS, grace_period_seconds=0)
     return report
@@ -206,6 +226,8 @@ def main() -> int:
     ap.add_argument("--pods", type=int, default=200)
     ap.add_argument("--pace", type=float, default=0.05)
     ap.add_argument("--idle", type=float, default=30.0)
+    ap.add_argument("--py-spy", default="", metavar="FILE", help="profile the idle agent")
+    ap.add_argument("--py-spy-burst", default="", metavar="FILE", help="profile the burst")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("agent_bench: needs root (the agent creates cgroups)", file=sys.stderr)

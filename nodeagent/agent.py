@@ -54,7 +54,6 @@ from protos import objects_pb2 as pb
 
 log = structlog.get_logger(__name__)
 
-SAMPLE_INTERVAL = 2.0
 ROTATE_INTERVAL = 10.0
 RESYNC_PERIOD = 30.0
 
@@ -189,19 +188,20 @@ class Agent:
 
     async def _housekeeping(self) -> None:
         since_rotate = 0.0
+        interval = self.config.stats_interval
         while True:
             try:
                 await asyncio.to_thread(self.sampler.sample)
             except Exception as err:
                 self._log.warning("usage_sample_failed", error=repr(err))
-            since_rotate += SAMPLE_INTERVAL
+            since_rotate += interval
             if since_rotate >= ROTATE_INTERVAL:
                 since_rotate = 0.0
                 for w in list(self.workers.values()):
                     for path in w.log_files():
                         with contextlib.suppress(OSError):
                             rotate_if_needed(path, self.config.log_max_bytes, self.config.log_keep)
-            await asyncio.sleep(SAMPLE_INTERVAL)
+            await asyncio.sleep(interval)
 
     async def _register(self, heartbeat: NodeHeartbeat) -> None:
         delay = 0.2

@@ -34,6 +34,7 @@ class AgentConfig:
     cgroup_version: str = "auto"
     heartbeat_interval: float = 1.0
     status_interval: float = 10.0
+    stats_interval: float = 10.0
     backoff_initial: float = 1.0
     backoff_cap: float = 60.0
     log_max_bytes: int = 10 * 1024 * 1024
@@ -85,6 +86,7 @@ def config_from_args(
         cgroup_version=args.cgroup_version,
         heartbeat_interval=args.heartbeat_interval,
         status_interval=args.status_interval,
+        stats_interval=args.stats_interval,
         backoff_initial=args.backoff_initial,
         backoff_cap=args.backoff_cap,
         log_max_bytes=args.log_max_bytes,

@@ -206,15 +206,14 @@ class UsageSampler:
         self, ref: PodRef, pod_cg: Cgroup, process_cgs: Mapping[str, Cgroup]
     ) -> _PodSample | None:
         try:
-            pod_usage = pod_cg.usage()
+            pod_cpu, pod_memory = pod_cg.cpu_and_memory()
         except (CgroupError, OSError) as exc:
             log.debug("pod_usage_unreadable", pod=f"{ref.namespace}/{ref.name}", error=str(exc))
             return None
         processes: dict[str, tuple[int, int]] = {}
         for name, cg in process_cgs.items():
             try:
-                usage = cg.usage()
+                processes[name] = cg.cpu_and_memory()
             except (CgroupError, OSError):
                 continue
-            processes[name] = (usage.cpu_usage_ns, usage.memory_bytes)
-        return _PodSample(pod_usage.cpu_usage_ns, pod_usage.memory_bytes, processes)
+        return _PodSample(pod_cpu, pod_memory, processes)

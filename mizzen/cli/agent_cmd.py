@@ -33,6 +33,9 @@ def add_agent_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cgroup-version", default="auto", choices=["auto", "v1", "v2"])
     p.add_argument("--heartbeat-interval", type=float, default=1.0, help="lease renewal seconds")
     p.add_argument("--status-interval", type=float, default=10.0, help="node status seconds")
+    p.add_argument(
+        "--stats-interval", type=float, default=10.0, help="seconds between usage samples"
+    )
     p.add_argument("--backoff-initial", type=float, default=1.0, help="first restart delay")
     p.add_argument("--backoff-cap", type=float, default=60.0, help="longest restart delay")
     p.add_argument("--log-max-bytes", type=int, default=10 * 1024 * 1024)

@@ -67,6 +67,10 @@ class Cgroup(Protocol):
 
     def usage(self) -> Usage: ...
 
+    def cpu_and_memory(self) -> tuple[int, int]:
+        """(cumulative CPU ns, current memory bytes): the two reads periodic sampling needs."""
+        ...
+
     def kill_all(self) -> None:
         """SIGKILL every process in the cgroup and its descendants until none is left.
 

@@ -136,6 +136,12 @@ class V1Cgroup:
             oom_kills=self._oom_kills(),
         )
 
+    def cpu_and_memory(self) -> tuple[int, int]:
+        return (
+            read_int(os.path.join(self._dirs["cpuacct"], "cpuacct.usage")),
+            read_int(os.path.join(self._dirs["memory"], "memory.usage_in_bytes")),
+        )
+
     def _oom_kills(self) -> int:
         total = 0
         dirs = subtree_dirs(self._dirs["memory"])

@@ -128,6 +128,12 @@ class V2Cgroup:
             oom_kills=read_keyed(self._file("memory.events")).get("oom_kill", 0),
         )
 
+    def cpu_and_memory(self) -> tuple[int, int]:
+        return (
+            read_field(self._file("cpu.stat"), "usage_usec") * 1000,
+            read_int(self._file("memory.current")),
+        )
+
     def kill_all(self) -> None:
         ops = self._driver.ops
         kill_file = self._file("cgroup.kill")

@@ -57,6 +57,7 @@ class AgentProcess:
             "--cgroup-parent", self.parent,
             "--heartbeat-interval", "0.5",
             "--status-interval", "2",
+            "--stats-interval", "1",
             "--backoff-initial", "0.5",
             "--backoff-cap", "4",
             "--logs-linger", "0",

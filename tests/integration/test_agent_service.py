@@ -55,6 +55,9 @@ class FakeCgroup:
     def usage(self) -> Usage:
         return Usage(self.cpu_ns, self.memory, 1, 0)
 
+    def cpu_and_memory(self) -> tuple[int, int]:
+        return self.cpu_ns, self.memory
+
     def kill_all(self) -> None:
         pass
 

@@ -38,6 +38,10 @@ class FakeCgroup:
             raise CgroupError(f"{self.path}: no such cgroup")
         return Usage(cpu_usage_ns=self.cpu_ns, memory_bytes=self.memory, pids=1, oom_kills=0)
 
+    def cpu_and_memory(self) -> tuple[int, int]:
+        usage = self.usage()
+        return usage.cpu_usage_ns, usage.memory_bytes
+
     def kill_all(self) -> None:
         pass
 
