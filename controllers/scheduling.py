@@ -30,6 +30,9 @@ _BLOCKING_EFFECTS = ("NoSchedule", "NoExecute")
 REASON_NOT_READY = "node(s) were not ready"
 REASON_UNSCHEDULABLE = "node(s) were unschedulable"
 REASON_SELECTOR = "node(s) didn't match node selector"
+REASON_PORTS = "node(s) didn't have free ports for the requested pod ports"
+
+Port = tuple[str, int]  # (protocol, port)
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,17 @@ def pod_requests(pod: pb.Pod) -> Resources:
         mem += req.memory_bytes
         pids += req.pids
     return Resources(cpu, mem, pids)
+
+
+def pod_ports(pod: pb.Pod) -> frozenset[Port]:
+    """The host ports the pod's processes declare: processes share the host's network,
+    so two pods declaring the same port cannot share a node (Kubernetes' hostPort)."""
+    return frozenset(
+        (port.protocol or "TCP", port.port)
+        for process in pod.spec.processes
+        for port in process.ports
+        if port.port > 0
+    )
 
 
 def controller_owner(obj: Any) -> str:
@@ -147,6 +161,7 @@ class PodInfo:
     tolerations: tuple[pb.Toleration, ...]
     node_selector: tuple[tuple[str, str], ...]
     hash: int
+    ports: frozenset[Port] = frozenset()
 
     @classmethod
     def of(cls, pod: pb.Pod) -> PodInfo:
@@ -158,6 +173,7 @@ class PodInfo:
             tuple(pod.spec.tolerations),
             tuple(pod.spec.node_selector.items()),
             zlib.crc32(key.encode()),
+            pod_ports(pod),
         )
 
 
@@ -180,6 +196,7 @@ class NodeInfo:
         self.pids_used = 0
         self.pod_count = 0
         self.owner_counts: Counter[str] = Counter()
+        self.ports_used: Counter[Port] = Counter()
 
     @classmethod
     def of(cls, node: pb.Node) -> NodeInfo:
@@ -198,16 +215,18 @@ class NodeInfo:
         )
         self.pod_count = other.pod_count
         self.owner_counts = other.owner_counts
+        self.ports_used = other.ports_used
 
-    def add(self, requests: Resources, owner: str) -> None:
+    def add(self, requests: Resources, owner: str, ports: frozenset[Port] = frozenset()) -> None:
         self.cpu_used += requests.cpu_millis
         self.memory_used += requests.memory_bytes
         self.pids_used += requests.pids
         self.pod_count += 1
         if owner:
             self.owner_counts[owner] += 1
+        self.ports_used.update(ports)
 
-    def remove(self, requests: Resources, owner: str) -> None:
+    def remove(self, requests: Resources, owner: str, ports: frozenset[Port] = frozenset()) -> None:
         self.cpu_used -= requests.cpu_millis
         self.memory_used -= requests.memory_bytes
         self.pids_used -= requests.pids
@@ -216,6 +235,10 @@ class NodeInfo:
             self.owner_counts[owner] -= 1
             if self.owner_counts[owner] <= 0:
                 del self.owner_counts[owner]
+        self.ports_used.subtract(ports)
+        for port in ports:
+            if self.ports_used[port] <= 0:
+                del self.ports_used[port]
 
 
 def _insufficient(info: NodeInfo, req: Resources) -> list[str]:
@@ -246,6 +269,8 @@ def filter_node(info: NodeInfo, pod: PodInfo) -> list[str]:
         for key, value in pod.node_selector:
             if labels.get(key) != value:
                 return [REASON_SELECTOR]
+    if pod.ports and any(port in info.ports_used for port in pod.ports):
+        return [REASON_PORTS]
     return _insufficient(info, pod.requests)
 
 
@@ -323,6 +348,7 @@ class _Placed:
     requests: Resources
     owner: str
     assumed: bool
+    ports: frozenset[Port] = frozenset()
 
 
 class ClusterState:
@@ -351,7 +377,7 @@ class ClusterState:
         else:
             for placed in self._placed.values():
                 if placed.node_name == name:
-                    info.add(placed.requests, placed.owner)
+                    info.add(placed.requests, placed.owner, placed.ports)
         self._nodes[name] = info
 
     def remove_node(self, name: str) -> None:
@@ -371,7 +397,9 @@ class ClusterState:
         if not pod.spec.node_name:
             return  # unbound: an assumption (if any) stays until bound or forgotten
         current = self._placed.get(key)
-        placed = _Placed(pod.spec.node_name, pod_requests(pod), controller_owner(pod), False)
+        placed = _Placed(
+            pod.spec.node_name, pod_requests(pod), controller_owner(pod), False, pod_ports(pod)
+        )
         if current == placed:
             return
         self._unplace(key)
@@ -384,7 +412,10 @@ class ClusterState:
     def assume(self, pod: pb.Pod, node_name: str) -> None:
         key = pod_key(pod)
         self._unplace(key)
-        self._place(key, _Placed(node_name, pod_requests(pod), controller_owner(pod), True))
+        self._place(
+            key,
+            _Placed(node_name, pod_requests(pod), controller_owner(pod), True, pod_ports(pod)),
+        )
 
     def unassume(self, key: str) -> None:
         """Drop an assumption (binding failed); a bound pod's accounting is kept."""
@@ -403,7 +434,7 @@ class ClusterState:
         self._placed[key] = placed
         info = self._nodes.get(placed.node_name)
         if info is not None:
-            info.add(placed.requests, placed.owner)
+            info.add(placed.requests, placed.owner, placed.ports)
 
     def _unplace(self, key: str) -> None:
         placed = self._placed.pop(key, None)
@@ -411,4 +442,4 @@ class ClusterState:
             return
         info = self._nodes.get(placed.node_name)
         if info is not None:
-            info.remove(placed.requests, placed.owner)
+            info.remove(placed.requests, placed.owner, placed.ports)

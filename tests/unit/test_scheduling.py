@@ -293,3 +293,30 @@ def test_cluster_state_node_update_keeps_accounting_and_late_node_counts_pods() 
     assert state.decide(make_pod()).message == (
         "0/1 nodes are available: 1 node(s) were unschedulable."
     )
+
+
+def _with_port(pod: pb.Pod, port: int, protocol: str = "") -> pb.Pod:
+    pod.spec.processes[0].ports.add(name="p", port=port, protocol=protocol)
+    return pod
+
+
+def test_host_ports_are_exclusive_per_node() -> None:
+    state = ClusterState()
+    state.set_node(make_node("a"))
+    state.set_node(make_node("b"))
+    first = _with_port(make_pod("web-1"), 8080)
+    state.assume(first, state.decide(first).node_name)
+    second = _with_port(make_pod("web-2"), 8080)
+    decision = state.decide(second)
+    assert decision.node_name and decision.node_name != state._placed["default/web-1"].node_name
+    state.assume(second, decision.node_name)
+    third = _with_port(make_pod("web-3"), 8080)
+    assert state.decide(third).message == (
+        "0/2 nodes are available: 2 node(s) didn't have free ports for the requested pod ports."
+    )
+    # another port, or the same number over UDP, still fits
+    assert state.decide(_with_port(make_pod("web-4"), 8081)).node_name
+    assert state.decide(_with_port(make_pod("dns"), 8080, "UDP")).node_name
+    # the port is free again once the pod is gone
+    state.forget_pod("default/web-1")
+    assert state.decide(third).node_name
