@@ -101,7 +101,7 @@ def test_apply_created_unchanged_configured(
     assert ok(run(cluster, home, "apply", "-f", str(WEB), *ns)) == "deployment/web unchanged\n"
 
     edited = tmp_path / "web.yaml"
-    edited.write_text(WEB.read_text().replace("replicas: 2", "replicas: 3"))
+    edited.write_text(WEB.read_text().replace("replicas: 1", "replicas: 3"))
     assert ok(run(cluster, home, "apply", "-f", str(edited), *ns)) == "deployment/web configured\n"
     assert ok(run(cluster, home, "apply", "-f", str(edited), *ns)) == "deployment/web unchanged\n"
 

@@ -656,7 +656,7 @@ def test_examples_load_and_validate(name: str) -> None:
 def test_web_example_content() -> None:
     (manifest,) = load_paths([str(EXAMPLES / "web.yaml")])
     deploy: Any = manifest.message
-    assert deploy.spec.replicas == 2
+    assert deploy.spec.replicas == 1
     (process,) = deploy.spec.template.spec.processes
     assert list(process.command) == ["python3", "-m", "http.server", "8080"]
     assert process.resources.limits == pb.ResourceList(
