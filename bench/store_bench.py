@@ -4,7 +4,9 @@ One Python grpc.aio client (raw etcd v3 stubs) drives each store in turn and
 prints a markdown table (Mizzen, etcd, Mizzen/etcd) for docs/BENCHMARKS.md:
 
 * Put throughput and p50/p99 at 1, 16 and 256 writers (256-byte values), sent to
-  the leader only (main rows) and round-robin over all members;
+  the leader only (main rows) and round-robin over all members, with the
+  batching factor (client writes per Raft log entry) both computed from the
+  commit index and read from the members' Prometheus /metrics;
 * linearizable single-key Range, 1 reader and 16 readers (round-robin members);
 * watch delivery latency (value carries the send time) with 100 and 1000
   watchers on one prefix, 100 watches per stream, streams spread over members;
@@ -40,6 +42,7 @@ import sys
 import tempfile
 import time
 import traceback
+import urllib.request
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -52,7 +55,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+
 from mizzen.testing import EtcdCluster, LocalCluster, MizzenCluster  # noqa: E402
+from mizzen.testing.local_cluster import HOST, _Member, free_ports  # noqa: E402
 from protos import rpc_pb2, rpc_pb2_grpc  # noqa: E402
 
 RPC_TIMEOUT = 5.0
@@ -122,10 +128,11 @@ def summarize(prefix: str, latencies_s: list[float], elapsed: float, errors: int
 
 
 class Clients:
-    """One aio channel per member endpoint, with KV and Watch stubs."""
+    """One aio channel per member endpoint, with KV and Watch stubs (and /metrics URLs)."""
 
-    def __init__(self, endpoints: list[str]) -> None:
+    def __init__(self, endpoints: list[str], metrics_urls: list[str] | None = None) -> None:
         self.endpoints = endpoints
+        self.metrics_urls = metrics_urls or []
         self.channels = [grpc.aio.insecure_channel(e, options=CHANNEL_OPTIONS) for e in endpoints]
         self.kv = [rpc_pb2_grpc.KVStub(c) for c in self.channels]
         self.watch = [rpc_pb2_grpc.WatchStub(c) for c in self.channels]
@@ -190,6 +197,7 @@ async def put_level(
             latencies.append(time.perf_counter() - t0)
 
     index_before = await raft_index(clients)
+    counters_before = await batching_counters(clients)
     await run_workers(writers, worker, deadline)
     elapsed = time.monotonic() - start
     out = summarize(f"put.{tag}.{writers}", latencies, elapsed, errors)
@@ -197,7 +205,46 @@ async def put_level(
     if entries > 0:
         # the batching factor: acknowledged client writes per Raft log entry
         out[f"put.{tag}.{writers}.writes_per_entry"] = round(len(latencies) / entries, 2)
+    counters_after = await batching_counters(clients)
+    if counters_before is not None and counters_after is not None:
+        writes = counters_after[0] - counters_before[0]
+        proposed = counters_after[1] - counters_before[1]
+        if proposed > 0:
+            out[f"put.{tag}.{writers}.writes_per_entry_metrics"] = round(writes / proposed, 2)
     return out
+
+
+WRITE_OPS = {"put", "delete", "txn"}
+
+
+async def batching_counters(clients: Clients) -> tuple[float, float] | None:
+    """(client writes proposed, log entries proposed), summed over every member's /metrics.
+
+    None for a store without /metrics (etcd) or when a member does not answer.
+    """
+    if not clients.metrics_urls:
+        return None
+    writes = entries = 0.0
+    for url in clients.metrics_urls:
+        try:
+            text = await asyncio.to_thread(_fetch, url)
+        except OSError as exc:
+            log(f"  cannot scrape {url}: {exc}")
+            return None
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "mizzen_store_proposals_total":
+                    if sample.labels.get("op") in WRITE_OPS:
+                        writes += sample.value
+                elif sample.name == "mizzen_store_raft_entries_proposed_total":
+                    entries += sample.value
+    return writes, entries
+
+
+def _fetch(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=RPC_TIMEOUT) as resp:
+        body: bytes = resp.read()
+    return body.decode()
 
 
 async def raft_index(clients: Clients) -> int:
@@ -502,10 +549,26 @@ async def leader_kill(
 # -- orchestration ---------------------------------------------------------------------
 
 
+class MetricsMizzenCluster(MizzenCluster):
+    """Mizzen members that also serve Prometheus /metrics, each on its own port."""
+
+    def __init__(self, n: int, base_dir: Path, **kw: Any) -> None:
+        self.metrics_ports = free_ports(n)
+        super().__init__(n, base_dir, **kw)
+
+    def _argv(self, m: _Member) -> list[str]:
+        port = self.metrics_ports[m.index]
+        return [*super()._argv(m), "--metrics-listen", f"{HOST}:{port}"]
+
+    @property
+    def metrics_urls(self) -> list[str]:
+        return [f"http://{HOST}:{port}/metrics" for port in self.metrics_ports]
+
+
 def make_cluster(kind: str, base: Path, opts: Options) -> LocalCluster:
     if kind == "etcd":
         return EtcdCluster(3, base)
-    return MizzenCluster(3, base, extra_args=opts.mizzen_args)
+    return MetricsMizzenCluster(3, base, extra_args=opts.mizzen_args)
 
 
 async def section(
@@ -544,7 +607,7 @@ async def with_cluster(
         results.setdefault("errors", []).append(f"{phase} start: {exc}")
         log(f"{kind} {phase}: cluster did not start: {exc}")
         return
-    clients = Clients(cluster.endpoints)
+    clients = Clients(cluster.endpoints, getattr(cluster, "metrics_urls", None))
     try:
         await clients.warm_up()
         await body(cluster, clients)
@@ -621,6 +684,11 @@ def rows_for(opts: Options) -> tuple[list[Row], list[Row]]:
             Row(
                 f"Put, {w} {noun} → leader: writes per Raft entry",
                 f"put.leader.{w}.writes_per_entry",
+                "ratio",
+            ),
+            Row(
+                f"Put, {w} {noun} → leader: writes per Raft entry (from /metrics)",
+                f"put.leader.{w}.writes_per_entry_metrics",
                 "ratio",
             ),
         ]

@@ -42,6 +42,7 @@ class _Inflight:
     batch: tuple[Any, ...]
     futures: list[asyncio.Future[Any]]
     sent_at: float
+    proposed_at: float
     attempts: int = 1
     retry_handle: asyncio.TimerHandle | None = field(default=None, repr=False)
 
@@ -81,6 +82,8 @@ class Batcher:
         self.batches_proposed = 0
         self.commands_proposed = 0
         self.resends = 0
+        self.proposed_by_op: dict[str, int] = {}
+        self.on_applied: Callable[[float], None] | None = None  # seconds since proposed
 
     async def propose(self, cmd: tuple[Any, ...], timeout: float) -> Any:
         """Propose one command; return its result once applied on this node.
@@ -102,6 +105,12 @@ class Batcher:
             timer.cancel()
 
     @property
+    def pending(self) -> int:
+        """Commands queued or in flight (for metrics; safe from another thread)."""
+        inflight = list(self._inflight.values())  # one C-level copy, no iteration race
+        return len(self._queue) + sum(len(e.futures) for e in inflight)
+
+    @property
     def floor(self) -> int:
         return min(self._inflight, default=self._seq + 1)
 
@@ -121,10 +130,14 @@ class Batcher:
                 self.floor if self._inflight else seq,
                 [c for c, _ in take],
             )
-            entry = _Inflight(seq, batch, [f for _, f in take], self._clock())
+            now = self._clock()
+            entry = _Inflight(seq, batch, [f for _, f in take], now, now)
             self._inflight[seq] = entry
             self.batches_proposed += 1
             self.commands_proposed += len(take)
+            by_op = self.proposed_by_op
+            for cmd in batch[3]:
+                by_op[cmd[0]] = by_op.get(cmd[0], 0) + 1
             self._send(entry)
 
     def _send(self, entry: _Inflight) -> None:
@@ -149,6 +162,8 @@ class Batcher:
             for fut, res in zip(entry.futures, result, strict=True):
                 if not fut.done():
                     fut.set_result(res)
+            if self.on_applied is not None:
+                self.on_applied(self._clock() - entry.proposed_at)
             self._schedule_kick()
             return
         if attempt != entry.attempts or entry.retry_handle is not None:

@@ -9,7 +9,6 @@ periodic housekeeping task. Services call ``propose`` for writes,
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import math
 import os
@@ -26,6 +25,7 @@ from protos import rpc_pb2
 
 from .batcher import Batcher
 from .errors import Code, StoreError
+from .metrics import RaftFacts
 from .raft_node import RaftConfig, ReplicatedState, make_syncobj
 from .state_machine import Event, KeepAliveResult, StateMachine
 from .watch_hub import WatchHub
@@ -54,6 +54,16 @@ def member_id(name: str) -> int:
     return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big") or 1
 
 
+def _has_quorum(syncobj: Any) -> bool:
+    """pysyncobj's hasQuorum, which can race with its tick thread on a (re)connect."""
+    for _ in range(3):
+        try:
+            return bool(syncobj.hasQuorum)
+        except RuntimeError:  # "Set changed size during iteration"
+            continue
+    return False
+
+
 @dataclass(frozen=True)
 class NodeConfig:
     name: str
@@ -70,6 +80,7 @@ class NodeConfig:
     election_max: float = 1.0
     snapshot_entries: int = 20_000
     snapshot_interval: float = 60.0
+    metrics_listen: str | None = None  # host:port for /metrics and /healthz; None = off
 
 
 @dataclass
@@ -93,6 +104,8 @@ class StoreNode:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._was_leader = False
         self.leader_changes = 0
+        self.leader_changes_seen = 0
+        self._last_leader: str | None = None
         self.hub = WatchHub(self._history, self.header, progress_interval=cfg.progress_interval)
         self.batcher = Batcher(self._submit)
         self.syncobj: Any = None
@@ -252,11 +265,47 @@ class StoreNode:
         return dict(self.syncobj.getStatus())
 
     def data_size(self) -> int:
-        total = 0
+        return sum(self.file_sizes())
+
+    def file_sizes(self) -> tuple[int, int]:
+        """Bytes of the journal and snapshot files (0 for a missing file)."""
+        sizes = []
         for f in ("raft.journal", "raft.snapshot"):
-            with contextlib.suppress(OSError):
-                total += os.path.getsize(os.path.join(self.cfg.data_dir, f))
-        return total
+            try:
+                sizes.append(os.path.getsize(os.path.join(self.cfg.data_dir, f)))
+            except OSError:
+                sizes.append(0)
+        return sizes[0], sizes[1]
+
+    # ------------------------------------------------------ instrumentation
+
+    def raft_facts(self) -> RaftFacts:
+        """Raft state for metrics and health; safe from any thread (plain attribute reads)."""
+        so = self.syncobj
+        if so is None:
+            return RaftFacts(0, False, False, False, 0, 0, None, 0)
+        leader_commit = getattr(so, "_SyncObj__leaderCommitIndex", None)
+        raft_log = getattr(so, "_SyncObj__raftLog", None)
+        return RaftFacts(
+            term=int(so.raftCurrentTerm),
+            is_leader=bool(so._isLeader()),
+            has_leader=so._getLeader() is not None,
+            has_quorum=_has_quorum(so),
+            commit_index=int(so.raftCommitIndex),
+            applied_index=int(so.raftLastApplied),
+            leader_commit_index=None if leader_commit is None else int(leader_commit),
+            log_entries=len(raft_log) if raft_log is not None else 0,
+        )
+
+    def snapshot_in_progress(self) -> bool:
+        """True while pysyncobj's forked child writes a snapshot (its pid is set meanwhile)."""
+        serializer = getattr(self.syncobj, "_SyncObj__serializer", None)
+        return int(getattr(serializer, "_Serializer__pid", 0) or 0) > 0
+
+    def add_raft_tick_hook(self, hook: Callable[[], None]) -> None:
+        """Call hook at the end of every Raft tick, in the tick thread; keep it tiny."""
+        if self.syncobj is not None:
+            self.syncobj.addOnTickCallback(hook)
 
     # ---------------------------------------------------------------- leases
 
@@ -300,6 +349,10 @@ class StoreNode:
         while True:
             await asyncio.sleep(0.1)
             try:
+                seen = self.leader_name()
+                if seen is not None and seen != self._last_leader:
+                    self._last_leader = seen
+                    self.leader_changes_seen += 1
                 leader = self.is_leader
                 if leader != self._was_leader:
                     self._was_leader = leader

@@ -1,10 +1,17 @@
-"""Run a store node: Raft + the etcd-compatible gRPC services + health + reflection."""
+"""Run a store node: Raft + the etcd-compatible gRPC services + health + reflection.
+
+With ``NodeConfig.metrics_listen`` set, it also serves Prometheus ``/metrics``
+and ``/healthz`` over HTTP. The gRPC health service (every service name and
+"") and ``/healthz`` give the same verdict, ``store.metrics.serving``,
+re-evaluated every ``HEALTH_INTERVAL`` seconds.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import signal
+from dataclasses import asdict
 
 import grpc
 import structlog
@@ -16,6 +23,7 @@ from protos import objects_api_pb2, objects_api_pb2_grpc, rpc_pb2, rpc_pb2_grpc
 from .cluster_service import ClusterService, MaintenanceService
 from .kv_service import KVService
 from .lease_service import LeaseService
+from .metrics import MetricsHttpServer, StoreMetrics, serving
 from .node import NodeConfig, StoreNode
 from .objects_service import ObjectsService
 from .watch_service import WatchService, add_watch_service
@@ -24,6 +32,7 @@ log = structlog.get_logger("store.server")
 
 MAX_RECV_BYTES = 2 * 1024 * 1024  # request limit (1.5 MiB) plus gRPC overhead, like etcd
 MAX_SEND_BYTES = 2**31 - 1
+HEALTH_INTERVAL = 0.5
 
 
 class AddressInUse(Exception):
@@ -37,13 +46,23 @@ async def serve(cfg: NodeConfig, listen: str, stop: asyncio.Event | None = None)
     """Serve until ``stop`` is set or SIGTERM/SIGINT arrives."""
     node = StoreNode(cfg)
     await node.start()
+    metrics = StoreMetrics(node)
+    metrics.attach()
+    http: MetricsHttpServer | None = None
+    if cfg.metrics_listen:
+        try:
+            http = MetricsHttpServer(cfg.metrics_listen, metrics)
+        except (OSError, ValueError) as err:
+            await node.stop()
+            raise AddressInUse(f"cannot serve metrics on {cfg.metrics_listen}: {err}") from None
     server = grpc.aio.server(
+        interceptors=[metrics.interceptor()],
         options=[
             ("grpc.max_receive_message_length", MAX_RECV_BYTES),
             ("grpc.max_send_message_length", MAX_SEND_BYTES),
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.min_ping_interval_without_data_ms", 5000),
-        ]
+        ],
     )
     rpc_pb2_grpc.add_KVServicer_to_server(KVService(node), server)
     add_watch_service(WatchService(node), server)
@@ -63,10 +82,14 @@ async def serve(cfg: NodeConfig, listen: str, stop: asyncio.Event | None = None)
     except RuntimeError:
         bound = 0
     if not bound:
+        if http is not None:
+            http.stop()
         await node.stop()
         raise AddressInUse(f"cannot listen on {listen} (client address in use?)")
     await server.start()
-    log.info("store_serving", listen=listen, name=cfg.name)
+    if http is not None:
+        http.start()
+    log.info("store_serving", listen=listen, name=cfg.name, metrics=cfg.metrics_listen)
 
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -75,19 +98,27 @@ async def serve(cfg: NodeConfig, listen: str, stop: asyncio.Event | None = None)
             loop.add_signal_handler(sig, stop.set)
 
     async def report_health() -> None:
-        last = None
+        last: bool | None = None
         while True:
-            serving = node.leader_id() != 0
-            status = (
-                health_pb2.HealthCheckResponse.SERVING
-                if serving
-                else health_pb2.HealthCheckResponse.NOT_SERVING
-            )
-            if status != last:
+            try:
+                facts = node.raft_facts()
+                ok = serving(facts)
+            except Exception:
+                log.exception("health_check_failed")
+                facts, ok = None, False
+            metrics.serving = ok
+            if ok != last:
+                status = (
+                    health_pb2.HealthCheckResponse.SERVING
+                    if ok
+                    else health_pb2.HealthCheckResponse.NOT_SERVING
+                )
                 for name in ["", *names]:
                     await health_servicer.set(name, status)
-                last = status
-            await asyncio.sleep(0.5)
+                if last is not None:
+                    log.info("health_changed", serving=ok, **(asdict(facts) if facts else {}))
+                last = ok
+            await asyncio.sleep(HEALTH_INTERVAL)
 
     health_task = asyncio.create_task(report_health())
     try:
@@ -97,5 +128,7 @@ async def serve(cfg: NodeConfig, listen: str, stop: asyncio.Event | None = None)
         health_task.cancel()
         await asyncio.gather(health_task, return_exceptions=True)
         await server.stop(grace=1.0)
+        if http is not None:
+            http.stop()
         await node.stop()
         log.info("store_stopped", name=cfg.name)

@@ -67,6 +67,12 @@ def add_store_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         default=60.0,
         help="...but at most once per this many seconds",
     )
+    p.add_argument(
+        "--metrics-listen",
+        default=None,
+        metavar="HOST:PORT",
+        help="serve Prometheus /metrics and /healthz over HTTP here (default off)",
+    )
     p.set_defaults(func=run_store)
 
     up = sub.add_parser("up", help="start a local cluster (for now: a one-node store)")
@@ -113,6 +119,7 @@ def run_store(args: argparse.Namespace) -> int:
         election_max=2 * args.election_timeout,
         snapshot_entries=args.snapshot_entries,
         snapshot_interval=args.snapshot_interval,
+        metrics_listen=args.metrics_listen,
     )
     from store.errors import StoreError
     from store.server import AddressInUse
