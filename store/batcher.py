@@ -10,8 +10,13 @@ lowest sequence still awaited). The state machine remembers results per
 (proposer, seq), so a batch whose outcome was ambiguous (leader changed, no
 answer in time) is simply proposed again: if the first copy was applied, the
 second returns the recorded results instead of applying twice. A batch that
-every caller has given up on is abandoned; the floor moves past it and the
-state machine refuses any late copy of it.
+every caller has given up on is abandoned; the floor moves past it, and once a
+later batch of this member has been applied the state machine refuses any late
+copy of it. A copy already handed to Raft before that can still be applied
+later (e.g. forwarded when a partition heals): its callers were told the
+outcome is unknown, exactly as with an etcd request that timed out. Members
+without a leader refuse requests up front (``require_leader``), which keeps
+such copies rare.
 """
 
 from __future__ import annotations

@@ -249,6 +249,9 @@ class StoreNode:
     def is_leader(self) -> bool:
         return bool(self.syncobj is not None and self.syncobj._isLeader())
 
+    def has_leader(self) -> bool:
+        return self.syncobj is not None and self.syncobj._getLeader() is not None
+
     def leader_name(self) -> str | None:
         leader = self.syncobj._getLeader() if self.syncobj is not None else None
         if leader is None:

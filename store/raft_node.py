@@ -14,6 +14,7 @@ partitioned leader steps down within seconds, and both ``journalFile`` and
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Callable
@@ -85,6 +86,7 @@ def make_syncobj(cfg: RaftConfig, consumer: ReplicatedState) -> SyncObj:
     os.makedirs(cfg.data_dir, exist_ok=True)
     if cfg.fsync:
         enable_journal_fsync()
+    enable_log_matching()  # after the fsync patch: it must wrap the durable add
     conf = SyncObjConf(
         appendEntriesUseBatch=False,
         autoTick=True,
@@ -108,6 +110,121 @@ def make_syncobj(cfg: RaftConfig, consumer: ReplicatedState) -> SyncObj:
 
 
 _fsync_enabled = False
+_log_matching_enabled = False
+
+
+def enable_log_matching() -> None:
+    """Make followers truncate their Raft log only where an entry really conflicts.
+
+    pysyncobj's follower deletes every entry after ``prevLogIdx`` whenever an
+    AppendEntries carries one, even when the entries it holds are the same
+    ones (a retransmission, or a delayed older message). Raft only allows
+    deleting from the first entry whose term differs (§5.3). Deleting matching
+    entries is unsafe: the leader may already count this follower for them, so
+    a committed write could vanish from a majority if the leader then died.
+    (pysyncobj logs "truncating already-applied log entries ... may have
+    diverged" when it happens; under write load it happened tens of times
+    per minute here.)
+
+    Here ``deleteEntriesFrom`` only marks where the follower's handler wants to
+    start; each following ``add`` skips an entry that is already there with the
+    same index and term, and truncates at the first one that differs. Entries
+    after the last one received stay. pysyncobj calls ``deleteEntriesFrom``
+    only from that follower path, so nothing else changes.
+    """
+    global _log_matching_enabled
+    if _log_matching_enabled:
+        return
+    _log_matching_enabled = True
+    for journal_class in (pysyncobj_journal.FileJournal, pysyncobj_journal.MemoryJournal):
+        _patch_log_matching(journal_class)
+    _patch_follower_commit()
+    logging.getLogger("pysyncobj.syncobj").addFilter(_drop_truncation_warning)
+
+
+def new_entries_end(message: Any) -> int | None:
+    """Index of the last entry an AppendEntries message carries (prevLogIdx if none).
+
+    None for messages that are not (complete) AppendEntries or are part of a
+    multi-part transmission still being received.
+    """
+    if not isinstance(message, dict) or message.get("type") != "append_entries":
+        return None
+    if "prevLogIdx" not in message:
+        return None
+    transmission = message.get("transmission")
+    if transmission is None:
+        return int(message["prevLogIdx"]) + len(message.get("entries", []))
+    return int(message["prevLogIdx"]) + 1 if transmission == "finish" else None
+
+
+def clamp_commit(before: int, after: int, new_end: int | None) -> int | None:
+    """The commit index a message may set (None: leave ``after`` as it is).
+
+    It may raise the commit index up to the last entry it carried, never lower
+    it below where it was.
+    """
+    if new_end is None or after <= before or after <= new_end:
+        return None
+    return max(before, new_end)
+
+
+def _patch_follower_commit() -> None:
+    """Raft's follower rule: commitIndex = min(leaderCommit, index of last *new* entry).
+
+    pysyncobj uses the end of the follower's log instead, which was the same
+    thing while it truncated everything after prevLogIdx. With matching
+    entries kept, entries past the ones just received may be from an older
+    term and not yet checked against the leader's log, so they must not be
+    marked committed by this message.
+    """
+    handler_name = "_SyncObj__onMessageReceived"
+    original = getattr(SyncObj, handler_name)
+
+    def on_message(self: Any, node: Any, message: Any) -> None:
+        before = self._SyncObj__raftCommitIndex
+        original(self, node, message)
+        clamped = clamp_commit(before, self._SyncObj__raftCommitIndex, new_entries_end(message))
+        if clamped is not None:
+            self._SyncObj__raftCommitIndex = clamped
+            self._SyncObj__raftLog.setRaftCommitIndex(clamped)
+
+    setattr(SyncObj, handler_name, on_message)
+
+
+def _drop_truncation_warning(record: logging.LogRecord) -> bool:
+    # pysyncobj logs it before calling deleteEntriesFrom, which no longer truncates
+    # matching entries; a real conflict is logged by the patched add instead.
+    return "truncating already-applied log entries" not in str(record.msg)
+
+
+def _patch_log_matching(journal_class: Any) -> None:
+    orig_add = journal_class.add
+    orig_delete_from = journal_class.deleteEntriesFrom
+
+    def delete_entries_from(self: Any, entry_from: int) -> None:
+        self._mizzen_truncate_from = entry_from
+
+    def add(self: Any, command: bytes, idx: int, term: int) -> None:
+        start = getattr(self, "_mizzen_truncate_from", None)
+        if start is not None and len(self) > 0:
+            pos = idx - self[0][1]
+            if 0 <= pos < len(self):
+                if self[pos][2] == term:
+                    return  # the same entry is already here (Raft's log matching)
+                log.warning("raft_log_conflict_truncated", index=idx, term=term)
+                orig_delete_from(self, pos)
+        self._mizzen_truncate_from = None
+        orig_add(self, command, idx, term)
+
+    def clear(self: Any) -> None:
+        self._mizzen_truncate_from = None
+        orig_clear(self)
+
+    orig_clear = journal_class.clear
+    journal_class.add = add
+    journal_class.deleteEntriesFrom = delete_entries_from
+    journal_class.clear = clear
 
 
 def enable_journal_fsync() -> None:
@@ -133,10 +250,14 @@ def enable_journal_fsync() -> None:
     header = pysyncobj_journal.LAST_RECORD_OFFSET_OFFSET
 
     def add(self: Any, command: bytes, idx: int, term: int) -> None:
-        start = self._FileJournal__currentOffset
         orig_add(self, command, idx, term)
         if getattr(self, "_mizzen_rewriting", False):
             return
+        if not len(self) or self[len(self) - 1][1] != idx:
+            return  # not appended (the same entry was already there: log matching)
+        end = self._FileJournal__currentOffset
+        # a record is: length (4) + idx, term (16) + command + length (4)
+        start = end - (24 + len(pysyncobj_journal.to_bytes(command)))
         rf = self._FileJournal__journalFile
         fd = getattr(self, "_mizzen_dsync_fd", None)
         if fd is None:
@@ -144,7 +265,6 @@ def enable_journal_fsync() -> None:
                 rf._ResizableFile__fileName, os.O_WRONLY | os.O_DSYNC
             )
         mm = rf._ResizableFile__mm
-        end = self._FileJournal__currentOffset
         os.pwrite(fd, mm[start:end], start)
         os.pwrite(fd, mm[header : header + 4], header)
 

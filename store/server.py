@@ -26,6 +26,7 @@ from .lease_service import LeaseService
 from .metrics import MetricsHttpServer, StoreMetrics, serving
 from .node import NodeConfig, StoreNode
 from .objects_service import ObjectsService
+from .require_leader import RequireLeaderInterceptor
 from .watch_service import WatchService, add_watch_service
 
 log = structlog.get_logger("store.server")
@@ -56,7 +57,7 @@ async def serve(cfg: NodeConfig, listen: str, stop: asyncio.Event | None = None)
             await node.stop()
             raise AddressInUse(f"cannot serve metrics on {cfg.metrics_listen}: {err}") from None
     server = grpc.aio.server(
-        interceptors=[metrics.interceptor()],
+        interceptors=[RequireLeaderInterceptor(node.has_leader), metrics.interceptor()],
         options=[
             ("grpc.max_receive_message_length", MAX_RECV_BYTES),
             ("grpc.max_send_message_length", MAX_SEND_BYTES),
