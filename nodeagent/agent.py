@@ -177,6 +177,18 @@ class Agent:
         self.state.remove(record.uid)
         self.logs.remove_pod(record.namespace, record.name, record.uid)
 
+    async def stop_all_pods(self) -> None:
+        """Stop every local pod's processes (each with its grace) and remove the cgroups.
+
+        Only for ``--stop-pods-on-exit`` (``mizzen up``): a production agent
+        leaves pods running when it stops and re-adopts them when it starts.
+        The pod objects stay in the store, so the next start runs them again.
+        """
+        await asyncio.gather(*(self._kill_orphan(r) for r in self.state.load_all()))
+        parent = self.driver.open("")
+        if parent is not None:
+            self._destroy(parent)
+
     def _destroy(self, cgroup: Cgroup) -> None:
         try:
             cgroup.kill_all()
@@ -298,6 +310,9 @@ async def run_agent(config: AgentConfig, stop: asyncio.Event | None = None) -> N
             work.cancel()
             stopped.cancel()
             await asyncio.gather(work, stopped, return_exceptions=True)
+            if config.stop_pods_on_exit:
+                log.info("agent_stopping_pods", node=config.name)
+                await agent.stop_all_pods()
             await server.stop(grace=1.0)
             log.info("agent_stopped", node=config.name)
         if work.done() and not work.cancelled() and work.exception() is not None:

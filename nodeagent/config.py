@@ -35,6 +35,8 @@ class AgentConfig:
     heartbeat_interval: float = 1.0
     status_interval: float = 10.0
     stats_interval: float = 10.0
+    # mizzen up: stop every pod's processes when the agent exits (else they keep running).
+    stop_pods_on_exit: bool = False
     backoff_initial: float = 1.0
     backoff_cap: float = 60.0
     log_max_bytes: int = 10 * 1024 * 1024
@@ -87,6 +89,7 @@ def config_from_args(
         heartbeat_interval=args.heartbeat_interval,
         status_interval=args.status_interval,
         stats_interval=args.stats_interval,
+        stop_pods_on_exit=args.stop_pods_on_exit,
         backoff_initial=args.backoff_initial,
         backoff_cap=args.backoff_cap,
         log_max_bytes=args.log_max_bytes,

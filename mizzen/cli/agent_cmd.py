@@ -36,6 +36,12 @@ def add_agent_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--stats-interval", type=float, default=10.0, help="seconds between usage samples"
     )
+    p.add_argument(
+        "--stop-pods-on-exit",
+        action="store_true",
+        help="stop every pod's processes when the agent exits (mizzen up); by default they "
+        "keep running and are re-adopted at the next start",
+    )
     p.add_argument("--backoff-initial", type=float, default=1.0, help="first restart delay")
     p.add_argument("--backoff-cap", type=float, default=60.0, help="longest restart delay")
     p.add_argument("--log-max-bytes", type=int, default=10 * 1024 * 1024)

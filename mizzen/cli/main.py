@@ -16,6 +16,7 @@ from mizzen.cli.node_cmd import add_node_parsers
 from mizzen.cli.objects_cmd import add_objects_parsers
 from mizzen.cli.rollout_cmd import add_rollout_parsers
 from mizzen.cli.store_cmd import add_store_parser
+from mizzen.cli.up_cmd import add_up_parser
 from mizzen.log_config import configure_logging
 
 
@@ -31,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-format", default="auto", choices=["auto", "json", "console"])
     sub = p.add_subparsers(dest="command", required=True)
     add_store_parser(sub)
+    add_up_parser(sub)
     add_objects_parsers(sub)
     add_describe_parsers(sub)
     add_cluster_parsers(sub)

@@ -1,21 +1,16 @@
-"""`mizzen store` and (for now) `mizzen up`: run a store node in the foreground."""
+"""`mizzen store`: run a store node in the foreground."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import os
-import sys
 
 from mizzen.cli.errors import UsageError
 
-_store_parser: argparse.ArgumentParser
-
 
 def add_store_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    global _store_parser
     p = sub.add_parser("store", help="run a store node (Raft + etcd-compatible gRPC API)")
-    _store_parser = p
     p.add_argument("--name", default="n1", help="member name (default n1)")
     p.add_argument("--data-dir", default="./.mizzen/store", help="journal and snapshots")
     p.add_argument("--listen-client", default="127.0.0.1:2379", help="gRPC address host:port")
@@ -75,12 +70,6 @@ def add_store_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
     p.set_defaults(func=run_store)
 
-    up = sub.add_parser("up", help="start a local cluster (for now: a one-node store)")
-    up.add_argument("--data-dir", default="./.mizzen")
-    up.add_argument("--listen-client", default="127.0.0.1:2379")
-    up.add_argument("--listen-raft", default="127.0.0.1:2380")
-    up.set_defaults(func=run_up)
-
 
 def parse_cluster(spec: str | None, name: str, raft: str) -> dict[str, str]:
     if not spec:
@@ -129,20 +118,3 @@ def run_store(args: argparse.Namespace) -> int:
     except (StoreError, AddressInUse) as err:
         raise UsageError(str(err)) from None
     return 0
-
-
-def run_up(args: argparse.Namespace) -> int:
-    print(
-        f"mizzen up: one store node at {args.listen_client}, data in {args.data_dir}; "
-        "Ctrl-C stops it",
-        file=sys.stderr,
-    )
-    store_args = _store_parser.parse_args(
-        [
-            "--name", "n1",
-            "--data-dir", os.path.join(args.data_dir, "store"),
-            "--listen-client", args.listen_client,
-            "--listen-raft", args.listen_raft,
-        ]
-    )  # fmt: skip
-    return run_store(store_args)

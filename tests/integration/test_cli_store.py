@@ -52,7 +52,7 @@ def test_up_survives_ctrl_c_and_resumes_with_its_data(tmp_path: Path) -> None:
     client, raft = free_ports(2)
     endpoint = f"127.0.0.1:{client}"
     argv = mizzen("up", "--data-dir", str(tmp_path), "--listen-client", endpoint,
-                  "--listen-raft", f"127.0.0.1:{raft}")  # fmt: skip
+                  "--listen-raft", f"127.0.0.1:{raft}", "--no-agent")  # fmt: skip
     for round_ in range(2):
         proc = subprocess.Popen(argv, cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True)
         try:
