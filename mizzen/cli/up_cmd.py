@@ -158,7 +158,9 @@ def run_up(args: argparse.Namespace) -> int:
         )
         args.no_agent = True
     parts = components(args)
+    # SIGINT explicitly too: a shell may have started us with it ignored
     signal.signal(signal.SIGTERM, _raise_stop)
+    signal.signal(signal.SIGINT, _raise_stop)
     started: list[Component] = []
     try:
         for part in parts:
