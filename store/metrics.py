@@ -23,7 +23,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
@@ -41,6 +41,8 @@ from prometheus_client import (
 )
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from .interceptors import UnaryWrappingInterceptor, unary_handler
 
 if TYPE_CHECKING:
     from .node import StoreNode
@@ -243,7 +245,7 @@ class NodeCollector(Collector):
         )
 
 
-class RpcMetricsInterceptor(grpc.aio.ServerInterceptor):
+class RpcMetricsInterceptor(UnaryWrappingInterceptor):
     """Times every unary-unary call; streams pass through untouched.
 
     The wrapped handler is built once per method and cached, so a call costs
@@ -251,26 +253,12 @@ class RpcMetricsInterceptor(grpc.aio.ServerInterceptor):
     """
 
     def __init__(self, duration: Histogram, failed: Counter) -> None:
+        super().__init__()
         self._duration = duration
         self._failed = failed
-        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        method: str = handler_call_details.method
-        cached = self._handlers.get(method)
-        if cached is not None:
-            return cached
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        if handler.unary_unary is not None:
-            handler = self._timed(method, handler)
-        self._handlers[method] = handler
-        return handler
+    def wrap(self, method: str, handler: Any) -> grpc.RpcMethodHandler:
+        return self._timed(method, handler)
 
     def _timed(self, full_method: str, handler: Any) -> grpc.RpcMethodHandler:
         service, _, method = full_method.lstrip("/").rpartition("/")
@@ -292,11 +280,7 @@ class RpcMetricsInterceptor(grpc.aio.ServerInterceptor):
             finally:
                 observe(clock() - start)
 
-        return grpc.unary_unary_rpc_method_handler(
-            timed,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        return unary_handler(timed, handler)
 
 
 class MetricsHttpServer:

@@ -10,39 +10,28 @@ refuses work instead of holding it until the partition heals.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import grpc
+
+from .interceptors import UnaryWrappingInterceptor, unary_handler
 
 NO_LEADER = "etcdserver: no leader"
 _WANTS_LEADER = ("hasleader", "true")
 
 
-class RequireLeaderInterceptor(grpc.aio.ServerInterceptor):
+class RequireLeaderInterceptor(UnaryWrappingInterceptor):
     """Wraps every unary-unary handler once; each call checks its metadata."""
 
     def __init__(self, has_leader: Callable[[], bool]) -> None:
+        super().__init__()
         self._has_leader = has_leader
-        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        method: str = handler_call_details.method
-        cached = self._handlers.get(method)
-        if cached is not None:
-            return cached
-        handler = await continuation(handler_call_details)
-        if handler is not None and handler.unary_unary is not None and _guarded(method):
-            handler = self._guard(handler)
-        if handler is not None:
-            self._handlers[method] = handler
-        return handler
+    def wraps(self, method: str) -> bool:
+        return _guarded(method)
 
-    def _guard(self, handler: Any) -> grpc.RpcMethodHandler:
+    def wrap(self, method: str, handler: Any) -> grpc.RpcMethodHandler:
         behavior = handler.unary_unary
         has_leader = self._has_leader
 
@@ -51,11 +40,7 @@ class RequireLeaderInterceptor(grpc.aio.ServerInterceptor):
                 await context.abort(grpc.StatusCode.UNAVAILABLE, NO_LEADER)
             return await behavior(request, context)
 
-        return grpc.unary_unary_rpc_method_handler(
-            guarded,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        return unary_handler(guarded, handler)
 
 
 def _guarded(method: str) -> bool:
