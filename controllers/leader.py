@@ -122,7 +122,9 @@ class LeaderElector:
                     async for batch in watcher:
                         if any(ev.type is EventType.DELETE for ev in batch.events):
                             return
-        except (TimeoutError, StoreClientError):
+        except TimeoutError:
+            return  # campaign again at once: a delete must not wait out a pause
+        except StoreClientError:
             await asyncio.sleep(self.retry_interval)
 
     async def hold(self, leadership: Leadership) -> str:

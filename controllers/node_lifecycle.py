@@ -19,6 +19,7 @@ it, so a fail-over never evicts at once.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +35,8 @@ from protos import objects_pb2 as pb
 
 if TYPE_CHECKING:
     from controllers.manager import ManagerConfig
+
+EVICTION_CONCURRENCY = 16
 
 log = structlog.get_logger(__name__)
 
@@ -203,8 +206,14 @@ class NodeLifecycleController(Controller):
         return node
 
     async def _evict(self, name: str, since_unhealthy: float) -> Result:
-        """Force-delete the pods whose eviction time has come; requeue for the rest."""
+        """Force-delete the pods whose eviction time has come; requeue for the rest.
+
+        The deletes run concurrently (at most EVICTION_CONCURRENCY at once): one
+        after another they took ~0.15 s each, so a node with 30 pods took 5 s
+        longer to be emptied than one with a single pod.
+        """
         next_due: float | None = None
+        due: list[pb.Pod] = []
         for pod in self.ctx.informers.get("pods").by_index(BY_NODE, name):
             delay = eviction_delay(pod, self.eviction_timeout)
             if delay is None:
@@ -213,25 +222,29 @@ class NodeLifecycleController(Controller):
                 wait = delay - since_unhealthy
                 next_due = wait if next_due is None else min(next_due, wait)
                 continue
+            due.append(pod)
+        slots = asyncio.Semaphore(EVICTION_CONCURRENCY)
+        await asyncio.gather(*(self._evict_pod(name, pod, slots) for pod in due))
+        if next_due is not None:
+            return Result(requeue_after=next_due)
+        return Result(requeue_after=self.grace)
+
+    async def _evict_pod(self, node: str, pod: pb.Pod, slots: asyncio.Semaphore) -> None:
+        async with slots:
             try:
                 await self.ctx.client.delete(
                     "pods", pod.metadata.name, pod.metadata.namespace, grace_period_seconds=0
                 )
             except NotFoundError:
-                continue
-            self.evicted += 1
-            log.warning(
-                "pod_evicted", node=name, pod=f"{pod.metadata.namespace}/{pod.metadata.name}"
-            )
-            self.ctx.events.record(
-                pod,
-                "Warning",
-                "Evicted",
-                f"Node {name} is unreachable; deleting pod {pod.metadata.name}",
-            )
-        if next_due is not None:
-            return Result(requeue_after=next_due)
-        return Result(requeue_after=self.grace)
+                return
+        self.evicted += 1
+        log.warning("pod_evicted", node=node, pod=f"{pod.metadata.namespace}/{pod.metadata.name}")
+        self.ctx.events.record(
+            pod,
+            "Warning",
+            "Evicted",
+            f"Node {node} is unreachable; deleting pod {pod.metadata.name}",
+        )
 
 
 def node_lifecycle_from_config(config: ManagerConfig) -> NodeLifecycleController:
