@@ -133,6 +133,15 @@ def controller_ref(obj: Any) -> pb.OwnerReference | None:
     return None
 
 
+def owner_key(obj: Any, kind: str) -> str | None:
+    """The queue key of obj's controller when that is of kind, else None."""
+    ref = controller_ref(obj)
+    if ref is None or ref.kind != kind:
+        return None
+    ns = obj.metadata.namespace
+    return f"{ns}/{ref.name}" if ns else ref.name
+
+
 def owner_reference(owner: Any) -> pb.OwnerReference:
     """A controller reference to owner, as the contract wants it on dependents."""
     return pb.OwnerReference(
@@ -199,6 +208,11 @@ class SharedInformer(Informer):
     def by_owner(self, uid: str) -> builtins.list[Any]:
         """Objects whose controller reference points at uid ("": objects with no controller)."""
         return self.by_index(BY_OWNER, uid)
+
+    def owned_by(self, owner: Any) -> builtins.list[Any]:
+        """Objects of owner's namespace whose controller reference points at owner."""
+        namespace = owner.metadata.namespace
+        return [o for o in self.by_owner(owner.metadata.uid) if o.metadata.namespace == namespace]
 
     def orphans(self, namespace: str) -> builtins.list[Any]:
         """Objects of namespace that have no controller reference (candidates for adoption)."""
@@ -308,6 +322,14 @@ class Controller(ABC):
     workers: int = 1
     primary_kind: str | None = None
     _queue: RateLimitedQueue | None = None
+    _ctx: ControllerContext | None = None
+
+    @property
+    def ctx(self) -> ControllerContext:
+        """The context ``setup`` kept (``self._ctx = ctx``); RuntimeError before that."""
+        if self._ctx is None:
+            raise RuntimeError(f"{self.name}: setup() was not called")
+        return self._ctx
 
     @property
     def queue(self) -> RateLimitedQueue:
@@ -323,16 +345,26 @@ class Controller(ABC):
         """Handler helper: queue obj's own key."""
         self.queue.add(key_of(obj))
 
+    def enqueue_changes(
+        self, informer: SharedInformer, on_delete: Callable[[Any], None] | None = None
+    ) -> None:
+        """Handler helper: queue an object's own key on add and update; on delete, on_delete.
+
+        on_delete defaults to queueing the key too (reconcile then sees it gone).
+        """
+        informer.on_add(self.enqueue)
+        informer.on_update(lambda old, new: self.enqueue(new))
+        informer.on_delete(on_delete if on_delete is not None else self.enqueue)
+
     def enqueue_owner(self, obj: Any, kind: str) -> None:
         """Handler helper: queue the key of obj's controller when it is of this kind."""
-        ref = controller_ref(obj)
-        if ref is not None and ref.kind == kind:
-            ns = obj.metadata.namespace
-            self.queue.add(f"{ns}/{ref.name}" if ns else ref.name)
+        key = owner_key(obj, kind)
+        if key is not None:
+            self.queue.add(key)
 
     @abstractmethod
     def setup(self, ctx: ControllerContext) -> None:
-        """Register informer handlers (they only enqueue keys) and keep ctx."""
+        """Register informer handlers (they only enqueue keys) and keep ctx as ``self._ctx``."""
 
     @abstractmethod
     async def reconcile(self, key: str) -> Result:

@@ -41,16 +41,17 @@ from controllers.base import (
     Controller,
     ControllerContext,
     Result,
-    TemporaryError,
-    controller_ref,
     is_terminating,
     key_of,
+    owner_key,
 )
-from controllers.job import CREATE_BURST, Expectations, creation_seconds
-from controllers.replicaset import available_in, is_ready, pod_from_template
+from controllers.expectations import Expectations
+from controllers.job import CREATE_BURST
+from controllers.podutil import available_in, creation_seconds, is_ready, pod_from_template
 from controllers.scheduling import untolerated
+from controllers.status import write_status
 from mizzen.api.quantity import resolve_int_or_percent
-from mizzen.client.errors import ConflictError, NotFoundError
+from mizzen.client.errors import NotFoundError
 from protos import objects_pb2 as pb
 
 if TYPE_CHECKING:
@@ -61,6 +62,7 @@ log = structlog.get_logger(__name__)
 HASH_LABEL = "controller-revision-hash"
 FAILED_BACKOFF_BASE = 1.0
 FAILED_BACKOFF_CAP = 900.0
+EXPECTATIONS_TTL = 30.0
 _BLOCKING = ("NoSchedule", "NoExecute")
 _ENDED = ("Succeeded", "Failed")
 
@@ -290,18 +292,16 @@ class DaemonSetController(Controller):
         backoff_cap: float = FAILED_BACKOFF_CAP,
     ) -> None:
         self.workers = workers
-        self.expectations = Expectations()
+        self.expectations = Expectations(ttl=EXPECTATIONS_TTL)
         self.backoff = NodeBackoff(backoff_base, backoff_cap)
 
     def setup(self, ctx: ControllerContext) -> None:
-        self.ctx = ctx
+        self._ctx = ctx
         self.sets = ctx.informers.get("DaemonSet")
         self.pods = ctx.informers.get("Pod")
         self.nodes = ctx.informers.get("Node")
         self.expectations.clock = ctx.clock
-        self.sets.on_add(self.enqueue)
-        self.sets.on_update(lambda old, new: self.enqueue(new))
-        self.sets.on_delete(self._ds_deleted)
+        self.enqueue_changes(self.sets, on_delete=self._ds_deleted)
         self.pods.on_add(self._pod_changed)
         self.pods.on_update(lambda old, new: self._pod_changed(new))
         self.pods.on_delete(self._pod_deleted)
@@ -313,19 +313,11 @@ class DaemonSetController(Controller):
         self.expectations.forget(key_of(ds))
         self.backoff.forget(key_of(ds))
 
-    def _owner_key(self, pod: Any) -> str | None:
-        ref = controller_ref(pod)
-        if ref is None or ref.kind != "DaemonSet":
-            return None
-        return f"{pod.metadata.namespace}/{ref.name}"
-
     def _pod_changed(self, pod: Any) -> None:
-        key = self._owner_key(pod)
-        if key is not None:
-            self.queue.add(key)
+        self.enqueue_owner(pod, "DaemonSet")
 
     def _pod_deleted(self, pod: Any) -> None:
-        key = self._owner_key(pod)
+        key = owner_key(pod, "DaemonSet")
         if key is not None:
             self.expectations.observe_deleted(key, pod.metadata.uid)
             self.queue.add(key)
@@ -344,11 +336,7 @@ class DaemonSetController(Controller):
         ds: pb.DaemonSet | None = self.sets.get_key(key)
         if ds is None or is_terminating(ds):
             return Result()
-        pods = [
-            p
-            for p in self.pods.by_owner(ds.metadata.uid)
-            if p.metadata.namespace == ds.metadata.namespace
-        ]
+        pods = self.pods.owned_by(ds)
         if not self.expectations.satisfied(key, pods):
             return Result(requeue_after=self.expectations.recheck_in(key))
         now = self.ctx.clock()
@@ -368,7 +356,7 @@ class DaemonSetController(Controller):
             await self._delete(key, ds, deletion)
         for node_name in plan.create_on:
             await self._create(key, ds, node_name, revision)
-        await self._write_status(ds, plan.status)
+        await write_status(self.ctx.client, ds, plan.status)
         return Result(requeue_after=min(waits, default=None))
 
     async def _create(self, key: str, ds: pb.DaemonSet, node_name: str, revision: str) -> None:
@@ -400,19 +388,6 @@ class DaemonSetController(Controller):
         self.ctx.events.record(
             ds, "Normal", "SuccessfulDelete", f"Deleted pod: {pod.metadata.name}"
         )
-
-    async def _write_status(self, ds: pb.DaemonSet, status: pb.DaemonSetStatus) -> None:
-        if status == ds.status:
-            return
-        updated = pb.DaemonSet()
-        updated.CopyFrom(ds)
-        updated.status.CopyFrom(status)
-        try:
-            await self.ctx.client.update_status(updated)
-        except ConflictError as err:
-            raise TemporaryError(f"daemonset status conflict: {err}") from None
-        except NotFoundError:
-            return
 
 
 def daemonset_controller_from_config(config: ManagerConfig) -> DaemonSetController:

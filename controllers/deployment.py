@@ -42,7 +42,19 @@ from controllers.base import (
     owner_reference,
     split_key,
 )
-from mizzen.api import quantity, selectors
+from controllers.claim import claim, selects
+from controllers.podutil import mark_condition
+from controllers.rollout import (
+    HASH_LABEL,
+    REVISION_ANNOTATION,
+    max_surge_unavailable,
+    new_replicas_for_rollout,
+    old_scale_downs,
+    revision_of,
+    template_equal,
+    template_hash,
+)
+from controllers.status import write_status
 from mizzen.client.errors import AlreadyExistsError, ConflictError, NotFoundError
 from protos import objects_pb2 as pb
 
@@ -51,154 +63,6 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
-HASH_LABEL = "pod-template-hash"
-REVISION_ANNOTATION = "deployment.mizzen.io/revision"
-_HASH_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
-
-
-# ------------------------------------------------------------------ pure rollout math
-
-
-def template_hash(template: pb.PodTemplateSpec, collision_count: int = 0) -> str:
-    """A stable short digest of the template (without its hash label) and collision count."""
-    t = _without_hash(template)
-    data = t.SerializeToString(deterministic=True)
-    if collision_count:
-        data += collision_count.to_bytes(4, "big")
-    h = 0x811C9DC5
-    for byte in data:
-        h = ((h ^ byte) * 0x01000193) & 0xFFFFFFFF
-    out = []
-    while True:
-        h, digit = divmod(h, len(_HASH_ALPHABET))
-        out.append(_HASH_ALPHABET[digit])
-        if h == 0:
-            return "".join(out)
-
-
-def _without_hash(template: pb.PodTemplateSpec) -> pb.PodTemplateSpec:
-    t = pb.PodTemplateSpec()
-    t.CopyFrom(template)
-    t.metadata.labels.pop(HASH_LABEL, None)
-    return t
-
-
-def template_equal(a: pb.PodTemplateSpec, b: pb.PodTemplateSpec) -> bool:
-    """Equal ignoring the pod-template-hash label (how the new ReplicaSet is recognised)."""
-    return _without_hash(a) == _without_hash(b)
-
-
-def revision_of(rs: pb.ReplicaSet) -> int:
-    value = rs.metadata.annotations.get(REVISION_ANNOTATION, "")
-    return int(value) if value.isdigit() else 0
-
-
-def max_surge_unavailable(d: pb.Deployment) -> tuple[int, int]:
-    """(max surge, max unavailable) in pods: surge rounds up, unavailable down; never both 0."""
-    if d.spec.strategy.type == "Recreate":
-        return 0, d.spec.replicas
-    ru = d.spec.strategy.rolling_update
-    replicas = d.spec.replicas
-    surge = quantity.resolve_int_or_percent(ru.max_surge or "25%", replicas, round_up=True)
-    unavailable = quantity.resolve_int_or_percent(
-        ru.max_unavailable or "25%", replicas, round_up=False
-    )
-    if surge == 0 and unavailable == 0:
-        unavailable = 1
-    return surge, min(unavailable, replicas)
-
-
-def new_replicas_for_rollout(
-    replicas: int, max_surge: int, new_current: int, old: list[pb.ReplicaSet]
-) -> int:
-    """The new RS's replicas: up toward replicas while the total stays ≤ replicas + surge."""
-    if new_current >= replicas:
-        return replicas
-    total = new_current + sum(rs.spec.replicas for rs in old)
-    room = replicas + max_surge - total
-    if room <= 0:
-        return new_current
-    return new_current + min(room, replicas - new_current)
-
-
-def _available(rs: pb.ReplicaSet) -> int:
-    return min(rs.status.available_replicas, rs.spec.replicas)
-
-
-def old_scale_downs(
-    replicas: int,
-    max_unavailable: int,
-    new: pb.ReplicaSet | None,
-    old: list[pb.ReplicaSet],
-) -> list[tuple[pb.ReplicaSet, int]]:
-    """(old RS, its new replicas) to keep ≥ replicas - max_unavailable pods available.
-
-    Unhealthy replicas (spec - available) of old RSes go first, bounded by how
-    far the total may shrink; then available ones, oldest RS first, while
-    enough stay available.
-    """
-    active_old = sorted((rs for rs in old if rs.spec.replicas > 0), key=_age_key)
-    if not active_old:
-        return []
-    min_available = replicas - max_unavailable
-    new_spec = new.spec.replicas if new is not None else 0
-    new_unavailable = new_spec - (_available(new) if new is not None else 0)
-    total = new_spec + sum(rs.spec.replicas for rs in active_old)
-    budget = total - min_available - new_unavailable
-    if budget <= 0:
-        return []
-    target = {rs.metadata.name: rs.spec.replicas for rs in active_old}
-    for rs in active_old:
-        if budget <= 0:
-            break
-        unhealthy = rs.spec.replicas - _available(rs)
-        cut = min(unhealthy, budget)
-        if cut > 0:
-            target[rs.metadata.name] -= cut
-            budget -= cut
-    available = (_available(new) if new is not None else 0) + sum(
-        min(_available(rs), target[rs.metadata.name]) for rs in active_old
-    )
-    spare = available - min_available
-    for rs in active_old:
-        if spare <= 0:
-            break
-        cut = min(target[rs.metadata.name], spare)
-        target[rs.metadata.name] -= cut
-        spare -= cut
-    return [
-        (rs, target[rs.metadata.name])
-        for rs in active_old
-        if target[rs.metadata.name] != rs.spec.replicas
-    ]
-
-
-def _age_key(rs: pb.ReplicaSet) -> tuple[float, str]:
-    ts = rs.metadata.creation_timestamp
-    return (ts.seconds + ts.nanos / 1e9, rs.metadata.name)
-
-
-def set_condition(
-    status: pb.DeploymentStatus, type: str, value: str, reason: str, message: str, now: float
-) -> None:
-    """Set condition type; last_transition_time changes only when its status changes."""
-    for cond in status.conditions:
-        if cond.type == type:
-            if cond.status != value:
-                cond.last_transition_time.FromNanoseconds(int(now * 1e9))
-            cond.status, cond.reason, cond.message = value, reason, message
-            return
-    cond = status.conditions.add(type=type, status=value, reason=reason, message=message)
-    cond.last_transition_time.FromNanoseconds(int(now * 1e9))
-
-
-def _matcher(d: pb.Deployment) -> selectors.LabelMatcher | None:
-    try:
-        m = selectors.from_label_selector(d.spec.selector)
-    except selectors.SelectorError:
-        return None
-    return None if m.empty() else m
-
 
 class DeploymentController(Controller):
     name = "deployment"
@@ -206,21 +70,13 @@ class DeploymentController(Controller):
     primary_kind = "Deployment"
 
     def __init__(self, config: ManagerConfig | None = None) -> None:
-        self._ctx: ControllerContext | None = None
-
-    @property
-    def ctx(self) -> ControllerContext:
-        assert self._ctx is not None, "setup() first"
-        return self._ctx
+        """config: the manager's factory signature; nothing in it applies here."""
 
     # -- handlers -------------------------------------------------------------------
 
     def setup(self, ctx: ControllerContext) -> None:
         self._ctx = ctx
-        deployments = ctx.informers.get("deployments")
-        deployments.on_add(self.enqueue)
-        deployments.on_update(lambda old, new: self.enqueue(new))
-        deployments.on_delete(self.enqueue)
+        self.enqueue_changes(ctx.informers.get("deployments"))
         rs = ctx.informers.get("replicasets")
         rs.on_add(self._rs_changed)
         rs.on_update(self._rs_updated)
@@ -234,8 +90,7 @@ class DeploymentController(Controller):
             self.enqueue_owner(rs, "Deployment")
             return
         for d in self.ctx.informers.get("deployments").in_namespace(rs.metadata.namespace):
-            matcher = _matcher(d)
-            if matcher is not None and matcher.matches(rs.metadata.labels):
+            if selects(d, rs):
                 self.enqueue(d)
 
     def _rs_updated(self, old: pb.ReplicaSet, new: pb.ReplicaSet) -> None:
@@ -259,7 +114,8 @@ class DeploymentController(Controller):
         d = self.ctx.informers.get("deployments").get(namespace, name)
         if d is None:
             return Result()
-        owned = await self._claim(d)
+        candidates = self.ctx.informers.get("replicasets").in_namespace(namespace)
+        owned = await claim(self.ctx.client, d, candidates)
         new = next((rs for rs in owned if template_equal(rs.spec.template, d.spec.template)), None)
         old = [rs for rs in owned if rs is not new]
         if is_terminating(d):
@@ -277,34 +133,6 @@ class DeploymentController(Controller):
             owned = [new, *old]
         await self._cleanup(d, old)
         return await self._sync_status(d, new, owned)
-
-    async def _claim(self, d: pb.Deployment) -> list[pb.ReplicaSet]:
-        """ReplicaSets controlled by d, after adopting matching orphans and releasing others."""
-        matcher = _matcher(d)
-        out: list[pb.ReplicaSet] = []
-        for rs in self.ctx.informers.get("replicasets").in_namespace(d.metadata.namespace):
-            ref = controller_ref(rs)
-            matches = matcher is not None and matcher.matches(rs.metadata.labels)
-            if ref is not None and ref.uid == d.metadata.uid:
-                if matches:
-                    out.append(rs)
-                elif not is_terminating(rs):
-                    changed = _copy(rs)
-                    kept = [r for r in changed.metadata.owner_references if r.uid != ref.uid]
-                    del changed.metadata.owner_references[:]
-                    changed.metadata.owner_references.extend(kept)
-                    await self._write(
-                        self.ctx.client.update(changed), f"releasing {rs.metadata.name}"
-                    )
-            elif ref is None and matches and not is_terminating(rs) and not is_terminating(d):
-                changed = _copy(rs)
-                changed.metadata.owner_references.append(owner_reference(d))
-                out.append(
-                    await self._write(
-                        self.ctx.client.update(changed), f"adopting {rs.metadata.name}"
-                    )
-                )
-        return out
 
     async def _write(self, call: Any, what: str) -> Any:
         try:
@@ -453,11 +281,7 @@ class DeploymentController(Controller):
     async def _sync_status(
         self, d: pb.Deployment, new: pb.ReplicaSet | None, owned: list[pb.ReplicaSet]
     ) -> Result:
-        status = compute_status(d, new, owned, self.ctx.clock())
-        if status != d.status:
-            changed = _copy(d)
-            changed.status.CopyFrom(status)
-            await self._write(self.ctx.client.update_status(changed), "status")
+        await write_status(self.ctx.client, d, compute_status(d, new, owned, self.ctx.clock()))
         return Result()
 
 
@@ -474,12 +298,17 @@ def compute_status(
     status.available_replicas = sum(rs.status.available_replicas for rs in owned)
     status.unavailable_replicas = max(d.spec.replicas - status.available_replicas, 0)
     _, max_unavailable = max_surge_unavailable(d)
+
+    def mark(type_: str, value: str, reason: str, message: str) -> None:
+        mark_condition(status.conditions, type_, value, reason, message, now)
+
     if status.available_replicas >= d.spec.replicas - max_unavailable:
-        set_condition(status, "Available", "True", "MinimumReplicasAvailable",
-                      "Deployment has minimum availability.", now)  # fmt: skip
+        mark(
+            "Available", "True", "MinimumReplicasAvailable", "Deployment has minimum availability."
+        )
     else:
-        set_condition(status, "Available", "False", "MinimumReplicasUnavailable",
-                      "Deployment does not have minimum availability.", now)  # fmt: skip
+        message = "Deployment does not have minimum availability."
+        mark("Available", "False", "MinimumReplicasUnavailable", message)
     complete = (
         new is not None
         and status.updated_replicas == d.spec.replicas
@@ -487,14 +316,13 @@ def compute_status(
         and status.available_replicas == d.spec.replicas
     )
     if d.spec.paused:
-        set_condition(status, "Progressing", "Unknown", "DeploymentPaused",
-                      "Deployment is paused", now)  # fmt: skip
+        mark("Progressing", "Unknown", "DeploymentPaused", "Deployment is paused")
     elif complete and new is not None:
         message = f'ReplicaSet "{new.metadata.name}" has successfully progressed.'
-        set_condition(status, "Progressing", "True", "NewReplicaSetAvailable", message, now)
+        mark("Progressing", "True", "NewReplicaSetAvailable", message)
     elif new is not None:
-        set_condition(status, "Progressing", "True", "ReplicaSetUpdated",
-                      f'ReplicaSet "{new.metadata.name}" is progressing.', now)  # fmt: skip
+        message = f'ReplicaSet "{new.metadata.name}" is progressing.'
+        mark("Progressing", "True", "ReplicaSetUpdated", message)
     return status
 
 

@@ -23,6 +23,7 @@ from controllers.base import (
     TemporaryError,
     split_key,
 )
+from controllers.podutil import creation_seconds, seconds_of
 from mizzen.client.errors import ConflictError, NotFoundError
 from protos import objects_pb2 as pb
 
@@ -38,8 +39,8 @@ def happened_at(event: pb.Event) -> float:
     """Unix seconds of the last occurrence an Event records."""
     for ts in (event.spec.last_timestamp, event.spec.first_timestamp):
         if ts.seconds or ts.nanos:
-            return float(ts.ToNanoseconds()) / 1e9
-    return float(event.metadata.creation_timestamp.ToNanoseconds()) / 1e9
+            return seconds_of(ts)
+    return creation_seconds(event)
 
 
 def expires_in(event: pb.Event, ttl: float, now: float) -> float:
@@ -62,7 +63,7 @@ class EventTTLController(Controller):
         self.workers = workers
 
     def setup(self, ctx: ControllerContext) -> None:
-        self.ctx = ctx
+        self._ctx = ctx
         self.events = ctx.informers.get("Event")
         self.events.on_add(self.enqueue)
         self.events.on_update(self._updated)

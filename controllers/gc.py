@@ -80,7 +80,7 @@ class GarbageCollector(Controller):
         self.kinds = kinds
 
     def setup(self, ctx: ControllerContext) -> None:
-        self.ctx = ctx
+        self._ctx = ctx
         self.informers: dict[str, SharedInformer] = {}
         for info in self.kinds:
             informer = ctx.informers.get(info)

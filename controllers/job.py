@@ -28,8 +28,6 @@ What is guaranteed, as in Kubernetes' (non-indexed) Job controller:
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -40,12 +38,22 @@ from controllers.base import (
     ControllerContext,
     Result,
     TemporaryError,
-    controller_ref,
     is_terminating,
     key_of,
+    owner_key,
     split_key,
 )
-from controllers.replicaset import is_active, is_ready, pod_from_template
+from controllers.expectations import Expectations
+from controllers.podutil import (
+    creation_seconds,
+    is_active,
+    is_ready,
+    mark_condition,
+    pod_from_template,
+    seconds_of,
+    set_timestamp,
+)
+from controllers.status import write_status
 from mizzen.client.errors import ConflictError, NotFoundError
 from protos import objects_pb2 as pb
 
@@ -58,105 +66,7 @@ JOB_NAME_LABEL = "job-name"
 BACKOFF_BASE = 10.0
 BACKOFF_CAP = 360.0
 CREATE_BURST = 500
-
-
-# ------------------------------------------------------------------ helpers
-# (also used by controllers.daemonset)
-
-
-def seconds_of(ts: Any) -> float:
-    """A protobuf Timestamp as Unix seconds (0.0 when unset)."""
-    return float(ts.ToNanoseconds()) / 1e9
-
-
-def set_timestamp(ts: Any, seconds: float) -> None:
-    ts.FromNanoseconds(int(seconds * 1e9))
-
-
-def creation_seconds(obj: Any) -> float:
-    return seconds_of(obj.metadata.creation_timestamp)
-
-
-def mark_condition(
-    conditions: Any, type_: str, status: str, reason: str, message: str, now: float
-) -> None:
-    """Set condition type_ in a repeated Condition field; the transition time moves on change."""
-    for cond in conditions:
-        if cond.type == type_:
-            if cond.status != status:
-                cond.status = status
-                set_timestamp(cond.last_transition_time, now)
-            cond.reason, cond.message = reason, message
-            return
-    cond = conditions.add(type=type_, status=status, reason=reason, message=message)
-    set_timestamp(cond.last_transition_time, now)
-
-
-@dataclass
-class _Pending:
-    creates: set[str]
-    deletes: set[str]
-    since: float
-
-
-class Expectations:
-    """Pod creations and deletions a controller made that its cache has not shown yet.
-
-    Deciding from a cache that lags behind our own writes would create
-    duplicates or delete twice, so a key whose expectations are unmet waits
-    (its pods' watch events requeue it). ``timeout`` bounds the wait should an
-    expected event never come (e.g. the pod was created and deleted in
-    between); then the cache, being the truth again after a relist, wins.
-    """
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic, timeout: float = 30.0) -> None:
-        self.clock = clock
-        self.timeout = timeout
-        self._pending: dict[str, _Pending] = {}
-
-    def _entry(self, key: str) -> _Pending:
-        entry = self._pending.get(key)
-        if entry is None:
-            entry = self._pending[key] = _Pending(set(), set(), self.clock())
-        return entry
-
-    def expect_create(self, key: str, uid: str) -> None:
-        self._entry(key).creates.add(uid)
-
-    def expect_delete(self, key: str, uid: str) -> None:
-        self._entry(key).deletes.add(uid)
-
-    def observe_deleted(self, key: str, uid: str) -> None:
-        entry = self._pending.get(key)
-        if entry is not None:
-            entry.creates.discard(uid)
-            entry.deletes.discard(uid)
-
-    def forget(self, key: str) -> None:
-        self._pending.pop(key, None)
-
-    def satisfied(self, key: str, pods: Iterable[Any]) -> bool:
-        """Whether pods (the cache's view of key's pods) reflect every expected change."""
-        entry = self._pending.get(key)
-        if entry is None:
-            return True
-        present = {p.metadata.uid: p for p in pods}
-        entry.creates = {uid for uid in entry.creates if uid not in present}
-        entry.deletes = {
-            uid
-            for uid in entry.deletes
-            if uid in present and not present[uid].metadata.HasField("deletion_timestamp")
-        }
-        if (entry.creates or entry.deletes) and self.clock() - entry.since < self.timeout:
-            return False
-        self.forget(key)
-        return True
-
-    def recheck_in(self, key: str) -> float:
-        entry = self._pending.get(key)
-        return (
-            self.timeout if entry is None else max(0.0, entry.since + self.timeout - self.clock())
-        )
+EXPECTATIONS_TTL = 30.0
 
 
 @dataclass(frozen=True)
@@ -347,16 +257,14 @@ class JobController(Controller):
         self.workers = workers
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
-        self.expectations = Expectations()
+        self.expectations = Expectations(ttl=EXPECTATIONS_TTL)
 
     def setup(self, ctx: ControllerContext) -> None:
-        self.ctx = ctx
+        self._ctx = ctx
         self.jobs = ctx.informers.get("Job")
         self.pods = ctx.informers.get("Pod")
         self.expectations.clock = ctx.clock
-        self.jobs.on_add(self.enqueue)
-        self.jobs.on_update(lambda old, new: self.enqueue(new))
-        self.jobs.on_delete(self._job_deleted)
+        self.enqueue_changes(self.jobs, on_delete=self._job_deleted)
         self.pods.on_add(self._pod_changed)
         self.pods.on_update(lambda old, new: self._pod_changed(new))
         self.pods.on_delete(self._pod_deleted)
@@ -365,26 +273,19 @@ class JobController(Controller):
         self.expectations.forget(key_of(job))
 
     def _pod_changed(self, pod: Any) -> None:
-        ref = controller_ref(pod)
-        if ref is not None and ref.kind == "Job":
-            self.queue.add(f"{pod.metadata.namespace}/{ref.name}")
+        self.enqueue_owner(pod, "Job")
 
     def _pod_deleted(self, pod: Any) -> None:
-        ref = controller_ref(pod)
-        if ref is not None and ref.kind == "Job":
-            job_key = f"{pod.metadata.namespace}/{ref.name}"
-            self.expectations.observe_deleted(job_key, pod.metadata.uid)
-            self.queue.add(job_key)
+        key = owner_key(pod, "Job")
+        if key is not None:
+            self.expectations.observe_deleted(key, pod.metadata.uid)
+            self.queue.add(key)
 
     async def reconcile(self, key: str) -> Result:
         job: pb.Job | None = self.jobs.get_key(key)
         if job is None or is_terminating(job):
             return Result()
-        pods = [
-            p
-            for p in self.pods.by_owner(job.metadata.uid)
-            if p.metadata.namespace == job.metadata.namespace
-        ]
+        pods = self.pods.owned_by(job)
         if not self.expectations.satisfied(key, pods):
             return Result(requeue_after=self.expectations.recheck_in(key))
         plan = plan_job(
@@ -396,7 +297,7 @@ class JobController(Controller):
         )
         await self._delete_pods(key, job, plan.delete)
         await self._create_pods(key, job, plan.create)
-        await self._write_status(job, plan.status)
+        await write_status(self.ctx.client, job, plan.status)
         for event_type, reason, message in plan.events:
             self.ctx.events.record(job, event_type, reason, message)
         if plan.delete_job:
@@ -429,19 +330,6 @@ class JobController(Controller):
             self.ctx.events.record(
                 job, "Normal", "SuccessfulDelete", f"Deleted pod: {pod.metadata.name}"
             )
-
-    async def _write_status(self, job: pb.Job, status: pb.JobStatus) -> None:
-        if status == job.status:
-            return
-        updated = pb.Job()
-        updated.CopyFrom(job)
-        updated.status.CopyFrom(status)
-        try:
-            await self.ctx.client.update_status(updated)
-        except ConflictError as err:
-            raise TemporaryError(f"job status conflict: {err}") from None
-        except NotFoundError:
-            return
 
     async def _delete_job(self, job: pb.Job) -> None:
         namespace, name = split_key(key_of(job))

@@ -36,6 +36,7 @@ class EventWriter(Protocol):
 
     async def update(self, obj: Any) -> Any: ...
 
+
 AGGREGATE_WINDOW = 600.0
 MAX_PENDING = 1000
 _MAX_NAME = 253

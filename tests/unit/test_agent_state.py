@@ -90,6 +90,10 @@ class FakeCgroup:
     def pids(self) -> set[int]:
         return set(self._pids)
 
+    def cpu_and_memory(self) -> tuple[int, int]:
+        usage = self.usage()
+        return usage.cpu_usage_ns, usage.memory_bytes
+
     def usage(self) -> Usage:
         return Usage(0, 0, len(self._pids), self.oom_kills)
 

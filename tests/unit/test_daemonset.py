@@ -15,8 +15,8 @@ from controllers.daemonset import (
     should_run,
     template_hash,
 )
-from controllers.job import set_timestamp
 from controllers.manager import ManagerConfig
+from controllers.podutil import set_timestamp
 from controllers.testing.fake_objects import FakeInformers, FakeObjects
 from protos import objects_pb2 as pb
 

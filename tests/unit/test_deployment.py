@@ -7,17 +7,18 @@ from typing import Any
 import pytest
 
 from controllers.base import owner_reference
-from controllers.deployment import (
+from controllers.deployment import DeploymentController
+from controllers.podutil import is_ready
+from controllers.replicaset import ReplicaSetController
+from controllers.rollout import (
     HASH_LABEL,
     REVISION_ANNOTATION,
-    DeploymentController,
     max_surge_unavailable,
     new_replicas_for_rollout,
     old_scale_downs,
     template_equal,
     template_hash,
 )
-from controllers.replicaset import ReplicaSetController, is_ready
 from controllers.testing import FakeObjects, drain, fake_context
 from protos import objects_pb2 as pb
 

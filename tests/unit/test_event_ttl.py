@@ -8,8 +8,8 @@ import pytest
 
 from controllers.base import ControllerContext
 from controllers.event_ttl import EventTTLController, expires_in, happened_at
-from controllers.job import set_timestamp
 from controllers.manager import ManagerConfig
+from controllers.podutil import set_timestamp
 from controllers.runner import process_key
 from controllers.testing.fake_objects import FakeInformers, FakeObjects
 from protos import objects_pb2 as pb

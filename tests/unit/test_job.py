@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 
 from controllers.base import ControllerContext
-from controllers.job import JobController, plan_job, set_timestamp
+from controllers.job import JobController, plan_job
 from controllers.manager import ManagerConfig
+from controllers.podutil import set_timestamp
 from controllers.testing.fake_objects import FakeInformers, FakeObjects
 from protos import objects_pb2 as pb
 

@@ -50,6 +50,10 @@ class FileCgroup:
                 out |= {int(x) for x in Path(f).read_text().split()}
         return out
 
+    def cpu_and_memory(self) -> tuple[int, int]:
+        usage = self.usage()
+        return usage.cpu_usage_ns, usage.memory_bytes
+
     def usage(self) -> Usage:
         return Usage(0, 0, 0, self.oom_kills)
 

@@ -43,6 +43,10 @@ class FileCgroup:
             out |= {int(x) for x in f.read_text().split()}
         return out
 
+    def cpu_and_memory(self) -> tuple[int, int]:
+        usage = self.usage()
+        return usage.cpu_usage_ns, usage.memory_bytes
+
     def usage(self) -> Usage:
         return Usage(0, 0, 0, 0)
 

@@ -8,7 +8,6 @@ import pytest
 
 from controllers.base import owner_reference
 from controllers.replicaset import (
-    Expectations,
     ReplicaSetController,
     compute_status,
     deletion_rank,
@@ -229,18 +228,45 @@ async def test_a_lagging_cache_does_not_cause_double_creation() -> None:
     assert len(objects.objects("pods")) == 3
 
 
-def test_expectations_expire() -> None:
-    now = [0.0]
-    exp = Expectations(clock=lambda: now[0], ttl=60)
-    exp.expect("k", adds=2)
-    exp.observed_add("k")
-    assert not exp.satisfied("k")
-    now[0] = 61
-    assert exp.satisfied("k")
-    exp.expect("k", deletes=1)
-    assert not exp.satisfied("k")
-    exp.observed_delete("k")
-    assert exp.satisfied("k")
+async def test_a_lagging_cache_does_not_cause_double_deletion(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    objects = FakeObjects(clock=clock)
+    objects.add(replicaset(replicas=1), *(pod(n, RS, created=NOW - i) for i, n in enumerate("abc")))
+    sent: list[str] = []
+    real_delete = objects.delete
+
+    async def counting_delete(kind: Any, name: str, namespace: str = "", **kw: Any) -> Any:
+        sent.append(name)
+        return await real_delete(kind, name, namespace, **kw)
+
+    monkeypatch.setattr(objects, "delete", counting_delete)
+    ctx = fake_context(objects, clock=clock, auto_sync=False)
+    controller = ReplicaSetController()
+    controller.setup(ctx)
+    await controller.reconcile("default/web")
+    await controller.reconcile("default/web")  # the cache still shows all three running
+    assert sorted(sent) == ["a", "b"]
+    assert isinstance(ctx.informers, FakeInformers)
+    ctx.informers.sync()
+    await drain(controller, ctx)
+    assert sorted(sent) == ["a", "b"]
+
+
+async def test_unmet_expectations_expire_and_the_cache_wins() -> None:
+    now = [NOW]
+    objects = FakeObjects(clock=lambda: now[0])
+    objects.add(replicaset(replicas=2))
+    ctx = fake_context(objects, clock=lambda: now[0], auto_sync=False)
+    controller = ReplicaSetController()
+    controller.setup(ctx)
+    await controller.reconcile("default/web")
+    now[0] += controller.expectations.ttl - 1
+    await controller.reconcile("default/web")
+    assert ops(objects).count(("create", "Pod")) == 2
+    now[0] += 1
+    await controller.reconcile("default/web")  # the creations never showed: trust the cache
+    assert ops(objects).count(("create", "Pod")) == 4
 
 
 async def test_failed_create_is_retried_with_a_warning_event() -> None:
