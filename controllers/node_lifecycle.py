@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from controllers.base import BY_NODE, Controller, ControllerContext, Result
-from controllers.scheduler import set_condition
+from controllers.podutil import mark_condition
 from controllers.scheduling import UNREACHABLE_TAINT, tolerates
 from mizzen.client.errors import NotFoundError
 from protos import objects_pb2 as pb
@@ -191,7 +191,7 @@ class NodeLifecycleController(Controller):
             log.warning("node_unreachable", node=name)
         status_node = _copy(node)
         message = "Node agent stopped renewing its lease."
-        if set_condition(
+        if mark_condition(
             status_node.status.conditions,
             "Ready",
             "Unknown",

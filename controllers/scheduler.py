@@ -27,9 +27,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from controllers.base import Controller, ControllerContext, Result, TemporaryError, key_of
+from controllers.podutil import mark_condition
 from controllers.scheduling import ClusterState, is_pending, is_terminal, node_allocatable
 from controllers.scheduling import node_is_ready as _ready
 from mizzen.client.errors import (
@@ -52,37 +52,6 @@ def _copy(obj: Any) -> Any:
     out = type(obj)()
     out.CopyFrom(obj)
     return out
-
-
-def set_condition(
-    conditions: Any, type_: str, status: str, reason: str, message: str, now: float
-) -> bool:
-    """Set (or add) the condition; the transition time moves only when status changes.
-
-    Returns False when the condition already said exactly this.
-    """
-    for cond in conditions:
-        if cond.type == type_:
-            if cond.status == status and cond.reason == reason and cond.message == message:
-                return False
-            if cond.status != status:
-                cond.last_transition_time.CopyFrom(_timestamp(now))
-            cond.status, cond.reason, cond.message = status, reason, message
-            return True
-    conditions.add(
-        type=type_,
-        status=status,
-        reason=reason,
-        message=message,
-        last_transition_time=_timestamp(now),
-    )
-    return True
-
-
-def _timestamp(seconds: float) -> Timestamp:
-    ts = Timestamp()
-    ts.FromNanoseconds(int(seconds * 1e9))
-    return ts
 
 
 def _placement_view(node: pb.Node) -> tuple[Any, ...]:
@@ -246,7 +215,7 @@ class Scheduler(Controller):
         """PodScheduled=True; the bind already happened, so a failure here is only logged."""
         for _ in range(3):
             status_pod = _copy(pod)
-            if not set_condition(
+            if not mark_condition(
                 status_pod.status.conditions, POD_SCHEDULED, "True", "", "", self._clock()
             ):
                 return
@@ -272,7 +241,7 @@ class Scheduler(Controller):
         attempts = self.unschedulable.get(key, 0) + 1
         self.unschedulable[key] = attempts
         status_pod = _copy(pod)
-        if set_condition(
+        if mark_condition(
             status_pod.status.conditions,
             POD_SCHEDULED,
             "False",
