@@ -93,7 +93,9 @@ class ObjectsServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Update(self, request, context):
-        """Spec and metadata; the stored status is kept.
+        """Spec and metadata; the stored status is kept, except that binding a pod
+        (spec.node_name set where it was empty) also sets its PodScheduled
+        condition to True in the same write.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -201,6 +201,8 @@ class ObjectsService(api_grpc.ObjectsServicer):
             _copy_field(old.metadata, new.metadata, field)
         if info.has_status:
             new.status.CopyFrom(old.status)
+        if isinstance(new, pb.Pod) and new.spec.node_name and not old.spec.node_name:
+            _mark_scheduled(new)
         apply_defaults(new)
         if new.spec != old.spec:
             new.metadata.generation = old.metadata.generation + 1
@@ -424,6 +426,20 @@ def _copy_field(src: Any, dst: Any, field: str) -> None:
         getattr(dst, field).CopyFrom(value)
     else:
         setattr(dst, field, value)
+
+
+def _mark_scheduled(pod: pb.Pod) -> None:
+    """Binding a pod (setting spec.nodeName) also records PodScheduled=True, in the same
+    write, as Kubernetes' Binding does: one store write per scheduled pod, not two."""
+    for cond in pod.status.conditions:
+        if cond.type == "PodScheduled":
+            if cond.status != "True":
+                cond.status = "True"
+                cond.last_transition_time.GetCurrentTime()
+            cond.reason, cond.message = "", ""
+            return
+    cond = pod.status.conditions.add(type="PodScheduled", status="True")
+    cond.last_transition_time.GetCurrentTime()
 
 
 def _grace_seconds(obj: Any, request: api.DeleteRequest) -> int:

@@ -28,6 +28,7 @@ from typing import Any
 from google.protobuf.message import Message
 
 from controllers.base import SharedInformer, SharedInformers
+from controllers.podutil import mark_condition
 from mizzen.api import selectors
 from mizzen.api.defaults import DEFAULT_TERMINATION_GRACE_SECONDS, apply_defaults
 from mizzen.api.field_errors import FieldError
@@ -199,6 +200,9 @@ class FakeObjects:
         meta.generation = old_meta.generation
         if info.has_status:
             new.status.CopyFrom(old.status)
+        if isinstance(new, pb.Pod) and new.spec.node_name and not old.spec.node_name:
+            # binding records PodScheduled in the same write, as the store does
+            mark_condition(new.status.conditions, "PodScheduled", "True", "", "", self.clock())
         apply_defaults(new)
         if new.spec != old.spec:
             meta.generation = old_meta.generation + 1

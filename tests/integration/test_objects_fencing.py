@@ -140,3 +140,25 @@ async def test_background_delete_is_immediate_and_bad_policy_is_rejected(
     assert (await objects.get("deployments", "bg", "fence-d")).metadata.name == "bg"
     _, gone = await objects.delete("deployments", "bg", "fence-d", propagation_policy="Background")
     assert gone
+
+
+async def test_binding_a_pod_records_pod_scheduled_in_the_same_write(
+    clients: tuple[ObjectsClient, StoreClient],
+) -> None:
+    objects, _ = clients
+    pod = pb.Pod(metadata=pb.ObjectMeta(name="bind-me", namespace="fence-e"))
+    pod.spec.processes.add(name="main", command=["/bin/sleep", "1"])
+    created = await objects.create(pod)
+    assert not created.status.conditions
+    created.spec.node_name = "n1"
+    bound = await objects.update(created)
+    (cond,) = bound.status.conditions
+    assert (cond.type, cond.status) == ("PodScheduled", "True")
+    assert cond.HasField("last_transition_time")
+    stored = await objects.get("pods", "bind-me", "fence-e")
+    assert stored.status.conditions == bound.status.conditions
+    assert int(stored.metadata.resource_version) == int(bound.metadata.resource_version)
+    # other updates of a bound pod leave its status alone
+    stored.metadata.labels["x"] = "y"
+    again = await objects.update(stored)
+    assert again.status == stored.status

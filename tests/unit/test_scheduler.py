@@ -82,15 +82,13 @@ class Harness:
         return cond
 
 
-async def test_binds_pending_pod_then_marks_it_scheduled() -> None:
+async def test_binds_pending_pod_in_one_write_that_also_marks_it_scheduled() -> None:
     h = Harness(node("n1"), pod("web", cpu=100))
     h.objects.clear_writes()
     assert await h.drain() == ["default/web"]
     assert h.bound() == {"web": "n1"}
-    assert h.objects.writes == [
-        ("update", "Pod", "default/web"),
-        ("update_status", "Pod", "default/web"),
-    ]
+    # the binding update sets PodScheduled too (as the store does): no status write
+    assert h.objects.writes == [("update", "Pod", "default/web")]
     cond = h.condition("web")
     assert (cond.status, cond.reason) == ("True", "")
     assert h.events.items == [
