@@ -38,6 +38,13 @@ def add_up_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     up.add_argument("--data-dir", default="./.mizzen")
     up.add_argument("--listen-client", default="127.0.0.1:2379")
     up.add_argument("--listen-raft", default="127.0.0.1:2380")
+    up.add_argument(
+        "--nodes",
+        type=int,
+        default=1,
+        choices=[1, 3, 5],
+        help="store members (each its own process; ports step by 2 from --listen-client/raft)",
+    )
     up.add_argument("--agent-listen", default="127.0.0.1:10250")
     up.add_argument("--node-name", default=socket.gethostname().split(".")[0].lower())
     up.add_argument("--cgroup-parent", default="mizzen", help="cgroup under which pods live")
@@ -86,26 +93,35 @@ def components(args: argparse.Namespace) -> list[Component]:
     data = os.path.abspath(args.data_dir)
     logs = os.path.join(data, "logs")
     os.makedirs(logs, exist_ok=True)
-    endpoints = args.listen_client
-    out = [
-        Component(
-            "store",
-            [
-                *py, "store",
-                "--name", "n1",
-                "--data-dir", os.path.join(data, "store"),
-                "--listen-client", args.listen_client,
-                "--listen-raft", args.listen_raft,
-            ],
-            os.path.join(logs, "store.log"),
-            ready_endpoint=args.listen_client,
-        ),
+    members = store_members(args.listen_client, args.listen_raft, args.nodes)
+    endpoints = ",".join(client for _, client, _ in members)
+    initial = ",".join(f"{name}={raft}" for name, _, raft in members)
+    out = []
+    for i, (name, client, raft) in enumerate(members):
+        single = len(members) == 1
+        out.append(
+            Component(
+                "store" if single else f"store-{name}",
+                [
+                    *py, "store",
+                    "--name", name,
+                    "--data-dir", os.path.join(data, "store" if single else f"store-{name}"),
+                    "--listen-client", client,
+                    "--listen-raft", raft,
+                    "--initial-cluster", initial,
+                ],
+                os.path.join(logs, "store.log" if single else f"store-{name}.log"),
+                # a member serves once a majority runs: wait after starting the last one
+                ready_endpoint=client if i == len(members) - 1 else None,
+            )
+        )  # fmt: skip
+    out.append(
         Component(
             "controllers",
             [*py, "controllers", "--endpoints", endpoints, "--id", f"{args.node_name}-cm"],
             os.path.join(logs, "controllers.log"),
-        ),
-    ]  # fmt: skip
+        )
+    )
     if not args.no_agent:
         out.append(
             Component(
@@ -124,6 +140,19 @@ def components(args: argparse.Namespace) -> list[Component]:
             )
         )  # fmt: skip
     return out
+
+
+def store_members(client: str, raft: str, n: int) -> list[tuple[str, str, str]]:
+    """(name, client address, raft address) of n local members: ports step by 2 from the given
+    ones (2379/2380, 2381/2382, 2383/2384 by default)."""
+
+    def shifted(address: str, by: int) -> str:
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit():
+            raise UsageError(f"up: expected host:port, got {address!r}")
+        return f"{host}:{int(port) + by}"
+
+    return [(f"n{i + 1}", shifted(client, 2 * i), shifted(raft, 2 * i)) for i in range(n)]
 
 
 def wait_serving(endpoint: str, timeout: float) -> bool:
@@ -171,11 +200,14 @@ def run_up(args: argparse.Namespace) -> int:
                     f"up: {part.name} did not become ready at {part.ready_endpoint} within 30 s; "
                     f"see {part.log_path}"
                 )
+        stores = ",".join(
+            c for _, c, _ in store_members(args.listen_client, args.listen_raft, args.nodes)
+        )
         print(
-            f"mizzen up: store at {args.listen_client}, controllers"
+            f"mizzen up: store at {stores}, controllers"
             + ("" if args.no_agent else f", agent for node {args.node_name} at {args.agent_listen}")
             + f"; data and logs in {os.path.abspath(args.data_dir)}. Ctrl-C stops it.\n"
-            f"  try: mizzen --endpoints {args.listen_client} apply -f examples/web.yaml",
+            f"  try: mizzen --endpoints {stores} apply -f examples/web.yaml",
             file=sys.stderr,
         )
         supervise(parts)

@@ -111,3 +111,52 @@ def test_client_port_in_use_is_refused_clearly(tmp_path: Path) -> None:
         f"mizzen: cannot listen on 127.0.0.1:{client} (client address in use?)"
     )
     assert "Traceback" not in out.stderr
+
+
+def _consecutive_free_ports(n: int) -> int:
+    """A port p such that p, p+1, ..., p+n-1 were all free a moment ago."""
+    for _ in range(50):
+        (base,) = free_ports(1)
+        socks = []
+        try:
+            for port in range(base, base + n):
+                s = socket.socket()
+                s.bind(("127.0.0.1", port))
+                socks.append(s)
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no run of free ports")
+
+
+def test_up_with_three_store_members(tmp_path: Path) -> None:
+    base = _consecutive_free_ports(6)
+    argv = mizzen("up", "--nodes", "3", "--no-agent", "--data-dir", str(tmp_path),
+                  "--listen-client", f"127.0.0.1:{base}",
+                  "--listen-raft", f"127.0.0.1:{base + 1}")  # fmt: skip
+    endpoints = [f"127.0.0.1:{base + 2 * i}" for i in range(3)]
+    proc = subprocess.Popen(argv, cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_put(endpoints[2], b"k", b"v")
+        assert get(endpoints[0], b"k") == b"v"
+        status = subprocess.run(
+            mizzen("cluster", "status", "--endpoints", ",".join(endpoints)),
+            capture_output=True, text=True, timeout=30, cwd=REPO_ROOT,
+        )  # fmt: skip
+        assert status.returncode == 0, status.stderr
+        roles = sorted(line.split()[3] for line in status.stdout.splitlines()[1:4])
+        assert roles == ["follower", "follower", "leader"]
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err[-2000:]
+        assert "Traceback" not in err
+        for ep in endpoints:
+            with socket.socket() as s:
+                assert s.connect_ex(("127.0.0.1", int(ep.rpartition(":")[2]))) != 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
