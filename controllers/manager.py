@@ -13,7 +13,9 @@ On ``stop`` the leader does the same and exits: revoking the lease lets a
 standby take over at once instead of after the TTL.
 
 Every write the store refuses as fenced is logged (``fenced_write_rejected``)
-and counted in ``ControllerManager.fenced_writes``.
+and counted in ``ControllerManager.fenced_writes``. With ``metrics_listen``
+set, ``controllers.metrics`` serves Prometheus ``/metrics`` and ``/healthz``
+(healthy once the shared caches have synced, leader or standby).
 """
 
 from __future__ import annotations
@@ -72,6 +74,8 @@ class ManagerConfig:
     warm_kinds: tuple[str, ...] = WARM_KINDS
     # Free-form options for individual controllers (name -> value).
     options: dict[str, Any] = field(default_factory=dict)
+    # host:port for Prometheus /metrics and /healthz over HTTP; "" disables it.
+    metrics_listen: str = ""
 
 
 class CountingClient:
@@ -166,6 +170,9 @@ class ControllerManager:
         self.leading = asyncio.Event()
         self.stats = RunnerStats()
         self.controllers: list[Controller] = []
+        self.informers: SharedInformers | None = None
+        # Given to every Scheduler this manager builds (controllers.metrics sets it).
+        self.scheduling_observer: SchedulingObserver | None = None
         self._fenced = asyncio.Event()
 
     def _count_fenced(self, op: str, what: str) -> None:
@@ -180,6 +187,8 @@ class ControllerManager:
             if self.config.enabled is not None and controller.name not in self.config.enabled:
                 continue
             controller.workers = self.config.workers.get(controller.name, controller.workers)
+            if isinstance(controller, Scheduler):
+                controller.metrics = self.scheduling_observer
             out.append(controller)
         return out
 
@@ -198,7 +207,7 @@ class ControllerManager:
             StoreClient(cfg.endpoints, timeout=cfg.request_timeout) as store,
             ObjectsClient(cfg.endpoints, timeout=cfg.request_timeout) as objects,
         ):
-            informers = SharedInformers(objects)
+            informers = self.informers = SharedInformers(objects)
             for kind in cfg.warm_kinds:
                 informers.get(kind)
             elector = LeaderElector(
@@ -339,8 +348,22 @@ async def _until(coro: Any, stop: asyncio.Event) -> Any:
 
 
 async def run_manager(config: ManagerConfig, stop: asyncio.Event | None = None) -> None:
-    """Run a controller manager with every registered controller until stop is set."""
-    await ControllerManager(config).run(stop)
+    """Run a controller manager with every registered controller until stop is set.
+
+    Raises ``controllers.metrics.MetricsListenError`` at once when
+    ``config.metrics_listen`` cannot be served.
+    """
+    manager = ControllerManager(config)
+    http = None
+    if config.metrics_listen:
+        from controllers.metrics import serve_metrics
+
+        http = serve_metrics(config.metrics_listen, manager)
+    try:
+        await manager.run(stop)
+    finally:
+        if http is not None:
+            http.stop()
 
 
 from controllers.daemonset import daemonset_controller_from_config  # noqa: E402
@@ -350,7 +373,11 @@ from controllers.gc import garbage_collector_from_config  # noqa: E402
 from controllers.job import job_controller_from_config  # noqa: E402
 from controllers.node_lifecycle import node_lifecycle_from_config  # noqa: E402
 from controllers.replicaset import ReplicaSetController  # noqa: E402
-from controllers.scheduler import scheduler_from_config  # noqa: E402
+from controllers.scheduler import (  # noqa: E402
+    Scheduler,
+    SchedulingObserver,
+    scheduler_from_config,
+)
 
 CONTROLLERS: list[Callable[[ManagerConfig], Controller]] = [
     scheduler_from_config,

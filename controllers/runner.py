@@ -11,6 +11,11 @@ is counted in ``RunnerStats.fenced_writes`` and the key requeued with backoff
 ``resync`` seconds the keys of the controller's ``primary_kind`` are queued
 again, so a missed event or a lost write is repaired (level-triggered).
 
+When ``RunnerStats.observe`` is set, every settled key is reported to it as
+``(controller, result, seconds)``: result ``success`` (no requeue),
+``requeue`` (``Result.requeue_after`` or a ``TemporaryError``: an expected
+retry) or ``error`` (permanent, fenced or unexpected failure). Metrics use it.
+
 ``run_controller`` returns once the controller's queue is shut down and every
 worker has finished its current key; cancelling it cancels the workers.
 """
@@ -18,6 +23,7 @@ worker has finished its current key; cancelling it cancels the workers.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
@@ -31,12 +37,16 @@ log = structlog.get_logger(__name__)
 
 DEFAULT_RESYNC = 30.0
 
+ReconcileObserver = Callable[[str, str, float], None]
+"""(controller name, "success" | "requeue" | "error", seconds the reconcile took)."""
+
 
 @dataclass
 class RunnerStats:
     reconciles: int = 0
     errors: int = 0
     fenced_writes: int = 0
+    observe: ReconcileObserver | None = None
 
 
 async def process_key(
@@ -49,6 +59,8 @@ async def process_key(
     queue = controller.queue
     stats = stats if stats is not None else RunnerStats()
     stats.reconciles += 1
+    started = time.perf_counter() if stats.observe is not None else 0.0
+    outcome = "error"
     try:
         result = await controller.reconcile(key)
     except asyncio.CancelledError:
@@ -61,6 +73,7 @@ async def process_key(
         queue.add_rate_limited(key)
     except TemporaryError as err:
         stats.errors += 1
+        outcome = "requeue"
         log.info(
             "reconcile_retry",
             controller=controller.name,
@@ -89,9 +102,13 @@ async def process_key(
         queue.add_rate_limited(key)
     else:
         queue.forget(key)
+        outcome = "success"
         if result.requeue_after is not None:
+            outcome = "requeue"
             queue.add_after(key, result.requeue_after)
     queue.done(key)
+    if stats.observe is not None:
+        stats.observe(controller.name, outcome, time.perf_counter() - started)
 
 
 def _report(controller: Controller, ctx: ControllerContext, key: str, err: PermanentError) -> None:

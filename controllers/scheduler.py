@@ -18,13 +18,17 @@ A pod that fits nowhere gets ``PodScheduled=False`` / ``Unschedulable`` with
 Kubernetes' reason string and a Warning Event ``FailedScheduling``; it is
 retried with exponential backoff and at once when a node appears or changes
 in a way that matters to placement, or when a bound pod goes away.
+
+With ``metrics`` set, every decision is reported: ``scheduled`` (bound, with
+the time the bind write took), ``unschedulable``, or ``error`` (the bind
+failed); a pod found gone or no longer pending while binding is not counted.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
@@ -46,6 +50,12 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 POD_SCHEDULED = "PodScheduled"
+
+
+class SchedulingObserver(Protocol):
+    def attempt(self, result: str) -> None: ...
+
+    def binding(self, seconds: float) -> None: ...
 
 
 def _copy(obj: Any) -> Any:
@@ -86,6 +96,7 @@ class Scheduler(Controller):
         self.backoff_max = backoff_max
         self.unschedulable: dict[str, int] = {}
         self.bound = 0
+        self.metrics: SchedulingObserver | None = None
         self._ctx: ControllerContext | None = None
 
     @property
@@ -154,15 +165,23 @@ class Scheduler(Controller):
             return Result()  # a bind is in flight, or done and not yet echoed by the watch
         decision = self.state.decide(pod)
         if not decision.node_name:
+            if self.metrics is not None:
+                self.metrics.attempt("unschedulable")
             return await self._unschedulable(pod, decision.message)
         self.state.assume(pod, decision.node_name)
-        return await self._bind(pod, decision.node_name)
+        try:
+            return await self._bind(pod, decision.node_name)
+        except Exception:
+            if self.metrics is not None:
+                self.metrics.attempt("error")
+            raise
 
     async def _bind(self, pod: pb.Pod, node_name: str) -> Result:
         key = key_of(pod)
         client = self.ctx.client
         wanted = _copy(pod)
         wanted.spec.node_name = node_name
+        started = time.perf_counter()
         try:
             stored = await client.update(wanted)
         except ConflictError:
@@ -180,6 +199,9 @@ class Scheduler(Controller):
             raise
         self.unschedulable.pop(key, None)
         self.bound += 1
+        if self.metrics is not None:
+            self.metrics.binding(time.perf_counter() - started)
+            self.metrics.attempt("scheduled")
         log.debug("pod_bound", pod=key, node=node_name)
         await self._mark_scheduled(stored)
         if self.scheduled_events:

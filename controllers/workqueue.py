@@ -8,7 +8,9 @@ Guarantees:
 * ``add_after`` delays a key (the earliest pending delay wins);
   ``add_rate_limited`` delays it by a per-key exponential backoff
   (``base_delay * 2**failures``, capped at ``max_delay``) until ``forget``;
-* ``shutdown`` wakes every ``get`` with ``QueueShutDown``.
+* ``shutdown`` wakes every ``get`` with ``QueueShutDown``;
+* ``adds`` counts keys actually queued (deduplicated adds are not counted) and
+  ``retries`` counts ``add_rate_limited`` calls, for metrics read at scrape time.
 
 Time comes from ``clock`` and waiting from ``sleep`` so unit tests can step
 time; ``get_nowait`` serves tests that drive the queue without an event loop.
@@ -55,6 +57,8 @@ class RateLimitedQueue:
         self._seq = itertools.count()
         self._wakeup = asyncio.Event()
         self._shut = False
+        self.adds = 0
+        self.retries = 0
 
     # -- adding -------------------------------------------------------------------
 
@@ -63,8 +67,11 @@ class RateLimitedQueue:
         if self._shut or key in self._queued:
             return
         if key in self._processing:
-            self._dirty.add(key)
+            if key not in self._dirty:
+                self.adds += 1
+                self._dirty.add(key)
             return
+        self.adds += 1
         self._queued.add(key)
         self._ready.append(key)
         self._wakeup.set()
@@ -86,6 +93,7 @@ class RateLimitedQueue:
 
     def add_rate_limited(self, key: str) -> None:
         """Queue key after its backoff; each call doubles the next one until forget(key)."""
+        self.retries += 1
         self.add_after(key, self.backoff(key))
         self._failures[key] = self._failures.get(key, 0) + 1
 

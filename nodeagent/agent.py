@@ -8,6 +8,11 @@ and re-adopts its processes. Once the informer has synced, local records and
 (the contract: an agent that comes back kills any local pod the store no
 longer has).
 
+gRPC health (and ``/healthz`` with ``metrics_listen``) reports SERVING only
+while the Node is registered and its lease is being renewed
+(``nodeagent.metrics``); Prometheus ``/metrics`` is served with
+``metrics_listen``.
+
 SIGTERM/SIGINT stop the agent WITHOUT stopping pods (like kubelet): their
 processes keep running in their own sessions and cgroups, and the next agent
 re-adopts them.
@@ -21,6 +26,7 @@ import os
 import shutil
 import signal
 from collections.abc import Mapping
+from typing import Any
 
 import grpc
 import structlog
@@ -31,12 +37,14 @@ from mizzen.client import ObjectsClient
 from mizzen.client.errors import StoreClientError
 from mizzen.client.events import EventRecorder
 from mizzen.client.informer import Informer
+from mizzen.metrics_http import MetricsHttpServer
 from nodeagent import runtime
 from nodeagent.agent_service import NodeAgentService
 from nodeagent.cgroups import CgroupDriver, CgroupError, detect
 from nodeagent.cgroups.base import Cgroup
 from nodeagent.config import AgentConfig
 from nodeagent.logs import DiskLogSource, PodLogs, rotate_if_needed
+from nodeagent.metrics import AgentMetrics, CountingEvents
 from nodeagent.node_status import (
     NodeFacts,
     NodeHeartbeat,
@@ -55,11 +63,22 @@ from protos import objects_pb2 as pb
 log = structlog.get_logger(__name__)
 
 ROTATE_INTERVAL = 10.0
+HEALTH_SERVICES = ("", agent_pb2.DESCRIPTOR.services_by_name["NodeAgent"].full_name)
 RESYNC_PERIOD = 30.0
 
 
 class AgentStartError(Exception):
     """The agent cannot start (cgroups unusable, address in use); the message says why."""
+
+
+class _TimedHeartbeat(NodeHeartbeat):
+    """Remembers when the lease was last renewed, for the health verdict."""
+
+    renewed_at: float | None = None
+
+    async def renew_lease(self) -> None:
+        await super().renew_lease()
+        self.renewed_at = self.clock()
 
 
 class Agent:
@@ -84,9 +103,11 @@ class Agent:
             logs_linger=config.logs_linger,
         )
         self.events = EventRecorder(client, "agent", host=config.name)
-        self.deps.events = self.events
         self.workers: dict[str, PodWorker] = {}
         self.sampler = UsageSampler(self._pod_cgroups)
+        self.metrics = AgentMetrics(self)
+        self.deps.events = CountingEvents(self.events, self.metrics)
+        self.heartbeat: _TimedHeartbeat | None = None
         self._tg: asyncio.TaskGroup | None = None
         self._log = log.bind(node=config.name)
 
@@ -95,6 +116,10 @@ class Agent:
         if host in ("", "0.0.0.0", "::", "[::]"):
             host = self.address
         return f"{host}:{port}"
+
+    def lease_renewed_at(self) -> float | None:
+        """Wall-clock time of the last successful lease renewal; None before the first."""
+        return self.heartbeat.renewed_at if self.heartbeat is not None else None
 
     def _pod_cgroups(self) -> Mapping[PodRef, tuple[Cgroup, Mapping[str, Cgroup]]]:
         out: dict[PodRef, tuple[Cgroup, Mapping[str, Cgroup]]] = {}
@@ -114,10 +139,17 @@ class Agent:
             return
         if self._tg is None:
             return
-        worker = PodWorker(pod, self.deps, self.state.load(uid))
+        record = self.state.load(uid)
+        worker = PodWorker(pod, self.deps, record)
         self.workers[uid] = worker
+        self.metrics.worker_added(worker, readopted=record is not None)
         task = self._tg.create_task(self._run_worker(worker))
-        task.add_done_callback(lambda _: self.workers.pop(uid, None))
+        task.add_done_callback(lambda _: self._worker_done(worker))
+
+    def _worker_done(self, worker: PodWorker) -> None:
+        if self.workers.get(worker.uid) is worker:
+            del self.workers[worker.uid]
+        self.metrics.worker_removed(worker)
 
     def _gone(self, pod: pb.Pod) -> None:
         worker = self.workers.get(pod.metadata.uid)
@@ -241,7 +273,8 @@ class Agent:
             ],
             info=system_info(self.boot_id, self.driver.version),
         )
-        heartbeat = NodeHeartbeat(self.client, facts, status_interval=cfg.status_interval)
+        heartbeat = _TimedHeartbeat(self.client, facts, status_interval=cfg.status_interval)
+        self.heartbeat = heartbeat
         await self._register(heartbeat)
         informer = Informer(
             self.client,
@@ -263,7 +296,8 @@ class Agent:
             self._log.info("agent_synced", pods=len(self.workers))
 
 
-async def _serve_grpc(agent: Agent, listen: str) -> grpc.aio.Server:
+async def _serve_grpc(agent: Agent, listen: str) -> tuple[grpc.aio.Server, Any]:
+    """The started gRPC server and its health servicer (NOT_SERVING until registered)."""
     server = grpc.aio.server()
     service = NodeAgentService(DiskLogSource(agent.config.logs_dir), agent.sampler)
     agent_pb2_grpc.add_NodeAgentServicer_to_server(service, server)
@@ -280,9 +314,39 @@ async def _serve_grpc(agent: Agent, listen: str) -> grpc.aio.Server:
     if not bound:
         raise AgentStartError(f"cannot listen on {listen} (address in use?)")
     await server.start()
-    for service_name in ("", name):
-        await health_servicer.set(service_name, health_pb2.HealthCheckResponse.SERVING)
-    return server
+    for service_name in HEALTH_SERVICES:
+        await health_servicer.set(service_name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    return server, health_servicer
+
+
+async def _report_health(agent: Agent, health_servicer: Any) -> None:
+    """Keep gRPC health in step with ``agent.metrics.serving`` until cancelled."""
+    serving: bool | None = None
+    while True:
+        now = agent.metrics.serving
+        if now != serving:
+            status = health_pb2.HealthCheckResponse
+            for service_name in HEALTH_SERVICES:
+                await health_servicer.set(
+                    service_name, status.SERVING if now else status.NOT_SERVING
+                )
+            if serving is not None or not now:
+                log.info("agent_health_changed", node=agent.config.name, serving=now)
+            serving = now
+        await asyncio.sleep(min(agent.config.heartbeat_interval, 1.0))
+
+
+def _serve_metrics(agent: Agent) -> MetricsHttpServer | None:
+    listen = agent.config.metrics_listen
+    if not listen:
+        return None
+    try:
+        http = MetricsHttpServer(listen, agent.metrics)
+    except (ValueError, OSError) as err:
+        raise AgentStartError(f"cannot serve metrics on {listen}: {err}") from None
+    http.start()
+    log.info("metrics_serving", listen=listen, node=agent.config.name)
+    return http
 
 
 async def run_agent(config: AgentConfig, stop: asyncio.Event | None = None) -> None:
@@ -300,16 +364,24 @@ async def run_agent(config: AgentConfig, stop: asyncio.Event | None = None) -> N
             loop.add_signal_handler(sig, stop.set)
     async with ObjectsClient(config.endpoints, timeout=config.request_timeout) as client:
         agent = Agent(config, driver, client)
-        server = await _serve_grpc(agent, config.listen)
+        server, health_servicer = await _serve_grpc(agent, config.listen)
+        try:
+            http = _serve_metrics(agent)
+        except AgentStartError:
+            await server.stop(grace=None)
+            raise
         log.info("agent_serving", listen=config.listen, node=config.name, cgroups=driver.version)
         work = asyncio.create_task(agent.run())
         stopped = asyncio.create_task(stop.wait())
+        reporting = asyncio.create_task(_report_health(agent, health_servicer))
         try:
             await asyncio.wait({work, stopped}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            work.cancel()
-            stopped.cancel()
-            await asyncio.gather(work, stopped, return_exceptions=True)
+            for task in (work, stopped, reporting):
+                task.cancel()
+            await asyncio.gather(work, stopped, reporting, return_exceptions=True)
+            if http is not None:
+                http.stop()
             if config.stop_pods_on_exit:
                 log.info("agent_stopping_pods", node=config.name)
                 await agent.stop_all_pods()

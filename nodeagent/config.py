@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from mizzen.metrics_http import parse_listen
 from nodeagent.node_status import parse_labels, parse_reserved
 
 
@@ -43,6 +44,8 @@ class AgentConfig:
     log_keep: int = 3
     logs_linger: float = 60.0
     request_timeout: float = 5.0
+    # host:port for Prometheus /metrics and /healthz over HTTP; "" disables it.
+    metrics_listen: str = ""
 
     @property
     def pods_dir(self) -> str:
@@ -75,6 +78,12 @@ def config_from_args(
         raise ConfigError("--backoff-initial must be positive and at most --backoff-cap")
     if ":" not in args.listen:
         raise ConfigError("--listen: expected host:port")
+    metrics_listen = getattr(args, "metrics_listen", "") or ""
+    if metrics_listen:
+        try:
+            parse_listen(metrics_listen)
+        except ValueError as err:
+            raise ConfigError(f"--metrics-listen: {err}") from None
     return AgentConfig(
         name=name,
         endpoints=tuple(endpoints),
@@ -94,4 +103,5 @@ def config_from_args(
         backoff_cap=args.backoff_cap,
         log_max_bytes=args.log_max_bytes,
         logs_linger=args.logs_linger,
+        metrics_listen=metrics_listen,
     )

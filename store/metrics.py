@@ -20,19 +20,14 @@ leader last told it was committed (within ``HEALTH_APPLY_SLACK`` entries).
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 import grpc
 import structlog
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Histogram,
@@ -41,6 +36,8 @@ from prometheus_client import (
 )
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from mizzen.metrics_http import MetricsHttpServer as MetricsHttpServer  # re-exported
 
 from .interceptors import UnaryWrappingInterceptor, unary_handler
 
@@ -281,70 +278,3 @@ class RpcMetricsInterceptor(UnaryWrappingInterceptor):
                 observe(clock() - start)
 
         return unary_handler(timed, handler)
-
-
-class MetricsHttpServer:
-    """``/metrics`` (Prometheus text) and ``/healthz`` (200 or 503) on a daemon thread.
-
-    A thread, not the asyncio loop, so a member whose loop is wedged can still
-    be scraped and diagnosed.
-    """
-
-    def __init__(self, listen: str, metrics: StoreMetrics) -> None:
-        host, _, port = listen.rpartition(":")
-        if not host or not port.isdigit():
-            raise ValueError(f"metrics address must be host:port, got {listen!r}")
-        handler = _handler_for(metrics)
-        server_class = _V6Server if ":" in host else ThreadingHTTPServer
-        self._server = server_class((host.strip("[]"), int(port)), handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="metrics-http", daemon=True
-        )
-
-    @property
-    def port(self) -> int:
-        return int(self._server.server_address[1])
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        if self._thread.is_alive():
-            self._server.shutdown()
-        self._server.server_close()
-
-
-class _V6Server(ThreadingHTTPServer):
-    address_family = socket.AF_INET6
-
-
-def _handler_for(metrics: StoreMetrics) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            path = urlsplit(self.path).path
-            if path == "/metrics":
-                try:
-                    body = metrics.exposition()
-                except Exception:
-                    log.exception("metrics_scrape_failed")
-                    self._reply(500, b"scrape failed\n", "text/plain")
-                    return
-                self._reply(200, body, CONTENT_TYPE_LATEST)
-            elif path in ("/healthz", "/health"):
-                ok = metrics.serving
-                self._reply(200 if ok else 503, b"ok\n" if ok else b"not serving\n", "text/plain")
-            else:
-                self._reply(404, b"not found: try /metrics or /healthz\n", "text/plain")
-
-        def _reply(self, status: int, body: bytes, content_type: str) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass  # scrapes every few seconds would drown the daemon's log
-
-    return Handler

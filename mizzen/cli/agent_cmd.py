@@ -46,6 +46,12 @@ def add_agent_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backoff-cap", type=float, default=60.0, help="longest restart delay")
     p.add_argument("--log-max-bytes", type=int, default=10 * 1024 * 1024)
     p.add_argument("--logs-linger", type=float, default=60.0, help="keep a removed pod's logs")
+    p.add_argument(
+        "--metrics-listen",
+        default="",
+        metavar="HOST:PORT",
+        help="serve Prometheus /metrics and /healthz over HTTP here (default off)",
+    )
 
 
 def add_agent_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

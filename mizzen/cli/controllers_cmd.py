@@ -48,6 +48,12 @@ def add_controllers_parser(sub: argparse._SubParsersAction[argparse.ArgumentPars
         metavar="NAME=N",
         help="workers for one controller (repeatable)",
     )
+    p.add_argument(
+        "--metrics-listen",
+        default="",
+        metavar="HOST:PORT",
+        help="serve Prometheus /metrics and /healthz over HTTP here (default off)",
+    )
     p.set_defaults(func=run_controllers)
 
 
@@ -62,7 +68,8 @@ def _workers(items: list[str]) -> dict[str, int]:
 
 
 def run_controllers(args: argparse.Namespace) -> int:
-    from controllers.manager import ControllerManager, ManagerConfig
+    from controllers.manager import ManagerConfig, run_manager
+    from controllers.metrics import MetricsListenError
 
     config = ManagerConfig(
         endpoints=resolve_endpoints(args.endpoints),
@@ -74,6 +81,7 @@ def run_controllers(args: argparse.Namespace) -> int:
         request_timeout=args.request_timeout,
         workers=_workers(args.workers),
         enabled=tuple(n.strip() for n in args.controllers.split(",")) if args.controllers else None,
+        metrics_listen=args.metrics_listen,
     )
     if args.id:
         config.id = args.id
@@ -82,14 +90,16 @@ def run_controllers(args: argparse.Namespace) -> int:
     if args.lease_ttl < 1:
         raise UsageError("--lease-ttl must be at least 1 second")
     log.info("controllers_config", **{k: str(v) for k, v in vars(config).items()})
-    manager = ControllerManager(config)
 
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await manager.run(stop)
+        await run_manager(config, stop)
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except MetricsListenError as err:
+        raise UsageError(str(err)) from None
     return 0
