@@ -24,6 +24,7 @@ from mizzen.api.defaults import DEFAULT_NAMESPACE
 from mizzen.cli import tables
 from mizzen.cli.config import resolve_endpoints
 from mizzen.cli.errors import CommandError, UsageError
+from mizzen.cli.objects_cmd import _client_options
 from mizzen.client.errors import NotFoundError, StoreClientError, UnavailableError
 from mizzen.client.objects import ObjectsClient
 from protos import agent_pb2, agent_pb2_grpc
@@ -35,19 +36,7 @@ _TERMINAL_PHASES = ("Succeeded", "Failed")
 
 
 def add_logs_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--endpoints",
-        default=None,
-        help="store endpoints host:port,... (default: $MIZZEN_ENDPOINTS, "
-        "~/.mizzen/config, 127.0.0.1:2379)",
-    )
-    common.add_argument(
-        "--request-timeout",
-        type=float,
-        default=5.0,
-        help="seconds each store or agent request may take (default 5)",
-    )
+    common = _client_options()
 
     p = sub.add_parser("logs", parents=[common], help="print the output of a pod's process")
     p.add_argument("pod", metavar="POD")
