@@ -51,6 +51,12 @@ def add_up_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     up.add_argument(
         "--no-agent", action="store_true", help="run only the store and the controllers"
     )
+    up.add_argument(
+        "--metrics",
+        action="store_true",
+        help="serve Prometheus /metrics: store 127.0.0.1:9379 (+2 per extra member), "
+        "controllers :9380, agent :10251",
+    )
     up.set_defaults(func=run_up)
 
 
@@ -109,6 +115,7 @@ def components(args: argparse.Namespace) -> list[Component]:
                     "--listen-client", client,
                     "--listen-raft", raft,
                     "--initial-cluster", initial,
+                    *_metrics(args, 9379 + 2 * i),
                 ],
                 os.path.join(logs, "store.log" if single else f"store-{name}.log"),
                 # a member serves once a majority runs: wait after starting the last one
@@ -118,7 +125,15 @@ def components(args: argparse.Namespace) -> list[Component]:
     out.append(
         Component(
             "controllers",
-            [*py, "controllers", "--endpoints", endpoints, "--id", f"{args.node_name}-cm"],
+            [
+                *py,
+                "controllers",
+                "--endpoints",
+                endpoints,
+                "--id",
+                f"{args.node_name}-cm",
+                *_metrics(args, 9380),
+            ],
             os.path.join(logs, "controllers.log"),
         )
     )
@@ -134,12 +149,18 @@ def components(args: argparse.Namespace) -> list[Component]:
                     "--listen", args.agent_listen,
                     "--cgroup-parent", args.cgroup_parent,
                     "--stop-pods-on-exit",
+                    *_metrics(args, 10251),
                 ],
                 os.path.join(logs, "agent.log"),
                 ready_endpoint=args.agent_listen,
             )
         )  # fmt: skip
     return out
+
+
+def _metrics(args: argparse.Namespace, port: int) -> list[str]:
+    """--metrics-listen for a component with --metrics (deploy/prometheus.yml's ports)."""
+    return ["--metrics-listen", f"127.0.0.1:{port}"] if args.metrics else []
 
 
 def store_members(client: str, raft: str, n: int) -> list[tuple[str, str, str]]:
