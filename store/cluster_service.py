@@ -5,16 +5,19 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import grpc
+import structlog
 
-from mizzen import __version__
 from protos import rpc_pb2, rpc_pb2_grpc
 
+from . import snapshot
 from .errors import Code, StoreError
-from .grpc_errors import grpc_errors
+from .grpc_errors import grpc_errors, grpc_stream_errors
 from .node import StoreNode, member_id
 
 # The etcd API level this store speaks (etcdctl and client libraries read it).
 API_VERSION = "3.5.0"
+
+log = structlog.get_logger(__name__)
 
 
 def _unimplemented(what: str) -> StoreError:
@@ -123,13 +126,23 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
             )
         )
 
+    @grpc_stream_errors
     async def Snapshot(
         self, request: rpc_pb2.SnapshotRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[rpc_pb2.SnapshotResponse]:
-        await context.abort(
-            grpc.StatusCode.UNIMPLEMENTED, f"mizzen {__version__}: Snapshot is not implemented yet"
-        )
-        yield rpc_pb2.SnapshotResponse()  # pragma: no cover - abort raises
+        """Stream a linearizable copy of the whole state (see store/snapshot.py for the format).
+
+        The barrier makes the copy include every write acknowledged before the
+        call; the copy is taken under the state lock, so it is one revision.
+        """
+        await self.node.barrier()
+        data, revision = self.node.read(lambda sm: (snapshot.encode(sm), sm.revision))
+        log.info("snapshot_sent", bytes=len(data), revision=revision)
+        header = self.node.header(revision)
+        for blob, remaining in snapshot.chunks(data):
+            yield rpc_pb2.SnapshotResponse(
+                header=header, remaining_bytes=remaining, blob=blob, version=API_VERSION
+            )
 
     @grpc_errors
     async def MoveLeader(self, request: object, context: grpc.aio.ServicerContext) -> None:

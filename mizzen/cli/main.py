@@ -15,6 +15,7 @@ from mizzen.cli.logs_cmd import add_logs_parsers
 from mizzen.cli.node_cmd import add_node_parsers
 from mizzen.cli.objects_cmd import add_objects_parsers
 from mizzen.cli.rollout_cmd import add_rollout_parsers
+from mizzen.cli.snapshot_cmd import add_snapshot_parsers
 from mizzen.cli.store_cmd import add_store_parser
 from mizzen.cli.up_cmd import add_up_parser
 from mizzen.log_config import configure_logging
@@ -36,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_objects_parsers(sub)
     add_describe_parsers(sub)
     add_cluster_parsers(sub)
+    add_snapshot_parsers(sub)
     add_logs_parsers(sub)
     add_agent_parser(sub)
     add_controllers_parser(sub)

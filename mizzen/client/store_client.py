@@ -345,6 +345,25 @@ class StoreClient:
         )
         return [Member.from_proto(m) for m in response.members]
 
+    async def snapshot(self) -> bytes:
+        """Maintenance.Snapshot: the whole stream's blobs joined (a linearizable copy).
+
+        Raises StoreClientError if the stream ends before ``remaining_bytes`` is 0.
+        """
+
+        async def send(conn: Connection, t: float, md: Metadata) -> bytes:
+            parts: list[bytes] = []
+            remaining = -1
+            call = conn.maintenance.Snapshot(rpc_pb2.SnapshotRequest(), timeout=t, metadata=md)
+            async for resp in call:
+                parts.append(resp.blob)
+                remaining = resp.remaining_bytes
+            if remaining != 0:
+                raise StoreClientError("snapshot stream ended early")
+            return b"".join(parts)
+
+        return await self._pool.call(send, mutating=False, require_leader=False, what="snapshot")
+
     async def refresh_leader(self) -> str | None:
         """Probe every endpoint's Status now; the leader's endpoint, None if none answers."""
         return await self._pool.refresh_leader(self._pool.connect_timeout)

@@ -1,0 +1,123 @@
+"""`mizzen snapshot save|status|restore`: back up the store and start a cluster from a backup.
+
+``save`` asks one member for Maintenance.Snapshot (linearizable: it includes
+every write acknowledged before the call) and writes the file atomically.
+``restore`` is offline: it turns the file into a fresh data directory holding
+a pysyncobj full dump of the saved state (see store/snapshot.py), from which
+``mizzen store --data-dir DIR --name NAME --initial-cluster ...`` starts with
+exactly that state: same keys, values, revisions, leases and compaction
+point. Restore every member of the new cluster from the same file with the
+same ``--initial-cluster``; the old cluster's member client URLs are dropped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+
+from mizzen.cli.config import resolve_endpoints
+from mizzen.cli.errors import CommandError, UsageError
+from mizzen.cli.objects_cmd import _client_options, error_message
+from mizzen.cli.store_cmd import parse_cluster
+from mizzen.client.errors import StoreClientError
+from mizzen.client.store_client import StoreClient
+
+RESTORE_HELP = (
+    "build a fresh data directory from FILE (offline); then start the member with "
+    "`mizzen store --data-dir DIR --name NAME --initial-cluster ...` using the same "
+    "values. Restore every member of the new cluster from the same file."
+)
+
+
+def add_snapshot_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    common = _client_options()
+    p = sub.add_parser("snapshot", help="save, inspect and restore store snapshots")
+    snap_sub = p.add_subparsers(dest="snapshot_command", required=True)
+
+    s = snap_sub.add_parser("save", parents=[common], help="save a linearizable snapshot to FILE")
+    s.add_argument("file", metavar="FILE")
+    s.set_defaults(func=run_save, client_command=True)
+
+    s = snap_sub.add_parser("status", help="verify FILE's checksum; print revision, keys, hash")
+    s.add_argument("file", metavar="FILE")
+    s.set_defaults(func=run_status, client_command=True)
+
+    s = snap_sub.add_parser("restore", help=RESTORE_HELP, description=RESTORE_HELP)
+    s.add_argument("file", metavar="FILE")
+    s.add_argument("--data-dir", required=True, help="must not exist or be empty")
+    s.add_argument("--name", required=True, help="this member's name")
+    s.add_argument(
+        "--initial-cluster",
+        required=True,
+        metavar="NAME=HOST:PORT,...",
+        help="every member of the new cluster and its Raft address (incl. this one)",
+    )
+    s.set_defaults(func=run_restore, client_command=True)
+
+
+def _read(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as err:
+        raise CommandError(f"cannot read {path}: {err.strerror}") from None
+
+
+def _summary(path: str, data: bytes) -> str:
+    from store.snapshot import SnapshotError, info
+
+    try:
+        i = info(data)
+    except SnapshotError as err:
+        raise CommandError(f"{path}: {err}") from None
+    return (
+        f"{path}: {i.size} bytes, revision {i.revision}, {i.keys} keys, {i.leases} leases, "
+        f"compacted {i.compacted}, sha256 {i.sha256}"
+    )
+
+
+async def fetch_snapshot(endpoints: list[str], timeout: float) -> bytes:
+    async with StoreClient(endpoints, timeout=timeout) as store:
+        return await store.snapshot()
+
+
+def run_save(args: argparse.Namespace) -> int:
+    from store.snapshot import write_atomic
+
+    endpoints = resolve_endpoints(args.endpoints)
+    try:
+        data = asyncio.run(fetch_snapshot(endpoints, args.request_timeout))
+    except StoreClientError as err:
+        raise CommandError(error_message(err, endpoints)) from None
+    summary = _summary(args.file, data)  # verify before replacing an existing file
+    write_atomic(args.file, data)
+    print(f"snapshot saved: {summary}")
+    return 0
+
+
+def run_status(args: argparse.Namespace) -> int:
+    print(_summary(args.file, _read(args.file)))
+    return 0
+
+
+def run_restore(args: argparse.Namespace) -> int:
+    from store.snapshot import SnapshotError, restore
+
+    own = [p for p in args.initial_cluster.split(",") if p.strip().startswith(f"{args.name}=")]
+    if len(own) != 1:
+        raise UsageError(f"--initial-cluster must list {args.name}=host:port exactly once")
+    raft_addr = own[0].strip().partition("=")[2].removeprefix("http://")
+    cluster = parse_cluster(args.initial_cluster, args.name, raft_addr)
+    data = _read(args.file)
+    try:
+        i = restore(data, args.data_dir, cluster)
+    except SnapshotError as err:
+        raise CommandError(f"{args.file}: {err}") from None
+    except FileExistsError as err:
+        raise UsageError(str(err)) from None
+    print(
+        f"restored revision {i.revision} ({i.keys} keys, {i.leases} leases) into "
+        f"{os.path.abspath(args.data_dir)} for member {args.name}"
+    )
+    return 0
