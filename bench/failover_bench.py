@@ -135,12 +135,12 @@ def manager(endpoints: list[str], name: str, base: Path) -> Daemon:
 
 
 class Agent(Daemon):
-    """`python -m nodeagent` with default timings and its own cgroup parent (removed by destroy)."""
+    """`mizzen agent` with default timings and its own cgroup parent (removed by destroy)."""
 
     def __init__(self, endpoints: list[str], base: Path) -> None:
         self.name = f"node-{secrets.token_hex(3)}"
         self.parent = f"mizzen-test-failover-{secrets.token_hex(3)}"
-        argv = ["-m", "nodeagent", "--log-format", "json", "--name", self.name]
+        argv = ["-m", "mizzen", "--log-format", "json", "agent", "--name", self.name]
         argv += ["--endpoints", ",".join(endpoints), "--data-dir", str(base / self.name)]
         argv += ["--listen", f"127.0.0.1:{free_ports(1)[0]}", "--address", "127.0.0.1"]
         argv += ["--cgroup-parent", self.parent]

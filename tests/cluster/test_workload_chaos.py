@@ -106,7 +106,7 @@ class Workload:
     def start_agent(self, i: int) -> None:
         h = self.hosts[i]
         self._spawn(i, "agent", [
-            "-m", "nodeagent", "--log-format", "json",
+            "-m", "mizzen", "--log-format", "json", "agent",
             "--name", h.name, "--endpoints", self.endpoint,
             "--data-dir", str(self.base / f"agent-{h.name}"),
             "--listen", f"{h.address}:{AGENT_PORT}", "--address", h.address,

@@ -1,4 +1,4 @@
-"""A real node agent (``python -m nodeagent``) as a subprocess, for integration tests.
+"""A real node agent (``python -m mizzen agent``) as a subprocess, for integration tests.
 
 Each ``AgentProcess`` gets its own node name, data directory, gRPC port and
 cgroup parent (``mizzen-test-<random>``). ``destroy()`` is the last-resort
@@ -47,8 +47,7 @@ class AgentProcess:
         self.log_path = base / f"{self.name}.log"
         self.port = free_ports(1)[0]
         self.argv = [
-            sys.executable, "-m", "nodeagent",
-            "--log-format", "json",
+            sys.executable, "-m", "mizzen", "--log-format", "json", "agent",
             "--name", self.name,
             "--endpoints", ",".join(endpoints),
             "--data-dir", str(self.data_dir),

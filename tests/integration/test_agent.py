@@ -1,4 +1,4 @@
-"""The node agent for real: a 1-node store, `python -m nodeagent`, real processes and cgroups.
+"""The node agent for real: a 1-node store, `mizzen agent`, real processes and cgroups.
 
 Pods are created already bound to the agent's node (no scheduler). One agent
 serves the module (its own cgroup parent and data dir); the re-adoption test

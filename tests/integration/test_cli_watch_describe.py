@@ -174,7 +174,8 @@ def test_get_watch_only_with_name_prints_only_its_changes(
             if not lines.queue.empty():
                 break
             time.sleep(0.2)
-        assert lines.wait_for(lambda line: True) == "pod/target"
+        first = lines.wait_for(lambda line: line != "")  # the first change printed
+        assert first == "pod/target"
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=10) == 0
         time.sleep(0.1)

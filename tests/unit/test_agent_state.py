@@ -68,9 +68,11 @@ def test_start_ticks_parse_a_comm_with_spaces_and_parens(tmp_path: Path) -> None
     assert read_start_ticks(78, proc=str(tmp_path)) is None
 
 
-def test_start_ticks_of_a_real_process_are_stable() -> None:
-    assert read_start_ticks(os.getpid()) == read_start_ticks(os.getpid())
-    assert read_start_ticks(os.getpid()) is not None
+def test_start_ticks_of_a_real_process_match_proc_stat() -> None:
+    # field 22 of /proc/<pid>/stat, read independently of the parser under test
+    after_comm = Path(f"/proc/{os.getpid()}/stat").read_text().rpartition(")")[2].split()
+    assert read_start_ticks(os.getpid()) == int(after_comm[19])
+    assert read_start_ticks(1) != read_start_ticks(os.getpid())
     assert len(read_boot_id()) == 36
 
 
