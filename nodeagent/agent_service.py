@@ -15,12 +15,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, NoReturn, TypeVar
+from collections.abc import AsyncIterator
 
 import grpc
 import structlog
 
+from mizzen.grpc_errors import ErrorMapper
 from nodeagent.logs import (
     DiskLogSource,
     LogNotFound,
@@ -37,49 +37,22 @@ log = structlog.get_logger(__name__)
 _CHUNK = 64 * 1024
 DEFAULT_NAMESPACE = "default"
 
-F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
-S = TypeVar("S", bound=Callable[..., AsyncIterator[Any]])
-
 
 class InvalidRequest(Exception):
     """The request itself is malformed; the message names the field."""
 
 
-async def _abort_for(exc: Exception, context: grpc.aio.ServicerContext, method: str) -> NoReturn:
+def _status_for(exc: Exception) -> tuple[grpc.StatusCode, str] | None:
     if isinstance(exc, ProcessRequired | InvalidRequest):
-        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
     if isinstance(exc, LogNotFound):
-        await context.abort(grpc.StatusCode.NOT_FOUND, exc.message)
-    if isinstance(exc, grpc.aio.AbortError | grpc.RpcError):
-        raise exc
-    log.exception("rpc_failed", method=method)
-    await context.abort(grpc.StatusCode.INTERNAL, f"mizzen agent: internal error: {exc}")
-    raise AssertionError("unreachable: abort raises")
+        return grpc.StatusCode.NOT_FOUND, exc.message
+    return None
 
 
-def _unary_errors(fn: F) -> F:
-    @functools.wraps(fn)
-    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        try:
-            return await fn(self, request, context)
-        except Exception as exc:
-            await _abort_for(exc, context, fn.__name__)
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _stream_errors(fn: S) -> S:
-    @functools.wraps(fn)
-    async def wrapper(
-        self: Any, request: Any, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[Any]:
-        try:
-            async for item in fn(self, request, context):
-                yield item
-        except Exception as exc:
-            await _abort_for(exc, context, fn.__name__)
-
-    return wrapper  # type: ignore[return-value]
+_errors = ErrorMapper(_status_for, log=log, internal_prefix="mizzen agent")
+_unary_errors = _errors.unary
+_stream_errors = _errors.stream
 
 
 async def _chunks(path: str) -> AsyncIterator[bytes]:
