@@ -129,9 +129,10 @@ class V1Cgroup:
         return pids
 
     def usage(self) -> Usage:
+        cpu, memory = self.cpu_and_memory()
         return Usage(
-            cpu_usage_ns=read_int(os.path.join(self._dirs["cpuacct"], "cpuacct.usage")),
-            memory_bytes=read_int(os.path.join(self._dirs["memory"], "memory.usage_in_bytes")),
+            cpu_usage_ns=cpu,
+            memory_bytes=memory,
             pids=read_int(os.path.join(self._dirs["pids"], "pids.current")),
             oom_kills=self._oom_kills(),
         )

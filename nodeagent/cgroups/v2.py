@@ -119,9 +119,10 @@ class V2Cgroup:
         return subtree_pids(self._dir)
 
     def usage(self) -> Usage:
+        cpu, memory = self.cpu_and_memory()
         return Usage(
-            cpu_usage_ns=read_field(self._file("cpu.stat"), "usage_usec") * 1000,
-            memory_bytes=read_int(self._file("memory.current")),
+            cpu_usage_ns=cpu,
+            memory_bytes=memory,
             pids=read_int(self._file("pids.current")),
             # memory.events is hierarchical (unlike memory.events.local), so a
             # pod's count includes OOM kills in its process cgroups.
