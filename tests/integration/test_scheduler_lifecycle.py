@@ -13,14 +13,15 @@ import argparse
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
+from manager_fixtures import leading_manager, until
 
-from controllers.manager import ControllerManager, ManagerConfig
+from controllers.manager import ManagerConfig
 from controllers.node_lifecycle import LEASE_NAMESPACE, node_lifecycle_from_config
 from controllers.scheduler import scheduler_from_config
 from mizzen.cli.errors import CommandError
@@ -94,37 +95,11 @@ async def running(cluster: MizzenCluster) -> AsyncIterator[tuple[ObjectsClient, 
         eviction_timeout=EVICTION,
         election_key="/mizzen/leader/test-scheduler",
     )
-    manager = ControllerManager(config, [scheduler_from_config, node_lifecycle_from_config])
-    stop = asyncio.Event()
+    factories = [scheduler_from_config, node_lifecycle_from_config]
     async with ObjectsClient(cluster.endpoints) as client:
         nodes = SimNodes(client)
-        renewer = asyncio.create_task(nodes.renew())
-        task = asyncio.create_task(manager.run(stop))
-        try:
-            await asyncio.wait_for(manager.leading.wait(), 20)
+        async with leading_manager(config, factories, nodes.renew()):
             yield client, nodes
-        finally:
-            stop.set()
-            renewer.cancel()
-            try:
-                await asyncio.wait_for(task, 10)
-            except TimeoutError:
-                task.cancel()
-            await asyncio.gather(renewer, task, return_exceptions=True)
-
-
-async def eventually(
-    check: Callable[[], Awaitable[Any]], timeout: float, what: str, interval: float = 0.2
-) -> Any:
-    """check()'s first truthy result; fails the test after timeout seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(interval)
 
 
 def make_pod(name: str, cpu: int = 100, *, node_name: str = "") -> pb.Pod:
@@ -168,7 +143,7 @@ async def test_pods_are_bound_within_node_resources(cluster: MizzenCluster) -> N
             placed = await pods_by_node(client)
             return placed if len(placed.get("", [])) == 1 and len(placed) == 4 else None
 
-        placed = await eventually(settled, 20, "6 pods bound, 1 left")
+        placed = await until(settled, 20, "6 pods bound, 1 left")
         assert all(len(v) == 2 for k, v in placed.items() if k), placed
         (left,) = placed[""]
         pod = await client.get("pods", left, NS)
@@ -183,7 +158,7 @@ async def test_pods_are_bound_within_node_resources(cluster: MizzenCluster) -> N
                 for e in events
             )
 
-        await eventually(failed_event, 10, "a FailedScheduling event")
+        await until(failed_event, 10, "a FailedScheduling event")
         bound = await client.get("pods", placed["n1"][0], NS)
         assert condition(bound, "PodScheduled").status == "True"
 
@@ -192,7 +167,7 @@ async def test_pods_are_bound_within_node_resources(cluster: MizzenCluster) -> N
         async def left_bound() -> bool:
             return bool((await client.get("pods", left, NS)).spec.node_name == "n4")
 
-        await eventually(left_bound, 10, f"{left} bound to the new node")
+        await until(left_bound, 10, f"{left} bound to the new node")
         assert condition(await client.get("pods", left, NS), "PodScheduled").status == "True"
 
 
@@ -207,7 +182,7 @@ async def test_silent_node_is_tainted_and_its_pods_evicted(cluster: MizzenCluste
             placed = await pods_by_node(client)
             return placed if "" not in placed and len(placed) == 2 else None
 
-        placed = await eventually(spread, 20, "pods bound on both nodes")
+        placed = await until(spread, 20, "pods bound on both nodes")
         on_a = placed["a"]
         nodes.alive.discard("a")
         stopped = time.monotonic()
@@ -215,7 +190,7 @@ async def test_silent_node_is_tainted_and_its_pods_evicted(cluster: MizzenCluste
         async def a_empty() -> bool:
             return "a" not in await pods_by_node(client)
 
-        await eventually(a_empty, GRACE + EVICTION + 8, "pods of the silent node deleted")
+        await until(a_empty, GRACE + EVICTION + 8, "pods of the silent node deleted")
         elapsed = time.monotonic() - stopped
         assert elapsed >= GRACE + EVICTION - 0.5, elapsed
         node = await client.get("nodes", "a")
@@ -233,14 +208,14 @@ async def test_silent_node_is_tainted_and_its_pods_evicted(cluster: MizzenCluste
         async def late_on_b() -> bool:
             return bool((await client.get("pods", "late", NS)).spec.node_name == "b")
 
-        await eventually(late_on_b, 10, "a new pod placed on the healthy node only")
+        await until(late_on_b, 10, "a new pod placed on the healthy node only")
 
         nodes.alive.add("a")  # the agent comes back
 
         async def untainted() -> bool:
             return not (await client.get("nodes", "a")).spec.taints
 
-        await eventually(untainted, 10, "the unreachable taint lifted")
+        await until(untainted, 10, "the unreachable taint lifted")
 
 
 async def test_cordon_prevents_scheduling_and_drain_empties_node(
@@ -260,7 +235,7 @@ async def test_cordon_prevents_scheduling_and_drain_empties_node(
             placed = await pods_by_node(client)
             return placed if "" not in placed and sum(map(len, placed.values())) == 4 else None
 
-        placed = await eventually(all_bound, 20, "pods bound")
+        placed = await until(all_bound, 20, "pods bound")
         assert list(placed) == ["b"]
 
         assert await cli(["uncordon", "a", *ep]) == 0

@@ -15,12 +15,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
+from manager_fixtures import leading_manager, until
 
 from controllers.base import owner_reference
 from controllers.daemonset import HASH_LABEL, daemonset_controller_from_config, template_hash
@@ -28,7 +29,7 @@ from controllers.deployment import DeploymentController
 from controllers.event_ttl import event_ttl_from_config
 from controllers.gc import garbage_collector_from_config
 from controllers.job import job_controller_from_config
-from controllers.manager import ControllerManager, ManagerConfig
+from controllers.manager import ManagerConfig
 from controllers.replicaset import ReplicaSetController
 from mizzen.client import ObjectsClient
 from mizzen.client.errors import ConflictError, NotFoundError
@@ -127,37 +128,11 @@ async def running(
         **config,
     )
     extra = [ReplicaSetController, DeploymentController] if workloads else []
-    manager = ControllerManager(cfg, [*FACTORIES, *extra])
-    stop = asyncio.Event()
     async with ObjectsClient(cluster.endpoints) as client:
         agent = SimAgent(client, namespace)
-        agent_task = asyncio.create_task(agent.run())
-        task = asyncio.create_task(manager.run(stop))
-        try:
-            await asyncio.wait_for(manager.leading.wait(), 20)
+        async with leading_manager(cfg, [*FACTORIES, *extra], agent.run()) as manager:
             yield client, agent
-        finally:
-            stop.set()
-            agent_task.cancel()
-            try:
-                await asyncio.wait_for(task, 10)
-            except TimeoutError:
-                task.cancel()
-            await asyncio.gather(agent_task, task, return_exceptions=True)
         assert manager.fenced_writes == 0
-
-
-async def eventually(
-    check: Callable[[], Awaitable[Any]], timeout: float, what: str, interval: float = 0.1
-) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(interval)
 
 
 def template(obj: Any, app: str, restart_policy: str = "Always") -> None:
@@ -188,7 +163,7 @@ async def test_job_completes_with_bounded_parallelism(cluster: MizzenCluster) ->
             done = [c for c in got.status.conditions if c.type == "Complete" and c.status == "True"]
             return got if done and got.status.succeeded == 3 else None
 
-        done = await eventually(complete, 30, "the Job to complete")
+        done = await until(complete, 30, "the Job to complete")
         assert done.status.active == 0 and done.status.failed == 0
         assert done.status.HasField("completion_time") and done.status.HasField("start_time")
         pods = (await client.list("pods", ns)).items
@@ -198,7 +173,7 @@ async def test_job_completes_with_bounded_parallelism(cluster: MizzenCluster) ->
         assert 1 <= agent.max_running <= 2
 
         await client.delete("jobs", "calc", ns)
-        await eventually(
+        await until(
             lambda: _empty(client, "pods", ns), 20, "the garbage collector to remove the Job's pods"
         )
 
@@ -217,7 +192,7 @@ async def test_failing_job_hits_its_backoff_limit(cluster: MizzenCluster) -> Non
             conds = [(c.type, c.status, c.reason) for c in got.status.conditions]
             return got if ("Failed", "True", "BackoffLimitExceeded") in conds else None
 
-        done = await eventually(failed, 30, "the Job to fail")
+        done = await until(failed, 30, "the Job to fail")
         assert done.status.failed == 2 and done.status.succeeded == 0
         await asyncio.sleep(0.5)  # a failed Job starts nothing more
         pods = (await client.list("pods", ns)).items
@@ -248,13 +223,13 @@ async def test_daemonset_follows_nodes(cluster: MizzenCluster) -> None:
                 live = [p for p in pods if not p.metadata.HasField("deletion_timestamp")]
                 return sorted(p.spec.node_name for p in live) == sorted(expected)
 
-            await eventually(lambda: placement({"ds-n1", "ds-n2"}), 20, "a pod on each pool node")
+            await until(lambda: placement({"ds-n1", "ds-n2"}), 20, "a pod on each pool node")
             await client.create(
                 pb.Node(metadata=pb.ObjectMeta(name="ds-n3", labels={"pool": "ds"}))
             )
-            await eventually(lambda: placement({"ds-n1", "ds-n2", "ds-n3"}), 20, "a pod on ds-n3")
+            await until(lambda: placement({"ds-n1", "ds-n2", "ds-n3"}), 20, "a pod on ds-n3")
             await client.delete("nodes", "ds-n1")
-            await eventually(lambda: placement({"ds-n2", "ds-n3"}), 20, "ds-n1's pod removed")
+            await until(lambda: placement({"ds-n2", "ds-n3"}), 20, "ds-n1's pod removed")
 
             async def status_settled() -> bool:
                 got = await client.get("daemonsets", "logd", ns)
@@ -265,7 +240,7 @@ async def test_daemonset_follows_nodes(cluster: MizzenCluster) -> None:
                     2,
                 ) and s.observed_generation == got.metadata.generation
 
-            await eventually(status_settled, 20, "DaemonSet status 2/2 ready")
+            await until(status_settled, 20, "DaemonSet status 2/2 ready")
 
             stored = await client.get("daemonsets", "logd", ns)
             stored.spec.template.spec.processes[0].args.append("--verbose")
@@ -282,7 +257,7 @@ async def test_daemonset_follows_nodes(cluster: MizzenCluster) -> None:
                     ("ds-n3", revision, "Running"),
                 ]
 
-            await eventually(rolled, 30, "the new template on both nodes")
+            await until(rolled, 30, "the new template on both nodes")
         finally:
             for name in ("ds-n1", "ds-n2", "ds-n3", "ds-other"):
                 with contextlib.suppress(NotFoundError):
@@ -330,19 +305,19 @@ async def test_background_delete_removes_replicasets_and_pods(cluster: MizzenClu
             pods = (await client.list("pods", ns)).items
             return len(pods) == 3 and all(p.status.phase == "Running" for p in pods)
 
-        await eventually(three_running, 30, "the Deployment's 3 pods running")
+        await until(three_running, 30, "the Deployment's 3 pods running")
         assert len(await names(client, "replicasets", ns)) == 1
         _, gone = await client.delete("deployments", "web", ns, propagation_policy="Background")
         assert gone
-        await eventually(lambda: _empty(client, "replicasets", ns), 20, "ReplicaSet collected")
-        await eventually(lambda: _empty(client, "pods", ns), 20, "pods collected")
+        await until(lambda: _empty(client, "replicasets", ns), 20, "ReplicaSet collected")
+        await until(lambda: _empty(client, "pods", ns), 20, "pods collected")
 
 
 async def test_foreground_delete_waits_for_dependents(cluster: MizzenCluster) -> None:
     ns = "gc-foreground"
     async with running(cluster, ns) as (client, _agent):
         deploy, rs, pods = await _tree(client, ns)
-        await eventually(lambda: _all_running(client, ns), 20, "pods running")
+        await until(lambda: _all_running(client, ns), 20, "pods running")
         gone_at: dict[str, float] = {}
 
         async def watch(kind: str) -> None:
@@ -358,12 +333,12 @@ async def test_foreground_delete_waits_for_dependents(cluster: MizzenCluster) ->
                 "deployments", "web", ns, propagation_policy="Foreground"
             )
             assert not gone and list(obj.metadata.finalizers) == ["foregroundDeletion"]
-            await eventually(lambda: _empty(client, "deployments", ns), 20, "Deployment deleted")
+            await until(lambda: _empty(client, "deployments", ns), 20, "Deployment deleted")
 
             async def seen() -> bool:
                 return "web" in gone_at
 
-            await eventually(seen, 5, "the watch to see the Deployment go")
+            await until(seen, 5, "the watch to see the Deployment go")
         finally:
             for w in watchers:
                 w.cancel()
@@ -378,10 +353,10 @@ async def test_orphan_delete_keeps_dependents(cluster: MizzenCluster) -> None:
     ns = "gc-orphan"
     async with running(cluster, ns) as (client, _agent):
         await _tree(client, ns)
-        await eventually(lambda: _all_running(client, ns), 20, "pods running")
+        await until(lambda: _all_running(client, ns), 20, "pods running")
         _, gone = await client.delete("deployments", "web", ns, propagation_policy="Orphan")
         assert not gone
-        await eventually(lambda: _empty(client, "deployments", ns), 20, "Deployment deleted")
+        await until(lambda: _empty(client, "deployments", ns), 20, "Deployment deleted")
         (rs,) = (await client.list("replicasets", ns)).items
         assert list(rs.metadata.owner_references) == []
         await asyncio.sleep(1.0)  # give the collector a chance to do the wrong thing
@@ -404,5 +379,5 @@ async def test_old_events_expire(cluster: MizzenCluster) -> None:
         ev.spec.last_timestamp.CopyFrom(_now())
         await client.create(ev)
         began = time.monotonic()
-        await eventually(lambda: _empty(client, "events", ns), 10, "the event to expire")
+        await until(lambda: _empty(client, "events", ns), 10, "the event to expire")
         assert time.monotonic() - began >= 0.5
