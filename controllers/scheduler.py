@@ -40,7 +40,6 @@ from mizzen.client.errors import (
     AmbiguousWriteError,
     ConflictError,
     NotFoundError,
-    StoreClientError,
 )
 from protos import objects_pb2 as pb
 
@@ -202,8 +201,8 @@ class Scheduler(Controller):
         if self.metrics is not None:
             self.metrics.binding(time.perf_counter() - started)
             self.metrics.attempt("scheduled")
+        # the store sets PodScheduled=True in the binding write itself (as Kubernetes' Binding)
         log.debug("pod_bound", pod=key, node=node_name)
-        await self._mark_scheduled(stored)
         if self.scheduled_events:
             self.ctx.events.record(
                 stored, "Normal", "Scheduled", f"Successfully assigned {key} to {node_name}"
@@ -232,31 +231,6 @@ class Scheduler(Controller):
             return fresh
         self.state.unassume(key)
         return None
-
-    async def _mark_scheduled(self, pod: pb.Pod) -> None:
-        """PodScheduled=True; the bind already happened, so a failure here is only logged."""
-        for _ in range(3):
-            status_pod = _copy(pod)
-            if not mark_condition(
-                status_pod.status.conditions, POD_SCHEDULED, "True", "", "", self._clock()
-            ):
-                return
-            try:
-                await self.ctx.client.update_status(status_pod)
-                return
-            except ConflictError:
-                try:
-                    pod = await self.ctx.client.get(
-                        "pods", pod.metadata.name, pod.metadata.namespace
-                    )
-                except NotFoundError:
-                    return
-            except NotFoundError:
-                return
-            except StoreClientError as err:
-                log.warning("pod_scheduled_condition_failed", pod=key_of(pod), error=str(err))
-                return
-        log.warning("pod_scheduled_condition_not_written", pod=key_of(pod))
 
     async def _unschedulable(self, pod: pb.Pod, message: str) -> Result:
         key = key_of(pod)
