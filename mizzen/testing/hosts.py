@@ -394,13 +394,31 @@ def _teardown(
             problems.append(str(err))
     for parent in cgroups:
         problems += _remove_cgroups(parent)
-    links = _run("ip", "-o", "link", "show")
-    if f" {bridge}:" in links:
-        try:
-            _run("ip", "link", "del", bridge)
-        except HostsError as err:
-            problems.append(str(err))
+    problems += _remove_bridge(bridge)
     return problems
+
+
+def _remove_bridge(bridge: str, timeout: float = 5.0) -> list[str]:
+    """Delete the bridge and wait until no link mentions it.
+
+    Deleting a namespace is asynchronous in the kernel: its veth's host side
+    (a port of the bridge) can outlive ``ip netns del`` for a moment, so check
+    again until the bridge and its ports are gone.
+    """
+    deadline = time.monotonic() + timeout
+    last = ""
+    while True:
+        links = _run("ip", "-o", "link", "show")
+        if bridge not in links:
+            return []
+        if f" {bridge}:" in links:
+            try:
+                _run("ip", "link", "del", bridge)
+            except HostsError as err:
+                last = str(err)
+        if time.monotonic() > deadline:
+            return [last or f"links still refer to {bridge} after {timeout}s"]
+        time.sleep(0.1)
 
 
 def _remove_cgroups(parent: str) -> list[str]:
