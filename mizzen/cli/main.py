@@ -14,6 +14,7 @@ from mizzen.cli.errors import CommandError, UsageError
 from mizzen.cli.logs_cmd import add_logs_parsers
 from mizzen.cli.node_cmd import add_node_parsers
 from mizzen.cli.objects_cmd import add_objects_parsers
+from mizzen.cli.pki_cmd import add_pki_parsers
 from mizzen.cli.rollout_cmd import add_rollout_parsers
 from mizzen.cli.snapshot_cmd import add_snapshot_parsers
 from mizzen.cli.store_cmd import add_store_parser
@@ -43,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_controllers_parser(sub)
     add_rollout_parsers(sub)
     add_node_parsers(sub)
+    add_pki_parsers(sub)
     return p
 
 

@@ -1,0 +1,109 @@
+"""`mizzen pki init|issue|token|show`: the cluster CA, certificates and the token file.
+
+``init`` is idempotent: run it again with more hosts or nodes and it only adds
+what is missing. ``token`` prints only the token on stdout, so
+``TOKEN=$(mizzen pki token ...)`` works; the file keeps just its hash.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from mizzen.cli.errors import UsageError
+from mizzen.security.pki import ROLES, PkiError, describe, init_pki, issue
+from mizzen.security.tokens import TOKEN_ROLES, add_token
+
+
+def add_pki_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("pki", help="create the cluster CA, certificates and tokens")
+    pki_sub = p.add_subparsers(dest="pki_command", required=True)
+
+    s = pki_sub.add_parser(
+        "init", help="create the CA and every certificate a cluster needs (idempotent)"
+    )
+    s.add_argument("--dir", required=True, help="directory for the CA, keys and certificates")
+    s.add_argument(
+        "--hosts", required=True, metavar="H[,H...]", help="store hosts (IPs or DNS names)"
+    )
+    s.add_argument("--nodes", default="", metavar="N[=ADDR][,...]", help="node names")
+    s.add_argument("--days", type=int, default=365, help="validity of issued certificates")
+    s.add_argument("--force", action="store_true", help="regenerate everything, including the CA")
+    s.set_defaults(func=run_init, client_command=True)
+
+    s = pki_sub.add_parser("issue", help="sign one more certificate with the CA in --dir")
+    s.add_argument("--dir", required=True)
+    s.add_argument("--name", required=True)
+    s.add_argument("--role", required=True, metavar="|".join(ROLES))
+    s.add_argument("--hosts", default="", metavar="H[,H...]", help="extra SANs")
+    s.add_argument("--days", type=int, default=365)
+    s.set_defaults(func=run_issue, client_command=True)
+
+    s = pki_sub.add_parser("token", help="add a token to a token file; print it once")
+    s.add_argument("--file", required=True)
+    s.add_argument("--name", required=True)
+    s.add_argument("--role", required=True, metavar="|".join(TOKEN_ROLES))
+    s.set_defaults(func=run_token, client_command=True)
+
+    s = pki_sub.add_parser("show", help="print a certificate's subject, role, SANs and validity")
+    s.add_argument("file", metavar="FILE.crt")
+    s.set_defaults(func=run_show, client_command=True)
+
+
+def _split(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _usage(err: Exception) -> UsageError:
+    if isinstance(err, OSError):
+        where = f"{err.filename}: " if err.filename else ""
+        return UsageError(f"{where}{err.strerror or err}")
+    return UsageError(str(err))
+
+
+def run_init(args: argparse.Namespace) -> int:
+    hosts = _split(args.hosts)
+    if not hosts:
+        raise UsageError("--hosts: give at least one store host")
+    try:
+        written = init_pki(args.dir, hosts, _split(args.nodes), args.days, args.force)
+    except (PkiError, OSError) as err:
+        raise _usage(err) from None
+    for path in written:
+        print(f"wrote {path}")
+    if not written:
+        print(f"nothing to do: {args.dir} is complete")
+    return 0
+
+
+def run_issue(args: argparse.Namespace) -> int:
+    try:
+        paths = issue(args.dir, args.name, args.role, _split(args.hosts), args.days)
+    except (PkiError, OSError) as err:
+        raise _usage(err) from None
+    for path in paths:
+        print(path)
+    return 0
+
+
+def run_token(args: argparse.Namespace) -> int:
+    try:
+        token = add_token(args.file, args.name, args.role)
+    except (PkiError, OSError) as err:
+        raise _usage(err) from None
+    print(token)
+    print(
+        f"mizzen: token for {args.name} ({args.role}) added to {args.file}; "
+        "it is shown only this once",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def run_show(args: argparse.Namespace) -> int:
+    try:
+        lines = describe(args.file)
+    except (PkiError, OSError) as err:
+        raise _usage(err) from None
+    print("\n".join(lines))
+    return 0

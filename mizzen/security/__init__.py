@@ -1,0 +1,1 @@
+"""TLS material and credentials: the cluster CA, issued certificates, role tokens."""

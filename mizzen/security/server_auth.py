@@ -1,0 +1,397 @@
+"""Authentication, authorization and per-identity limits for a gRPC aio server.
+
+``AuthInterceptor`` runs before every handler of a secure server:
+
+1. **Who** — the verified client certificate (CN = name, O = ``mizzen:<role>``;
+   nodes are ``node:<name>``) or, when the server has a token file, a bearer
+   token (``authorization: Bearer <token>``, looked up by its SHA-256). Neither
+   → UNAUTHENTICATED. Health checks are public.
+2. **Limits** — a token bucket of requests per second per identity (stream
+   messages count too) and a cap on open watches per identity, both answered
+   with RESOURCE_EXHAUSTED naming the identity and the limit.
+3. **May they** — the server's ``Policy`` sees the identity, the method and
+   each request message (unary, server-streaming, and every message of a
+   client stream) and raises ``Denied``; the caller gets PERMISSION_DENIED
+   with the identity and the verb, and the denial is logged.
+
+An insecure server (loopback or ``--insecure``) installs no interceptor: every
+caller is the anonymous admin.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import grpc
+import structlog
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
+from mizzen.security.tls import AUTHORIZATION, BEARER
+from mizzen.security.tokens import lookup
+
+log = structlog.get_logger("mizzen.auth")
+
+ROLES = ("admin", "viewer", "controller", "node", "store")
+ROLE_PREFIX = "mizzen:"
+NODE_PREFIX = "node:"
+PUBLIC_SERVICES = ("grpc.health.v1.Health",)
+
+
+@dataclass(frozen=True)
+class Identity:
+    name: str
+    role: str
+
+    @property
+    def node(self) -> str | None:
+        """The node name of a node identity (CN ``node:<name>``), else None."""
+        if self.role == "node" and self.name.startswith(NODE_PREFIX):
+            return self.name[len(NODE_PREFIX) :]
+        return None
+
+    def __str__(self) -> str:
+        return f"{self.name} (role {self.role})"
+
+
+ANONYMOUS_ADMIN = Identity("anonymous", "admin")
+
+
+class Denied(Exception):
+    """A policy's refusal: ``verb`` is what was attempted, ``reason`` why not."""
+
+    def __init__(self, verb: str, reason: str) -> None:
+        super().__init__(f"{verb}: {reason}")
+        self.verb = verb
+        self.reason = reason
+
+
+class Policy(Protocol):
+    async def authorize(self, identity: Identity, method: str, request: Any) -> None:
+        """Raise Denied unless identity may send this request to this method."""
+
+    def watch_delta(self, method: str, request: Any) -> int:
+        """How many watches this message opens (+) or closes (-) beyond the stream itself."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-identity limits; 0 turns one off."""
+
+    rate: float = 2000.0  # requests (and stream messages) per second
+    burst: int = 4000
+    max_watches: int = 512  # open watch streams plus etcd watch ids
+    max_concurrent_streams: int = 1024  # per HTTP/2 connection (a gRPC server option)
+
+
+@functools.lru_cache(maxsize=1024)
+def identity_from_pem(pem: bytes) -> Identity | None:
+    """The identity a (verified) certificate names, or None if it names no valid one."""
+    try:
+        cert = x509.load_pem_x509_certificate(pem)
+    except ValueError:
+        return None
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    orgs = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
+    roles = [str(o.value)[len(ROLE_PREFIX) :] for o in orgs if str(o.value).startswith(ROLE_PREFIX)]
+    if len(names) != 1 or len(roles) != 1 or roles[0] not in ROLES:
+        return None
+    identity = Identity(str(names[0].value), roles[0])
+    if identity.role == "node" and not identity.node:
+        return None
+    return identity
+
+
+def bearer_token(metadata: Any) -> str | None:
+    for key, value in metadata or ():
+        if key == AUTHORIZATION and isinstance(value, str) and value.startswith(BEARER):
+            return value[len(BEARER) :].strip()
+    return None
+
+
+class TokenBucket:
+    def __init__(self, rate: float, burst: int, clock: Callable[[], float]) -> None:
+        self.rate, self.burst, self.clock = rate, float(burst), clock
+        self.tokens = float(burst)
+        self.stamp = clock()
+
+    def take(self) -> bool:
+        now = self.clock()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens < 1.0:
+            return False
+        self.tokens -= 1.0
+        return True
+
+
+class Exhausted(Exception):
+    pass
+
+
+class IdentityLimits:
+    """Token buckets and watch counts per identity name."""
+
+    def __init__(self, limits: Limits, clock: Callable[[], float] = time.monotonic) -> None:
+        self.limits = limits
+        self.clock = clock
+        self._buckets: dict[str, TokenBucket] = {}
+        self.watches: dict[str, int] = {}
+
+    def request(self, identity: Identity) -> None:
+        if self.limits.rate <= 0:
+            return
+        bucket = self._buckets.get(identity.name)
+        if bucket is None:
+            bucket = TokenBucket(self.limits.rate, max(self.limits.burst, 1), self.clock)
+            self._buckets[identity.name] = bucket
+        if not bucket.take():
+            raise Exhausted(
+                f"mizzen: rate limit exceeded for {identity.name}: "
+                f"{self.limits.rate:g} requests/s (burst {self.limits.burst})"
+            )
+
+    def open_watches(self, identity: Identity, n: int) -> None:
+        """Count n more (or, negative, fewer) watches; raise Exhausted past the cap."""
+        current = self.watches.get(identity.name, 0)
+        cap = self.limits.max_watches
+        if n > 0 and cap > 0 and current + n > cap:
+            raise Exhausted(f"mizzen: too many watches for {identity.name}: limit {cap}")
+        total = current + n
+        if total > 0:
+            self.watches[identity.name] = total
+        else:
+            self.watches.pop(identity.name, None)
+
+
+Handler = grpc.RpcMethodHandler
+Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[Handler]]
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):
+    """Authenticate, rate-limit and authorize every call (see the module docstring)."""
+
+    def __init__(
+        self,
+        policy: Policy,
+        *,
+        tokens: Mapping[str, tuple[str, str]] | None = None,
+        limits: Limits | None = None,
+        watch_methods: frozenset[str] = frozenset(),
+    ) -> None:
+        self.policy = policy
+        self.tokens = dict(tokens or {})
+        self.limits = IdentityLimits(limits or Limits())
+        self.watch_methods = watch_methods
+        self._handlers: dict[str, Handler] = {}
+
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> Handler:
+        method: str = handler_call_details.method
+        cached = self._handlers.get(method)
+        if cached is not None:
+            return cached
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        service = method.lstrip("/").partition("/")[0]
+        if service not in PUBLIC_SERVICES:
+            handler = self._wrap(method, handler)
+        self._handlers[method] = handler
+        return handler
+
+    # -------------------------------------------------------------- identity
+
+    def identify(self, context: grpc.aio.ServicerContext) -> Identity | None:
+        auth = context.auth_context()
+        pems = auth.get("x509_pem_cert")
+        if pems:
+            return identity_from_pem(next(iter(pems)))
+        token = bearer_token(context.invocation_metadata())
+        if token is None:
+            return None
+        found = lookup(self.tokens, token)
+        return Identity(*found) if found else None
+
+    async def _admit(
+        self, method: str, request: Any, context: grpc.aio.ServicerContext, identity: Identity
+    ) -> None:
+        try:
+            self.limits.request(identity)
+        except Exhausted as err:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(err))
+        try:
+            await self.policy.authorize(identity, method, request)
+        except Denied as denied:
+            log.warning(
+                "permission_denied",
+                identity=identity.name,
+                role=identity.role,
+                method=method,
+                verb=denied.verb,
+                reason=denied.reason,
+            )
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"mizzen: {identity} may not {denied.verb}: {denied.reason}",
+            )
+
+    async def _who(self, context: grpc.aio.ServicerContext) -> Identity:
+        identity = self.identify(context)
+        if identity is None:
+            has_cert = bool(context.auth_context().get("x509_pem_cert"))
+            has_token = bearer_token(context.invocation_metadata()) is not None
+            why = (
+                "the client certificate names no mizzen identity (CN, O=mizzen:<role>)"
+                if has_cert
+                else "invalid bearer token"
+                if has_token
+                else "no client certificate or bearer token"
+            )
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"mizzen: {why}")
+        assert identity is not None
+        return identity
+
+    # -------------------------------------------------------------- wrapping
+
+    def _wrap(self, method: str, handler: Handler) -> Handler:
+        kwargs = {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self._unary_unary(method, handler.unary_unary), **kwargs
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                self._unary_stream(method, handler.unary_stream), **kwargs
+            )
+        if handler.stream_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(
+                self._stream_unary(method, handler.stream_unary), **kwargs
+            )
+        return grpc.stream_stream_rpc_method_handler(
+            self._stream_stream(method, handler.stream_stream), **kwargs
+        )
+
+    def _unary_unary(self, method: str, behavior: Any) -> Any:
+        async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            identity = await self._who(context)
+            await self._admit(method, request, context, identity)
+            return await behavior(request, context)
+
+        return call
+
+    def _unary_stream(self, method: str, behavior: Any) -> Any:
+        async def call(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            identity = await self._who(context)
+            await self._admit(method, request, context, identity)
+            async with self._watching(method, context, identity) as counted:
+                del counted
+                async for item in behavior(request, context):
+                    yield item
+
+        return call
+
+    def _checked(
+        self,
+        method: str,
+        requests: AsyncIterator[Any],
+        context: grpc.aio.ServicerContext,
+        identity: Identity,
+        counted: list[int],
+    ) -> AsyncIterator[Any]:
+        async def checked() -> AsyncIterator[Any]:
+            async for request in requests:
+                await self._admit(method, request, context, identity)
+                delta = self.policy.watch_delta(method, request)
+                if delta:
+                    delta = max(delta, -counted[0])
+                    try:
+                        self.limits.open_watches(identity, delta)
+                    except Exhausted as err:
+                        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(err))
+                    counted[0] += delta
+                yield request
+
+        return checked()
+
+    def _stream_unary(self, method: str, behavior: Any) -> Any:
+        async def call(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
+            identity = await self._who(context)
+            counted = [0]
+            try:
+                return await behavior(
+                    self._checked(method, requests, context, identity, counted), context
+                )
+            finally:
+                self.limits.open_watches(identity, -counted[0])
+
+        return call
+
+    def _stream_stream(self, method: str, behavior: Any) -> Any:
+        async def call(
+            requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
+        ) -> AsyncIterator[Any]:
+            identity = await self._who(context)
+            async with self._watching(method, context, identity) as counted:
+                checked = self._checked(method, requests, context, identity, counted)
+                async for item in behavior(checked, context):
+                    yield item
+
+        return call
+
+    def _watching(
+        self, method: str, context: grpc.aio.ServicerContext, identity: Identity
+    ) -> _WatchCount:
+        return _WatchCount(self, method, context, identity)
+
+
+class _WatchCount:
+    """Counts a watch stream (and the watches opened on it) for its identity while open."""
+
+    def __init__(
+        self,
+        interceptor: AuthInterceptor,
+        method: str,
+        context: grpc.aio.ServicerContext,
+        identity: Identity,
+    ) -> None:
+        self.interceptor = interceptor
+        self.stream = 1 if method in interceptor.watch_methods else 0
+        self.context = context
+        self.identity = identity
+        self.counted = [0]
+
+    async def __aenter__(self) -> list[int]:
+        if self.stream:
+            try:
+                self.interceptor.limits.open_watches(self.identity, 1)
+            except Exhausted as err:
+                await self.context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(err))
+        return self.counted
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.interceptor.limits.open_watches(self.identity, -(self.stream + self.counted[0]))
+
+
+class RolePolicy:
+    """Allow whole roles (admin always): enough for a server whose every method is one verb."""
+
+    def __init__(self, roles: frozenset[str], what: str) -> None:
+        self.roles = roles | {"admin"}
+        self.what = what
+
+    async def authorize(self, identity: Identity, method: str, request: Any) -> None:
+        if identity.role not in self.roles:
+            allowed = ", ".join(sorted(self.roles))
+            raise Denied(self.what, f"only roles {allowed} may")
+
+    def watch_delta(self, method: str, request: Any) -> int:
+        return 0

@@ -1,0 +1,289 @@
+"""Who may do what on a store: the roles of DESIGN.md "Security".
+
+* ``admin`` — everything, including the raw etcd-compatible KV, Watch, Lease,
+  Cluster and Maintenance APIs.
+* ``viewer`` — get, list and watch objects; read the leader-election keys
+  (``/mizzen/leader/``, for ``mizzen cluster status``).
+* ``controller`` — every Objects call; the raw KV, Watch and Lease calls only
+  on keys under ``/mizzen/leader/`` (leader election and the fence key).
+* ``node`` (CN ``node:<name>``) — Kubernetes' NodeRestriction: create, read and
+  update its own Node (never its spec: a node cannot uncordon or untaint
+  itself) and the status of its Node; its own Lease in ``mizzen-node-lease``;
+  read, list and watch only pods bound to it (list/watch must select
+  ``spec.nodeName=<name>``); update the status of, and delete, pods bound to
+  it, never any pod's spec; create and update Events it is the source of.
+* ``store`` — nothing beyond what every identity may do.
+
+Every authenticated identity may call Maintenance.Status and Cluster.MemberList
+(clients find the leader with them) and server reflection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from google.protobuf.message import Message
+
+from mizzen.api.kinds import KindInfo, UnknownKindError, kind_of, lookup
+from mizzen.api.selectors import parse_field_selector
+from mizzen.security.server_auth import Denied, Identity
+from protos import objects_api_pb2 as api
+from protos import rpc_pb2
+
+from .errors import StoreError
+from .keyspace import prefix_end
+from .objects_codec import decode, object_key
+
+LEADER_PREFIX = b"/mizzen/leader/"
+NODE_LEASE_NAMESPACE = "mizzen-node-lease"
+OBJECTS = "/mizzen.v1.Objects/"
+EVERYONE = frozenset(
+    {
+        "/etcdserverpb.Maintenance/Status",
+        "/etcdserverpb.Cluster/MemberList",
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+    }
+)
+CONTROLLER_LEASE = frozenset(
+    {
+        "/etcdserverpb.Lease/LeaseGrant",
+        "/etcdserverpb.Lease/LeaseRevoke",
+        "/etcdserverpb.Lease/LeaseKeepAlive",
+        "/etcdserverpb.Lease/LeaseTimeToLive",
+    }
+)
+KEY_METHODS = frozenset(
+    {
+        "/etcdserverpb.KV/Range",
+        "/etcdserverpb.KV/Put",
+        "/etcdserverpb.KV/DeleteRange",
+        "/etcdserverpb.KV/Txn",
+        "/etcdserverpb.Watch/Watch",
+    }
+)
+WATCH_METHODS = frozenset({"/etcdserverpb.Watch/Watch", "/mizzen.v1.Objects/Watch"})
+VERBS = {
+    "Get": "get",
+    "List": "list",
+    "Watch": "watch",
+    "Create": "create",
+    "Update": "update",
+    "UpdateStatus": "update status of",
+    "Delete": "delete",
+}
+READ_VERBS = frozenset({"get", "list", "watch"})
+
+# (kind info, namespace, name) -> the stored object, or None. A local read.
+ReadStored = Callable[[KindInfo, str, str], Message | None]
+
+
+class StorePolicy:
+    def __init__(self, read_stored: ReadStored) -> None:
+        self.read_stored = read_stored
+
+    def watch_delta(self, method: str, request: Any) -> int:
+        if method != "/etcdserverpb.Watch/Watch":
+            return 0
+        if request.HasField("create_request"):
+            return 1
+        if request.HasField("cancel_request"):
+            return -1
+        return 0
+
+    async def authorize(self, identity: Identity, method: str, request: Any) -> None:
+        role = identity.role
+        if role == "admin" or method in EVERYONE:
+            return
+        if method.startswith(OBJECTS):
+            self._objects(identity, method[len(OBJECTS) :], request)
+            return
+        if role in ("viewer", "controller") and method in KEY_METHODS:
+            for verb, key, end in key_ranges(method, request):
+                if role == "viewer" and verb != "read":
+                    raise Denied(f"{verb} {_show(key)}", "viewers may only read")
+                if not within(key, end, LEADER_PREFIX):
+                    raise Denied(
+                        f"{verb} {_show(key, end)}",
+                        f"the raw KV API is admin-only outside {LEADER_PREFIX.decode()}",
+                    )
+            return
+        if role == "controller" and method in CONTROLLER_LEASE:
+            return
+        service, _, name = method.lstrip("/").partition("/")
+        if method in KEY_METHODS:
+            ranges = list(key_ranges(method, request))
+            verb = f"{ranges[0][0]} {_show(*ranges[0][1:])}" if ranges else f"call {name}"
+            raise Denied(verb, "the raw KV API is admin-only")
+        raise Denied(f"call {service}.{name}", f"not allowed for role {role}")
+
+    # ---------------------------------------------------------------- objects
+
+    def _objects(self, identity: Identity, rpc: str, request: Any) -> None:
+        verb = VERBS.get(rpc)
+        if verb is None:
+            raise Denied(f"call Objects.{rpc}", "unknown method")
+        role = identity.role
+        if role == "controller" or (role == "viewer" and verb in READ_VERBS):
+            return
+        info, namespace, name = _target(request)
+        what = f"{verb} {_resource(info, namespace, name)}"
+        if role == "viewer":
+            raise Denied(what, "viewers may only get, list and watch")
+        node = identity.node
+        if node is None:
+            raise Denied(what, f"not allowed for role {role}")
+        reason = self._node_rule(node, rpc, request, info, namespace, name)
+        if reason is not None:
+            raise Denied(what, reason)
+
+    def _node_rule(
+        self, node: str, rpc: str, request: Any, info: KindInfo | None, ns: str, name: str
+    ) -> str | None:
+        """None when node may do this; else why not (NodeRestriction)."""
+        kind = info.kind if info else ""
+        if kind == "Node":
+            if name != node:
+                return f"a node may only touch its own Node ({node})"
+            if rpc in ("Get", "Create", "UpdateStatus"):
+                return None
+            if rpc == "Update":
+                stored = self.read_stored(info, "", name)  # type: ignore[arg-type]
+                new = _unwrap(request)
+                if stored is not None and new is not None and stored.spec != new.spec:  # type: ignore[attr-defined]
+                    return "a node may not change its Node's spec"
+                return None
+            return f"a node may not {VERBS[rpc]} Nodes"
+        if kind == "Lease":
+            if ns == NODE_LEASE_NAMESPACE and name == node and rpc in ("Get", "Create", "Update"):
+                return None
+            own = f"{NODE_LEASE_NAMESPACE}/{node}"
+            return f"a node may only get, create and update its own Lease {own}"
+        if kind == "Pod":
+            return self._pod_rule(node, rpc, request, info, ns, name)
+        if kind == "Event" and rpc in ("Create", "Update"):
+            event = _unwrap(request)
+            if event is not None and event.spec.source.host == node:  # type: ignore[attr-defined]
+                return None
+            return f"a node may only record Events whose source.host is {node}"
+        return f"nodes may not {VERBS[rpc]} {info.plural if info else 'objects of this kind'}"
+
+    def _pod_rule(
+        self, node: str, rpc: str, request: Any, info: KindInfo | None, ns: str, name: str
+    ) -> str | None:
+        if rpc in ("List", "Watch"):
+            if _selects_node(request.field_selector, node):
+                return None
+            return f"a node may only {VERBS[rpc]} pods with field selector spec.nodeName={node}"
+        if rpc in ("Create", "Update"):
+            return "a node may not create pods or change any pod's spec"
+        stored = self.read_stored(info, ns, name) if info else None
+        if stored is None:
+            return None if rpc == "Get" else f"pod {ns}/{name} is not bound to {node}"
+        if stored.spec.node_name != node:  # type: ignore[attr-defined]
+            return f"pod {ns}/{name} is not bound to {node}"
+        if rpc == "UpdateStatus":
+            new = _unwrap(request)
+            if new is None or new.spec.node_name != node:  # type: ignore[attr-defined]
+                return "a node may not rebind a pod"
+        return None
+
+
+# ------------------------------------------------------------------- helpers
+
+
+def _unwrap(request: Any) -> Message | None:
+    envelope = getattr(request, "object", None)
+    if not isinstance(envelope, api.Object):
+        return None
+    which = envelope.WhichOneof("object")
+    return getattr(envelope, which) if which else None
+
+
+def _target(request: Any) -> tuple[KindInfo | None, str, str]:
+    """(kind, namespace, name) a request is about; kind None when unknown (validation says so)."""
+    obj = _unwrap(request)
+    if obj is not None:
+        try:
+            info = kind_of(obj)
+        except UnknownKindError:
+            return None, "", ""
+        meta = obj.metadata  # type: ignore[attr-defined]
+        return info, meta.namespace or ("default" if info.namespaced else ""), meta.name
+    try:
+        info = lookup(getattr(request, "kind", ""))
+    except UnknownKindError:
+        return None, "", ""
+    namespace = getattr(request, "namespace", "")
+    return info, namespace, getattr(request, "name", "")
+
+
+def _resource(info: KindInfo | None, namespace: str, name: str) -> str:
+    plural = info.plural if info else "objects"
+    return "/".join(part for part in (plural, namespace, name) if part)
+
+
+def _selects_node(selector: str, node: str) -> bool:
+    try:
+        matcher = parse_field_selector(selector, "Pod")
+    except ValueError:
+        return False
+    return matcher.value_of("spec.nodeName") == node
+
+
+def key_ranges(method: str, request: Any) -> Iterator[tuple[str, bytes, bytes]]:
+    """(verb, key, range_end) of every key or range a KV/Watch request touches."""
+    if method.endswith("/Range"):
+        yield "read", request.key, request.range_end
+    elif method.endswith("/Put"):
+        yield "write", request.key, b""
+    elif method.endswith("/DeleteRange"):
+        yield "write", request.key, request.range_end
+    elif method.endswith("/Txn"):
+        yield from _txn_ranges(request)
+    elif method.endswith("/Watch") and request.HasField("create_request"):
+        yield "read", request.create_request.key, request.create_request.range_end
+
+
+def _txn_ranges(txn: rpc_pb2.TxnRequest) -> Iterator[tuple[str, bytes, bytes]]:
+    for cmp in txn.compare:
+        yield "read", cmp.key, cmp.range_end
+    ops: Iterable[rpc_pb2.RequestOp] = [*txn.success, *txn.failure]
+    for op in ops:
+        which = op.WhichOneof("request")
+        if which == "request_range":
+            yield "read", op.request_range.key, op.request_range.range_end
+        elif which == "request_put":
+            yield "write", op.request_put.key, b""
+        elif which == "request_delete_range":
+            yield "write", op.request_delete_range.key, op.request_delete_range.range_end
+        elif which == "request_txn":
+            yield from _txn_ranges(op.request_txn)
+
+
+def within(key: bytes, range_end: bytes, prefix: bytes) -> bool:
+    """Whether [key, range_end) (or the single key) lies entirely under prefix."""
+    if not key.startswith(prefix):
+        return False
+    if not range_end:
+        return True
+    return range_end != b"\0" and range_end <= prefix_end(prefix)
+
+
+def _show(key: bytes, range_end: bytes = b"") -> str:
+    text = key.decode("utf-8", "replace")
+    return f"{text}..{range_end.decode('utf-8', 'replace')}" if range_end else text
+
+
+def stored_reader(read: Callable[[Callable[[Any], Any]], Any]) -> ReadStored:
+    """A ReadStored over a node's local state (``StoreNode.read``)."""
+
+    def read_stored(info: KindInfo, namespace: str, name: str) -> Message | None:
+        try:
+            key = object_key(info, namespace, name)
+        except StoreError:
+            return None
+        record = read(lambda sm: sm.get(key))
+        return None if record is None else decode(info, record.value, record.mod_revision)
+
+    return read_stored

@@ -1,0 +1,492 @@
+"""The store's authorization policy and the per-identity limits, as pure functions."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+import pytest
+from google.protobuf.message import Message
+
+from mizzen.api.kinds import KindInfo
+from mizzen.security.pki import init_pki, issue
+from mizzen.security.server_auth import (
+    Denied,
+    Exhausted,
+    Identity,
+    IdentityLimits,
+    Limits,
+    TokenBucket,
+    bearer_token,
+    identity_from_pem,
+)
+from mizzen.security.tls import is_loopback
+from protos import objects_api_pb2 as api
+from protos import objects_pb2 as pb
+from protos import rpc_pb2
+from store.authz import StorePolicy, within
+
+ADMIN = Identity("admin", "admin")
+VIEWER = Identity("vera", "viewer")
+CONTROLLER = Identity("controller", "controller")
+NODE_A = Identity("node:na", "node")
+STORE = Identity("store:10.0.0.1", "store")
+
+STORED: dict[tuple[str, str, str], Message] = {}
+
+
+def _pod(name: str, node: str) -> pb.Pod:
+    p = pb.Pod(metadata=pb.ObjectMeta(name=name, namespace="default"))
+    p.spec.node_name = node
+    return p
+
+
+def _node(name: str, unschedulable: bool = False) -> pb.Node:
+    n = pb.Node(metadata=pb.ObjectMeta(name=name))
+    n.spec.unschedulable = unschedulable
+    return n
+
+
+STORED.update(
+    {
+        ("Pod", "default", "on-a"): _pod("on-a", "na"),
+        ("Pod", "default", "on-b"): _pod("on-b", "nb"),
+        ("Node", "", "na"): _node("na"),
+        ("Node", "", "nb"): _node("nb"),
+    }
+)
+
+
+def read_stored(info: KindInfo, namespace: str, name: str) -> Message | None:
+    return STORED.get((info.kind, namespace, name))
+
+
+POLICY = StorePolicy(read_stored)
+
+
+def obj(message: Message) -> api.Object:
+    out = api.Object()
+    field = {
+        "Pod": "pod",
+        "Node": "node",
+        "Lease": "lease",
+        "Event": "event",
+        "Deployment": "deployment",
+    }[type(message).__name__]
+    getattr(out, field).CopyFrom(message)
+    return out
+
+
+def event(host: str) -> pb.Event:
+    e = pb.Event(metadata=pb.ObjectMeta(name="x.1", namespace="default"))
+    e.spec.source.host = host
+    return e
+
+
+def lease(name: str, ns: str = "mizzen-node-lease") -> pb.Lease:
+    return pb.Lease(metadata=pb.ObjectMeta(name=name, namespace=ns))
+
+
+OBJ = "/mizzen.v1.Objects/"
+KV = "/etcdserverpb.KV/"
+CASES: list[tuple[str, Identity, str, Any, str | None]] = [
+    # (case, identity, method, request, None if allowed else a fragment of the reason)
+    ("admin raw kv", ADMIN, KV + "Put", rpc_pb2.PutRequest(key=b"/registry/x"), None),
+    (
+        "admin snapshot",
+        ADMIN,
+        "/etcdserverpb.Maintenance/Snapshot",
+        rpc_pb2.SnapshotRequest(),
+        None,
+    ),
+    ("anyone status", STORE, "/etcdserverpb.Maintenance/Status", rpc_pb2.StatusRequest(), None),
+    (
+        "anyone members",
+        NODE_A,
+        "/etcdserverpb.Cluster/MemberList",
+        rpc_pb2.MemberListRequest(),
+        None,
+    ),
+    ("store no objects", STORE, OBJ + "List", api.ListRequest(kind="pods"), "role store"),
+    ("viewer list", VIEWER, OBJ + "List", api.ListRequest(kind="pods"), None),
+    ("viewer watch", VIEWER, OBJ + "Watch", api.WatchRequest(kind="nodes"), None),
+    (
+        "viewer create",
+        VIEWER,
+        OBJ + "Create",
+        api.CreateRequest(object=obj(_pod("p", ""))),
+        "viewers",
+    ),
+    ("viewer delete", VIEWER, OBJ + "Delete", api.DeleteRequest(kind="pods", name="p"), "viewers"),
+    (
+        "viewer leader key",
+        VIEWER,
+        KV + "Range",
+        rpc_pb2.RangeRequest(key=b"/mizzen/leader/c"),
+        None,
+    ),
+    (
+        "viewer registry",
+        VIEWER,
+        KV + "Range",
+        rpc_pb2.RangeRequest(key=b"/registry/"),
+        "admin-only",
+    ),
+    (
+        "viewer put leader",
+        VIEWER,
+        KV + "Put",
+        rpc_pb2.PutRequest(key=b"/mizzen/leader/c"),
+        "only read",
+    ),
+    (
+        "viewer snapshot",
+        VIEWER,
+        "/etcdserverpb.Maintenance/Snapshot",
+        rpc_pb2.SnapshotRequest(),
+        "role viewer",
+    ),
+    (
+        "controller objects",
+        CONTROLLER,
+        OBJ + "Delete",
+        api.DeleteRequest(kind="pods", name="p"),
+        None,
+    ),
+    (
+        "controller leader put",
+        CONTROLLER,
+        KV + "Put",
+        rpc_pb2.PutRequest(key=b"/mizzen/leader/c"),
+        None,
+    ),
+    (
+        "controller lease",
+        CONTROLLER,
+        "/etcdserverpb.Lease/LeaseGrant",
+        rpc_pb2.LeaseGrantRequest(TTL=3),
+        None,
+    ),
+    (
+        "controller put outside",
+        CONTROLLER,
+        KV + "Put",
+        rpc_pb2.PutRequest(key=b"/registry/x"),
+        "admin-only",
+    ),
+    (
+        "controller range escapes prefix",
+        CONTROLLER,
+        KV + "Range",
+        rpc_pb2.RangeRequest(key=b"/mizzen/leader/", range_end=b"\0"),
+        "admin-only",
+    ),
+    (
+        "controller txn with an outside op",
+        CONTROLLER,
+        KV + "Txn",
+        rpc_pb2.TxnRequest(
+            compare=[rpc_pb2.Compare(key=b"/mizzen/leader/c")],
+            success=[rpc_pb2.RequestOp(request_put=rpc_pb2.PutRequest(key=b"/registry/x"))],
+        ),
+        "admin-only",
+    ),
+    (
+        "controller nested txn outside",
+        CONTROLLER,
+        KV + "Txn",
+        rpc_pb2.TxnRequest(
+            failure=[
+                rpc_pb2.RequestOp(
+                    request_txn=rpc_pb2.TxnRequest(
+                        success=[
+                            rpc_pb2.RequestOp(
+                                request_delete_range=rpc_pb2.DeleteRangeRequest(key=b"/a")
+                            )
+                        ]
+                    )
+                )
+            ]
+        ),
+        "admin-only",
+    ),
+    (
+        "controller compact",
+        CONTROLLER,
+        KV + "Compact",
+        rpc_pb2.CompactionRequest(revision=5),
+        "role controller",
+    ),
+    (
+        "controller defrag",
+        CONTROLLER,
+        "/etcdserverpb.Maintenance/Defragment",
+        rpc_pb2.DefragmentRequest(),
+        "role",
+    ),
+    # NodeRestriction
+    ("node own node", NODE_A, OBJ + "Create", api.CreateRequest(object=obj(_node("na"))), None),
+    (
+        "node other node",
+        NODE_A,
+        OBJ + "Create",
+        api.CreateRequest(object=obj(_node("nb"))),
+        "its own Node",
+    ),
+    (
+        "node own status",
+        NODE_A,
+        OBJ + "UpdateStatus",
+        api.UpdateRequest(object=obj(_node("na"))),
+        None,
+    ),
+    (
+        "node other status",
+        NODE_A,
+        OBJ + "UpdateStatus",
+        api.UpdateRequest(object=obj(_node("nb"))),
+        "own Node",
+    ),
+    ("node own labels", NODE_A, OBJ + "Update", api.UpdateRequest(object=obj(_node("na"))), None),
+    (
+        "node own spec",
+        NODE_A,
+        OBJ + "Update",
+        api.UpdateRequest(object=obj(_node("na", True))),
+        "spec",
+    ),
+    (
+        "node delete node",
+        NODE_A,
+        OBJ + "Delete",
+        api.DeleteRequest(kind="nodes", name="na"),
+        "may not delete",
+    ),
+    (
+        "node get own pod",
+        NODE_A,
+        OBJ + "Get",
+        api.GetRequest(kind="pods", namespace="default", name="on-a"),
+        None,
+    ),
+    (
+        "node get other pod",
+        NODE_A,
+        OBJ + "Get",
+        api.GetRequest(kind="pods", namespace="default", name="on-b"),
+        "not bound",
+    ),
+    (
+        "node list own",
+        NODE_A,
+        OBJ + "List",
+        api.ListRequest(kind="po", field_selector="spec.nodeName=na"),
+        None,
+    ),
+    ("node list all", NODE_A, OBJ + "List", api.ListRequest(kind="pods"), "spec.nodeName=na"),
+    (
+        "node list negated",
+        NODE_A,
+        OBJ + "List",
+        api.ListRequest(kind="pods", field_selector="spec.nodeName!=na"),
+        "spec.nodeName=na",
+    ),
+    (
+        "node watch own",
+        NODE_A,
+        OBJ + "Watch",
+        api.WatchRequest(kind="pods", field_selector="spec.nodeName=na"),
+        None,
+    ),
+    (
+        "node watch other",
+        NODE_A,
+        OBJ + "Watch",
+        api.WatchRequest(kind="pods", field_selector="spec.nodeName=nb"),
+        "na",
+    ),
+    (
+        "node pod status",
+        NODE_A,
+        OBJ + "UpdateStatus",
+        api.UpdateRequest(object=obj(_pod("on-a", "na"))),
+        None,
+    ),
+    (
+        "node rebinds",
+        NODE_A,
+        OBJ + "UpdateStatus",
+        api.UpdateRequest(object=obj(_pod("on-a", "nb"))),
+        "rebind",
+    ),
+    (
+        "node other pod status",
+        NODE_A,
+        OBJ + "UpdateStatus",
+        api.UpdateRequest(object=obj(_pod("on-b", "na"))),
+        "not bound",
+    ),
+    (
+        "node pod spec",
+        NODE_A,
+        OBJ + "Update",
+        api.UpdateRequest(object=obj(_pod("on-a", "na"))),
+        "spec",
+    ),
+    (
+        "node create pod",
+        NODE_A,
+        OBJ + "Create",
+        api.CreateRequest(object=obj(_pod("new", "na"))),
+        "create pods",
+    ),
+    (
+        "node delete own pod",
+        NODE_A,
+        OBJ + "Delete",
+        api.DeleteRequest(kind="pods", namespace="default", name="on-a"),
+        None,
+    ),
+    (
+        "node delete other pod",
+        NODE_A,
+        OBJ + "Delete",
+        api.DeleteRequest(kind="pods", namespace="default", name="on-b"),
+        "not bound",
+    ),
+    ("node own lease", NODE_A, OBJ + "Update", api.UpdateRequest(object=obj(lease("na"))), None),
+    (
+        "node other lease",
+        NODE_A,
+        OBJ + "Create",
+        api.CreateRequest(object=obj(lease("nb"))),
+        "own Lease",
+    ),
+    (
+        "node lease elsewhere",
+        NODE_A,
+        OBJ + "Create",
+        api.CreateRequest(object=obj(lease("na", "default"))),
+        "own Lease",
+    ),
+    ("node event", NODE_A, OBJ + "Create", api.CreateRequest(object=obj(event("na"))), None),
+    (
+        "node event as other",
+        NODE_A,
+        OBJ + "Create",
+        api.CreateRequest(object=obj(event("nb"))),
+        "source.host",
+    ),
+    (
+        "node deployments",
+        NODE_A,
+        OBJ + "List",
+        api.ListRequest(kind="deployments"),
+        "nodes may not list",
+    ),
+    (
+        "node raw kv",
+        NODE_A,
+        KV + "Range",
+        rpc_pb2.RangeRequest(key=b"/mizzen/leader/x"),
+        "admin-only",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "who", "method", "request_", "denied"), CASES, ids=[c[0] for c in CASES]
+)
+async def test_policy(
+    case: str, who: Identity, method: str, request_: Any, denied: str | None
+) -> None:
+    if denied is None:
+        await POLICY.authorize(who, method, request_)
+        return
+    with pytest.raises(Denied) as err:
+        await POLICY.authorize(who, method, request_)
+    assert denied in str(err.value), case
+
+
+def test_a_node_identity_needs_its_name() -> None:
+    assert Identity("node:n1", "node").node == "n1"
+    assert Identity("n1", "node").node is None
+    assert Identity("node:n1", "admin").node is None
+
+
+def test_within() -> None:
+    p = b"/mizzen/leader/"
+    assert within(b"/mizzen/leader/x", b"", p)
+    assert within(b"/mizzen/leader/", b"/mizzen/leader0", p)
+    assert not within(b"/mizzen/leader/", b"/mizzen/leader1", p)
+    assert not within(b"/mizzen/leader/", b"\0", p)
+    assert not within(b"/mizzen/leade", b"", p)
+
+
+def test_watch_delta_counts_etcd_watch_ids() -> None:
+    create = rpc_pb2.WatchRequest(create_request=rpc_pb2.WatchCreateRequest(key=b"k"))
+    cancel = rpc_pb2.WatchRequest(cancel_request=rpc_pb2.WatchCancelRequest(watch_id=1))
+    method = "/etcdserverpb.Watch/Watch"
+    assert POLICY.watch_delta(method, create) == 1
+    assert POLICY.watch_delta(method, cancel) == -1
+    assert POLICY.watch_delta(OBJ + "Watch", api.WatchRequest()) == 0
+
+
+def test_identity_from_certificates(tmp_path: Path) -> None:
+    init_pki(tmp_path, hosts=["10.0.0.1"], nodes=["n1"])
+    issue(tmp_path, "vera", "viewer")
+    read = lambda name: identity_from_pem((tmp_path / f"{name}.crt").read_bytes())  # noqa: E731
+    assert read("admin") == Identity("admin", "admin")
+    assert read("vera") == Identity("vera", "viewer")
+    assert read("controller") == Identity("controller", "controller")
+    assert read("node-n1") == Identity("node:n1", "node")
+    assert read("store-10.0.0.1") == Identity("store:10.0.0.1", "store")
+    assert read("ca") is None  # no mizzen role
+    assert identity_from_pem(b"garbage") is None
+
+
+def test_token_bucket_and_watch_limits() -> None:
+    now = [0.0]
+    bucket = TokenBucket(rate=2, burst=3, clock=lambda: now[0])
+    assert [bucket.take() for _ in range(4)] == [True, True, True, False]
+    now[0] += 1.0
+    assert [bucket.take() for _ in range(3)] == [True, True, False]
+
+    limits = IdentityLimits(Limits(rate=1, burst=1, max_watches=2), clock=lambda: now[0])
+    limits.request(VIEWER)
+    with pytest.raises(Exhausted, match="rate limit exceeded for vera"):
+        limits.request(VIEWER)
+    limits.request(ADMIN)  # its own bucket
+    limits.open_watches(VIEWER, 2)
+    with pytest.raises(Exhausted, match="too many watches for vera: limit 2"):
+        limits.open_watches(VIEWER, 1)
+    limits.open_watches(VIEWER, -2)
+    assert limits.watches == {}
+    unlimited = IdentityLimits(Limits(rate=0, max_watches=0))
+    for _ in range(100):
+        unlimited.request(VIEWER)
+    unlimited.open_watches(VIEWER, 10_000)
+
+
+def test_bearer_token_and_loopback() -> None:
+    assert bearer_token((("authorization", "Bearer abc "),)) == "abc"
+    assert bearer_token((("authorization", "Basic abc"),)) is None
+    assert bearer_token(None) is None
+    assert is_loopback("127.0.0.1:2379") and is_loopback("[::1]:1") and is_loopback("localhost:1")
+    assert not is_loopback("0.0.0.0:2379") and not is_loopback("198.18.0.11:2379")
+    assert not is_loopback(":2379") and not is_loopback("example.com:1")
+
+
+def test_expired_certificate_still_names_its_identity(tmp_path: Path) -> None:
+    """Expiry is the TLS handshake's job (tests/integration/test_security.py), not the parser's."""
+    init_pki(tmp_path, hosts=["10.0.0.1"], nodes=[])
+    now = dt.datetime.now(dt.UTC)
+    issue(
+        tmp_path,
+        "old",
+        "admin",
+        not_before=now - dt.timedelta(days=2),
+        not_after=now - dt.timedelta(days=1),
+    )
+    assert identity_from_pem((tmp_path / "old.crt").read_bytes()) == Identity("old", "admin")
