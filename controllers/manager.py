@@ -38,6 +38,7 @@ from mizzen.client.errors import FencedError
 from mizzen.client.events import EventRecorder
 from mizzen.client.objects import ListResult, ObjectsClient
 from mizzen.client.store_client import StoreClient
+from mizzen.security.tls import ClientCredentials
 
 log = structlog.get_logger(__name__)
 
@@ -53,6 +54,7 @@ class ManagerConfig:
     """Everything the controller manager and its controllers are configured with."""
 
     endpoints: list[str] = field(default_factory=lambda: ["127.0.0.1:2379"])
+    credentials: ClientCredentials | None = None
     id: str = field(default_factory=default_identity)
     election_key: str = DEFAULT_KEY
     # Seconds; the store's lease TTL is whole seconds (rounded up).
@@ -204,8 +206,12 @@ class ControllerManager:
             lease_ttl=cfg.lease_ttl,
         )
         async with (
-            StoreClient(cfg.endpoints, timeout=cfg.request_timeout) as store,
-            ObjectsClient(cfg.endpoints, timeout=cfg.request_timeout) as objects,
+            StoreClient(
+                cfg.endpoints, timeout=cfg.request_timeout, credentials=cfg.credentials
+            ) as store,
+            ObjectsClient(
+                cfg.endpoints, timeout=cfg.request_timeout, credentials=cfg.credentials
+            ) as objects,
         ):
             informers = self.informers = SharedInformers(objects)
             for kind in cfg.warm_kinds:

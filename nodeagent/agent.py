@@ -38,6 +38,8 @@ from mizzen.client.errors import StoreClientError
 from mizzen.client.events import EventRecorder
 from mizzen.client.informer import Informer
 from mizzen.metrics_http import MetricsHttpServer
+from mizzen.security.server_auth import AuthInterceptor, RolePolicy
+from mizzen.security.tls import add_port
 from nodeagent import runtime
 from nodeagent.agent_service import NodeAgentService
 from nodeagent.cgroups import CgroupDriver, CgroupError, detect
@@ -297,8 +299,19 @@ class Agent:
 
 
 async def _serve_grpc(agent: Agent, listen: str) -> tuple[grpc.aio.Server, Any]:
-    """The started gRPC server and its health servicer (NOT_SERVING until registered)."""
-    server = grpc.aio.server()
+    """The started gRPC server and its health servicer (NOT_SERVING until registered).
+
+    In secure mode (the node certificate given) it serves TLS, requires client
+    certificates, and only admins and viewers may read logs and stats.
+    """
+    security = agent.config.security
+    interceptors: list[grpc.aio.ServerInterceptor] = []
+    options: list[tuple[str, int]] = []
+    if security.secure:
+        policy = RolePolicy(frozenset({"viewer"}), "read pod logs and stats")
+        interceptors.append(AuthInterceptor(policy, limits=security.limits))
+        options.append(("grpc.max_concurrent_streams", security.limits.max_concurrent_streams))
+    server = grpc.aio.server(interceptors=interceptors, options=options)
     service = NodeAgentService(DiskLogSource(agent.config.logs_dir), agent.sampler)
     agent_pb2_grpc.add_NodeAgentServicer_to_server(service, server)
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
@@ -307,10 +320,7 @@ async def _serve_grpc(agent: Agent, listen: str) -> tuple[grpc.aio.Server, Any]:
     reflection.enable_server_reflection(
         [name, health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )
-    try:
-        bound = server.add_insecure_port(listen)
-    except RuntimeError:
-        bound = 0
+    bound = add_port(server, listen, security.tls)
     if not bound:
         raise AgentStartError(f"cannot listen on {listen} (address in use?)")
     await server.start()
@@ -362,7 +372,9 @@ async def run_agent(config: AgentConfig, stop: asyncio.Event | None = None) -> N
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    async with ObjectsClient(config.endpoints, timeout=config.request_timeout) as client:
+    async with ObjectsClient(
+        config.endpoints, timeout=config.request_timeout, credentials=config.credentials
+    ) as client:
         agent = Agent(config, driver, client)
         server, health_servicer = await _serve_grpc(agent, config.listen)
         try:

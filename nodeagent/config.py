@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from mizzen.metrics_http import parse_listen
+from mizzen.security.settings import PLAINTEXT, ServerSecurity
+from mizzen.security.tls import ClientCredentials
 from nodeagent.node_status import parse_labels, parse_reserved
 
 
@@ -46,6 +48,9 @@ class AgentConfig:
     request_timeout: float = 5.0
     # host:port for Prometheus /metrics and /healthz over HTTP; "" disables it.
     metrics_listen: str = ""
+    # TLS to the store and on the agent's own gRPC port (the node certificate serves both).
+    credentials: ClientCredentials | None = None
+    security: ServerSecurity = PLAINTEXT
 
     @property
     def pods_dir(self) -> str:
@@ -58,11 +63,18 @@ class AgentConfig:
     def for_log(self) -> dict[str, Any]:
         out = asdict(self)
         out["labels"] = dict(self.labels)
+        creds = self.credentials
+        out["credentials"] = None if creds is None else {"cacert": creds.cacert, "cert": creds.cert}
+        out["security"] = {"tls": self.security.secure}
         return out
 
 
 def config_from_args(
-    args: argparse.Namespace, endpoints: list[str], env: Mapping[str, str] | None = None
+    args: argparse.Namespace,
+    endpoints: list[str],
+    env: Mapping[str, str] | None = None,
+    credentials: ClientCredentials | None = None,
+    security: ServerSecurity = PLAINTEXT,
 ) -> AgentConfig:
     environ = os.environ if env is None else env
     name = args.name or environ.get("MIZZEN_NODE_NAME") or socket.gethostname()
@@ -87,6 +99,8 @@ def config_from_args(
     return AgentConfig(
         name=name,
         endpoints=tuple(endpoints),
+        credentials=credentials,
+        security=security,
         data_dir=data_dir,
         listen=args.listen,
         address=args.address,

@@ -12,7 +12,9 @@ from protos import rpc_pb2, rpc_pb2_grpc
 from . import snapshot
 from .errors import Code, StoreError
 from .grpc_errors import grpc_errors, grpc_stream_errors
-from .node import StoreNode, member_id
+from .membership import NAME_METADATA, parse_peer_url
+from .node import StoreNode
+from .state_machine import Member
 
 # The etcd API level this store speaks (etcdctl and client libraries read it).
 API_VERSION = "3.5.0"
@@ -29,18 +31,7 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
         self.node = node
 
     def members(self) -> list[rpc_pb2.Member]:
-        client_urls = self.node.read(lambda sm: dict(sm.members))
-        out = []
-        for name, raft_addr in sorted(self.node.cfg.initial_cluster.items()):
-            out.append(
-                rpc_pb2.Member(
-                    ID=member_id(name),
-                    name=name,
-                    peerURLs=[f"http://{raft_addr}"],
-                    clientURLs=client_urls.get(name, []),
-                )
-            )
-        return out
+        return [_member_proto(m) for m in self.node.membership.members()]
 
     @grpc_errors
     async def MemberList(
@@ -51,12 +42,44 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
         return self.node.fill_header(rpc_pb2.MemberListResponse(members=self.members()))
 
     @grpc_errors
-    async def MemberAdd(self, request: object, context: grpc.aio.ServicerContext) -> None:
-        raise _unimplemented("MemberAdd")
+    async def MemberAdd(
+        self, request: rpc_pb2.MemberAddRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.MemberAddResponse:
+        """Add a voting member. etcd's request has no name: Mizzen takes it from the
+        gRPC metadata ``mizzen-member-name`` (the mizzen CLI) or from the peer URL's
+        user part, ``http://NAME@host:port`` (etcdctl)."""
+        if request.isLearner:
+            raise _unimplemented("learners (add a voting member instead)")
+        if len(request.peerURLs) != 1:
+            raise StoreError(
+                Code.INVALID_ARGUMENT, "mizzen: peerURLs: exactly one Raft address is needed"
+            )
+        url_name, addr = parse_peer_url(request.peerURLs[0])
+        md = {k: v for k, v in (context.invocation_metadata() or ())}
+        name = str(md.get(NAME_METADATA, "")) or url_name
+        if not name:
+            raise StoreError(
+                Code.INVALID_ARGUMENT,
+                f"mizzen: name: MemberAdd needs the new member's name, in gRPC metadata "
+                f"{NAME_METADATA} or in the peer URL as http://NAME@host:port",
+            )
+        added, members = await self.node.membership.add(name, addr)
+        log.info("member_added", name=name, peer=addr, members=len(members))
+        return self.node.fill_header(
+            rpc_pb2.MemberAddResponse(
+                member=_member_proto(added), members=[_member_proto(m) for m in members]
+            )
+        )
 
     @grpc_errors
-    async def MemberRemove(self, request: object, context: grpc.aio.ServicerContext) -> None:
-        raise _unimplemented("MemberRemove")
+    async def MemberRemove(
+        self, request: rpc_pb2.MemberRemoveRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.MemberRemoveResponse:
+        removed, members = await self.node.membership.remove(int(request.ID))
+        log.info("member_removed", name=removed.name, peer=removed.peer_addr)
+        return self.node.fill_header(
+            rpc_pb2.MemberRemoveResponse(members=[_member_proto(m) for m in members])
+        )
 
     @grpc_errors
     async def MemberUpdate(self, request: object, context: grpc.aio.ServicerContext) -> None:
@@ -145,5 +168,15 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
             )
 
     @grpc_errors
-    async def MoveLeader(self, request: object, context: grpc.aio.ServicerContext) -> None:
-        raise _unimplemented("MoveLeader")
+    async def MoveLeader(
+        self, request: rpc_pb2.MoveLeaderRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.MoveLeaderResponse:
+        await self.node.membership.move_leader(int(request.targetID))
+        log.info("leadership_moved", target=f"{request.targetID:x}")
+        return self.node.fill_header(rpc_pb2.MoveLeaderResponse())
+
+
+def _member_proto(m: Member) -> rpc_pb2.Member:
+    return rpc_pb2.Member(
+        ID=m.id, name=m.name, peerURLs=[f"http://{m.peer_addr}"], clientURLs=list(m.client_urls)
+    )

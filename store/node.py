@@ -25,6 +25,7 @@ from protos import rpc_pb2
 
 from .batcher import Batcher
 from .errors import Code, StoreError
+from .membership import REMOVED, Membership, member_id
 from .metrics import RaftFacts
 from .raft_node import RaftConfig, ReplicatedState, make_syncobj
 from .state_machine import Event, KeepAliveResult, StateMachine
@@ -49,11 +50,6 @@ def check_bindable(addr: str) -> None:
             ) from None
 
 
-def member_id(name: str) -> int:
-    """Stable uint64 member id derived from the member name (non-zero)."""
-    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big") or 1
-
-
 def _has_quorum(syncobj: Any) -> bool:
     """pysyncobj's hasQuorum, which can race with its tick thread on a (re)connect."""
     for _ in range(3):
@@ -71,6 +67,9 @@ class NodeConfig:
     client_urls: list[str]
     raft_addr: str
     initial_cluster: dict[str, str]  # member name -> raft address
+    # "new": seed the replicated member set from initial_cluster on first boot;
+    # "existing": join a running cluster and learn the member set from it
+    initial_cluster_state: str = "new"
     fsync: bool = True
     history_limit: int = 100_000
     request_timeout: float = 5.0
@@ -96,8 +95,8 @@ class StoreNode:
         self.cfg = cfg
         self.member_id = member_id(cfg.name)
         ring = ",".join(f"{n}={a}" for n, a in sorted(cfg.initial_cluster.items()))
-        self.cluster_id = int.from_bytes(hashlib.sha256(ring.encode()).digest()[:8], "big")
-        self._addr_to_name = {a: n for n, a in cfg.initial_cluster.items()}
+        self._flag_cluster_id = int.from_bytes(hashlib.sha256(ring.encode()).digest()[:8], "big")
+        self.membership = Membership(self)
         self.replicated = ReplicatedState(cfg.history_limit)
         self._leases = _LeaseClock()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -133,7 +132,11 @@ class StoreNode:
         self.syncobj = make_syncobj(raft, self.replicated)
         with self.replicated.lock:
             self.hub.delivered = self.replicated.state.revision
+        self.membership.start()
         self._spawn(self._housekeeping())
+        if self.cfg.initial_cluster_state == "new":
+            self._spawn(self.membership.seed(self._flag_cluster_id))
+        self._spawn(self.membership.reconcile_forever())
         self._spawn(self._publish_member())
         log.info(
             "store_node_started",
@@ -141,6 +144,7 @@ class StoreNode:
             member_id=f"{self.member_id:x}",
             raft=self.cfg.raft_addr,
             peers=peers,
+            initial_cluster_state=self.cfg.initial_cluster_state,
             fsync=self.cfg.fsync,
         )
 
@@ -207,6 +211,8 @@ class StoreNode:
 
     async def propose(self, cmd: tuple[Any, ...], timeout: float | None = None) -> Any:
         """Replicate one command; return its result, raising a StoreError result."""
+        if self.membership.removed:  # isolated for good: let the client try another member
+            raise StoreError(Code.UNAVAILABLE, REMOVED)
         result = await self.batcher.propose(cmd, timeout or self.cfg.request_timeout)
         if isinstance(result, StoreError):
             raise result
@@ -242,6 +248,11 @@ class StoreNode:
     # ------------------------------------------------------------ raft facts
 
     @property
+    def cluster_id(self) -> int:
+        """The id the seed recorded (one value on every member); before it, the flag's."""
+        return int(self.replicated.state.cluster_id) or self._flag_cluster_id
+
+    @property
     def raft_term(self) -> int:
         return int(self.syncobj.raftCurrentTerm) if self.syncobj is not None else 0
 
@@ -256,7 +267,7 @@ class StoreNode:
         leader = self.syncobj._getLeader() if self.syncobj is not None else None
         if leader is None:
             return None
-        return self._addr_to_name.get(str(getattr(leader, "address", leader)))
+        return self.membership.name_of(str(getattr(leader, "address", leader)))
 
     def leader_id(self) -> int:
         name = self.leader_name()
@@ -374,13 +385,19 @@ class StoreNode:
                 log.exception("housekeeping_failed")
 
     async def _publish_member(self) -> None:
-        """Record this member's client URLs in the replicated state (for MemberList)."""
-        urls = list(self.cfg.client_urls)
+        """Record this member's client URLs in its member record (for MemberList).
+
+        Waits until the record exists: seeded, or (a new member) replicated to it.
+        """
+        urls = tuple(self.cfg.client_urls)
         while True:
-            if self.read(lambda sm: sm.members.get(self.cfg.name)) == urls:
+            record = self.read(lambda sm: sm.members.get(self.cfg.name))
+            if record is not None and record.client_urls == urls:
                 return
-            try:
-                await self.propose(("member_attrs", self.cfg.name, urls))
-                return
-            except StoreError:
-                await asyncio.sleep(0.5)
+            if record is not None:
+                try:
+                    await self.propose(("member_attrs", self.cfg.name, list(urls)))
+                    continue
+                except StoreError:
+                    pass
+            await asyncio.sleep(0.5)

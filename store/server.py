@@ -18,8 +18,13 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from mizzen.security.server_auth import AuthInterceptor
+from mizzen.security.settings import PLAINTEXT, ServerSecurity
+from mizzen.security.tls import add_port
+from mizzen.security.tokens import load_tokens
 from protos import objects_api_pb2, objects_api_pb2_grpc, rpc_pb2, rpc_pb2_grpc
 
+from .authz import WATCH_METHODS, StorePolicy, stored_reader
 from .cluster_service import ClusterService, MaintenanceService
 from .kv_service import KVService
 from .lease_service import LeaseService
@@ -43,8 +48,32 @@ class AddressInUse(Exception):
 SERVICES = ("KV", "Watch", "Lease", "Cluster", "Maintenance")
 
 
-async def serve(cfg: NodeConfig, listen: str, stop: asyncio.Event | None = None) -> None:
-    """Serve until ``stop`` is set or SIGTERM/SIGINT arrives."""
+def _interceptors(node: StoreNode, security: ServerSecurity) -> list[grpc.aio.ServerInterceptor]:
+    """Authentication and authorization first (secure mode only), then the leader check."""
+    out: list[grpc.aio.ServerInterceptor] = []
+    if security.secure:
+        tokens = load_tokens(security.token_file) if security.token_file else {}
+        policy = StorePolicy(stored_reader(node.read))
+        out.append(
+            AuthInterceptor(
+                policy, tokens=tokens, limits=security.limits, watch_methods=WATCH_METHODS
+            )
+        )
+    out.append(RequireLeaderInterceptor(node.has_leader))
+    return out
+
+
+async def serve(
+    cfg: NodeConfig,
+    listen: str,
+    stop: asyncio.Event | None = None,
+    security: ServerSecurity = PLAINTEXT,
+) -> None:
+    """Serve until ``stop`` is set or SIGTERM/SIGINT arrives.
+
+    With ``security.tls`` the client port requires certificates and
+    ``security.token_listen`` (if set) serves bearer-token clients over TLS.
+    """
     node = StoreNode(cfg)
     await node.start()
     metrics = StoreMetrics(node)
@@ -56,15 +85,22 @@ async def serve(cfg: NodeConfig, listen: str, stop: asyncio.Event | None = None)
         except (OSError, ValueError) as err:
             await node.stop()
             raise AddressInUse(f"cannot serve metrics on {cfg.metrics_listen}: {err}") from None
-    server = grpc.aio.server(
-        interceptors=[RequireLeaderInterceptor(node.has_leader), metrics.interceptor()],
-        options=[
-            ("grpc.max_receive_message_length", MAX_RECV_BYTES),
-            ("grpc.max_send_message_length", MAX_SEND_BYTES),
-            ("grpc.keepalive_permit_without_calls", 1),
-            ("grpc.http2.min_ping_interval_without_data_ms", 5000),
-        ],
-    )
+    options: list[tuple[str, int]] = [
+        ("grpc.max_receive_message_length", MAX_RECV_BYTES),
+        ("grpc.max_send_message_length", MAX_SEND_BYTES),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+    ]
+    if security.secure and security.limits.max_concurrent_streams > 0:
+        options.append(("grpc.max_concurrent_streams", security.limits.max_concurrent_streams))
+    try:
+        interceptors = _interceptors(node, security)
+    except Exception:
+        await node.stop()
+        if http is not None:
+            http.stop()
+        raise
+    server = grpc.aio.server(interceptors=[*interceptors, metrics.interceptor()], options=options)
     rpc_pb2_grpc.add_KVServicer_to_server(KVService(node), server)
     add_watch_service(WatchService(node), server)
     rpc_pb2_grpc.add_LeaseServicer_to_server(LeaseService(node), server)
@@ -78,19 +114,26 @@ async def serve(cfg: NodeConfig, listen: str, stop: asyncio.Event | None = None)
     reflection.enable_server_reflection(
         [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )
-    try:
-        bound = server.add_insecure_port(listen)
-    except RuntimeError:
-        bound = 0
-    if not bound:
+    failed = None if add_port(server, listen, security.tls) else f"{listen} (client"
+    if not failed and security.token_listen:
+        token = add_port(server, security.token_listen, security.tls, require_client_cert=False)
+        failed = None if token else f"{security.token_listen} (token"
+    if failed:
         if http is not None:
             http.stop()
         await node.stop()
-        raise AddressInUse(f"cannot listen on {listen} (client address in use?)")
+        raise AddressInUse(f"cannot listen on {failed} address in use?)")
     await server.start()
     if http is not None:
         http.start()
-    log.info("store_serving", listen=listen, name=cfg.name, metrics=cfg.metrics_listen)
+    log.info(
+        "store_serving",
+        listen=listen,
+        name=cfg.name,
+        metrics=cfg.metrics_listen,
+        tls=security.secure,
+        token_listen=security.token_listen,
+    )
 
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()

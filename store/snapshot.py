@@ -36,7 +36,7 @@ from typing import Any
 from pysyncobj import pickle as pysyncobj_pickle
 from pysyncobj.node import TCPNode
 
-from .state_machine import _SNAPSHOT_FIELDS, StateMachine
+from .state_machine import _OPTIONAL_FIELDS, _SNAPSHOT_FIELDS, StateMachine
 
 MAGIC = b"MIZZSNP\x00"
 FORMAT_VERSION = 1
@@ -90,7 +90,8 @@ def decode(data: bytes) -> StateMachine:
     if _HEADER.size + body_len > len(payload):
         raise SnapshotError("snapshot body length exceeds the file")
     state = pickle.loads(payload[_HEADER.size : _HEADER.size + body_len])
-    if not isinstance(state, dict) or set(state) != set(_SNAPSHOT_FIELDS):
+    required = set(_SNAPSHOT_FIELDS) - set(_OPTIONAL_FIELDS)
+    if not isinstance(state, dict) or not required <= set(state) <= set(_SNAPSHOT_FIELDS):
         raise SnapshotError("snapshot body does not hold a state machine")
     sm = StateMachine.__new__(StateMachine)
     sm.__setstate__(state)
@@ -122,9 +123,13 @@ def chunks(data: bytes, size: int = CHUNK_SIZE) -> list[tuple[bytes, int]]:
 
 
 def for_new_cluster(sm: StateMachine) -> StateMachine:
-    """``sm`` without what belongs to the old cluster: client URLs and proposer sessions."""
+    """``sm`` without what belongs to the old cluster: its members and proposer sessions.
+
+    The new cluster's members seed the member set from their --initial-cluster.
+    """
     state = sm.__getstate__()
     state["members"] = {}
+    state["cluster_id"] = 0
     state["_sessions"] = type(state["_sessions"])()
     fresh = StateMachine.__new__(StateMachine)
     fresh.__setstate__(state)

@@ -78,6 +78,20 @@ class Event:
         return ev
 
 
+@dataclass(frozen=True, slots=True)
+class Member:
+    """One member of the store cluster as the replicated state records it.
+
+    ``id`` is computed by the proposer (``store.node.member_id(name)``) so apply
+    stays pure; ``peer_addr`` is the Raft address (host:port, no scheme).
+    """
+
+    name: str
+    id: int
+    peer_addr: str
+    client_urls: tuple[str, ...] = ()
+
+
 @dataclass(slots=True)
 class Lease:
     id: int
@@ -110,7 +124,8 @@ class StateMachine:
         self._keys: list[bytes] = []  # sorted; mirrors _kv for range scans
         self._history: list[Event] = []
         self.leases: dict[int, Lease] = {}
-        self.members: dict[str, list[str]] = {}  # member name -> client URLs
+        self.members: dict[str, Member] = {}  # name -> member; empty until seeded
+        self.cluster_id = 0  # set by the seed; 0 before
         self._sessions: OrderedDict[str, Session] = OrderedDict()
         self._pending: list[Event] = []  # events produced by the command being applied
 
@@ -167,9 +182,8 @@ class StateMachine:
             if op == "lease_keepalive":
                 lease = self.leases.get(int(cmd[1]))
                 return KeepAliveResult(int(cmd[1]), lease.ttl if lease else 0)
-            if op == "member_attrs":
-                self.members[str(cmd[1])] = [str(u) for u in cmd[2]]
-                return None
+            if isinstance(op, str) and op in _MEMBER_COMMANDS:
+                return self._member_command(cmd)
             if op == "barrier":
                 return self.revision
             return StoreError(Code.INVALID_ARGUMENT, f"mizzen: unknown command {op!r}")
@@ -375,6 +389,90 @@ class StateMachine:
         del self.leases[lease_id]
         return rpc_pb2.LeaseRevokeResponse()
 
+    # --------------------------------------------------------------- members
+
+    def _member_command(self, cmd: tuple[Any, ...]) -> Any:
+        """Membership records. Raft's own member set follows them (store/membership.py).
+
+        ``member_add`` and ``member_remove`` carry the member names their proposer
+        saw: when the set changed in between, the command is refused, so two
+        concurrent changes cannot both pass the proposer's checks.
+        """
+        op = cmd[0]
+        if op == "member_seed":
+            return self._member_seed(int(cmd[1]), cmd[2])
+        if op == "member_attrs":
+            name, urls = str(cmd[1]), tuple(str(u) for u in cmd[2])
+            m = self.members.get(name)
+            if m is None:
+                return StoreError(Code.NOT_FOUND, "etcdserver: member not found")
+            self.members[name] = Member(m.name, m.id, m.peer_addr, urls)
+            return self.members[name]
+        if op == "member_add":
+            name, mid, addr = str(cmd[1]), int(cmd[2]), str(cmd[3])
+            err = self._member_change_allowed(cmd[4])
+            if err is None:
+                err = self._member_add_conflict(name, mid, addr)
+            if err is not None:
+                return err
+            self.members[name] = Member(name, mid, addr)
+            return self.members[name]
+        if op == "member_remove":
+            mid = int(cmd[1])
+            found = [m for m in self.members.values() if m.id == mid]
+            if not found:
+                return StoreError(Code.NOT_FOUND, "etcdserver: member not found")
+            err = self._member_change_allowed(cmd[2])
+            if err is not None:
+                return err
+            if len(self.members) == 1:
+                return StoreError(Code.FAILED_PRECONDITION, "mizzen: cannot remove the only member")
+            return self.members.pop(found[0].name)
+        return StoreError(Code.INVALID_ARGUMENT, f"mizzen: unknown command {op!r}")
+
+    def _member_seed(self, cluster_id: int, seed: Any) -> bool:
+        """Record the first boot's --initial-cluster; a no-op once any member is recorded."""
+        if self.members:
+            return False
+        members = [Member(str(n), int(i), str(a)) for n, i, a in seed]
+        if not members:
+            return False
+        self.members = {m.name: m for m in sorted(members, key=lambda m: m.name)}
+        self.cluster_id = cluster_id
+        return True
+
+    def _member_change_allowed(self, expected: Any) -> StoreError | None:
+        if not self.members:
+            return StoreError(
+                Code.FAILED_PRECONDITION, "mizzen: the member set is not initialized yet; retry"
+            )
+        if tuple(sorted(self.members)) != tuple(sorted(str(n) for n in expected)):
+            return StoreError(
+                Code.FAILED_PRECONDITION,
+                "mizzen: another membership change was applied concurrently; "
+                "check the member list and retry",
+            )
+        return None
+
+    def _member_add_conflict(self, name: str, mid: int, addr: str) -> StoreError | None:
+        if name in self.members:
+            return StoreError(Code.ALREADY_EXISTS, f"mizzen: member name {name!r} already exists")
+        for m in self.members.values():
+            if m.peer_addr == addr:
+                return StoreError(
+                    Code.ALREADY_EXISTS,
+                    f"etcdserver: Peer URLs already exists (peerURLs {addr} is member {m.name})",
+                )
+            if m.id == mid:
+                return StoreError(Code.ALREADY_EXISTS, "etcdserver: ID exists")
+        return None
+
+    def member_by_id(self, mid: int) -> Member | None:
+        return next((m for m in self.members.values() if m.id == mid), None)
+
+    def member_by_addr(self, addr: str) -> Member | None:
+        return next((m for m in self.members.values() if m.peer_addr == addr), None)
+
     # ----------------------------------------------------------------- reads
 
     def _scan(self, key: bytes, range_end: bytes) -> list[bytes]:
@@ -473,7 +571,10 @@ class StateMachine:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         for k in _SNAPSHOT_FIELDS:
-            setattr(self, k, state[k])
+            setattr(self, k, state[k] if k in state else _OPTIONAL_FIELDS[k])
+        # states written before member records held {name: [client URLs]}: dropped,
+        # the members re-seed and re-publish them (see StoreNode)
+        self.members = {n: m for n, m in self.members.items() if isinstance(m, Member)}
         self._pending = []
         self._undo = []
         self._lease_undo = []
@@ -488,8 +589,12 @@ _SNAPSHOT_FIELDS = (
     "_history",
     "leases",
     "members",
+    "cluster_id",
     "_sessions",
 )
+_MEMBER_COMMANDS = frozenset({"member_seed", "member_attrs", "member_add", "member_remove"})
+# fields a state written by an older version may lack, with their defaults
+_OPTIONAL_FIELDS: dict[str, Any] = {"cluster_id": 0}
 
 
 def _sorted(records: list[Record], target: int, order: int) -> list[Record]:

@@ -10,8 +10,9 @@ import argparse
 import asyncio
 import os
 
-from mizzen.cli.config import resolve_endpoints
+from mizzen.cli.config import add_credential_flags, resolve_client
 from mizzen.cli.errors import UsageError
+from mizzen.cli.security_flags import add_server_security_flags, server_security
 
 
 def add_agent_arguments(p: argparse.ArgumentParser) -> None:
@@ -19,6 +20,8 @@ def add_agent_arguments(p: argparse.ArgumentParser) -> None:
         "--name", default=None, help="node name (default: $MIZZEN_NODE_NAME or hostname)"
     )
     p.add_argument("--endpoints", default=None, help="store endpoints host:port,...")
+    add_credential_flags(p)
+    add_server_security_flags(p, tokens=False)
     p.add_argument(
         "--data-dir",
         default=None,
@@ -66,7 +69,11 @@ def run_agent_cmd(args: argparse.Namespace) -> int:
     from nodeagent.config import ConfigError, config_from_args
 
     try:
-        config = config_from_args(args, resolve_endpoints(args.endpoints))
+        client = resolve_client(args)
+        security = server_security(args, {"--listen": args.listen})
+        config = config_from_args(
+            args, client.endpoints, credentials=client.credentials, security=security
+        )
     except ConfigError as err:
         raise UsageError(str(err)) from None
     try:

@@ -15,13 +15,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from mizzen.cli import tables
-from mizzen.cli.config import resolve_endpoints
+from mizzen.cli.config import resolve_client
 from mizzen.cli.errors import CommandError
+from mizzen.cli.member_cmd import add_member_parsers
 from mizzen.cli.objects_cmd import _client_options, error_message
 from mizzen.client.errors import StoreClientError
 from mizzen.client.objects import ObjectsClient
 from mizzen.client.records import Member, MemberStatus
 from mizzen.client.store_client import StoreClient
+from mizzen.security.tls import ClientCredentials
 
 CONTROLLERS_LEADER_KEY = b"/mizzen/leader/controllers"
 
@@ -32,6 +34,7 @@ def add_cluster_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     cluster_sub = p.add_subparsers(dest="cluster_command", required=True)
     s = cluster_sub.add_parser("status", parents=[common], help="members, leaders and nodes")
     s.set_defaults(func=run_status, client_command=True)
+    add_member_parsers(cluster_sub, common)
 
 
 @dataclass(frozen=True)
@@ -42,8 +45,10 @@ class ClusterStatus:
     nodes: list[tuple[str, str]]  # (name, Ready condition: True/False/Unknown)
 
 
-async def gather_status(endpoints: list[str], timeout: float) -> ClusterStatus:
-    async with StoreClient(endpoints, timeout=timeout) as store:
+async def gather_status(
+    endpoints: list[str], timeout: float, credentials: ClientCredentials | None = None
+) -> ClusterStatus:
+    async with StoreClient(endpoints, timeout=timeout, credentials=credentials) as store:
         members = await store.member_list()
         statuses: dict[str, MemberStatus | str] = {}
 
@@ -59,7 +64,7 @@ async def gather_status(endpoints: list[str], timeout: float) -> ClusterStatus:
         leader = None
         if record is not None:
             leader = (record.value.decode(errors="replace"), record.create_revision)
-    async with ObjectsClient(endpoints, timeout=timeout) as objects:
+    async with ObjectsClient(endpoints, timeout=timeout, credentials=credentials) as objects:
         items = (await objects.list("nodes")).items
     nodes = [(n.metadata.name, _ready(n)) for n in items]
     return ClusterStatus(members, statuses, leader, nodes)
@@ -115,9 +120,10 @@ def render(status: ClusterStatus) -> str:
 
 
 def run_status(args: argparse.Namespace) -> int:
-    endpoints = resolve_endpoints(args.endpoints)
+    cfg = resolve_client(args)
+    endpoints = cfg.endpoints
     try:
-        status = asyncio.run(gather_status(endpoints, args.request_timeout))
+        status = asyncio.run(gather_status(endpoints, args.request_timeout, cfg.credentials))
     except StoreClientError as err:
         raise CommandError(error_message(err, endpoints)) from None
     sys.stdout.write(render(status))

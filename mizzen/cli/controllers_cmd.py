@@ -14,7 +14,7 @@ import signal
 
 import structlog
 
-from mizzen.cli.config import resolve_endpoints
+from mizzen.cli.config import add_credential_flags, resolve_client
 from mizzen.cli.errors import UsageError
 
 log = structlog.get_logger(__name__)
@@ -23,6 +23,7 @@ log = structlog.get_logger(__name__)
 def add_controllers_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("controllers", help="run the controller manager (one leader at a time)")
     p.add_argument("--endpoints", default=None, help="store endpoints host:port,...")
+    add_credential_flags(p)
     p.add_argument("--id", default=None, help="identity in the election (default host-pid)")
     p.add_argument("--election-key", default=None, help="store key of the election")
     p.add_argument("--lease-ttl", type=float, default=3.0, help="leader lease TTL, seconds")
@@ -71,8 +72,10 @@ def run_controllers(args: argparse.Namespace) -> int:
     from controllers.manager import ManagerConfig, run_manager
     from controllers.metrics import MetricsListenError
 
+    client = resolve_client(args)
     config = ManagerConfig(
-        endpoints=resolve_endpoints(args.endpoints),
+        endpoints=client.endpoints,
+        credentials=client.credentials,
         lease_ttl=args.lease_ttl,
         renew_interval=args.renew_interval,
         resync=args.resync,

@@ -22,11 +22,12 @@ import grpc
 
 from mizzen.api.defaults import DEFAULT_NAMESPACE
 from mizzen.cli import tables
-from mizzen.cli.config import resolve_endpoints
+from mizzen.cli.config import resolve_client
 from mizzen.cli.errors import CommandError, UsageError
 from mizzen.cli.objects_cmd import _client_options
 from mizzen.client.errors import NotFoundError, StoreClientError, UnavailableError
 from mizzen.client.objects import ObjectsClient
+from mizzen.security.tls import ClientCredentials
 from protos import agent_pb2, agent_pb2_grpc
 
 AGENT_ADDRESS_TYPE = "AgentGRPC"
@@ -74,10 +75,13 @@ def agent_address(node: Any) -> str | None:
 
 
 def _run(args: argparse.Namespace, body: Callable[[ObjectsClient], Awaitable[int]]) -> int:
-    endpoints = resolve_endpoints(args.endpoints)
+    cfg = resolve_client(args)
+    endpoints = cfg.endpoints
 
     async def run() -> int:
-        async with ObjectsClient(endpoints, timeout=args.request_timeout) as client:
+        async with ObjectsClient(
+            endpoints, timeout=args.request_timeout, credentials=cfg.credentials
+        ) as client:
             return await body(client)
 
     try:
@@ -97,8 +101,10 @@ def _agent_error(err: grpc.aio.AioRpcError, node: str, address: str) -> CommandE
     return CommandError(err.details() or code.name)
 
 
-async def _connect(address: str, node: str, timeout: float) -> grpc.aio.Channel:
-    channel = grpc.aio.insecure_channel(address)
+async def _connect(
+    address: str, node: str, timeout: float, credentials: ClientCredentials
+) -> grpc.aio.Channel:
+    channel = credentials.aio_channel(address)
     try:
         async with asyncio.timeout(timeout):
             await channel.channel_ready()
@@ -146,16 +152,20 @@ def run_logs(args: argparse.Namespace) -> int:
         )
         if args.tail >= 0:
             request.tail_lines = args.tail
-        await _stream_logs(address, node_name, request, args.request_timeout)
+        await _stream_logs(address, node_name, request, args.request_timeout, client.credentials)
         return 0
 
     return _run(args, body)
 
 
 async def _stream_logs(
-    address: str, node: str, request: agent_pb2.LogsRequest, timeout: float
+    address: str,
+    node: str,
+    request: agent_pb2.LogsRequest,
+    timeout: float,
+    credentials: ClientCredentials,
 ) -> None:
-    channel = await _connect(address, node, timeout)
+    channel = await _connect(address, node, timeout, credentials)
     out = sys.stdout.buffer
     try:
         stub = agent_pb2_grpc.NodeAgentStub(channel)
@@ -182,12 +192,14 @@ class _NodeStats:
     stats: agent_pb2.StatsResponse | None
 
 
-async def _stats(node: Any, namespace: str, timeout: float) -> _NodeStats:
+async def _stats(
+    node: Any, namespace: str, timeout: float, credentials: ClientCredentials
+) -> _NodeStats:
     address = agent_address(node)
     if address is None:
         return _NodeStats(node, None)
     try:
-        async with grpc.aio.insecure_channel(address) as channel:
+        async with credentials.aio_channel(address) as channel:
             stub = agent_pb2_grpc.NodeAgentStub(channel)
             response = await stub.Stats(
                 agent_pb2.StatsRequest(namespace=namespace), timeout=timeout
@@ -245,7 +257,9 @@ def run_top_nodes(args: argparse.Namespace) -> int:
         if not nodes:
             print("No resources found.", file=sys.stderr)
             return 0
-        results = await asyncio.gather(*(_stats(n, "", args.request_timeout) for n in nodes))
+        results = await asyncio.gather(
+            *(_stats(n, "", args.request_timeout, client.credentials) for n in nodes)
+        )
         sys.stdout.write(tables.render(node_rows(list(results))))
         return 0
 
@@ -303,7 +317,7 @@ def run_top_pods(args: argparse.Namespace) -> int:
         nodes = {n.metadata.name: n for n in (await client.list("Node")).items}
         present = [nodes[name] for name in node_names if name in nodes]
         results = await asyncio.gather(
-            *(_stats(n, namespace, args.request_timeout) for n in present)
+            *(_stats(n, namespace, args.request_timeout, client.credentials) for n in present)
         )
         rows = pod_rows(pods, list(results), with_namespace=not namespace, processes=args.processes)
         sys.stdout.write(tables.render(rows))

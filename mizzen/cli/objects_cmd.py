@@ -32,7 +32,7 @@ from mizzen.api.kinds import KindInfo
 from mizzen.api.manifest import Manifest, ManifestError, dump_json, dump_yaml, load_paths
 from mizzen.cli import tables
 from mizzen.cli.apply_cmd import apply_all
-from mizzen.cli.config import resolve_endpoints
+from mizzen.cli.config import add_credential_flags, resolve_client
 from mizzen.cli.errors import CommandError, UsageError
 from mizzen.cli.watch_cmd import watch_until_interrupted
 from mizzen.client.errors import (
@@ -45,17 +45,28 @@ from mizzen.client.objects import ObjectsClient
 from mizzen.client.store_client import StoreClient
 
 
+def _tls_hint(err: BaseException) -> str:
+    """A hint when a connection failed in a way a TLS mismatch explains."""
+    text = str(err)
+    if "not connected" in text or "failed to connect" in text or "Socket closed" in text:
+        return (
+            "; if the store serves TLS, check --cacert and that --cert/--key are "
+            "signed by the store's CA (see mizzen pki)"
+        )
+    return ""
+
+
 def error_message(err: BaseException, endpoints: list[str]) -> str:
     """The text shown after "mizzen: " for an error a command ended with."""
     if isinstance(err, ManifestError):
         first, *rest = [str(problem) for problem in err.problems] or [str(err)]
         return "\n".join([first, *(f"  {line}" for line in rest)])
     if isinstance(err, UnavailableError):
-        return f"cannot reach the store at {','.join(endpoints)} ({err})"
+        return f"cannot reach the store at {','.join(endpoints)} ({err}){_tls_hint(err)}"
     if isinstance(err, AmbiguousWriteError):
         return str(err)
     if isinstance(err, StoreClientError):
-        return err.details or str(err)
+        return (err.details or str(err)).removeprefix("mizzen: ")
     if isinstance(err, kinds.UnknownKindError):
         return str(err.args[0]) if err.args else str(err)
     return str(err)
@@ -75,6 +86,7 @@ def _client_options() -> argparse.ArgumentParser:
         default=5.0,
         help="seconds each request may take, retries included (default 5)",
     )
+    add_credential_flags(common)
     return common
 
 
@@ -129,10 +141,13 @@ def add_objects_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]
 
 def _with_client(args: argparse.Namespace, body: Callable[[ObjectsClient], Awaitable[int]]) -> int:
     """Run body against the store; every known error becomes a CommandError."""
-    endpoints = resolve_endpoints(args.endpoints)
+    cfg = resolve_client(args)
+    endpoints = cfg.endpoints
 
     async def run() -> int:
-        async with ObjectsClient(endpoints, timeout=args.request_timeout) as client:
+        async with ObjectsClient(
+            endpoints, timeout=args.request_timeout, credentials=cfg.credentials
+        ) as client:
             return await body(client)
 
     try:
@@ -285,11 +300,14 @@ def run_api_resources(args: argparse.Namespace) -> int:
 
 
 def run_version(args: argparse.Namespace) -> int:
-    endpoints = resolve_endpoints(args.endpoints)
+    cfg = resolve_client(args)
+    endpoints = cfg.endpoints
     _out(f"Client Version: mizzen {__version__}")
 
     async def probe() -> str:
-        async with StoreClient(endpoints, timeout=args.request_timeout) as client:
+        async with StoreClient(
+            endpoints, timeout=args.request_timeout, credentials=cfg.credentials
+        ) as client:
             status = await client.status()
             return f"Server: {status.endpoint} (store version {status.version or 'unknown'})"
 

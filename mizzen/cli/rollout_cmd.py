@@ -16,7 +16,7 @@ from typing import Any
 
 from mizzen.api import kinds
 from mizzen.api.defaults import DEFAULT_NAMESPACE
-from mizzen.cli.config import resolve_endpoints
+from mizzen.cli.config import add_credential_flags, resolve_client
 from mizzen.cli.errors import CommandError, UsageError
 from mizzen.cli.objects_cmd import error_message
 from mizzen.client.errors import ConflictError, StoreClientError
@@ -33,6 +33,7 @@ def add_rollout_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--endpoints", default=None, help="store endpoints host:port,...")
     common.add_argument("--request-timeout", type=float, default=5.0)
+    add_credential_flags(common)
     common.add_argument("-n", "--namespace", default=None)
 
     rollout = sub.add_parser("rollout", help="manage the rollout of a deployment")
@@ -80,10 +81,13 @@ def _target(words: list[str], allowed: tuple[str, ...]) -> tuple[kinds.KindInfo,
 
 
 def _run(args: argparse.Namespace, body: Callable[[ObjectsClient], Awaitable[int]]) -> int:
-    endpoints = resolve_endpoints(args.endpoints)
+    cfg = resolve_client(args)
+    endpoints = cfg.endpoints
 
     async def run() -> int:
-        async with ObjectsClient(endpoints, timeout=args.request_timeout) as client:
+        async with ObjectsClient(
+            endpoints, timeout=args.request_timeout, credentials=cfg.credentials
+        ) as client:
             return await body(client)
 
     try:

@@ -16,12 +16,13 @@ import argparse
 import asyncio
 import os
 
-from mizzen.cli.config import resolve_endpoints
+from mizzen.cli.config import resolve_client
 from mizzen.cli.errors import CommandError, UsageError
 from mizzen.cli.objects_cmd import _client_options, error_message
 from mizzen.cli.store_cmd import parse_cluster
 from mizzen.client.errors import StoreClientError
 from mizzen.client.store_client import StoreClient
+from mizzen.security.tls import ClientCredentials
 
 RESTORE_HELP = (
     "build a fresh data directory from FILE (offline); then start the member with "
@@ -77,17 +78,20 @@ def _summary(path: str, data: bytes) -> str:
     )
 
 
-async def fetch_snapshot(endpoints: list[str], timeout: float) -> bytes:
-    async with StoreClient(endpoints, timeout=timeout) as store:
+async def fetch_snapshot(
+    endpoints: list[str], timeout: float, credentials: ClientCredentials | None = None
+) -> bytes:
+    async with StoreClient(endpoints, timeout=timeout, credentials=credentials) as store:
         return await store.snapshot()
 
 
 def run_save(args: argparse.Namespace) -> int:
     from store.snapshot import write_atomic
 
-    endpoints = resolve_endpoints(args.endpoints)
+    cfg = resolve_client(args)
+    endpoints = cfg.endpoints
     try:
-        data = asyncio.run(fetch_snapshot(endpoints, args.request_timeout))
+        data = asyncio.run(fetch_snapshot(endpoints, args.request_timeout, cfg.credentials))
     except StoreClientError as err:
         raise CommandError(error_message(err, endpoints)) from None
     summary = _summary(args.file, data)  # verify before replacing an existing file

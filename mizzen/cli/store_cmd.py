@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import sys
 
 from mizzen.cli.errors import UsageError
+from mizzen.cli.security_flags import add_server_security_flags, server_security
+from mizzen.security.tls import is_loopback
 
 
 def add_store_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -24,6 +27,13 @@ def add_store_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "--initial-cluster",
         default=None,
         help="name=raft_addr,... of every member (default: this member alone)",
+    )
+    p.add_argument(
+        "--initial-cluster-state",
+        choices=["new", "existing"],
+        default="new",
+        help="new: first boot of a new cluster, seed the member list from --initial-cluster; "
+        "existing: join a running cluster after `mizzen cluster member add` (default new)",
     )
     p.add_argument(
         "--fsync",
@@ -68,6 +78,16 @@ def add_store_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         metavar="HOST:PORT",
         help="serve Prometheus /metrics and /healthz over HTTP here (default off)",
     )
+    p.add_argument("--cacert", default=None, help="CA that client certificates must chain to")
+    p.add_argument("--cert", default=None, help="this member's server certificate (TLS)")
+    p.add_argument("--key", default=None, help="the certificate's key")
+    p.add_argument(
+        "--peer-secret-file",
+        default=None,
+        help="shared secret that encrypts and authenticates Raft traffic "
+        "(mizzen pki init writes raft.secret; default: $MIZZEN_RAFT_PASSWORD)",
+    )
+    add_server_security_flags(p, tokens=True)
     p.set_defaults(func=run_store)
 
 
@@ -87,22 +107,59 @@ def parse_cluster(spec: str | None, name: str, raft: str) -> dict[str, str]:
     return out
 
 
+def _peer_secret(path: str | None) -> str | None:
+    """The Raft secret from --peer-secret-file, else $MIZZEN_RAFT_PASSWORD, else None."""
+    if path is None:
+        return os.environ.get("MIZZEN_RAFT_PASSWORD") or None
+    try:
+        secret = open(path).read().strip()  # noqa: SIM115 - tiny file
+    except OSError as err:
+        raise UsageError(f"--peer-secret-file {path}: {err.strerror or err}") from None
+    if len(secret) < 16:
+        raise UsageError(f"--peer-secret-file {path}: secret too short (want 16+ characters)")
+    return secret
+
+
 def run_store(args: argparse.Namespace) -> int:
     os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
     from store.node import NodeConfig
     from store.server import serve
 
     cluster = parse_cluster(args.initial_cluster, args.name, args.listen_raft)
+    security = server_security(
+        args, {"--listen-client": args.listen_client, "--listen-raft": args.listen_raft}
+    )
+    raft_password = _peer_secret(args.peer_secret_file)
+    if security.secure and raft_password is None and not is_loopback(args.listen_raft):
+        raise UsageError(
+            f"--listen-raft {args.listen_raft}: Raft traffic would be plaintext; give "
+            "--peer-secret-file (mizzen pki init writes raft.secret)"
+        )
+    if raft_password is None and not is_loopback(args.listen_raft):
+        # Only reachable with --insecure (server_security refused otherwise).
+        print(
+            f"mizzen: WARNING: Raft port {args.listen_raft} without --peer-secret-file: "
+            "pysyncobj unpickles unauthenticated peer messages, so anyone who reaches "
+            "it can run code as this process",
+            file=sys.stderr,
+        )
+    scheme = "https" if security.secure else "http"
+    if args.initial_cluster_state == "existing" and len(cluster) < 2:
+        raise UsageError(
+            "--initial-cluster-state existing needs --initial-cluster to list the running "
+            "members too (as printed by `mizzen cluster member add`)"
+        )
     cfg = NodeConfig(
         name=args.name,
         data_dir=args.data_dir,
-        client_urls=[f"http://{args.advertise_client or args.listen_client}"],
+        client_urls=[f"{scheme}://{args.advertise_client or args.listen_client}"],
         raft_addr=args.listen_raft,
         initial_cluster=cluster,
+        initial_cluster_state=args.initial_cluster_state,
         fsync=args.fsync == "always",
         history_limit=args.history_limit,
         request_timeout=args.request_timeout,
-        raft_password=os.environ.get("MIZZEN_RAFT_PASSWORD") or None,
+        raft_password=raft_password,
         progress_interval=args.progress_interval,
         election_min=args.election_timeout,
         election_max=2 * args.election_timeout,
@@ -114,7 +171,7 @@ def run_store(args: argparse.Namespace) -> int:
     from store.server import AddressInUse
 
     try:
-        asyncio.run(serve(cfg, args.listen_client))
+        asyncio.run(serve(cfg, args.listen_client, security=security))
     except (StoreError, AddressInUse) as err:
         raise UsageError(str(err)) from None
     return 0

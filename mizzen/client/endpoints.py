@@ -20,6 +20,7 @@ import structlog
 from mizzen.client import retry_policy
 from mizzen.client.errors import AmbiguousWriteError, StoreClientError, UnavailableError, translate
 from mizzen.client.retry_policy import Verdict
+from mizzen.security.tls import INSECURE, ClientCredentials
 from protos import rpc_pb2, rpc_pb2_grpc
 
 log = structlog.get_logger("mizzen.client")
@@ -31,7 +32,7 @@ REQUIRE_LEADER: Metadata = (("hasleader", "true"),)
 """etcd's RequireLeader metadata: a member without a leader rejects up front."""
 NO_METADATA: Metadata = ()
 
-CHANNEL_OPTIONS: list[tuple[str, int]] = [
+CHANNEL_OPTIONS: list[tuple[str, object]] = [
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
@@ -60,8 +61,14 @@ class Connection:
         self.maintenance = rpc_pb2_grpc.MaintenanceStub(channel)
 
     @classmethod
-    def open(cls, address: str) -> Connection:
-        return cls(address, grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS))
+    def open(cls, address: str, credentials: ClientCredentials = INSECURE) -> Connection:
+        return cls(address, credentials.aio_channel(address, CHANNEL_OPTIONS))
+
+    @staticmethod
+    def opener(credentials: ClientCredentials | None) -> ConnectFn:
+        """A ConnectFn opening channels with these credentials (plaintext when None)."""
+        creds = credentials or INSECURE
+        return lambda address: Connection.open(address, creds)
 
     async def ready(self, timeout: float) -> bool:
         """Connect if needed; True once READY, False on failure or after timeout.

@@ -25,6 +25,7 @@ from mizzen.api.kinds import KindInfo, lookup
 from mizzen.client import retry_policy
 from mizzen.client.endpoints import ConnectFn, Connection, EndpointPool, Metadata
 from mizzen.client.errors import StoreClientError, UnavailableError, translate
+from mizzen.security.tls import INSECURE, ClientCredentials
 from protos import objects_api_pb2 as api
 from protos import objects_api_pb2_grpc as api_grpc
 
@@ -107,17 +108,20 @@ class ObjectsClient:
         connect_timeout: float = 1.0,
         connect: ConnectFn | None = None,
         clock: Callable[[], float] = time.monotonic,
+        credentials: ClientCredentials | None = None,
     ) -> None:
         self._pool = EndpointPool(
             [e.removeprefix("http://").removeprefix("https://") for e in endpoints],
             timeout=timeout,
             connect_timeout=connect_timeout,
-            connect=connect,
+            connect=connect or Connection.opener(credentials),
             clock=clock,
         )
         self._stubs: dict[str, api_grpc.ObjectsStub] = {}
         self._write_metadata: Metadata = ()
         self._owns_pool = True
+        # For reaching other Mizzen servers (node agents) as the same identity.
+        self.credentials = credentials or INSECURE
 
     def fenced(self, key: bytes, create_revision: int) -> ObjectsClient:
         """A client sharing this one's connections whose writes need the fence to hold.
@@ -130,6 +134,7 @@ class ObjectsClient:
         other._pool = self._pool
         other._stubs = self._stubs
         other._owns_pool = False
+        other.credentials = self.credentials
         other._write_metadata = (
             ("mizzen-fence-key", key.decode()),
             ("mizzen-fence-revision", str(create_revision)),

@@ -175,6 +175,12 @@ class Member:
     client_urls: tuple[str, ...]
     is_learner: bool
 
+    @property
+    def peer_address(self) -> str:
+        """The Raft address host:port (the first peer URL without its scheme)."""
+        url = self.peer_urls[0] if self.peer_urls else ""
+        return url.split("://", 1)[-1].rstrip("/")
+
     @classmethod
     def from_proto(cls, m: rpc_pb2.Member) -> Member:
         return cls(

@@ -42,7 +42,11 @@ from mizzen.client.records import (
     TxnResult,
 )
 from mizzen.client.watch import Watcher
+from mizzen.security.tls import ClientCredentials
 from protos import rpc_pb2
+
+MEMBER_NAME_METADATA = "mizzen-member-name"
+"""gRPC metadata carrying the new member's name on MemberAdd (etcd's request has no name)."""
 
 
 def _strip_scheme(endpoint: str) -> str:
@@ -70,13 +74,14 @@ class StoreClient:
         watch_resume_timeout: float = 30.0,
         connect: ConnectFn | None = None,
         clock: Callable[[], float] = time.monotonic,
+        credentials: ClientCredentials | None = None,
     ) -> None:
         self._pool = EndpointPool(
             [_strip_scheme(e) for e in endpoints],
             timeout=timeout,
             connect_timeout=connect_timeout,
             leader_ttl=leader_ttl,
-            connect=connect,
+            connect=connect or Connection.opener(credentials),
             clock=clock,
         )
         self._watch_resume_timeout = watch_resume_timeout
@@ -344,6 +349,46 @@ class StoreClient:
             send, mutating=False, require_leader=False, what="member_list"
         )
         return [Member.from_proto(m) for m in response.members]
+
+    async def member_add(
+        self, name: str, peer_url: str, timeout: float = 20.0
+    ) -> tuple[Member, list[Member]]:
+        """Cluster.MemberAdd: the new member (by name and Raft address) and the new list.
+
+        etcd's request has no name field: it travels as gRPC metadata
+        ``mizzen-member-name``. Start the new member afterwards with
+        ``--initial-cluster-state existing``.
+        """
+        request = rpc_pb2.MemberAddRequest(peerURLs=[peer_url])
+
+        async def send(conn: Connection, t: float, md: Metadata) -> rpc_pb2.MemberAddResponse:
+            extra = (*md, (MEMBER_NAME_METADATA, name))
+            return await conn.cluster.MemberAdd(request, timeout=t, metadata=extra)
+
+        r = await self._pool.call(send, mutating=True, timeout=timeout, what="member_add")
+        return Member.from_proto(r.member), [Member.from_proto(m) for m in r.members]
+
+    async def member_remove(self, member_id: int, timeout: float = 20.0) -> list[Member]:
+        """Cluster.MemberRemove; NotFoundError for an unknown id. Returns the new list."""
+        request = rpc_pb2.MemberRemoveRequest(ID=member_id)
+
+        async def send(conn: Connection, t: float, md: Metadata) -> rpc_pb2.MemberRemoveResponse:
+            return await conn.cluster.MemberRemove(request, timeout=t, metadata=md)
+
+        r = await self._pool.call(send, mutating=True, timeout=timeout, what="member_remove")
+        return [Member.from_proto(m) for m in r.members]
+
+    async def move_leader(self, target_id: int, timeout: float = 20.0) -> None:
+        """Maintenance.MoveLeader on the current leader; returns once the target leads."""
+        request = rpc_pb2.MoveLeaderRequest(targetID=target_id)
+        leader = await self.refresh_leader()
+
+        async def send(conn: Connection, t: float, md: Metadata) -> rpc_pb2.MoveLeaderResponse:
+            return await conn.maintenance.MoveLeader(request, timeout=t, metadata=md)
+
+        await self._pool.call(
+            send, mutating=True, endpoint=leader, timeout=timeout, what="move_leader"
+        )
 
     async def snapshot(self) -> bytes:
         """Maintenance.Snapshot: the whole stream's blobs joined (a linearizable copy).

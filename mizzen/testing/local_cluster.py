@@ -39,6 +39,7 @@ from typing import Self
 
 import grpc
 
+from mizzen.security.tls import INSECURE, ClientCredentials
 from protos import rpc_pb2, rpc_pb2_grpc
 
 HOST = "127.0.0.1"
@@ -116,6 +117,8 @@ class LocalCluster:
     """n member processes of one store on loopback; subclasses supply the command line."""
 
     name_prefix = "n"
+    # How status probes connect (a secure cluster's tests set admin credentials).
+    probe_credentials: ClientCredentials = INSECURE
 
     def __init__(
         self,
@@ -280,7 +283,7 @@ class LocalCluster:
         if not self._running(self._members[i]):
             return None
         try:
-            with grpc.insecure_channel(self.endpoint(i), options=_PROBE_OPTIONS) as channel:
+            with self.probe_credentials.channel(self.endpoint(i), _PROBE_OPTIONS) as channel:
                 stub = rpc_pb2_grpc.MaintenanceStub(channel)
                 response: rpc_pb2.StatusResponse = stub.Status(
                     rpc_pb2.StatusRequest(), timeout=timeout
@@ -319,6 +322,37 @@ class LocalCluster:
             f"no leader agreed by {sorted(shown)} within {timeout}s "
             f"((member_id, leader) per member: {shown})\n{self._tails(sorted(require))}"
         )
+
+    # -- growing the cluster ----------------------------------------------------
+
+    def add_member(self, *, start: bool = True) -> int:
+        """Append one member (next name, fresh ports) that joins the running cluster.
+
+        Its command line comes from ``_join_argv`` (after the cluster was told of
+        it, e.g. by MemberAdd). Returns its index; with start, it is spawned.
+        """
+        i = len(self._members)
+        client_port, peer_port = free_ports(2)
+        name = f"{self.name_prefix}{i + 1}"
+        m = _Member(
+            index=i,
+            name=name,
+            client_port=client_port,
+            peer_port=peer_port,
+            data_dir=self.base_dir / name,
+            log_path=self.base_dir / f"{name}.log",
+        )
+        self._members.append(m)
+        m.argv = self._join_argv(m)
+        if start:
+            self._spawn(m)
+        return i
+
+    def peer_address(self, i: int) -> str:
+        return f"{HOST}:{self._members[i].peer_port}"
+
+    def _join_argv(self, m: _Member) -> list[str]:
+        raise NotImplementedError
 
     # -- processes --------------------------------------------------------------
 
@@ -473,10 +507,17 @@ class MizzenCluster(LocalCluster):
         env: Mapping[str, str] | None = None,
         python: str | None = None,
         stop_grace: float = 5.0,
+        credentials: ClientCredentials | None = None,
     ) -> None:
+        if credentials is not None:
+            self.probe_credentials = credentials
         self.python = python or sys.executable
         self._extra = list(extra_args)
         super().__init__(n, base_dir, env=env, stop_grace=stop_grace)
+
+    def _join_argv(self, m: _Member) -> list[str]:
+        """Every member started so far, this one included, and ``existing``."""
+        return [*self._argv(m), "--initial-cluster-state", "existing"]
 
     def _argv(self, m: _Member) -> list[str]:
         initial = ",".join(f"{x.name}={HOST}:{x.peer_port}" for x in self._members)

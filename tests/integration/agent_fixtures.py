@@ -40,8 +40,15 @@ def cgroups_unavailable() -> str | None:
 
 
 class AgentProcess:
-    def __init__(self, base: Path, endpoints: list[str], *, extra: list[str] | None = None):
-        self.name = f"node-{secrets.token_hex(3)}"
+    def __init__(
+        self,
+        base: Path,
+        endpoints: list[str],
+        *,
+        extra: list[str] | None = None,
+        name: str | None = None,
+    ):
+        self.name = name or f"node-{secrets.token_hex(3)}"
         self.parent = f"mizzen-test-{secrets.token_hex(4)}"
         self.data_dir = base / self.name
         self.log_path = base / f"{self.name}.log"

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import pytest
 
-from mizzen.cli.config import DEFAULT_ENDPOINT, resolve_endpoints
+from mizzen.cli.config import (
+    DEFAULT_ENDPOINT,
+    resolve_client,
+    resolve_credentials,
+    resolve_endpoints,
+)
 from mizzen.cli.errors import UsageError
 
 
@@ -67,3 +73,56 @@ def test_malformed_file_is_a_usage_error(tmp_path: Path, text: str) -> None:
 def test_empty_flag_is_a_usage_error() -> None:
     with pytest.raises(UsageError, match="--endpoints"):
         resolve_endpoints(" , ", {})
+
+
+def _args(**flags: str | None) -> argparse.Namespace:
+    base = {"endpoints": None, "cacert": None, "cert": None, "key": None, "token": None}
+    return argparse.Namespace(**{**base, **flags})
+
+
+def _pem(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("-----BEGIN CERTIFICATE-----\nx\n-----END CERTIFICATE-----\n")
+    return path
+
+
+def test_credentials_from_file_are_relative_to_it(tmp_path: Path) -> None:
+    for name in ("ca.crt", "admin.crt", "admin.key"):
+        _pem(tmp_path / "pki" / name)
+    config = tmp_path / "config"
+    config.write_text(
+        "endpoints: [h:1]\ncacert: pki/ca.crt\ncert: pki/admin.crt\nkey: pki/admin.key\n"
+    )
+    got = resolve_client(_args(), {"MIZZEN_CONFIG": str(config)})
+    assert got.endpoints == ["h:1"]
+    assert got.credentials.cacert == str(tmp_path / "pki" / "ca.crt")
+    assert got.credentials.cert == str(tmp_path / "pki" / "admin.crt")
+    assert got.credentials.secure
+
+
+def test_credential_flag_beats_env_beats_file(tmp_path: Path) -> None:
+    file_ca, env_ca, flag_ca = (_pem(tmp_path / n) for n in ("file.crt", "env.crt", "flag.crt"))
+    config = tmp_path / "config"
+    config.write_text(f"cacert: {file_ca}\n")
+    env = {"MIZZEN_CONFIG": str(config), "MIZZEN_CACERT": str(env_ca)}
+    assert resolve_credentials(_args(), env).cacert == str(env_ca)
+    assert resolve_credentials(_args(cacert=str(flag_ca)), env).cacert == str(flag_ca)
+    assert resolve_credentials(_args(), {"MIZZEN_CONFIG": str(config)}).cacert == str(file_ca)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        ({"cert": "a.crt"}, "--cert and --key must be given together"),
+        ({"token": "t"}, "a token needs TLS"),
+        ({"cacert": "/nonexistent/ca.crt"}, "CA certificate /nonexistent/ca.crt"),
+    ],
+)
+def test_bad_credentials_are_one_line_errors(flags: dict[str, str], message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        resolve_credentials(_args(**flags), {"MIZZEN_CONFIG": "/nonexistent/config"})
+
+
+def test_no_settings_mean_plaintext() -> None:
+    creds = resolve_credentials(_args(), {"MIZZEN_CONFIG": "/nonexistent/config"})
+    assert not creds.secure

@@ -11,7 +11,7 @@ from pysyncobj import pickle as pysyncobj_pickle
 
 from protos import rpc_pb2
 from store import snapshot
-from store.state_machine import StateMachine
+from store.state_machine import Member, StateMachine
 
 
 def _state() -> StateMachine:
@@ -70,7 +70,7 @@ def test_chunks_cover_the_data_with_decreasing_remaining() -> None:
 
 def test_restore_writes_a_pysyncobj_dump_of_the_state(tmp_path: Path) -> None:
     sm = _state()
-    sm.members["old"] = ["http://10.0.0.1:2379"]
+    sm.members["old"] = Member("old", 1, "10.0.0.1:2380", ("http://10.0.0.1:2379",))
     data = snapshot.encode(sm)
     cluster = {"x": "127.0.0.1:7001", "y": "127.0.0.1:7002"}
     snapshot.restore(data, str(tmp_path / "d"), cluster)

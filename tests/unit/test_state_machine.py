@@ -195,7 +195,7 @@ def test_txn_writes_share_one_revision(sm: StateMachine) -> None:
         ("lease_grant", 5, 10),
         ("lease_keepalive", 5),
         ("barrier",),
-        ("member_attrs", "n1", ["http://127.0.0.1:2379"]),
+        ("member_seed", 1, (("n1", 1, "127.0.0.1:2380"),)),
     ],
 )
 def test_commands_that_do_not_bump_the_revision(sm: StateMachine, cmd: tuple[Any, ...]) -> None:
@@ -953,10 +953,13 @@ def test_keepalive(sm: StateMachine) -> None:
     assert sm.revision == 1
 
 
-def test_member_attrs(sm: StateMachine) -> None:
-    assert sm.apply(("member_attrs", "n1", ["http://a:1", "http://b:2"])) is None
-    assert sm.apply(("member_attrs", "n1", ("http://c:3",))) is None
-    assert sm.members == {"n1": ["http://c:3"]}
+def test_member_attrs(sm: StateMachine) -> None:  # more in test_membership_state.py
+    sm.apply(("member_seed", 1, (("n1", 1, "127.0.0.1:2380"),)))
+    assert sm.apply(("member_attrs", "n1", ["http://a:1", "http://b:2"])).client_urls == (
+        "http://a:1",
+        "http://b:2",
+    )
+    assert sm.apply(("member_attrs", "n1", ("http://c:3",))).client_urls == ("http://c:3",)
 
 
 # ------------------------------------------------------------ event history

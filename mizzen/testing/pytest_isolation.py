@@ -1,0 +1,16 @@
+"""A pytest plugin (``-p mizzen.testing.pytest_isolation`` in pyproject.toml): no client config.
+
+The CLI and the daemons read a client config file (``$MIZZEN_CONFIG``, else
+``./.mizzen/config``, else ``~/.mizzen/config``). A developer's ``make up`` in
+the repository writes ``./.mizzen/config`` with TLS credentials, which would leak
+into tests that run commands from the repository root against plaintext test
+clusters. Tests that want a config file pass ``MIZZEN_CONFIG`` explicitly.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["MIZZEN_CONFIG"] = os.devnull + ".mizzen-tests-use-no-config"
+for _name in ("MIZZEN_ENDPOINTS", "MIZZEN_CACERT", "MIZZEN_CERT", "MIZZEN_KEY", "MIZZEN_TOKEN"):
+    os.environ.pop(_name, None)
