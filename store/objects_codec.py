@@ -22,6 +22,7 @@ from protos import objects_api_pb2 as api
 from .errors import Code, StoreError
 
 REGISTRY = "/registry/"
+MAX_REVISION = 2**63 - 1  # revisions are int64 on the wire
 
 _FIELD_BY_KIND: dict[str, str] = {
     field.message_type.full_name: field.name  # type: ignore[union-attr]
@@ -93,14 +94,17 @@ def decode(info: KindInfo, value: bytes, mod_revision: int) -> Message:
 
 
 def parse_resource_version(value: str, what: str = "resource_version") -> int:
-    """A resource_version string as a revision; empty is 0."""
+    """A resource_version string as a revision; empty is 0.
+
+    At most MAX_REVISION - 1: a watch starts at the revision after it.
+    """
     if not value:
         return 0
     try:
         rev = int(value)
     except ValueError:
         rev = -1
-    if rev < 0:
+    if not 0 <= rev < MAX_REVISION:
         raise StoreError(Code.INVALID_ARGUMENT, f"invalid {what} {value!r}: want a revision")
     return rev
 
@@ -117,8 +121,8 @@ def decode_continue(token: str, prefix: bytes) -> tuple[bytes, int]:
         data = json.loads(base64.urlsafe_b64decode(token.encode()))
         key = base64.b64decode(data["k"], validate=True)
         revision = int(data["r"])
-    except (ValueError, KeyError, TypeError, binascii.Error):
+    except (ValueError, KeyError, TypeError, OverflowError, binascii.Error):
         raise StoreError(Code.INVALID_ARGUMENT, "invalid continue token") from None
-    if not key.startswith(prefix) or revision <= 0:
+    if not key.startswith(prefix) or not 0 < revision <= MAX_REVISION:
         raise StoreError(Code.INVALID_ARGUMENT, "continue token does not belong to this list")
     return key, revision

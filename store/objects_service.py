@@ -45,6 +45,7 @@ from .keyspace import prefix_end
 from .kv_service import check_size
 from .node import StoreNode
 from .objects_codec import (
+    MAX_REVISION,
     decode,
     decode_continue,
     encode,
@@ -93,7 +94,7 @@ def fence_of(metadata: Any) -> Fence | None:
         rev = int(revision)
     except ValueError:
         rev = 0
-    if rev <= 0:
+    if not 0 < rev <= MAX_REVISION:
         raise StoreError(
             Code.INVALID_ARGUMENT, f"{FENCE_REVISION_HEADER}: must be a positive revision"
         )

@@ -138,7 +138,7 @@ def parse_int_or_percent(value: str) -> tuple[int, bool]:
     text = value.strip()
     percent = text.endswith("%")
     digits = text[:-1] if percent else text
-    if not digits.isdigit():
+    if not (digits.isascii() and digits.isdigit()) or len(digits) > 18:
         raise QuantityError(f"{value!r} must be a non-negative integer or percentage (e.g. '25%')")
     return int(digits), percent
 
