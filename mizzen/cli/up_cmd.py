@@ -8,6 +8,13 @@ with ``--stop-pods-on-exit``, so the pods' processes and cgroups go too (the
 pod objects stay in the store and run again at the next `mizzen up`). The node
 agent needs root (cgroups); without root `mizzen up` runs the store and the
 controllers only and says that nothing will run the pods.
+
+Secure by default: a CA and every certificate live in ``<data-dir>/pki``
+(created once by ``init_pki``, reused after), the store serves TLS and requires
+client certificates, Raft traffic is encrypted with ``raft.secret``, and the
+admin's client config is written to ``<data-dir>/config`` (mode 0600, paths
+relative to it) so that ``mizzen`` commands run next to ``./.mizzen`` find it.
+``--insecure`` keeps the old plaintext mode, on loopback addresses only.
 """
 
 from __future__ import annotations
@@ -23,9 +30,13 @@ from dataclasses import dataclass, field
 from types import FrameType
 
 import grpc
+import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from mizzen.cli.config import FILE_SETTINGS, LOCAL_CONFIG
 from mizzen.cli.errors import UsageError
+from mizzen.security.pki import PkiError, init_pki
+from mizzen.security.tls import INSECURE, ClientCredentials, host_of, is_loopback
 
 RESTART_BACKOFF_CAP = 30.0
 STOP_GRACE = 40.0  # the agent stops pods first, each with its grace period
@@ -57,7 +68,102 @@ def add_up_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="serve Prometheus /metrics: store 127.0.0.1:9379 (+2 per extra member), "
         "controllers :9380, agent :10251",
     )
+    up.add_argument(
+        "--insecure",
+        action="store_true",
+        help="plaintext without certificates (loopback addresses only); "
+        "by default everything speaks TLS with certificates from <data-dir>/pki",
+    )
     up.set_defaults(func=run_up)
+
+
+@dataclass(frozen=True)
+class UpTLS:
+    """The files in ``<data-dir>/pki`` each component is started with."""
+
+    pki: str
+    store_host: str
+    node_name: str
+
+    def _pair(self, stem: str) -> list[str]:
+        return [
+            "--cacert", self.path("ca.crt"),
+            "--cert", self.path(f"{stem}.crt"),
+            "--key", self.path(f"{stem}.key"),
+        ]  # fmt: skip
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.pki, name)
+
+    def store_flags(self) -> list[str]:
+        secret = ["--peer-secret-file", self.path("raft.secret")]
+        return [*self._pair(f"store-{self.store_host}"), *secret]
+
+    def controller_flags(self) -> list[str]:
+        return self._pair("controller")
+
+    def agent_flags(self) -> list[str]:
+        return self._pair(f"node-{self.node_name}")
+
+    def admin(self) -> ClientCredentials:
+        return ClientCredentials(
+            self.path("ca.crt"), self.path("admin.crt"), self.path("admin.key")
+        )
+
+
+def prepare_security(args: argparse.Namespace) -> UpTLS | None:
+    """The cluster's certificates (made on the first secure run), or None with --insecure."""
+    listeners = {"--listen-client": args.listen_client, "--listen-raft": args.listen_raft}
+    if not args.no_agent:
+        listeners["--agent-listen"] = args.agent_listen
+    if args.insecure:
+        exposed = [f"{flag} {addr}" for flag, addr in listeners.items() if not is_loopback(addr)]
+        if exposed:
+            raise UsageError(
+                f"up: --insecure serves plaintext, so only on loopback; got {', '.join(exposed)}"
+            )
+        return None
+    store_host = _cert_host(args.listen_client, "--listen-client")
+    agent_host = _cert_host(args.agent_listen, "--agent-listen")
+    pki = os.path.join(os.path.abspath(args.data_dir), "pki")
+    try:
+        init_pki(pki, hosts=[store_host], nodes=[f"{args.node_name}={agent_host}"])
+    except (PkiError, OSError) as err:
+        raise UsageError(f"up: {pki}: {err}") from None
+    return UpTLS(pki, store_host, args.node_name)
+
+
+def _cert_host(address: str, flag: str) -> str:
+    """The host a certificate must name for clients dialing ``address``."""
+    host = host_of(address)
+    if host in ("", "0.0.0.0", "::"):
+        raise UsageError(f"up: {flag} {address}: give the address clients dial, not a wildcard")
+    return "127.0.0.1" if host == "localhost" else host
+
+
+def write_client_config(data_dir: str, endpoints: list[str], tls: UpTLS | None) -> str:
+    """Write ``<data-dir>/config`` (0600) for the admin; return its absolute path."""
+    os.makedirs(data_dir, exist_ok=True)
+    path = os.path.join(os.path.abspath(data_dir), "config")
+    settings: dict[str, object] = {"endpoints": endpoints}
+    if tls is not None:
+        rel = os.path.relpath(tls.pki, os.path.dirname(path))
+        for name, file in (("cacert", "ca.crt"), ("cert", "admin.crt"), ("key", "admin.key")):
+            settings[name] = os.path.join(rel, file)
+    text = "# written by mizzen up: the local cluster's admin client config\n"
+    text += yaml.safe_dump(settings, default_flow_style=False, sort_keys=False)
+    tmp = f"{path}.tmp.{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
 
 
 @dataclass
@@ -66,6 +172,7 @@ class Component:
     argv: list[str]
     log_path: str
     ready_endpoint: str | None = None  # gRPC health to wait for before the next one starts
+    env: dict[str, str] | None = None
     proc: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     next_start: float = 0.0
@@ -76,7 +183,12 @@ class Component:
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         try:
             self.proc = subprocess.Popen(
-                self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+                env=self.env,
             )
         finally:
             log.close()
@@ -94,7 +206,18 @@ class Component:
             proc.wait()
 
 
-def components(args: argparse.Namespace) -> list[Component]:
+def child_env(config: str) -> dict[str, str]:
+    """Our environment, but the daemons' store client reads only the config `up` wrote
+    (not the caller's MIZZEN_ENDPOINTS/CACERT/... nor a ./.mizzen/config of another cluster)."""
+    client = {f"MIZZEN_{name.upper()}" for name in ("config", "endpoints", *FILE_SETTINGS)}
+    env = {k: v for k, v in os.environ.items() if k not in client}
+    env["MIZZEN_CONFIG"] = config
+    return env
+
+
+def components(
+    args: argparse.Namespace, tls: UpTLS | None = None, env: dict[str, str] | None = None
+) -> list[Component]:
     py = [sys.executable, "-m", "mizzen", "--log-format", "json"]
     data = os.path.abspath(args.data_dir)
     logs = os.path.join(data, "logs")
@@ -115,11 +238,13 @@ def components(args: argparse.Namespace) -> list[Component]:
                     "--listen-client", client,
                     "--listen-raft", raft,
                     "--initial-cluster", initial,
+                    *(tls.store_flags() if tls else []),
                     *_metrics(args, 9379 + 2 * i),
                 ],
                 os.path.join(logs, "store.log" if single else f"store-{name}.log"),
                 # a member serves once a majority runs: wait after starting the last one
                 ready_endpoint=client if i == len(members) - 1 else None,
+                env=env,
             )
         )  # fmt: skip
     out.append(
@@ -132,9 +257,11 @@ def components(args: argparse.Namespace) -> list[Component]:
                 endpoints,
                 "--id",
                 f"{args.node_name}-cm",
+                *(tls.controller_flags() if tls else []),
                 *_metrics(args, 9380),
             ],
             os.path.join(logs, "controllers.log"),
+            env=env,
         )
     )
     if not args.no_agent:
@@ -149,10 +276,12 @@ def components(args: argparse.Namespace) -> list[Component]:
                     "--listen", args.agent_listen,
                     "--cgroup-parent", args.cgroup_parent,
                     "--stop-pods-on-exit",
+                    *(tls.agent_flags() if tls else []),
                     *_metrics(args, 10251),
                 ],
                 os.path.join(logs, "agent.log"),
                 ready_endpoint=args.agent_listen,
+                env=env,
             )
         )  # fmt: skip
     return out
@@ -176,9 +305,9 @@ def store_members(client: str, raft: str, n: int) -> list[tuple[str, str, str]]:
     return [(f"n{i + 1}", shifted(client, 2 * i), shifted(raft, 2 * i)) for i in range(n)]
 
 
-def wait_serving(endpoint: str, timeout: float) -> bool:
+def wait_serving(endpoint: str, timeout: float, credentials: ClientCredentials = INSECURE) -> bool:
     deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(endpoint) as channel:
+    with credentials.channel(endpoint) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             try:
@@ -207,7 +336,11 @@ def run_up(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         args.no_agent = True
-    parts = components(args)
+    tls = prepare_security(args)
+    credentials = tls.admin() if tls else INSECURE
+    stores = [c for _, c, _ in store_members(args.listen_client, args.listen_raft, args.nodes)]
+    config = write_client_config(args.data_dir, stores, tls)
+    parts = components(args, tls, child_env(config))
     # SIGINT explicitly too: a shell may have started us with it ignored
     signal.signal(signal.SIGTERM, _raise_stop)
     signal.signal(signal.SIGINT, _raise_stop)
@@ -216,21 +349,12 @@ def run_up(args: argparse.Namespace) -> int:
         for part in parts:
             part.start()
             started.append(part)
-            if part.ready_endpoint and not wait_serving(part.ready_endpoint, 30.0):
+            if part.ready_endpoint and not wait_serving(part.ready_endpoint, 30.0, credentials):
                 raise UsageError(
                     f"up: {part.name} did not become ready at {part.ready_endpoint} within 30 s; "
                     f"see {part.log_path}"
                 )
-        stores = ",".join(
-            c for _, c, _ in store_members(args.listen_client, args.listen_raft, args.nodes)
-        )
-        print(
-            f"mizzen up: store at {stores}, controllers"
-            + ("" if args.no_agent else f", agent for node {args.node_name} at {args.agent_listen}")
-            + f"; data and logs in {os.path.abspath(args.data_dir)}. Ctrl-C stops it.\n"
-            f"  try: mizzen --endpoints {stores} apply -f examples/web.yaml",
-            file=sys.stderr,
-        )
+        print(banner(args, stores, config, secure=tls is not None), file=sys.stderr)
         supervise(parts)
     except (KeyboardInterrupt, _Stop):
         pass
@@ -238,6 +362,21 @@ def run_up(args: argparse.Namespace) -> int:
         for part in reversed(started):
             part.stop()
     return 0
+
+
+def banner(args: argparse.Namespace, stores: list[str], config: str, *, secure: bool) -> str:
+    """What runs where, and how to point the CLI at it from here and from elsewhere."""
+    mode = "TLS with client certificates" if secure else "PLAINTEXT (--insecure)"
+    here = os.path.abspath(config) == os.path.abspath(LOCAL_CONFIG)
+    agent = "" if args.no_agent else f", agent for node {args.node_name} at {args.agent_listen}"
+    return (
+        f"mizzen up: store at {','.join(stores)}, controllers{agent}; {mode}; "
+        f"data and logs in {os.path.abspath(args.data_dir)}. Ctrl-C stops it.\n"
+        f"  admin config {config}"
+        + (": mizzen commands run from this directory use it; elsewhere:" if here else ":")
+        + f"\n    export MIZZEN_CONFIG={config}\n"
+        "  try: mizzen apply -f examples/web.yaml"
+    )
 
 
 def supervise(parts: list[Component]) -> None:

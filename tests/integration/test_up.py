@@ -1,8 +1,10 @@
 """A newcomer's path: `mizzen up` from a clean data dir, a web Deployment, curl, logs, Ctrl-C.
 
 The example manifest (examples/web.yaml) is applied with its port replaced by
-a free one. After SIGINT nothing may be left: no daemon, no pod process, no
-cgroup. A second `mizzen up` resumes with the same data.
+a free one. `mizzen up` is secure by default: the CLI reaches it through the
+admin config it writes (``<data-dir>/config``), and a client without a
+certificate is refused. After SIGINT nothing may be left: no daemon, no pod
+process, no cgroup. A second `mizzen up` resumes with the same data and PKI.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import os
 import secrets
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -47,6 +50,7 @@ def eventually(fn: Callable[[], T], check: Callable[[T], bool], timeout: float, 
 
 class Up:
     def __init__(self, data: Path) -> None:
+        self.data = data
         client, raft, agent, web = free_ports(4)
         self.endpoint = f"127.0.0.1:{client}"
         self.web_port = web
@@ -76,12 +80,19 @@ class Up:
         assert "Traceback" not in err
         return err
 
-    def mizzen(self, *args: str, stdin: str | None = None) -> str:
+    def run(
+        self, *args: str, stdin: str | None = None, config: str = "config"
+    ) -> subprocess.CompletedProcess[str]:
+        """A `mizzen` command with the admin config `mizzen up` wrote, as its banner says."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("MIZZEN_")}
-        out = subprocess.run(
-            [sys.executable, "-m", "mizzen", *args, "--endpoints", self.endpoint],
+        env["MIZZEN_CONFIG"] = str(self.data / config)
+        return subprocess.run(
+            [sys.executable, "-m", "mizzen", *args],
             input=stdin, capture_output=True, text=True, timeout=60, cwd=REPO_ROOT, env=env,
         )  # fmt: skip
+
+    def mizzen(self, *args: str, stdin: str | None = None) -> str:
+        out = self.run(*args, stdin=stdin)
         if out.returncode != 0:
             raise subprocess.SubprocessError(out.stderr)
         return out.stdout
@@ -112,6 +123,10 @@ def daemon_pids(marker: str) -> list[int]:
     return [int(p) for p in out.stdout.split()]
 
 
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
 def test_up_runs_a_web_deployment_and_leaves_nothing_behind(up: Up) -> None:
     manifest = (REPO_ROOT / "examples" / "web.yaml").read_text().replace("8080", str(up.web_port))
     up.start()
@@ -121,6 +136,21 @@ def test_up_runs_a_web_deployment_and_leaves_nothing_behind(up: Up) -> None:
         60,
         "node Ready",
     )
+    pki = up.data / "pki"
+    keys = sorted(p.name for p in pki.glob("*.key"))
+    assert keys == ["admin.key", "ca.key", "controller.key", f"node-{up.node}.key",
+                    "store-127.0.0.1.key"]  # fmt: skip
+    for secret in [*pki.glob("*.key"), pki / "raft.secret", up.data / "config"]:
+        assert mode(secret) == 0o600, secret
+    ca = (pki / "ca.crt").read_bytes()
+    # TLS with client certificates: without one the store refuses, in one line
+    no_cert = up.run(
+        "get", "pods", "--endpoints", up.endpoint, "--cacert", str(pki / "ca.crt"),
+        config="no-such-config",
+    )  # fmt: skip
+    assert no_cert.returncode == 1
+    assert len(no_cert.stderr.strip().splitlines()) == 1, no_cert.stderr
+    assert no_cert.stderr.startswith("mizzen: ")
     assert up.mizzen("apply", "-f", "-", stdin=manifest) == "deployment/web created\n"
     eventually(
         lambda: up.mizzen("get", "pods", "-l", "app=web"),
@@ -148,7 +178,7 @@ def test_up_runs_a_web_deployment_and_leaves_nothing_behind(up: Up) -> None:
     with pytest.raises(OSError):
         urllib.request.urlopen(url, timeout=2)
 
-    # a second `mizzen up` resumes with the same data: the Deployment runs again
+    # a second `mizzen up` resumes with the same data and certificates: the Deployment runs again
     up.start()
     eventually(lambda: urllib.request.urlopen(url, timeout=2).read(), bool, 60, "web answers again")
     assert up.mizzen("delete", "deploy", "web") == "deployment/web deleted\n"
@@ -158,5 +188,7 @@ def test_up_runs_a_web_deployment_and_leaves_nothing_behind(up: Up) -> None:
         60,
         "pods gone after delete",
     )
+    assert (pki / "ca.crt").read_bytes() == ca, "the second up made a new CA"
     up.interrupt()
     assert not daemon_pids(up.endpoint)
+    assert detect(parent=up.parent).open("") is None
