@@ -6,7 +6,10 @@ lives) and n namespaces ``mz<tag>-h<i>``, each joined to the bridge by a veth
 pair and addressed ``<subnet>.(10+i)`` (i = 1..n), loopback up. Each host runs
 real daemons (``spawn``), which can be SIGKILLed one at a time (``kill``) or all
 together (``kill_all``: the whole host), and can be cut off (``partition``) and
-reconnected (``heal``).
+reconnected (``heal``). ``ip netns exec`` gives a daemon a private ``/sys``
+without ``/sys/fs/cgroup``; ``spawn(..., host_mounts=True)`` runs it in the
+caller's mount namespace instead (still in the host's network namespace), as a
+node agent needs the real cgroup hierarchies.
 
 What is guaranteed:
 
@@ -50,7 +53,7 @@ from typing import Self
 
 import structlog
 
-from mizzen.testing.local_cluster import MizzenCluster, _has_exited, _Member
+from mizzen.testing.local_cluster import _has_exited
 
 _log = structlog.get_logger(__name__)
 
@@ -58,6 +61,7 @@ DEFAULT_SUBNET = "198.18.0.0/24"
 MARKER_DIR = Path("/run/mizzen-testhosts")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 _SETPRIV = shutil.which("setpriv")
+_NSENTER = shutil.which("nsenter")
 _TERMINATING = {signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT}
 
 
@@ -131,16 +135,25 @@ class TestHost:
         env: Mapping[str, str] | None = None,
         log: str | os.PathLike[str] | None = None,
         cwd: str | os.PathLike[str] | None = None,
+        host_mounts: bool = False,
     ) -> subprocess.Popen[bytes]:
         """Start argv inside the namespace in its own session, tracked under name.
 
-        The Popen's pid is the daemon's own (``ip netns exec`` execs it). Output
-        is appended to the file log (a header line marks each start), else discarded.
+        The Popen's pid is the daemon's own (``ip netns exec`` and ``nsenter``
+        exec it). Output is appended to the file log (a header line marks each
+        start), else discarded. With host_mounts the daemon re-enters the
+        caller's mount namespace (the real ``/sys/fs/cgroup``), keeping the
+        host's network namespace.
         """
         old = self._procs.get(name)
         if old is not None and not _has_exited(old):
             raise HostsError(f"{self.name}: daemon {name} is already running (pid {old.pid})")
-        full = ["ip", "netns", "exec", self.netns, *argv]
+        inner = list(argv)
+        if host_mounts:
+            if _NSENTER is None:
+                raise HostsError("host_mounts needs nsenter (apt-get install util-linux)")
+            inner = [_NSENTER, f"--mount=/proc/{os.getpid()}/ns/mnt", "--", *inner]
+        full = ["ip", "netns", "exec", self.netns, *inner]
         if _SETPRIV is not None and threading.current_thread() is threading.main_thread():
             full = [_SETPRIV, "--pdeathsig", "KILL", "--", *full]
         out = open(log, "ab") if log is not None else None  # noqa: SIM115
@@ -472,78 +485,6 @@ def sweep_stale() -> None:
             marker.unlink(missing_ok=True)
 
 
-class HostStoreCluster(MizzenCluster):
-    """A Mizzen store member per test host: ``h<i>`` on ``<address>:2379`` (Raft on 2380).
-
-    Everything LocalCluster offers (start, kill, restart, status, leader_index,
-    stop) works unchanged; members run inside their host's namespace, so
-    ``hosts[i].kill_all()`` or ``kill_host(i)`` kills member i with its host.
-    """
-
-    CLIENT_PORT = 2379
-    RAFT_PORT = 2380
-
-    def __init__(
-        self,
-        hosts: TestHosts,
-        base_dir: str | os.PathLike[str],
-        *,
-        extra_args: Sequence[str] = (),
-        env: Mapping[str, str] | None = None,
-        python: str | None = None,
-        stop_grace: float = 5.0,
-    ) -> None:
-        self.hosts = hosts
-        super().__init__(
-            len(hosts),
-            base_dir,
-            extra_args=extra_args,
-            env=env,
-            python=python,
-            stop_grace=stop_grace,
-        )
-
-    def endpoint(self, i: int) -> str:
-        return f"{self.hosts[i].address}:{self.CLIENT_PORT}"
-
-    def _argv(self, m: _Member) -> list[str]:
-        initial = ",".join(f"h{h.index}={h.address}:{self.RAFT_PORT}" for h in self.hosts)
-        host = self.hosts[m.index]
-        return [
-            self.python, "-m", "mizzen", "store",
-            "--name", host.name,
-            "--data-dir", str(m.data_dir),
-            "--listen-client", f"{host.address}:{self.CLIENT_PORT}",
-            "--listen-raft", f"{host.address}:{self.RAFT_PORT}",
-            "--initial-cluster", initial,
-            *self._extra,
-        ]  # fmt: skip
-
-    def _spawn(self, m: _Member) -> None:
-        m.data_dir.mkdir(parents=True, exist_ok=True)
-        host = self.hosts[m.index]
-        m.proc = host.spawn(m.argv, "store", env=self._child_env(), log=m.log_path)
-        m.expect_running = True
-        m.paused = False
-
-    def kill_host(self, i: int) -> None:
-        """Host i dies with every process on it (member i included)."""
-        self._members[i].expect_running = False
-        self.hosts[i].kill_all()
-
-
-def store_on_hosts(
-    hosts: TestHosts,
-    base_dir: str | os.PathLike[str],
-    *,
-    extra_args: Sequence[str] = (),
-    env: Mapping[str, str] | None = None,
-    start_timeout: float = 30.0,
-) -> HostStoreCluster:
-    """Start one store member on every host; return once they agree on a leader."""
-    return HostStoreCluster(hosts, base_dir, extra_args=extra_args, env=env).start(start_timeout)
-
-
 _instances: weakref.WeakSet[TestHosts] = weakref.WeakSet()
 
 
@@ -552,3 +493,8 @@ def _stop_all() -> None:
     for hosts in list(_instances):
         with contextlib.suppress(Exception):
             hosts.stop()
+
+
+# The store-on-hosts helpers live in host_cluster; still importable from here.
+from mizzen.testing.host_cluster import HostStoreCluster as HostStoreCluster  # noqa: E402
+from mizzen.testing.host_cluster import store_on_hosts as store_on_hosts  # noqa: E402

@@ -15,13 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from mizzen.testing.hosts import (
-    DEFAULT_SUBNET,
-    HostStoreCluster,
-    TestHosts,
-    store_on_hosts,
-    unavailable_reason,
-)
+from mizzen.testing.host_cluster import HostStoreCluster, store_on_hosts
+from mizzen.testing.hosts import DEFAULT_SUBNET, TestHosts, unavailable_reason
 
 SEED_ENV = "MIZZEN_CHAOS_SEED"
 SUBNET_ENV = "MIZZEN_TEST_SUBNET"

@@ -48,7 +48,9 @@ from mizzen.client import (
     StoreClientError,
     UnavailableError,
 )
-from mizzen.testing.hosts import HostsError, HostStoreCluster, TestHost, TestHosts
+from mizzen.security.tls import INSECURE, ClientCredentials
+from mizzen.testing.host_cluster import HostStoreCluster
+from mizzen.testing.hosts import HostsError, TestHost, TestHosts
 from protos import rpc_pb2, rpc_pb2_grpc
 
 pytestmark = pytest.mark.cluster
@@ -121,6 +123,16 @@ def _count(value: str | None) -> int:
     return int(value.split(":", 1)[0]) if value else 0
 
 
+# The store runs secure (TLS, client certificates): tests set the admin's here.
+CREDENTIALS: list[ClientCredentials] = [INSECURE]
+
+
+def client(endpoints: list[str], timeout: float, connect_timeout: float = 1.0) -> StoreClient:
+    return StoreClient(
+        endpoints, timeout=timeout, connect_timeout=connect_timeout, credentials=CREDENTIALS[0]
+    )
+
+
 async def _timed(
     rec: Recorder, base: HistoryOp, call: Callable[[], Awaitable[T]], *, write: bool
 ) -> tuple[T, float, float] | None:
@@ -190,7 +202,7 @@ async def _client(
 ) -> None:
     rng = random.Random(seed * 1000 + cid)
     proc = f"c{cid}"
-    async with StoreClient(endpoints, timeout=3.0, connect_timeout=0.5) as c:
+    async with client(endpoints, timeout=3.0, connect_timeout=0.5) as c:
         n = 0
         while not stop.is_set():
             n += 1
@@ -237,7 +249,7 @@ def hashes(cluster: HostStoreCluster) -> list[tuple[int, int] | None]:
     out: list[tuple[int, int] | None] = []
     for i in range(len(cluster)):
         try:
-            with grpc.insecure_channel(cluster.endpoint(i)) as channel:
+            with cluster.credentials.channel(cluster.endpoint(i)) as channel:
                 r = rpc_pb2_grpc.MaintenanceStub(channel).HashKV(rpc_pb2.HashKVRequest(), timeout=2)
                 out.append((int(r.hash_revision), int(r.hash)))
         except grpc.RpcError:
@@ -325,6 +337,7 @@ def test_store_chaos_linearizable(
     rec = Recorder()
     stop = threading.Event()
     endpoints = store3.endpoints
+    CREDENTIALS[0] = store3.credentials
     start = time.monotonic()
     nemesis = Nemesis(store3, start)
     clients = threading.Thread(
@@ -380,7 +393,7 @@ def test_store_chaos_linearizable(
 
 
 async def _final_reads(endpoints: list[str], rec: Recorder) -> None:
-    async with StoreClient(endpoints, timeout=10.0) as c:
+    async with client(endpoints, timeout=10.0) as c:
         for key in KEYS:
             ok, _ = await _read(c, rec, "final", key)
             assert ok, f"final read of {key} failed"
@@ -390,7 +403,7 @@ async def _missing_acks(endpoints: list[str], acks: list[Ack]) -> list[str]:
     """Each ack must be in the store's history: the key held its value at its revision."""
     missing: list[str] = []
     limit = asyncio.Semaphore(32)
-    async with StoreClient(endpoints, timeout=10.0) as c:
+    async with client(endpoints, timeout=10.0) as c:
 
         async def verify(ack: Ack) -> None:
             async with limit:
@@ -411,6 +424,7 @@ async def _missing_acks(endpoints: list[str], acks: list[Ack]) -> list[str]:
 @pytest.mark.timeout(120)
 def test_minority_partition_no_split_brain(store3: HostStoreCluster, chaos_seed: int) -> None:
     seed = chaos_seed
+    CREDENTIALS[0] = store3.credentials
     rng = random.Random(seed)
     start = time.monotonic()
     leader = leader_of(store3)
@@ -454,21 +468,21 @@ async def _partition_scenario(
 ) -> PartitionOutcome:
     out = PartitionOutcome()
     key = "/partition/k"
-    async with StoreClient(cluster.endpoints, timeout=10.0) as c:
+    async with client(cluster.endpoints, timeout=10.0) as c:
         first_rev, _ = await c.put(key, "before")
-    async with StoreClient([minority], timeout=5.0) as mino:
+    async with client([minority], timeout=5.0) as mino:
         while (await mino.get(key, serializable=True)) is None:
             await asyncio.sleep(0.05)
     cluster.hosts[victim].partition(except_gateway=True)
     t0 = time.monotonic()
     try:
-        async with StoreClient(majority, timeout=15.0, connect_timeout=0.5) as maj:
+        async with client(majority, timeout=15.0, connect_timeout=0.5) as maj:
             for i in range(20):
                 last_rev, _ = await maj.put(key, f"maj-{i}")
                 out.majority_writes += 1
                 if i == 0:
                     out.first_majority_write_s = round(time.monotonic() - t0, 2)
-        async with StoreClient([minority], timeout=3.0, connect_timeout=0.5) as mino:
+        async with client([minority], timeout=3.0, connect_timeout=0.5) as mino:
             for i in range(3):
                 try:
                     await mino.put(key, f"minority-{i}")
@@ -487,13 +501,13 @@ async def _partition_scenario(
     finally:
         cluster.hosts[victim].heal()
     t1 = time.monotonic()
-    async with StoreClient([minority], timeout=5.0) as mino:
+    async with client([minority], timeout=5.0) as mino:
         while time.monotonic() - t1 < 20:
             if (await mino.range(key, serializable=True)).revision >= last_rev:
                 out.healed_minority_caught_up_s = round(time.monotonic() - t1, 2)
                 break
             await asyncio.sleep(0.1)
-    async with StoreClient(cluster.endpoints, timeout=10.0) as c:
+    async with client(cluster.endpoints, timeout=10.0) as c:
         last = (await c.range(key)).revision
         for rev in range(first_rev + 1, last + 1):
             kv = await c.get(key, revision=rev)

@@ -39,6 +39,7 @@ from conftest import SUBNET_ENV, require_test_hosts
 from controllers.leader import current_leader
 from controllers.node_lifecycle import has_unreachable_taint
 from mizzen.client import ConflictError, Informer, ObjectsClient, StoreClient
+from mizzen.testing.host_cluster import HostPki
 from mizzen.testing.hosts import CGROUP_ROOT, DEFAULT_SUBNET, HostsError, TestHost, TestHosts
 from mizzen.testing.local_cluster import REPO_ROOT
 from protos import objects_pb2 as pb
@@ -68,20 +69,15 @@ class Workload:
         path = self.env.get("PYTHONPATH")
         self.env["PYTHONPATH"] = f"{REPO_ROOT}{os.pathsep}{path}" if path else str(REPO_ROOT)
         self.env["PYTHONUNBUFFERED"] = "1"
+        self.pki = HostPki(hosts, base / "pki")  # every daemon runs secure
+        self.credentials = self.pki.admin
 
-    def _spawn(self, i: int, name: str, argv: list[str], *, root_mounts: bool = False) -> None:
-        """Start python argv on host i; root_mounts: in the test runner's mount namespace.
-
-        ``ip netns exec`` gives the daemon a private ``/sys`` without
-        ``/sys/fs/cgroup``; an agent needs the real hierarchies, so it re-enters
-        the runner's mount namespace (keeping the host's network namespace).
-        """
+    def _spawn(self, i: int, name: str, argv: list[str], *, host_mounts: bool = False) -> None:
+        """Start python argv on host i; host_mounts: with the real cgroup hierarchies (agents)."""
         host = self.hosts[i]
         log = self.base / f"{host.name}-{name}.log"
         full = [sys.executable, *argv]
-        if root_mounts:
-            full = ["nsenter", f"--mount=/proc/{os.getpid()}/ns/mnt", "--", *full]
-        host.spawn(full, name, env=self.env, log=log, cwd=REPO_ROOT)
+        host.spawn(full, name, env=self.env, log=log, cwd=REPO_ROOT, host_mounts=host_mounts)
 
     def start_store(self) -> None:
         h = self.hosts[0]
@@ -91,6 +87,7 @@ class Workload:
             "--listen-client", self.endpoint,
             "--listen-raft", f"{h.address}:2380",
             "--initial-cluster", f"{h.name}={h.address}:2380",
+            *self.pki.store_flags(h),
         ])  # fmt: skip
 
     def manager_id(self, i: int) -> str:
@@ -101,6 +98,7 @@ class Workload:
             "-m", "mizzen", "--log-format", "json", "controllers",
             "--endpoints", self.endpoint, "--id", self.manager_id(i),
             "--lease-ttl", "2", "--renew-interval", "0.5",
+            *self.pki.client_flags("controller"),
         ])  # fmt: skip
 
     def start_agent(self, i: int) -> None:
@@ -112,7 +110,8 @@ class Workload:
             "--listen", f"{h.address}:{AGENT_PORT}", "--address", h.address,
             "--cgroup-parent", h.cgroup_parent,
             "--backoff-initial", "0.5", "--backoff-cap", "4", "--logs-linger", "0",
-        ], root_mounts=True)  # fmt: skip
+            *self.pki.client_flags(f"node-{h.name}"),
+        ], host_mounts=True)  # fmt: skip
 
     async def wait_nodes_ready(self, client: ObjectsClient, timeout: float = 60) -> None:
         names = {self.hosts[1].name, self.hosts[2].name}
@@ -291,7 +290,7 @@ async def test_dead_host_pods_replaced_and_stale_copies_killed(
     w, ns, replicas = workload, "s3", 6
     dead, survivor = w.hosts[2], w.hosts[1]
     w.start_manager(0)
-    async with ObjectsClient([w.endpoint], timeout=10) as client:
+    async with ObjectsClient([w.endpoint], timeout=10, credentials=w.credentials) as client:
         await w.wait_nodes_ready(client)
         await client.create(deployment("web", ns, replicas, "v1"))
 
@@ -364,8 +363,8 @@ async def test_rolling_update_survives_leader_kills(workload: Workload, chaos_se
     w.start_manager(1)
     ids = {w.manager_id(i): i for i in (0, 1)}
     async with (
-        ObjectsClient([w.endpoint], timeout=10) as client,
-        StoreClient([w.endpoint], timeout=10) as store,
+        ObjectsClient([w.endpoint], timeout=10, credentials=w.credentials) as client,
+        StoreClient([w.endpoint], timeout=10, credentials=w.credentials) as store,
     ):
         await w.wait_nodes_ready(client)
         d = deployment("roll", ns, replicas, "v1")
@@ -446,7 +445,7 @@ async def test_agent_restarts_keep_pods_running(workload: Workload, chaos_seed: 
     rng = random.Random(chaos_seed)
     w, ns, keep = workload, "s4", 10
     host = w.hosts[1]
-    async with ObjectsClient([w.endpoint], timeout=10) as client:
+    async with ObjectsClient([w.endpoint], timeout=10, credentials=w.credentials) as client:
         await w.wait_nodes_ready(client)
         for i in range(keep):
             await client.create(bare_pod(f"keep-{i}", ns, host.name))
