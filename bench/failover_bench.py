@@ -69,7 +69,6 @@ from failover_hosts import (  # noqa: E402
     deployment,
     informer,
     live,
-    modify,
     pid_alive,
     ready_status,
     remove_all,
@@ -85,6 +84,7 @@ from controllers.node_lifecycle import LEASE_NAMESPACE, has_unreachable_taint  #
 from mizzen.client import Informer, ObjectsClient, StoreClient  # noqa: E402
 from mizzen.log_config import configure_logging  # noqa: E402
 from mizzen.testing.hosts import TestHost  # noqa: E402
+from mizzen.testing.waits import modify  # noqa: E402
 from protos import objects_pb2 as pb  # noqa: E402
 
 FAILOVER_NS = "failover-bench"

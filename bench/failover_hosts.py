@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Itera
 from pathlib import Path
 from typing import Any, Self
 
-from mizzen.client import ConflictError, Informer, ObjectsClient
+from mizzen.client import Informer, ObjectsClient
 from mizzen.security.tls import ClientCredentials
 from mizzen.testing.host_cluster import HostPki, HostStoreCluster, store_on_hosts
 from mizzen.testing.hosts import CGROUP_ROOT, TestHost, TestHosts
@@ -233,19 +233,6 @@ def deployment(ns: str, replicas: int, node_selector: dict[str, str]) -> pb.Depl
     proc.resources.requests.cpu_millis = 10
     proc.resources.requests.memory_bytes = 16 * 1024**2
     return d
-
-
-async def modify(client: ObjectsClient, kind: str, name: str, ns: str, change: Any) -> None:
-    """Read, change(obj), update; again on a conflict (status writers bump the version)."""
-    for _ in range(50):
-        obj = await client.get(kind, name, ns)
-        change(obj)
-        try:
-            await client.update(obj)
-            return
-        except ConflictError:
-            await asyncio.sleep(0.02)
-    raise RuntimeError(f"{kind}/{name}: 50 conflicts in a row")
 
 
 async def until(

@@ -38,10 +38,11 @@ from conftest import SUBNET_ENV, require_test_hosts
 
 from controllers.leader import current_leader
 from controllers.node_lifecycle import has_unreachable_taint
-from mizzen.client import ConflictError, Informer, ObjectsClient, StoreClient
+from mizzen.client import Informer, ObjectsClient, StoreClient
 from mizzen.testing.host_cluster import HostPki
 from mizzen.testing.hosts import CGROUP_ROOT, DEFAULT_SUBNET, HostsError, TestHost, TestHosts
 from mizzen.testing.local_cluster import REPO_ROOT
+from mizzen.testing.waits import modify
 from protos import objects_pb2 as pb
 
 pytestmark = pytest.mark.cluster
@@ -262,18 +263,6 @@ async def background(*coros: Awaitable[None]) -> AsyncIterator[list[asyncio.Task
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-
-
-async def modify(client: ObjectsClient, kind: str, name: str, ns: str, change: Any) -> None:
-    for _ in range(50):
-        obj = await client.get(kind, name, ns)
-        change(obj)
-        try:
-            await client.update(obj)
-            return
-        except ConflictError:
-            await asyncio.sleep(0.05)
-    raise AssertionError(f"{kind}/{name}: 50 update conflicts in a row")
 
 
 async def pods_in(client: ObjectsClient, ns: str) -> list[pb.Pod]:

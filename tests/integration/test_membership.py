@@ -22,6 +22,7 @@ import grpc
 import pytest
 
 from mizzen.testing.local_cluster import REPO_ROOT, MizzenCluster
+from mizzen.testing.waits import wait_until
 from protos import rpc_pb2, rpc_pb2_grpc
 
 pytestmark = pytest.mark.integration
@@ -54,18 +55,6 @@ def hash_kv(endpoint: str) -> tuple[int, int]:
 
 def put(endpoint: str, key: bytes, value: bytes = b"v") -> None:
     kv(endpoint).Put(rpc_pb2.PutRequest(key=key, value=value), timeout=RPC)
-
-
-def wait_until(pred: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if pred():
-                return
-        except grpc.RpcError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def mizzen(*args: str, home: Path) -> subprocess.CompletedProcess[str]:

@@ -11,13 +11,13 @@ import asyncio
 import random
 import signal
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import grpc
 import pytest
 
 from mizzen.testing.local_cluster import MizzenCluster
+from mizzen.testing.waits import wait_until
 from protos import rpc_pb2, rpc_pb2_grpc
 
 pytestmark = pytest.mark.integration
@@ -34,18 +34,6 @@ def read_all(endpoint: str, prefix: bytes) -> dict[bytes, bytes]:
     end = prefix[:-1] + bytes([prefix[-1] + 1])
     resp = kv(endpoint).Range(rpc_pb2.RangeRequest(key=prefix, range_end=end), timeout=5)
     return {x.key: x.value for x in resp.kvs}
-
-
-def wait_until(pred: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if pred():
-                return
-        except grpc.RpcError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 async def writers_until(
