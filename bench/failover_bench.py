@@ -312,11 +312,15 @@ def _interrupted(signum: int, frame: object) -> None:
 
 async def run_all(plane: Plane, args: argparse.Namespace) -> dict[str, Any]:
     report: dict[str, Any] = {}
-    report["store_failover"] = await store_failover(
-        plane, args.rounds, args.writers, not args.no_host_kill, args.observe
-    )
-    report["controller_failover"] = await controller_failover(plane, args.rounds, args.settle)
-    report["dead_host"] = await dead_host(plane, args.pods)
+    only = set(args.only.split(",")) if args.only else {"store", "controllers", "hosts"}
+    if "store" in only:
+        report["store_failover"] = await store_failover(
+            plane, args.rounds, args.writers, not args.no_host_kill, args.observe
+        )
+    if "controllers" in only:
+        report["controller_failover"] = await controller_failover(plane, args.rounds, args.settle)
+    if "hosts" in only:
+        report["dead_host"] = await dead_host(plane, args.pods)
     return report
 
 
@@ -330,6 +334,7 @@ def main() -> int:
     ap.add_argument("--settle", type=float, default=3.0, help="seconds after a manager start")
     ap.add_argument("--subnet", default=DEFAULT_SUBNET, help="the hosts' subnet (own bridge)")
     ap.add_argument("--keep", action="store_true", help="keep the logs (kept anyway on failure)")
+    ap.add_argument("--only", default="", help="some of store,controllers,hosts (default all)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         say("failover_bench: needs root (network namespaces, cgroups)")
