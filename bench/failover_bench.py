@@ -357,7 +357,7 @@ def main() -> int:
         else:
             shutil.rmtree(base, ignore_errors=True)
     report["settings"] = {
-        "store_members": 3, "managers": 3, "agents": 2, "lease_ttl_s": 3.0,
+        "store_members": 3, "managers": 3, "agents": 2, "lease_ttl_s": 2.0,
         "node_grace_s": 5.0, "eviction_timeout_s": 10.0, "agent_heartbeat_s": 1.0,
     }  # fmt: skip
     report["machine"] = f"{platform.node()} {os.cpu_count()} cpus, {platform.release()}"

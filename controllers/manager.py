@@ -58,7 +58,7 @@ class ManagerConfig:
     id: str = field(default_factory=default_identity)
     election_key: str = DEFAULT_KEY
     # Seconds; the store's lease TTL is whole seconds (rounded up).
-    lease_ttl: float = 3.0
+    lease_ttl: float = 2.0
     # How often the leader confirms by a read that it still holds the election key.
     renew_interval: float = 1.0
     # Seconds between re-enqueues of every object of each controller's primary kind.

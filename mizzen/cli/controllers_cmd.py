@@ -26,7 +26,12 @@ def add_controllers_parser(sub: argparse._SubParsersAction[argparse.ArgumentPars
     add_credential_flags(p)
     p.add_argument("--id", default=None, help="identity in the election (default host-pid)")
     p.add_argument("--election-key", default=None, help="store key of the election")
-    p.add_argument("--lease-ttl", type=float, default=3.0, help="leader lease TTL, seconds")
+    p.add_argument(
+        "--lease-ttl",
+        type=float,
+        default=2.0,
+        help="leader lease TTL, whole seconds (kept alive every TTL/3; default 2)",
+    )
     p.add_argument(
         "--renew-interval",
         type=float,
