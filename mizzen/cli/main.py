@@ -1,28 +1,50 @@
-"""The `mizzen` command."""
+"""The `mizzen` command.
+
+Each subcommand lives in its own module, and most of them import the gRPC
+client, protobufs or cryptography. Importing all of them costs ~0.4 s, so
+``main`` imports only the module of the command being run (all of them for
+``--help`` or an unknown command, whose error lists every choice).
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
+from collections.abc import Sequence
 
 from mizzen import __version__
-from mizzen.cli.agent_cmd import add_agent_parser
-from mizzen.cli.cluster_cmd import add_cluster_parsers
-from mizzen.cli.controllers_cmd import add_controllers_parser
-from mizzen.cli.describe_cmd import add_describe_parsers
 from mizzen.cli.errors import CommandError, UsageError
-from mizzen.cli.logs_cmd import add_logs_parsers
-from mizzen.cli.node_cmd import add_node_parsers
-from mizzen.cli.objects_cmd import add_objects_parsers
-from mizzen.cli.pki_cmd import add_pki_parsers
-from mizzen.cli.rollout_cmd import add_rollout_parsers
-from mizzen.cli.snapshot_cmd import add_snapshot_parsers
-from mizzen.cli.store_cmd import add_store_parser
-from mizzen.cli.up_cmd import add_up_parser
 from mizzen.log_config import configure_logging
 
+# (module, its add_*_parser function, the commands it adds), in help order.
+REGISTRY: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("store_cmd", "add_store_parser", ("store",)),
+    ("up_cmd", "add_up_parser", ("up",)),
+    ("objects_cmd", "add_objects_parsers", ("apply", "get", "delete", "api-resources", "version")),
+    ("describe_cmd", "add_describe_parsers", ("describe", "events")),
+    ("cluster_cmd", "add_cluster_parsers", ("cluster",)),
+    ("snapshot_cmd", "add_snapshot_parsers", ("snapshot",)),
+    ("logs_cmd", "add_logs_parsers", ("logs", "top")),
+    ("agent_cmd", "add_agent_parser", ("agent",)),
+    ("controllers_cmd", "add_controllers_parser", ("controllers",)),
+    ("rollout_cmd", "add_rollout_parsers", ("rollout", "scale")),
+    ("node_cmd", "add_node_parsers", ("cordon", "uncordon", "drain")),
+    ("pki_cmd", "add_pki_parsers", ("pki",)),
+)
 
-def build_parser() -> argparse.ArgumentParser:
+
+def _command_of(argv: Sequence[str]) -> str | None:
+    """The subcommand argv names (after the global options), if any."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--log-level")
+    pre.add_argument("--log-format")
+    _, rest = pre.parse_known_args(list(argv))
+    return rest[0] if rest and not rest[0].startswith("-") else None
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; with ``command``, only that command's module is imported."""
     p = argparse.ArgumentParser(prog="mizzen", description="Mizzen orchestrator")
     p.add_argument("--version", action="version", version=f"mizzen {__version__}")
     p.add_argument(
@@ -33,24 +55,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--log-format", default="auto", choices=["auto", "json", "console"])
     sub = p.add_subparsers(dest="command", required=True)
-    add_store_parser(sub)
-    add_up_parser(sub)
-    add_objects_parsers(sub)
-    add_describe_parsers(sub)
-    add_cluster_parsers(sub)
-    add_snapshot_parsers(sub)
-    add_logs_parsers(sub)
-    add_agent_parser(sub)
-    add_controllers_parser(sub)
-    add_rollout_parsers(sub)
-    add_node_parsers(sub)
-    add_pki_parsers(sub)
+    known = any(command in names for _, _, names in REGISTRY)
+    for module, function, names in REGISTRY:
+        if known and command not in names:
+            continue
+        add = getattr(importlib.import_module(f"mizzen.cli.{module}"), function)
+        add(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args_in = sys.argv[1:] if argv is None else argv
+    parser = build_parser(_command_of(args_in))
+    args = parser.parse_args(args_in)
     default_level = "warning" if getattr(args, "client_command", False) else "info"
     configure_logging(args.log_level or default_level, args.log_format)
     try:
