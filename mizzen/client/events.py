@@ -6,6 +6,10 @@ message) within ``aggregate_window`` seconds update the one Event already
 written (count + 1, last_timestamp) instead of creating another. Failures are
 logged and the event dropped: reporting must never break a controller. The
 queue is bounded; when full the oldest unsent event is dropped.
+
+Writes run ``concurrency`` at a time (a burst of 5,000 scheduling events would
+otherwise drain one round trip after another and overflow the queue); events
+with the same aggregation key are written in order, never concurrently.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ class EventWriter(Protocol):
 
 AGGREGATE_WINDOW = 600.0
 MAX_PENDING = 1000
+CONCURRENCY = 8
 _MAX_NAME = 253
 
 
@@ -55,6 +60,11 @@ class _Pending:
 class _Written:
     event: pb.Event
     last_at: float
+
+
+def _key(item: _Pending) -> tuple[str, str, str]:
+    """What repeats of one event share: the object, the reason and the message."""
+    return (item.ref.uid or f"{item.ref.namespace}/{item.ref.name}", item.reason, item.message)
 
 
 def _timestamp(seconds: float) -> Timestamp:
@@ -85,8 +95,10 @@ class EventRecorder:
         *,
         aggregate_window: float = AGGREGATE_WINDOW,
         max_pending: int = MAX_PENDING,
+        concurrency: int = CONCURRENCY,
     ) -> None:
         self._client = client
+        self.concurrency = max(1, concurrency)
         self.component = component
         self.host = host
         self._clock = clock
@@ -122,21 +134,35 @@ class EventRecorder:
             await self.flush()
 
     async def flush(self) -> None:
-        """Write every queued event now (aggregating repeats)."""
+        """Write every queued event now (aggregating repeats), ``concurrency`` at a time.
+
+        Each round takes queued events up to the first one whose key is already
+        in the round, so repeats of one event are written one after another.
+        """
         while self._pending:
-            item = self._pending.popleft()
-            try:
-                await self._write(item)
-            except StoreClientError as err:
-                self.failures += 1
-                log.warning("event_write_failed", reason=item.reason, error=str(err))
-            except Exception:
-                self.failures += 1
-                log.exception("event_write_failed", reason=item.reason)
+            batch: list[_Pending] = []
+            keys: set[tuple[str, str, str]] = set()
+            while self._pending and len(batch) < self.concurrency:
+                key = _key(self._pending[0])
+                if key in keys:
+                    break
+                keys.add(key)
+                batch.append(self._pending.popleft())
+            await asyncio.gather(*(self._write_logged(item) for item in batch))
         self._expire()
 
+    async def _write_logged(self, item: _Pending) -> None:
+        try:
+            await self._write(item)
+        except StoreClientError as err:
+            self.failures += 1
+            log.warning("event_write_failed", reason=item.reason, error=str(err))
+        except Exception:
+            self.failures += 1
+            log.exception("event_write_failed", reason=item.reason)
+
     async def _write(self, item: _Pending) -> None:
-        key = (item.ref.uid or f"{item.ref.namespace}/{item.ref.name}", item.reason, item.message)
+        key = _key(item)
         seen = self._written.get(key)
         if seen is not None and item.at - seen.last_at <= self.aggregate_window:
             event = pb.Event()

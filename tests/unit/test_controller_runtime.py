@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -272,6 +273,50 @@ async def test_events_are_written_in_the_background_and_repeats_aggregate() -> N
     recorder.record(subject, "Normal", "Other", "x")
     await recorder.flush()
     assert len(objects.objects("events")) == 3
+
+
+class SlowEventWriter:
+    """Each write yields to the loop a few times; records how many overlap."""
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self.most = 0
+        self.created: list[pb.Event] = []
+        self.updated: list[pb.Event] = []
+
+    async def _slow(self) -> None:
+        self.in_flight += 1
+        self.most = max(self.most, self.in_flight)
+        for _ in range(3):
+            await asyncio.sleep(0)
+        self.in_flight -= 1
+
+    async def create(self, obj: pb.Event) -> pb.Event:
+        await self._slow()
+        self.created.append(obj)
+        return obj
+
+    async def update(self, obj: pb.Event) -> pb.Event:
+        await self._slow()
+        self.updated.append(obj)
+        return obj
+
+
+async def test_events_are_written_concurrently_but_repeats_in_order() -> None:
+    writer = SlowEventWriter()
+    recorder = EventRecorder(writer, "c", concurrency=4)
+    subjects = [
+        pb.Pod(metadata=pb.ObjectMeta(name=f"p{i}", namespace="ns", uid=f"u{i}")) for i in range(10)
+    ]
+    for subject in subjects:
+        recorder.record(subject, "Normal", "Scheduled", "placed")
+    for _ in range(3):  # repeats of one event: aggregated, never written at once
+        recorder.record(subjects[0], "Normal", "Scheduled", "placed")
+    await recorder.flush()
+    assert writer.most == 4  # the concurrency bound, reached
+    assert len(writer.created) == 10
+    assert [e.spec.count for e in writer.updated] == [2, 3, 4]
+    assert recorder.pending() == 0 and recorder.failures == 0
 
 
 async def test_event_write_failures_are_swallowed() -> None:
