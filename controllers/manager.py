@@ -38,7 +38,7 @@ from mizzen.client.errors import FencedError
 from mizzen.client.events import EventRecorder
 from mizzen.client.objects import ListResult, ObjectsClient
 from mizzen.client.store_client import StoreClient
-from mizzen.security.tls import ClientCredentials
+from mizzen.security.tls import ClientCredentials, ServerTLS
 
 log = structlog.get_logger(__name__)
 
@@ -77,7 +77,14 @@ class ManagerConfig:
     # Free-form options for individual controllers (name -> value).
     options: dict[str, Any] = field(default_factory=dict)
     # host:port for Prometheus /metrics and /healthz over HTTP; "" disables it.
+    # With a client certificate in credentials, served over HTTPS with it.
     metrics_listen: str = ""
+
+    def metrics_tls(self) -> ServerTLS | None:
+        creds = self.credentials
+        if creds is None or not (creds.cacert and creds.cert and creds.key):
+            return None
+        return ServerTLS(creds.cacert, creds.cert, creds.key)
 
 
 class CountingClient:
@@ -364,7 +371,7 @@ async def run_manager(config: ManagerConfig, stop: asyncio.Event | None = None) 
     if config.metrics_listen:
         from controllers.metrics import serve_metrics
 
-        http = serve_metrics(config.metrics_listen, manager)
+        http = serve_metrics(config.metrics_listen, manager, config.metrics_tls())
     try:
         await manager.run(stop)
     finally:

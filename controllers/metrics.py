@@ -34,7 +34,7 @@ from prometheus_client import (
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from mizzen.metrics_http import MetricsHttpServer, parse_listen
+from mizzen.metrics_http import MetricsHttpServer, TlsFiles, parse_listen
 
 if TYPE_CHECKING:
     from controllers.manager import ControllerManager
@@ -184,11 +184,13 @@ class ManagerCollector(Collector):
         yield retries
 
 
-def serve_metrics(listen: str, manager: ControllerManager) -> MetricsHttpServer:
-    """Start ``/metrics`` and ``/healthz`` for manager on listen (host:port)."""
+def serve_metrics(
+    listen: str, manager: ControllerManager, tls: TlsFiles | None = None
+) -> MetricsHttpServer:
+    """Start ``/metrics`` and ``/healthz`` for manager on listen (host:port); HTTPS with tls."""
     try:
         parse_listen(listen)
-        http = MetricsHttpServer(listen, ControllerMetrics(manager))
+        http = MetricsHttpServer(listen, ControllerMetrics(manager), tls)
     except (ValueError, OSError) as err:
         raise MetricsListenError(f"cannot serve metrics on {listen}: {err}") from None
     http.start()

@@ -4,11 +4,16 @@ A daemon hands ``MetricsHttpServer`` something that renders its Prometheus
 exposition and says whether it can do its job (``MetricsSource``); the server
 answers scrapes on its own thread, so a daemon whose event loop is wedged can
 still be scraped and diagnosed.
+
+Given ``tls`` (a secure store or agent), it serves HTTPS and requires a client
+certificate signed by the cluster CA, like the daemon's gRPC port; the TLS
+handshake happens on the request's thread, so a slow client cannot stall others.
 """
 
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
@@ -37,6 +42,29 @@ def parse_listen(listen: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+class TlsFiles(Protocol):
+    """PEM paths: the server's certificate and key, and the CA clients must chain to."""
+
+    @property
+    def cacert(self) -> str: ...
+
+    @property
+    def cert(self) -> str: ...
+
+    @property
+    def key(self) -> str: ...
+
+
+def server_context(tls: TlsFiles) -> ssl.SSLContext:
+    """TLS 1.2+ server context that requires a client certificate from the CA."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(tls.cert, tls.key)
+    context.load_verify_locations(tls.cacert)
+    context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
 class MetricsHttpServer:
     """``/metrics`` (Prometheus text) and ``/healthz`` (200 or 503) on a daemon thread.
 
@@ -45,12 +73,21 @@ class MetricsHttpServer:
     in use raises ``OSError`` there, before the daemon starts its real work.
     """
 
-    def __init__(self, listen: str, metrics: MetricsSource) -> None:
+    def __init__(self, listen: str, metrics: MetricsSource, tls: TlsFiles | None = None) -> None:
         host, port = parse_listen(listen)
         handler = _handler_for(metrics)
         server_class = _V6Server if ":" in host else ThreadingHTTPServer
         self._server = server_class((host, port), handler)
         self._server.daemon_threads = True
+        if tls is not None:
+            try:
+                context = server_context(tls)
+            except (OSError, ssl.SSLError):
+                self._server.server_close()
+                raise
+            self._server.socket = context.wrap_socket(
+                self._server.socket, server_side=True, do_handshake_on_connect=False
+            )
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="metrics-http", daemon=True
         )

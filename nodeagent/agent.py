@@ -351,7 +351,7 @@ def _serve_metrics(agent: Agent) -> MetricsHttpServer | None:
     if not listen:
         return None
     try:
-        http = MetricsHttpServer(listen, agent.metrics)
+        http = MetricsHttpServer(listen, agent.metrics, agent.config.security.tls)
     except (ValueError, OSError) as err:
         raise AgentStartError(f"cannot serve metrics on {listen}: {err}") from None
     http.start()

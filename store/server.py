@@ -81,7 +81,7 @@ async def serve(
     http: MetricsHttpServer | None = None
     if cfg.metrics_listen:
         try:
-            http = MetricsHttpServer(cfg.metrics_listen, metrics)
+            http = MetricsHttpServer(cfg.metrics_listen, metrics, security.tls)
         except (OSError, ValueError) as err:
             await node.stop()
             raise AddressInUse(f"cannot serve metrics on {cfg.metrics_listen}: {err}") from None

@@ -70,7 +70,10 @@ def run_agent_cmd(args: argparse.Namespace) -> int:
 
     try:
         client = resolve_client(args)
-        security = server_security(args, {"--listen": args.listen})
+        security = server_security(
+            args,
+            {"--listen": args.listen, "--metrics-listen": getattr(args, "metrics_listen", None)},
+        )
         config = config_from_args(
             args, client.endpoints, credentials=client.credentials, security=security
         )

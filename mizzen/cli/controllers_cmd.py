@@ -16,6 +16,7 @@ import structlog
 
 from mizzen.cli.config import add_credential_flags, resolve_client
 from mizzen.cli.errors import UsageError
+from mizzen.security.tls import is_loopback
 
 log = structlog.get_logger(__name__)
 
@@ -24,6 +25,11 @@ def add_controllers_parser(sub: argparse._SubParsersAction[argparse.ArgumentPars
     p = sub.add_parser("controllers", help="run the controller manager (one leader at a time)")
     p.add_argument("--endpoints", default=None, help="store endpoints host:port,...")
     add_credential_flags(p)
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="serve --metrics-listen in plaintext even on a non-loopback address",
+    )
     p.add_argument("--id", default=None, help="identity in the election (default host-pid)")
     p.add_argument("--election-key", default=None, help="store key of the election")
     p.add_argument(
@@ -97,7 +103,20 @@ def run_controllers(args: argparse.Namespace) -> int:
         config.election_key = args.election_key
     if args.lease_ttl < 1:
         raise UsageError("--lease-ttl must be at least 1 second")
-    log.info("controllers_config", **{k: str(v) for k, v in vars(config).items()})
+    if (
+        args.metrics_listen
+        and config.metrics_tls() is None
+        and not is_loopback(args.metrics_listen)
+        and not args.insecure
+    ):
+        raise UsageError(
+            f"refusing to serve metrics in plaintext on --metrics-listen {args.metrics_listen}: "
+            "give --cacert/--cert/--key (HTTPS with client certificates) or --insecure"
+        )
+    shown = {k: str(v) for k, v in vars(config).items() if k != "credentials"}
+    creds = config.credentials
+    shown["tls"] = str(bool(creds and creds.secure))
+    log.info("controllers_config", **shown)
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -127,7 +127,12 @@ def run_store(args: argparse.Namespace) -> int:
 
     cluster = parse_cluster(args.initial_cluster, args.name, args.listen_raft)
     security = server_security(
-        args, {"--listen-client": args.listen_client, "--listen-raft": args.listen_raft}
+        args,
+        {
+            "--listen-client": args.listen_client,
+            "--listen-raft": args.listen_raft,
+            "--metrics-listen": args.metrics_listen,
+        },
     )
     raft_password = _peer_secret(args.peer_secret_file)
     if security.secure and raft_password is None and not is_loopback(args.listen_raft):

@@ -103,6 +103,9 @@ def profile(name: str, role: str, hosts: Sequence[str] = ()) -> Profile:
         prof = Profile(
             f"node-{name}", f"node:{name}", role, _dedup((*own, *extra, *loopback)), True
         )
+    elif role == "controller":  # also serves its /metrics over HTTPS
+        check_name(name)
+        prof = Profile(name, name, role, _dedup((*extra, *loopback)), True)
     else:
         check_name(name)
         if name == "ca":
@@ -305,12 +308,13 @@ def init_pki(
 ) -> list[Path]:
     """Create the CA and every certificate a cluster needs; return the paths written.
 
-    Issues a store certificate per host, one ``controller`` and one ``admin``
+    Issues a store certificate per host, one ``controller`` (valid on every
+    host, as the managers run there and serve their metrics) and one ``admin``
     certificate, a node certificate per node and ``raft.secret``. Without
     ``force`` an existing CA is kept and only missing files are created.
     """
     plan: list[tuple[str, str, tuple[str, ...]]] = [(h, "store", ()) for h in hosts]
-    plan += [("controller", "controller", ()), ("admin", "admin", ())]
+    plan += [("controller", "controller", tuple(hosts)), ("admin", "admin", ())]
     plan += [(name, "node", extra) for name, extra in map(parse_node, nodes)]
     stems = [profile(name, role, extra).stem for name, role, extra in plan]  # validate first
     if days < 1:

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import http.client
 import os
 import shutil
+import ssl
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -523,3 +527,22 @@ async def test_a_member_with_another_raft_secret_cannot_join(pki: Pki, tmp_path:
         assert outsider.raftAppliedIndex < (cluster.status(leader) or outsider).raftAppliedIndex
     finally:
         cluster.stop()
+
+
+def test_metrics_are_https_with_client_certificates_in_secure_mode(
+    pki: Pki, tmp_path: Path
+) -> None:
+    port = free_ports(1)[0]
+    extra = [*pki.store_flags(), "--metrics-listen", f"127.0.0.1:{port}"]
+    with MizzenCluster(1, tmp_path / "m", extra_args=extra, credentials=pki.creds("admin")):
+        url = f"https://127.0.0.1:{port}/metrics"
+        with_cert = ssl.create_default_context(cafile=str(pki.dir / "ca.crt"))
+        with_cert.load_cert_chain(str(pki.dir / "vera.crt"), str(pki.dir / "vera.key"))
+        with urllib.request.urlopen(url, context=with_cert, timeout=10) as reply:
+            assert reply.status == 200
+            assert b"mizzen_store_raft_term" in reply.read()
+        without = ssl.create_default_context(cafile=str(pki.dir / "ca.crt"))
+        with pytest.raises((ssl.SSLError, urllib.error.URLError, ConnectionError)):
+            urllib.request.urlopen(url, context=without, timeout=10).read()
+        with pytest.raises((urllib.error.URLError, ConnectionError, http.client.HTTPException)):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read()

@@ -75,7 +75,7 @@ def test_init_creates_ca_and_every_profile(tmp_path: Path) -> None:
     want = {
         "store-10.0.0.1": (("store:10.0.0.1", "mizzen:store"), both),
         "store-db.example": (("store:db.example", "mizzen:store"), both),
-        "controller": (("controller", "mizzen:controller"), client),
+        "controller": (("controller", "mizzen:controller"), both),
         "admin": (("admin", "mizzen:admin"), client),
         "node-n1": (("node:n1", "mizzen:node"), both),
         "node-n2": (("node:n2", "mizzen:node"), both),
@@ -153,7 +153,7 @@ def test_issue_days_and_extra_hosts(tmp_path: Path) -> None:
     cert = _cert(crt)
     assert crt.name == "ops.crt"
     assert _subject(cert) == ("ops", "mizzen:controller")
-    assert _sans(cert) == ["ops.example"]
+    assert _sans(cert) == ["ops.example", "localhost", "127.0.0.1"]  # it serves /metrics too
     life = cert.not_valid_after_utc - cert.not_valid_before_utc
     assert dt.timedelta(days=7) <= life <= dt.timedelta(days=7, minutes=6)
     crt, _ = pki.issue(tmp_path, "10.1.1.1", "store", hosts=["::1"])
