@@ -28,6 +28,7 @@ from .authz import WATCH_METHODS, StorePolicy, stored_reader
 from .cluster_service import ClusterService, MaintenanceService
 from .kv_service import KVService
 from .lease_service import LeaseService
+from .malformed import MalformedRequestInterceptor
 from .metrics import MetricsHttpServer, StoreMetrics, serving
 from .node import NodeConfig, StoreNode
 from .objects_service import ObjectsService
@@ -49,8 +50,9 @@ SERVICES = ("KV", "Watch", "Lease", "Cluster", "Maintenance")
 
 
 def _interceptors(node: StoreNode, security: ServerSecurity) -> list[grpc.aio.ServerInterceptor]:
-    """Authentication and authorization first (secure mode only), then the leader check."""
-    out: list[grpc.aio.ServerInterceptor] = []
+    """Malformed requests refused first, then authentication and authorization (secure
+    mode only), then the leader check."""
+    out: list[grpc.aio.ServerInterceptor] = [MalformedRequestInterceptor()]
     if security.secure:
         tokens = load_tokens(security.token_file) if security.token_file else {}
         policy = StorePolicy(stored_reader(node.read))
