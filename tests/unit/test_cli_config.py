@@ -46,9 +46,22 @@ def test_file_endpoints_may_be_a_comma_string(tmp_path: Path) -> None:
 
 def test_default_config_path_is_under_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path.parent)  # no ./.mizzen/config here
     (tmp_path / ".mizzen").mkdir()
     (tmp_path / ".mizzen" / "config").write_text("endpoints: [h:9]\n")
     assert resolve_endpoints(None, {}) == ["h:9"]
+
+
+def test_local_config_of_mizzen_up_wins_over_home(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home, work = tmp_path / "home", tmp_path / "work"
+    for d, endpoint in ((home, "h:9"), (work, "w:1")):
+        (d / ".mizzen").mkdir(parents=True)
+        (d / ".mizzen" / "config").write_text(f"endpoints: [{endpoint}]\n")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    assert resolve_endpoints(None, {}) == ["w:1"]
 
 
 def test_default_when_nothing_is_configured(tmp_path: Path) -> None:
