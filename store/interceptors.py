@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 
+from mizzen.grpc_intercept import CachingInterceptor
 
-class UnaryWrappingInterceptor(grpc.aio.ServerInterceptor):
-    """Subclasses say which methods to wrap and how; a call then costs one dict lookup."""
 
-    def __init__(self) -> None:
-        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
+class UnaryWrappingInterceptor(CachingInterceptor):
+    """Subclasses say which unary-unary methods to wrap and how."""
 
     def wraps(self, method: str) -> bool:
         return True
@@ -20,21 +18,9 @@ class UnaryWrappingInterceptor(grpc.aio.ServerInterceptor):
     def wrap(self, method: str, handler: Any) -> grpc.RpcMethodHandler:
         raise NotImplementedError
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        method: str = handler_call_details.method
-        cached = self._handlers.get(method)
-        if cached is not None:
-            return cached
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
+    def rewrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         if handler.unary_unary is not None and self.wraps(method):
-            handler = self.wrap(method, handler)
-        self._handlers[method] = handler
+            return self.wrap(method, handler)
         return handler
 
 

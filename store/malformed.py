@@ -11,10 +11,12 @@ error — for unary requests and for every message of a client stream.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
+
+from mizzen.grpc_intercept import CachingInterceptor
 
 
 class Malformed:
@@ -41,24 +43,11 @@ def _message(method: str, bad: Malformed) -> str:
     return f"mizzen: malformed {name} request: {bad.error}"
 
 
-class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self) -> None:
-        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        method: str = handler_call_details.method
-        cached = self._handlers.get(method)
-        if cached is not None:
-            return cached
-        handler = await continuation(handler_call_details)
-        if handler is not None and handler.request_deserializer is not None:
-            handler = _wrap(method, handler)
-        self._handlers[method] = handler
-        return handler
+class MalformedRequestInterceptor(CachingInterceptor):
+    def rewrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        if handler.request_deserializer is None:
+            return handler
+        return _wrap(method, handler)
 
 
 def _wrap(method: str, handler: Any) -> grpc.RpcMethodHandler:

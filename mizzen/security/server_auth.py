@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -31,6 +31,7 @@ import structlog
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
+from mizzen.grpc_intercept import CachingInterceptor
 from mizzen.security.tls import AUTHORIZATION, BEARER
 from mizzen.security.tokens import lookup
 
@@ -169,10 +170,9 @@ class IdentityLimits:
 
 
 Handler = grpc.RpcMethodHandler
-Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[Handler]]
 
 
-class AuthInterceptor(grpc.aio.ServerInterceptor):
+class AuthInterceptor(CachingInterceptor):
     """Authenticate, rate-limit and authorize every call (see the module docstring)."""
 
     def __init__(
@@ -187,23 +187,12 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         self.tokens = dict(tokens or {})
         self.limits = IdentityLimits(limits or Limits())
         self.watch_methods = watch_methods
-        self._handlers: dict[str, Handler] = {}
+        super().__init__()
 
-    async def intercept_service(
-        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
-    ) -> Handler:
-        method: str = handler_call_details.method
-        cached = self._handlers.get(method)
-        if cached is not None:
-            return cached
-        handler = await continuation(handler_call_details)
-        if handler is None:
+    def rewrap(self, method: str, handler: Handler) -> Handler:
+        if method.lstrip("/").partition("/")[0] in PUBLIC_SERVICES:
             return handler
-        service = method.lstrip("/").partition("/")[0]
-        if service not in PUBLIC_SERVICES:
-            handler = self._wrap(method, handler)
-        self._handlers[method] = handler
-        return handler
+        return self._wrap(method, handler)
 
     # -------------------------------------------------------------- identity
 
