@@ -26,6 +26,7 @@ import os
 import shutil
 import signal
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
@@ -67,6 +68,9 @@ log = structlog.get_logger(__name__)
 ROTATE_INTERVAL = 10.0
 HEALTH_SERVICES = ("", agent_pb2.DESCRIPTOR.services_by_name["NodeAgent"].full_name)
 RESYNC_PERIOD = 30.0
+# Threads for the blocking part of pod starts (cgroup mkdirs and writes, fork/exec: they
+# release the GIL). A few are enough to overlap them; more only contend for the loop.
+START_WORKERS = 4
 
 
 class AgentStartError(Exception):
@@ -93,6 +97,7 @@ class Agent:
         self.logs = PodLogs(config.logs_dir)
         os.makedirs(config.logs_dir, exist_ok=True)
         self.address = config.address or outbound_ip(config.endpoints[0])
+        self.start_pool = ThreadPoolExecutor(START_WORKERS, thread_name_prefix="pod-start")
         self.deps = WorkerDeps(
             client=client,
             driver=driver,
@@ -103,6 +108,7 @@ class Agent:
             backoff_initial=config.backoff_initial,
             backoff_cap=config.backoff_cap,
             logs_linger=config.logs_linger,
+            start_pool=self.start_pool,
         )
         self.events = EventRecorder(client, "agent", host=config.name)
         self.workers: dict[str, PodWorker] = {}
@@ -398,6 +404,7 @@ async def run_agent(config: AgentConfig, stop: asyncio.Event | None = None) -> N
                 log.info("agent_stopping_pods", node=config.name)
                 await agent.stop_all_pods()
             await server.stop(grace=1.0)
+            agent.start_pool.shutdown(wait=True)
             log.info("agent_stopped", node=config.name)
         if work.done() and not work.cancelled() and work.exception() is not None:
             raise work.exception()  # type: ignore[misc]

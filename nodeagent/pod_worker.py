@@ -5,7 +5,10 @@ per process, the pod's local record (for re-adoption) and its status in the
 store. Guarantees:
 
 * status is written only when ``compute_status`` yields something different
-  (read-modify-write on resource_version; on conflict it re-reads and retries);
+  (read-modify-write on resource_version; on conflict it re-reads and retries),
+  and not before every process's first start attempt has an outcome, so a pod
+  start is one status write;
+* the blocking work of a start (cgroups, spawning) runs on ``WorkerDeps.start_pool``;
 * termination (deletion timestamp, or the pod vanished from the store) sends
   SIGTERM to every process group, waits the grace period, then kills the whole
   pod cgroup — nothing started by the pod survives — removes the cgroups and
@@ -21,6 +24,7 @@ import contextlib
 import signal
 import time
 from collections.abc import Mapping
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -37,6 +41,10 @@ from protos import objects_pb2 as pb
 log = structlog.get_logger(__name__)
 
 STATUS_ATTEMPTS = 5
+# The status is recomputed when something the agent observes changes, and when the
+# store's copy stops matching the last one the agent wrote or confirmed (someone
+# else wrote it); this period is only a backstop.
+STATUS_RESYNC = 60.0
 
 
 class EventSink(Protocol):
@@ -55,6 +63,8 @@ class WorkerDeps:
     backoff_cap: float = 60.0
     logs_linger: float = 60.0
     events: EventSink | None = None
+    # Runs the blocking part of pod starts (a small bounded pool); None: the loop's default.
+    start_pool: Executor | None = None
 
 
 def _rv(pod: pb.Pod) -> int:
@@ -70,9 +80,13 @@ class PodWorker:
         self._log = log.bind(pod=f"{pod.metadata.namespace}/{pod.metadata.name}", uid=self.uid)
         self._terminate = asyncio.Event()
         self._changed = asyncio.Event()
+        # The pod status last written or found up to date: another status means someone
+        # else wrote it, and the agent must recompute its own.
+        self._synced_status = pod.status
         self._gone = False
         # A pod that finished before this agent knew it (no record): leave it alone.
         self.passive = record is None and pod.status.phase in ("Succeeded", "Failed")
+        self._readopting = record is not None
         self.record = record or PodRecord(
             namespace=pod.metadata.namespace, name=pod.metadata.name, uid=self.uid
         )
@@ -91,6 +105,7 @@ class PodWorker:
             backoff_initial=deps.backoff_initial,
             backoff_cap=deps.backoff_cap,
             event=self._event,
+            start_pool=deps.start_pool,
         )
         self.supervisors: list[ProcessSupervisor] = []
         for spec in pod.spec.processes:
@@ -108,6 +123,8 @@ class PodWorker:
             return
         if _rv(pod) >= _rv(self.pod):
             self.pod = pod
+            if pod.status != self._synced_status:
+                self._changed.set()
         if self._deleting(pod):
             self._terminate.set()
 
@@ -165,15 +182,22 @@ class PodWorker:
             self.deps.logs.remove_pod(meta.namespace, meta.name, self.uid)
 
     async def _run_pod(self) -> None:
+        loop = asyncio.get_running_loop()
+        create = self._create_pod_cgroup
         try:
-            self.pod_cgroup = self.deps.driver.create(self.ctx.pod_cgroup_path)
+            self.pod_cgroup, self.ctx.new_cgroup = await loop.run_in_executor(
+                self.deps.start_pool, create
+            )
         except CgroupError as err:
             for s in self.supervisors:
                 s.start_error = f"cgroup: {err}"
         was_ready = {ps.name: ps.ready for ps in self.pod.status.process_statuses}
         for s in self.supervisors:
             s.recover(was_ready.get(s.name, False))
-        self._save()
+        if self._readopting:
+            # A new pod's record is first saved with its first run; until then a
+            # restarted agent finds only its pod-<uid> cgroup (removed as an orphan).
+            self._save()
         self._changed.set()
         async with asyncio.TaskGroup() as tg:
             status = tg.create_task(self._status_loop())
@@ -187,6 +211,12 @@ class PodWorker:
                 self._log.warning("pod_status_failed", error=str(err))
         self._cleanup()
 
+    def _create_pod_cgroup(self) -> tuple[Cgroup, bool]:
+        """The pod's cgroup and whether it did not exist before (runs in a pool thread)."""
+        driver, path = self.deps.driver, self.ctx.pod_cgroup_path
+        new = driver.open(path) is None
+        return driver.create(path), new
+
     async def _stop_processes(self, tasks: list[asyncio.Task[None]]) -> None:
         grace = self._grace()
         self._log.info("pod_stopping", grace=grace, gone=self._gone)
@@ -198,6 +228,7 @@ class PodWorker:
                 if s.run is not None:
                     s.run.signal_group(signal.SIGTERM)
             await asyncio.wait(tasks, timeout=grace)
+        self.ctx.killing = True
         if self.pod_cgroup is not None:
             try:
                 self.pod_cgroup.kill_all()
@@ -252,9 +283,11 @@ class PodWorker:
         return [s.view() for s in self.supervisors]
 
     async def _status_loop(self) -> None:
+        # One write for the whole start: wait until every first start attempt has an outcome.
+        await asyncio.gather(*(s.settled.wait() for s in self.supervisors))
         while True:
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(10.0):
+                async with asyncio.timeout(STATUS_RESYNC):
                     await self._changed.wait()
             self._changed.clear()
             try:
@@ -271,12 +304,15 @@ class PodWorker:
             pod = self.pod
             status = compute_status(pod, self.views(), time.time(), self.deps.host_ip)
             if not status_differs(pod.status, status):
+                self._synced_status = pod.status
                 return
             out = pb.Pod()
             out.CopyFrom(pod)
             out.status.CopyFrom(status)
             try:
-                self.update(await client.update_status(out))
+                written = await client.update_status(out)
+                self._synced_status = written.status
+                self.update(written)
                 return
             except ConflictError:
                 fresh = await client.get("pods", meta.name, meta.namespace)

@@ -173,9 +173,19 @@ class ProcessRun:
         record.oom_kills_at_start = self.oom_kills_at_start
 
 
-def start(spec: LaunchSpec, cgroup: Cgroup, log_fd: int, *, clock: Clock = time.time) -> ProcessRun:
-    """Spawn a run in cgroup; LaunchError (from ``launch``) when it cannot start."""
-    oom_before = _oom_kills(cgroup)
+def start(
+    spec: LaunchSpec,
+    cgroup: Cgroup,
+    log_fd: int,
+    *,
+    clock: Clock = time.time,
+    new_cgroup: bool = False,
+) -> ProcessRun:
+    """Spawn a run in cgroup; LaunchError (from ``launch``) when it cannot start.
+
+    new_cgroup: the cgroup was just created, so its OOM-kill count is 0 (not read).
+    """
+    oom_before = 0 if new_cgroup else _oom_kills(cgroup)
     started = clock()
     popen = launch(spec, log_fd)
     pidfd = os.pidfd_open(popen.pid)

@@ -1,7 +1,7 @@
 """The agent's local record of the pods it runs, for re-adoption after its own restart.
 
 One JSON file per pod, ``<dir>/<uid>.json``, replaced atomically (write a
-temporary file, fsync, rename, fsync the directory) on every change, so a
+temporary file, rename; not fsynced, see ``StateDir``) on every change, so a
 ``kill -9`` of the agent leaves either the old or the new record, never half
 of one. A recorded pid is trusted again only when the boot id, the process
 start time (``/proc/<pid>/stat`` field 22) and the cgroup membership all

@@ -5,6 +5,12 @@ until the restart policy says the process is finished or the worker is
 stopping; every change of what it observes is written to the pod's local
 record (``PodContext.save``) before the status is recomputed
 (``PodContext.changed``), so a restarted agent re-adopts the current run.
+
+The blocking part of a start (cgroup creation and limits, killing leftovers,
+opening the log file, fork/exec of the wrapper that joins the cgroup) runs on
+``PodContext.start_pool``, so a burst of pods starts concurrently instead of
+one after another on the event loop; everything the loop owns (the record,
+the state, the status) is updated back on the loop once the spawn returned.
 """
 
 from __future__ import annotations
@@ -12,8 +18,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import time
 from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 import structlog
@@ -53,6 +61,13 @@ class PodContext:
     wall: Callable[[], float] = time.time
     monotonic: Callable[[], float] = time.monotonic
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    # Set by the worker just before it kills the pod's cgroup (the end of the grace period).
+    killing: bool = False
+    # Where the blocking part of a start runs; None: the loop's default executor.
+    start_pool: Executor | None = None
+    # The pod's cgroup did not exist before this worker created it: the first start
+    # of each process has no leftovers to kill and no OOM kills to count.
+    new_cgroup: bool = False
     # Reports an Event about the pod: (type "Normal"|"Warning", reason, message).
     event: Callable[[str, str, str], None] = lambda _type, _reason, _message: None
 
@@ -83,6 +98,15 @@ def should_restart(policy: str, exited: Terminated) -> bool:
     return False
 
 
+@dataclass(frozen=True)
+class _Spawned:
+    """What the blocking part of a start produced (in a pool thread)."""
+
+    cgroup: Cgroup | None
+    run: ProcessRun | None
+    error: str = ""
+
+
 class ProcessSupervisor:
     def __init__(self, ctx: PodContext, spec: pb.Process, record: ProcessRecord) -> None:
         self.ctx = ctx
@@ -97,6 +121,11 @@ class ProcessSupervisor:
         self.cgroup: Cgroup | None = None
         self.backoff = RestartBackoff(ctx.backoff_initial, ctx.backoff_cap)
         self._ready_hint = False
+        # Set once the first start attempt has an outcome the status can show
+        # (running, failed, backing off, finished): the worker's first status
+        # write waits for it, so a pod start costs one status write, not two.
+        self.settled = asyncio.Event()
+        self._spawned_before = False
         self._log = log.bind(pod=f"{ctx.namespace}/{ctx.pod}", process=spec.name)
         if record.final is not None:
             self.state, self.final, self.started_once = record.final, True, True
@@ -142,6 +171,12 @@ class ProcessSupervisor:
     # -- the loop --------------------------------------------------------------------
 
     async def supervise(self) -> None:
+        try:
+            await self._supervise()
+        finally:
+            self.settled.set()
+
+    async def _supervise(self) -> None:
         if self.final:
             return
         run = self.run
@@ -152,7 +187,9 @@ class ProcessSupervisor:
                 exited = self._lost()
             else:
                 if run is None:
-                    run = self._start()
+                    run = await self._start()
+                    if run is not None and self.ctx.stopping.is_set():
+                        self._stop_late_start(run)
                 exited = await self._watch(run) if run is not None else self._start_failed()
             self.run = run = None
             self.ready = False
@@ -166,6 +203,7 @@ class ProcessSupervisor:
                 "CrashLoopBackOff", f"back-off {delay:g}s restarting failed process {self.name}"
             )
             self._commit()
+            self.settled.set()
             self._log.info("process_backoff", delay=delay, exit_code=exited.exit_code)
             self.ctx.event(
                 "Warning", "BackOff", f"Back-off {delay:g}s restarting failed process {self.name}"
@@ -214,36 +252,79 @@ class ProcessSupervisor:
             finished_at=now,
         )
 
-    def _start(self) -> ProcessRun | None:
-        """A new run, or None with start_error set."""
-        ctx = self.ctx
+    async def _start(self) -> ProcessRun | None:
+        """A new run, or None with start_error set.
+
+        The spawn runs on the start pool. When the task is cancelled meanwhile
+        (the agent is stopping), the spawn is still awaited and its run recorded
+        and saved, so the next agent re-adopts the process instead of losing it.
+        """
         self.started_once = True
+        count = self.record.restart_count
+        new_cgroup = self.ctx.new_cgroup and not self._spawned_before
+        self._spawned_before = True
+        loop = asyncio.get_running_loop()
+        spawning = loop.run_in_executor(self.ctx.start_pool, self._spawn, count, new_cgroup)
+        try:
+            spawned = await asyncio.shield(spawning)
+        except asyncio.CancelledError:
+            spawned = await asyncio.shield(spawning)
+            self._started(spawned, count)
+            raise
+        return self._started(spawned, count)
+
+    def _spawn(self, count: int, new_cgroup: bool) -> _Spawned:
+        """The blocking part of a start; runs in a pool thread and touches no loop state."""
+        ctx = self.ctx
         try:
             cgroup = ctx.driver.create(self.cgroup_path, limits_of(self.spec))
-            cgroup.kill_all()  # leftovers of the previous run
+            if not new_cgroup:
+                cgroup.kill_all()  # leftovers of the previous run
         except CgroupError as err:
-            self.start_error = f"cgroup: {err}"
-            return None
-        self.cgroup = cgroup
+            return _Spawned(None, None, f"cgroup: {err}")
         spec = self.launch_spec(cgroup)
-        count = self.record.restart_count
         fd = ctx.logs.open_instance(ctx.namespace, ctx.pod, ctx.uid, self.name, count)
         try:
-            run = runtime.start(spec, cgroup, fd, clock=ctx.wall)
+            run = runtime.start(spec, cgroup, fd, clock=ctx.wall, new_cgroup=new_cgroup)
         except LaunchError as err:
-            self.start_error = str(err)
-            return None
+            return _Spawned(cgroup, None, str(err))
         finally:
             os.close(fd)
         ctx.logs.prune(ctx.namespace, ctx.pod, ctx.uid, self.name, keep_instances=2)
+        return _Spawned(cgroup, run)
+
+    def _started(self, spawned: _Spawned, count: int) -> ProcessRun | None:
+        """Back on the loop: record the run (saved before the status says Running)."""
+        if spawned.cgroup is not None:
+            self.cgroup = spawned.cgroup
+        run = spawned.run
+        if run is None:
+            self.start_error = spawned.error
+            return None
         self.start_error = ""
-        run.record_into(self.record, ctx.boot_id)
+        run.record_into(self.record, self.ctx.boot_id)
         self.record.log_instance = count
         self.state = Running(run.started_at)
         self._commit()
         self._log.info("process_started", pid=run.pid, restart_count=count)
         self.ctx.event("Normal", "Started", f"Started process {self.name}")
         return run
+
+    def _stop_late_start(self, run: ProcessRun) -> None:
+        """The pod began stopping while this run was being spawned.
+
+        The worker's SIGTERM missed it: send it now, and let the grace period
+        run its course — unless the worker has already killed the pod's
+        cgroup, possibly before this run joined it: then kill it at once (its
+        process group too: the wrapper may not have joined the cgroup yet, and
+        it forks nothing before it has).
+        """
+        self._log.info("process_started_while_stopping", pid=run.pid)
+        if self.ctx.killing or self.ctx.grace() <= 0:
+            run.signal_group(signal.SIGKILL)
+            run.kill_cgroup()
+        else:
+            run.signal_group(signal.SIGTERM)
 
     def launch_spec(self, cgroup: Cgroup) -> LaunchSpec:
         env = process_env(
@@ -268,6 +349,7 @@ class ProcessSupervisor:
         self._ready_hint = False
         self.ready = initially_ready or not self.spec.HasField("readiness_probe")
         self.ctx.changed()
+        self.settled.set()
         probes = asyncio.create_task(self._probe_loop(run, initially_ready))
         try:
             exited = await run.wait()

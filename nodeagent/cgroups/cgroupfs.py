@@ -66,11 +66,19 @@ def check_relpath(path: str, what: str = "cgroup path") -> list[str]:
 
 
 def read_text(path: str) -> str:
+    """The whole file; plain os.read (a third of ``open().read()``'s cost: the usage
+    sampler reads a few files of every pod every interval)."""
     try:
-        with open(path) as f:
-            return f.read()
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            chunks = [os.read(fd, 4096)]
+            while chunks[-1]:
+                chunks.append(os.read(fd, 65536))
+        finally:
+            os.close(fd)
     except OSError as e:
         raise CgroupError(f"cannot read {path}: {e.strerror or e}") from e
+    return b"".join(chunks).decode()
 
 
 def read_int(path: str) -> int:

@@ -222,7 +222,10 @@ class V1Driver:
             if directory is not None and os.path.realpath(directory) not in seen:
                 seen.add(os.path.realpath(directory))
                 self.unique_hierarchies.append(directory)
-        self._memory_real = os.path.realpath(self.hierarchies["memory"])
+        memory_real = os.path.realpath(self.hierarchies["memory"])
+        self._memory_hierarchies = {
+            h for h in self.unique_hierarchies if os.path.realpath(h) == memory_real
+        }
         self.ops = ops or SysOps()
         self.kill_timeout = kill_timeout
         self.remove_timeout = remove_timeout
@@ -238,7 +241,7 @@ class V1Driver:
     def create(self, path: str, limits: Limits | None = None) -> Cgroup:
         parts = self._parent_parts + check_relpath(path)
         for hierarchy in self.unique_hierarchies:
-            is_memory = os.path.realpath(hierarchy) == self._memory_real
+            is_memory = hierarchy in self._memory_hierarchies
             make_dirs(hierarchy, parts, self.ops, _use_hierarchy if is_memory else _nothing)
         cgroup = V1Cgroup(self, path)
         if limits is not None:

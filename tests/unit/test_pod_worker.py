@@ -2,7 +2,9 @@
 
 Covers the store-facing protocol: status written only on change, conflicts
 re-read and retried, deletion finished with grace 0 and the local record
-removed, and a pod recreated under the same name left alone.
+removed, and a pod recreated under the same name left alone; one status write
+per start, a status overwritten by someone else rewritten, and a pod deleted
+while its process is being spawned in the start pool stopped all the same.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -18,10 +21,11 @@ from typing import Any
 import pytest
 
 from mizzen.client.errors import ConflictError, NotFoundError
+from nodeagent import runtime
 from nodeagent.cgroups.base import Limits, Usage
 from nodeagent.logs import PodLogs
 from nodeagent.pod_worker import PodWorker, WorkerDeps
-from nodeagent.state import StateDir, read_boot_id
+from nodeagent.state import StateDir, Terminated, read_boot_id
 from protos import objects_pb2 as pb
 
 
@@ -266,3 +270,98 @@ async def test_always_policy_restarts_with_new_log_instances(
     await run_worker(worker, body)
     # logs are pruned to the newest two instances while running, then removed with the pod
     assert not (tmp_path / "logs" / "default_web_uid-1").exists()
+
+
+async def test_a_start_is_one_status_write(deps_for: Callable[[FakePods], WorkerDeps]) -> None:
+    pod = make_pod("exec sleep 30")
+    client = FakePods(pod)
+    deps = deps_for(client)
+    worker = PodWorker(pod, deps)
+
+    async def body() -> None:
+        await until(lambda: main_status(client).pid > 0, "running")
+        await asyncio.sleep(0.1)
+        assert client.status_writes == 1
+        assert client.pod.status.phase == "Running"
+        record = deps.state.load("uid-1")
+        assert record is not None and record.processes["main"].pid == main_status(client).pid
+
+    await run_worker(worker, body)
+
+
+async def test_a_status_written_by_someone_else_is_rewritten(
+    deps_for: Callable[[FakePods], WorkerDeps],
+) -> None:
+    pod = make_pod("exec sleep 30")
+    client = FakePods(pod)
+    worker = PodWorker(pod, deps_for(client))
+
+    async def body() -> None:
+        await until(lambda: main_status(client).pid > 0, "running")
+        client.pod.status.phase = "Unknown"
+        client.bump()
+        worker.update(client._copy())
+        await until(lambda: client.pod.status.phase == "Running", "status rewritten", 2.0)
+
+    await run_worker(worker, body)
+
+
+class GatedDriver(FileDriver):
+    """Holds the creation of process cgroups (in the start pool) until released."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def create(self, path: str, limits: Limits | None = None) -> FileCgroup:
+        if "/" in path:
+            self.entered.set()
+            self.release.wait(10)
+        return super().create(path, limits)
+
+
+@pytest.mark.parametrize(("grace", "exit_code"), [(5, 143), (0, 137)])
+async def test_a_pod_deleted_while_its_process_starts_is_stopped(
+    deps_for: Callable[[FakePods], WorkerDeps],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    grace: int,
+    exit_code: int,
+) -> None:
+    """SIGTERM (then the grace period) or, once the pod's cgroup was killed, SIGKILL at once."""
+    pod = make_pod("exec sleep 30")
+    client = FakePods(pod)
+    deps = deps_for(client)
+    driver = GatedDriver(tmp_path / "cg")
+    deps.driver = driver
+    worker = PodWorker(pod, deps)
+    pids: list[int] = []
+    real_start = runtime.start
+
+    def start(*args: Any, **kwargs: Any) -> runtime.ProcessRun:
+        run = real_start(*args, **kwargs)
+        pids.append(run.pid)
+        return run
+
+    monkeypatch.setattr(runtime, "start", start)
+
+    async def body() -> None:
+        await asyncio.to_thread(driver.entered.wait, 10)
+        deleting = client._copy()
+        deleting.metadata.deletion_timestamp.GetCurrentTime()
+        deleting.metadata.deletion_grace_period_seconds = grace
+        client.pod.CopyFrom(deleting)
+        client.bump()
+        worker.update(client._copy())
+        await asyncio.sleep(0.1)
+        driver.release.set()
+        await until(lambda: worker.done.is_set(), "worker finished", 4.0)
+
+    await run_worker(worker, body)
+    assert client.deletes
+    assert len(pids) == 1
+    with pytest.raises(ProcessLookupError):
+        os.kill(pids[0], 0)
+    state = worker.supervisors[0].state
+    assert isinstance(state, Terminated) and state.exit_code == exit_code
