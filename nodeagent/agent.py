@@ -38,6 +38,7 @@ from mizzen.client import ObjectsClient
 from mizzen.client.errors import StoreClientError
 from mizzen.client.events import EventRecorder
 from mizzen.client.informer import Informer
+from mizzen.malformed_requests import MalformedRequestInterceptor
 from mizzen.metrics_http import MetricsHttpServer
 from mizzen.security.server_auth import AuthInterceptor, RolePolicy
 from mizzen.security.tls import add_port
@@ -311,7 +312,7 @@ async def _serve_grpc(agent: Agent, listen: str) -> tuple[grpc.aio.Server, Any]:
     certificates, and only admins and viewers may read logs and stats.
     """
     security = agent.config.security
-    interceptors: list[grpc.aio.ServerInterceptor] = []
+    interceptors: list[grpc.aio.ServerInterceptor] = [MalformedRequestInterceptor()]
     options: list[tuple[str, int]] = []
     if security.secure:
         policy = RolePolicy(frozenset({"viewer"}), "read pod logs and stats")

@@ -18,6 +18,7 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from mizzen.malformed_requests import MalformedRequestInterceptor
 from mizzen.security.server_auth import AuthInterceptor
 from mizzen.security.settings import PLAINTEXT, ServerSecurity
 from mizzen.security.tls import add_port
@@ -28,7 +29,6 @@ from .authz import WATCH_METHODS, StorePolicy, stored_reader
 from .cluster_service import ClusterService, MaintenanceService
 from .kv_service import KVService
 from .lease_service import LeaseService
-from .malformed import MalformedRequestInterceptor
 from .metrics import MetricsHttpServer, StoreMetrics, serving
 from .node import NodeConfig, StoreNode
 from .objects_service import ObjectsService

@@ -13,7 +13,7 @@ single-member store:
 Every call must end within its deadline with a response or a real status. A
 request that parses is never answered UNKNOWN or INTERNAL (that is a bug that
 escaped a handler). One that does not parse is answered INVALID_ARGUMENT
-naming the parse error (store/malformed.py; gRPC Python alone would say
+naming the parse error (mizzen/malformed_requests.py; gRPC Python alone would say
 UNKNOWN, etcd says INTERNAL "grpc: error unmarshalling request"). A rejected request changes
 nothing: revision and every key as before. After each Objects example every
 stored object lists, reads back equal and passes the server's own validation,
@@ -248,7 +248,7 @@ def _check_status(method: Method, data: bytes, answer: Answer) -> None:
     assert "Traceback" not in answer.details, what
     assert answer.code not in NOT_A_STATUS, what
     if not method.parses(data):
-        # store/malformed.py: the parse error, named, as bad input
+        # mizzen/malformed_requests.py: the parse error, named, as bad input
         assert answer.code == grpc.StatusCode.INVALID_ARGUMENT, what
         assert "malformed" in answer.details and "Error parsing message" in answer.details, what
     else:

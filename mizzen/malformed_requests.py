@@ -3,7 +3,7 @@
 gRPC Python deserializes a request before any handler runs and answers a
 parse failure with UNKNOWN "Unexpected <class 'DecodeError'>" (etcd says
 INTERNAL "grpc: error unmarshalling request"). Both hide that the caller sent
-bad input. This interceptor, the outermost on a store's server, swaps in a
+bad input. This interceptor, the outermost on store and agent servers, swaps in a
 deserializer that returns a ``Malformed`` marker instead of raising, and
 answers the marker with INVALID_ARGUMENT naming the method and the parse
 error — for unary requests and for every message of a client stream.
