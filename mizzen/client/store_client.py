@@ -9,13 +9,14 @@ one endpoint until it fails.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import weakref
 from collections.abc import Callable, Sequence
 from types import TracebackType
 
 from mizzen.client.endpoints import ConnectFn, Connection, EndpointPool, Metadata
-from mizzen.client.errors import StoreClientError
+from mizzen.client.errors import FailedPreconditionError, StoreClientError
 from mizzen.client.lease import KeepAlive
 from mizzen.client.ops import (
     Bytes,
@@ -379,16 +380,30 @@ class StoreClient:
         return [Member.from_proto(m) for m in r.members]
 
     async def move_leader(self, target_id: int, timeout: float = 20.0) -> None:
-        """Maintenance.MoveLeader on the current leader; returns once the target leads."""
+        """Maintenance.MoveLeader on the current leader; returns once the target leads.
+
+        Only the leader takes it: when the endpoint asked turns out not to lead
+        (the leader was not known yet, or changed meanwhile) the leader is
+        looked up again and asked, until ``timeout``.
+        """
         request = rpc_pb2.MoveLeaderRequest(targetID=target_id)
-        leader = await self.refresh_leader()
+        deadline = time.monotonic() + timeout
 
         async def send(conn: Connection, t: float, md: Metadata) -> rpc_pb2.MoveLeaderResponse:
             return await conn.maintenance.MoveLeader(request, timeout=t, metadata=md)
 
-        await self._pool.call(
-            send, mutating=True, endpoint=leader, timeout=timeout, what="move_leader"
-        )
+        while True:
+            leader = await self.refresh_leader()
+            left = max(deadline - time.monotonic(), 0.1)
+            try:
+                await self._pool.call(
+                    send, mutating=True, endpoint=leader, timeout=left, what="move_leader"
+                )
+                return
+            except FailedPreconditionError as err:
+                if "not leader" not in err.details or time.monotonic() >= deadline:
+                    raise
+            await asyncio.sleep(0.2)
 
     async def snapshot(self) -> bytes:
         """Maintenance.Snapshot: the whole stream's blobs joined (a linearizable copy).
