@@ -399,5 +399,7 @@ class StoreNode:
                     await self.propose(("member_attrs", self.cfg.name, list(urls)))
                     continue
                 except StoreError:
-                    pass
-            await asyncio.sleep(0.5)
+                    await asyncio.sleep(0.5)  # no leader yet, or it is busy: retry
+                    continue
+            # Not seeded yet: poll closely, MemberList shows no URL for this member meanwhile.
+            await asyncio.sleep(0.02)

@@ -538,6 +538,28 @@ class MizzenCluster(LocalCluster):
         env.setdefault("PYTHONUNBUFFERED", "1")
         return env
 
+    def start(self, timeout: float = 30.0) -> Self:
+        """Also wait until every member lists every member's client URL (they publish
+        them through the log right after the first election)."""
+        super().start(timeout)
+        deadline = time.monotonic() + timeout
+        while not all(self._lists_all_urls(i) for i in range(len(self))):
+            if time.monotonic() > deadline:
+                self.stop()
+                raise ClusterError(f"members did not publish their client URLs within {timeout}s")
+            time.sleep(0.05)
+        return self
+
+    def _lists_all_urls(self, i: int) -> bool:
+        try:
+            with self.probe_credentials.channel(self.endpoint(i), _PROBE_OPTIONS) as channel:
+                members = rpc_pb2_grpc.ClusterStub(channel).MemberList(
+                    rpc_pb2.MemberListRequest(), timeout=1.0
+                )
+        except grpc.RpcError:
+            return False
+        return len(members.members) == len(self) and all(m.clientURLs for m in members.members)
+
 
 _clusters: weakref.WeakSet[LocalCluster] = weakref.WeakSet()
 
