@@ -28,6 +28,7 @@ from mizzen.security.tls import ClientCredentials
 from mizzen.testing.host_cluster import HostPki, HostStoreCluster, store_on_hosts
 from mizzen.testing.hosts import CGROUP_ROOT, TestHost, TestHosts
 from mizzen.testing.local_cluster import REPO_ROOT
+from mizzen.testing.waits import pid_alive
 from protos import objects_pb2 as pb
 
 AGENT_PORT = 10250
@@ -53,15 +54,6 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         if values:
             out[field] = spread(values)
     return out
-
-
-def pid_alive(pid: int) -> bool:
-    """True while pid exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
 
 
 class Plane:

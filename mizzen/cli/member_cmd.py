@@ -12,7 +12,6 @@ import argparse
 import asyncio
 import json
 import sys
-import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -20,7 +19,7 @@ from mizzen.cli import tables
 from mizzen.cli.config import ClientConfig, resolve_client
 from mizzen.cli.errors import CommandError, UsageError
 from mizzen.cli.objects_cmd import error_message
-from mizzen.client.errors import FailedPreconditionError, StoreClientError
+from mizzen.client.errors import StoreClientError
 from mizzen.client.records import Member
 from mizzen.client.store_client import StoreClient
 
@@ -152,25 +151,15 @@ def run_move_leader(args: argparse.Namespace) -> int:
     cfg = resolve_client(args)
 
     async def go(store: StoreClient) -> Member:
-        deadline = time.monotonic() + CHANGE_TIMEOUT
-        while True:
-            members = await store.member_list()
-            target = find_member(members, args.member)
-            # The leader may not be among --endpoints: ask through every member's client
-            # URL too (a member that just started may not have published its URL yet).
-            urls = [*cfg.endpoints, *(u for m in members for u in m.client_urls[:1])]
-            urls = list(
-                dict.fromkeys(u.removeprefix("http://").removeprefix("https://") for u in urls)
-            )
-            left = max(deadline - time.monotonic(), 0.1)
-            async with _client(cfg, args.request_timeout, urls) as everyone:
-                try:
-                    await everyone.move_leader(target.id, timeout=min(left, 5.0))
-                    return target
-                except FailedPreconditionError as err:
-                    if "not leader" not in err.details or time.monotonic() >= deadline:
-                        raise
-            await asyncio.sleep(0.3)
+        members = await store.member_list()
+        target = find_member(members, args.member)
+        # The leader may not be among --endpoints: ask through every member's client URL
+        # too; StoreClient.move_leader finds the leader among them (again if it changes).
+        urls = [*cfg.endpoints, *(u for m in members for u in m.client_urls[:1])]
+        urls = list(dict.fromkeys(u.removeprefix("http://").removeprefix("https://") for u in urls))
+        async with _client(cfg, args.request_timeout, urls) as everyone:
+            await everyone.move_leader(target.id, timeout=CHANGE_TIMEOUT)
+        return target
 
     target = _run(args, go)
     sys.stdout.write(f"Leadership moved to {target.name} (ID {target.id:x}).\n")

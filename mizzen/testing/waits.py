@@ -1,4 +1,4 @@
-"""Polling helpers shared by tests and benches that drive real daemons."""
+"""Polling and process helpers shared by tests and benches that drive real daemons."""
 
 from __future__ import annotations
 
@@ -52,3 +52,12 @@ async def modify(
         except ConflictError:
             await asyncio.sleep(pause)
     raise AssertionError(f"{kind}/{name}: {attempts} update conflicts in a row")
+
+
+def pid_alive(pid: int) -> bool:
+    """True while pid exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False

@@ -42,7 +42,7 @@ from mizzen.client import Informer, ObjectsClient, StoreClient
 from mizzen.testing.host_cluster import HostPki
 from mizzen.testing.hosts import CGROUP_ROOT, DEFAULT_SUBNET, HostsError, TestHost, TestHosts
 from mizzen.testing.local_cluster import REPO_ROOT
-from mizzen.testing.waits import modify
+from mizzen.testing.waits import modify, pid_alive
 from protos import objects_pb2 as pb
 
 pytestmark = pytest.mark.cluster
@@ -135,16 +135,7 @@ class Workload:
                 for procs in (root / h.cgroup_parent).rglob("cgroup.procs"):
                     with contextlib.suppress(OSError):
                         pids.update(int(p) for p in procs.read_text().split())
-        return {p for p in pids if self.pid_alive(p)}
-
-    @staticmethod
-    def pid_alive(pid: int) -> bool:
-        """Alive and not a zombie."""
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-        except (OSError, IndexError):
-            return False
+        return {p for p in pids if pid_alive(p)}
 
     def log_tails(self, lines: int = 15) -> str:
         out = []
@@ -305,7 +296,7 @@ async def test_dead_host_pods_replaced_and_stale_copies_killed(
         killed = time.monotonic()
         dead.kill("agent", signal.SIGKILL)
         dead.partition()
-        assert all(w.pid_alive(pid) for pid in old.values()), "partitioned pods must keep running"
+        assert all(pid_alive(pid) for pid in old.values()), "partitioned pods must keep running"
 
         async def replaced() -> bool:
             pods = live(await pods_in(client, ns))
@@ -322,7 +313,7 @@ async def test_dead_host_pods_replaced_and_stale_copies_killed(
         w.start_agent(2)
 
         async def stale_gone() -> bool:
-            return not any(w.pid_alive(pid) for pid in old.values())
+            return not any(pid_alive(pid) for pid in old.values())
 
         await until("the returned agent to kill its stale pods", stale_gone, 15)
         print(f"seed {chaos_seed}: stale pods killed {time.monotonic() - healed:.2f}s after heal")
@@ -477,7 +468,7 @@ async def test_agent_restarts_keep_pods_running(workload: Workload, chaos_seed: 
             for _ in range(2):
                 await asyncio.sleep(rng.uniform(1.0, 3.0))
                 host.kill("agent", signal.SIGKILL)
-                assert all(w.pid_alive(pid) for pid in before.values()), "pods died with agent"
+                assert all(pid_alive(pid) for pid in before.values()), "pods died with agent"
                 await asyncio.sleep(rng.uniform(0.2, 1.5))
                 w.start_agent(1)
                 mark = created[0]
@@ -505,7 +496,7 @@ async def test_agent_restarts_keep_pods_running(workload: Workload, chaos_seed: 
                 f"seed {chaos_seed}: {name} pid {before[name]} -> {st.pid}"
             )
             assert st.restart_count == 0, f"seed {chaos_seed}: {name} restarted {st.restart_count}x"
-            assert w.pid_alive(st.pid)
+            assert pid_alive(st.pid)
 
 
 async def _leader_other_than(store: StoreClient, term: int) -> bool:
