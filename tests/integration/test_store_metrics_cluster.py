@@ -145,7 +145,13 @@ def test_writes_move_proposals_entries_and_latency(cluster: MetricsCluster) -> N
             return get(scrape(cluster, i), "mizzen_store_raft_applied_index") >= commit
 
         wait_for(f"member {i} applies up to {commit}", caught_up)
-        assert http_get(cluster.metrics_url(i, "/healthz")) == (200, b"ok\n")
+        # the verdict is recomputed every HEALTH_INTERVAL (0.5 s): the one
+        # /healthz shows may predate the catch-up just observed
+
+        def healthy(i: int = i) -> bool:
+            return http_get(cluster.metrics_url(i, "/healthz")) == (200, b"ok\n")
+
+        wait_for(f"member {i} /healthz to say ok", healthy)
         assert health(cluster.endpoint(i)) == SERVING
     wait_for(
         "a snapshot to be timed",
