@@ -39,6 +39,7 @@ from conftest import SUBNET_ENV, require_test_hosts
 from controllers.leader import current_leader
 from controllers.node_lifecycle import has_unreachable_taint
 from mizzen.client import Informer, ObjectsClient, StoreClient
+from mizzen.client.errors import NotFoundError
 from mizzen.testing.host_cluster import HostPki
 from mizzen.testing.hosts import CGROUP_ROOT, DEFAULT_SUBNET, HostsError, TestHost, TestHosts
 from mizzen.testing.local_cluster import REPO_ROOT
@@ -137,7 +138,7 @@ class Workload:
                         pids.update(int(p) for p in procs.read_text().split())
         return {p for p in pids if pid_alive(p)}
 
-    def log_tails(self, lines: int = 15) -> str:
+    def log_tails(self, lines: int = 40) -> str:
         out = []
         for log in sorted(self.base.glob("*.log")):
             tail = log.read_text(errors="replace").splitlines()[-lines:]
@@ -475,16 +476,31 @@ async def test_agent_restarts_keep_pods_running(workload: Workload, chaos_seed: 
                 await until("the restarted agent to run new pods", churn_running_since(mark), 30)
             assert not writer.done(), f"the writer stopped: {writer}"
         restarts_done = time.monotonic() - started
-        for name in list(churned):
-            await client.delete("pods", name, ns)
+        # the store's churn pods, not the writer's list: a writer cancelled
+        # inside create (or delete) may have made (or kept) one it never noted
+        for pod in await pods_in(client, ns):
+            if pod.metadata.name.startswith("churn-"):
+                with contextlib.suppress(NotFoundError):  # already finished deleting
+                    await client.delete("pods", pod.metadata.name, ns)
+        left: list[str] = []
 
         async def settled() -> bool:
-            names = {p.metadata.name for p in await pods_in(client, ns)}
-            return not any(n.startswith("churn-") for n in names) and w.pod_pids(host) == set(
-                before.values()
-            )
+            pods = await pods_in(client, ns)
+            pids = w.pod_pids(host)
+            left[:] = [
+                f"{p.metadata.name} (deleting: {p.metadata.HasField('deletion_timestamp')}, "
+                f"phase {p.status.phase})"
+                for p in pods
+                if p.metadata.name.startswith("churn-")
+            ]
+            if pids != set(before.values()):
+                left.append(f"pids {sorted(pids)}, kept {sorted(before.values())}")
+            return not left
 
-        await until("churn pods gone and only the kept processes left", settled, 30)
+        try:
+            await until("churn pods gone and only the kept processes left", settled, 30)
+        except AssertionError as err:
+            raise AssertionError(f"{err}; left: {left}") from None
         print(f"seed {chaos_seed}: 2 agent restarts under churn in {restarts_done:.2f}s")
         after = await kept()
         assert set(after) == set(before), (
