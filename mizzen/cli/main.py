@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from mizzen import __version__
 from mizzen.cli.errors import CommandError, UsageError
 from mizzen.log_config import configure_logging
+from mizzen.parent_death import die_with_parent_from_env
 
 # (module, its add_*_parser function, the commands it adds), in help order.
 REGISTRY: tuple[tuple[str, str, tuple[str, ...]], ...] = (
@@ -65,6 +66,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    die_with_parent_from_env()
     args_in = sys.argv[1:] if argv is None else argv
     parser = build_parser(_command_of(args_in))
     args = parser.parse_args(args_in)

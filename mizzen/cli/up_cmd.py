@@ -35,6 +35,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mizzen.cli.config import FILE_SETTINGS, LOCAL_CONFIG
 from mizzen.cli.errors import UsageError
+from mizzen.parent_death import PARENT_ENV
 from mizzen.security.pki import PkiError, init_pki
 from mizzen.security.tls import INSECURE, ClientCredentials, host_of, is_loopback
 
@@ -180,6 +181,8 @@ class Component:
     backoff: float = field(default=1.0)
 
     def start(self) -> None:
+        env = dict(os.environ if self.env is None else self.env)
+        env[PARENT_ENV] = str(os.getpid())  # the child stops if `up` is killed
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         try:
             self.proc = subprocess.Popen(
@@ -188,7 +191,7 @@ class Component:
                 stdout=log,
                 stderr=log,
                 start_new_session=True,
-                env=self.env,
+                env=env,
             )
         finally:
             log.close()

@@ -9,6 +9,7 @@ process, no cgroup. A second `mizzen up` resumes with the same data and PKI.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -101,6 +102,10 @@ class Up:
         if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
+        # the daemons run in sessions of their own: after a failed test, kill them too
+        for pid in daemon_pids(self.endpoint):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         from nodeagent.cgroups import detect
 
         root = detect(parent=self.parent).open("")
@@ -192,3 +197,29 @@ def test_up_runs_a_web_deployment_and_leaves_nothing_behind(up: Up) -> None:
     up.interrupt()
     assert not daemon_pids(up.endpoint)
     assert detect(parent=up.parent).open("") is None
+
+
+def test_a_killed_up_takes_its_daemons_and_pods_with_it(up: Up) -> None:
+    """SIGKILL gives `up` no chance to clean up: its children stop on their own
+    (PR_SET_PDEATHSIG), the agent stopping the pods as on Ctrl-C."""
+    manifest = (REPO_ROOT / "examples" / "web.yaml").read_text().replace("8080", str(up.web_port))
+    up.start()
+    eventually(
+        lambda: up.mizzen("apply", "-f", "-", stdin=manifest),
+        lambda out: "deployment/web" in out,
+        60,
+        "the Deployment applied",
+    )
+    url = f"http://127.0.0.1:{up.web_port}/"
+    eventually(lambda: urllib.request.urlopen(url, timeout=2).read(), bool, 60, "web answers")
+    daemons = daemon_pids(up.endpoint)
+    assert len(daemons) >= 3, daemons  # store, controllers, agent
+    assert up.proc is not None
+    up.proc.kill()  # `up` alone, not its daemons
+    up.proc.wait()
+    eventually(lambda: daemon_pids(up.endpoint), lambda left: not left, 30, "daemons gone")
+    from nodeagent.cgroups import detect
+
+    assert detect(parent=up.parent).open("") is None, "pod cgroups left behind"
+    with pytest.raises(OSError):
+        urllib.request.urlopen(url, timeout=2)
