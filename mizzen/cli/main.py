@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -33,6 +34,17 @@ REGISTRY: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("node_cmd", "add_node_parsers", ("cordon", "uncordon", "drain")),
     ("pki_cmd", "add_pki_parsers", ("pki",)),
 )
+
+
+DAEMONS = frozenset({"store", "up", "agent", "controllers"})
+
+
+def _quiet_grpc_core(command: str | None) -> None:
+    """Client commands end with one readable line: keep gRPC's C core from adding
+    its own log lines (e.g. one "Handshake failed" per reconnect on a TLS mismatch).
+    Must run before grpc is imported; GRPC_VERBOSITY set by the user wins."""
+    if command not in DAEMONS:
+        os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 
 def _command_of(argv: Sequence[str]) -> str | None:
@@ -68,7 +80,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     die_with_parent_from_env()
     args_in = sys.argv[1:] if argv is None else argv
-    parser = build_parser(_command_of(args_in))
+    command = _command_of(args_in)
+    _quiet_grpc_core(command)
+    parser = build_parser(command)
     args = parser.parse_args(args_in)
     default_level = "warning" if getattr(args, "client_command", False) else "info"
     configure_logging(args.log_level or default_level, args.log_format)

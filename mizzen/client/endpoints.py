@@ -94,8 +94,62 @@ class Connection:
             return False
         return True
 
+    async def failure(self, timeout: float = 0.2) -> str | None:
+        """Why the channel last failed to connect, in gRPC's words; None if it has not.
+
+        A call without wait-for-ready on a channel in TRANSIENT_FAILURE fails at
+        once with that reason, sending nothing.
+        """
+        if self.channel.get_state() is not grpc.ChannelConnectivity.TRANSIENT_FAILURE:
+            return None
+        try:
+            await self.maintenance.Status(
+                rpc_pb2.StatusRequest(), timeout=timeout, wait_for_ready=False
+            )
+        except grpc.aio.AioRpcError as err:
+            if err.code() is grpc.StatusCode.UNAVAILABLE:
+                details = err.details() or ""
+                return details.rpartition("last error: ")[2] or details
+        return None
+
     async def close(self) -> None:
         await self.channel.close(None)
+
+
+REFUSAL_WINDOW = 1.0
+"""Seconds an endpoint must keep closing connections in the handshake before a call
+stops waiting for it (several reconnect attempts; a named TLS failure counts at once)."""
+
+
+class Refusals:
+    """The endpoints that refuse this client at the TLS handshake, during one call.
+
+    So that a client with the wrong certificate (or none, or plaintext against TLS)
+    fails in about a second with gRPC's reason instead of retrying until its
+    deadline; an endpoint that is merely down or restarting never counts.
+    """
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._since: dict[str, float] = {}
+
+    def note(self, endpoint: str, reason: str | None) -> None:
+        kind = retry_policy.connect_refusal(reason or "")
+        if kind is None:
+            self._since.pop(endpoint, None)
+            return
+        now = self._clock()
+        if kind is retry_policy.Refusal.FINAL:
+            self._since[endpoint] = now - REFUSAL_WINDOW
+        else:
+            self._since.setdefault(endpoint, now)
+
+    def everywhere(self, endpoints: Sequence[str]) -> bool:
+        """True when every one of endpoints has refused for REFUSAL_WINDOW."""
+        now = self._clock()
+        return bool(endpoints) and all(
+            ep in self._since and now - self._since[ep] >= REFUSAL_WINDOW for ep in endpoints
+        )
 
 
 ConnectFn = Callable[[str], Connection]
@@ -234,6 +288,7 @@ class EndpointPool:
         deadline = self.clock() + total
         metadata = REQUIRE_LEADER if require_leader else NO_METADATA
         last: str = "no endpoint tried"
+        refusals = Refusals(self.clock)
         delay = 0.05
         while True:
             if endpoint is not None:
@@ -248,9 +303,12 @@ class EndpointPool:
                     break
                 conn = self.connection(ep)
                 if not await conn.ready(min(remaining, self.connect_timeout)):
-                    last = f"{ep}: not connected"
+                    reason = await conn.failure()
+                    last = f"{ep}: {reason or 'not connected'}"
+                    refusals.note(ep, reason)
                     self.mark_failed(ep)
                     continue
+                refusals.note(ep, None)
                 remaining = deadline - self.clock()
                 attempt = remaining
                 if not mutating and i < len(order) - 1:
@@ -278,6 +336,8 @@ class EndpointPool:
                     continue
                 self.mark_ok(ep)
                 return result
+            if refusals.everywhere(order):
+                raise UnavailableError(f"{what}: refused in the TLS handshake ({last})")
             remaining = deadline - self.clock()
             if remaining <= 0:
                 raise UnavailableError(f"{what}: no endpoint answered within {total}s ({last})")

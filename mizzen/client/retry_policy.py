@@ -85,6 +85,28 @@ STREAM_FATAL: frozenset[grpc.StatusCode] = frozenset(
 """Stream statuses that are a server's definite answer; every other one resumes."""
 
 
+class Refusal(enum.Enum):
+    """Why a channel could not connect, when the cause is the endpoint refusing us."""
+
+    FINAL = "final"
+    """A TLS handshake this client rejected, reason given (the server's certificate
+    does not verify, the server does not speak TLS): retrying cannot help."""
+    CLOSED = "closed"
+    """The server closed the connection during the handshake: what a TLS server
+    does to a client without an acceptable certificate or to a plaintext client,
+    but also what one dying mid-connect does, so it counts only once it lasts."""
+
+
+def connect_refusal(reason: str) -> Refusal | None:
+    """Classify gRPC's last connect error for a channel (None: not a refusal)."""
+    lowered = reason.lower()
+    if "handshake failed" in lowered:
+        return Refusal.FINAL
+    if "socket closed" in lowered:
+        return Refusal.CLOSED
+    return None
+
+
 class Verdict(enum.Enum):
     RETRY = "retry"
     """Try again (another endpoint first): the outcome is known not to have happened."""

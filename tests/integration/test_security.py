@@ -12,6 +12,7 @@ import asyncio
 import os
 import shutil
 import subprocess
+import sys
 import time
 
 import grpc
@@ -246,3 +247,49 @@ def test_etcdctl_speaks_tls_with_client_certificates(pki: Pki, store: Store) -> 
     assert denied.returncode != 0 and "PermissionDenied" in denied.stderr
     assert "vera (role viewer) may not read /tls-check" in denied.stderr
     assert etcdctl("vera", "endpoint", "status").returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("who", "reason"),
+    [
+        ("no client certificate", "Socket closed"),
+        ("certificate of another CA", "Socket closed"),
+        ("plaintext client", "Socket closed"),
+        ("a store certificate this client's CA did not sign", "CERTIFICATE_VERIFY_FAILED"),
+    ],
+)
+async def test_a_refused_client_fails_with_the_reason_before_its_deadline(
+    pki: Pki, store: Store, who: str, reason: str
+) -> None:
+    creds = {
+        "no client certificate": pki.ca_only,
+        "certificate of another CA": pki.creds("admin", other_ca=True),
+        "plaintext client": None,
+        "a store certificate this client's CA did not sign": ClientCredentials(
+            str(pki.other / "ca.crt"), str(pki.other / "admin.crt"), str(pki.other / "admin.key")
+        ),
+    }[who]
+    # a deadline far away: the client must give up because it is refused, not time out
+    async with ObjectsClient([store.endpoint], credentials=creds, timeout=60) as client:
+        with pytest.raises(UnavailableError) as refused:
+            await client.list("pods", "default")
+    assert "refused in the TLS handshake" in str(refused.value)
+    assert reason in str(refused.value)
+
+
+def test_the_cli_says_why_in_one_line(pki: Pki, store: Store) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MIZZEN_", "GRPC_VERBOSITY"))}
+    other = pki.other
+    out = subprocess.run(
+        [
+            sys.executable, "-m", "mizzen", "get", "pods", "--endpoints", store.endpoint,
+            "--cacert", str(other / "ca.crt"),
+            "--cert", str(other / "admin.crt"), "--key", str(other / "admin.key"),
+        ],
+        capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+    assert out.returncode == 1
+    # gRPC's C core would add a "Handshake failed" log line per reconnect attempt
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert out.stderr.startswith("mizzen: cannot reach the store")
+    assert "does not verify against --cacert" in out.stderr
