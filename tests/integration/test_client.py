@@ -473,6 +473,9 @@ class _FakeConnection:
             self.calls.append("not-ready")
         return self._ready
 
+    async def failure(self, timeout: float = 0.2) -> str | None:
+        return None if self._ready else "Failed to connect to remote host: Connection refused"
+
     async def close(self) -> None:
         pass
 
