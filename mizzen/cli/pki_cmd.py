@@ -1,14 +1,17 @@
 """`mizzen pki init|issue|token|show`: the cluster CA, certificates and the token file.
 
 ``init`` is idempotent: run it again with more hosts or nodes and it only adds
-what is missing. ``token`` prints only the token on stdout, so
+what is missing (with ``--renew-within DAYS``, it also renews what expires
+soon or no longer fits). ``token`` prints only the token on stdout, so
 ``TOKEN=$(mizzen pki token ...)`` works; the file keeps just its hash.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import sys
+from pathlib import Path
 
 from mizzen.cli.errors import UsageError
 from mizzen.security.pki import ROLES, PkiError, describe, init_pki, issue
@@ -29,6 +32,14 @@ def add_pki_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     s.add_argument("--nodes", default="", metavar="N[=ADDR][,...]", help="node names")
     s.add_argument("--days", type=int, default=365, help="validity of issued certificates")
     s.add_argument("--force", action="store_true", help="regenerate everything, including the CA")
+    s.add_argument(
+        "--renew-within",
+        type=int,
+        default=None,
+        metavar="DAYS",
+        help="also issue again certificates that expire within DAYS or no longer fit "
+        "(another CA, other hosts, usages); keys change, the CA does not",
+    )
     s.set_defaults(func=run_init, client_command=True)
 
     s = pki_sub.add_parser("issue", help="sign one more certificate with the CA in --dir")
@@ -65,12 +76,25 @@ def run_init(args: argparse.Namespace) -> int:
     hosts = _split(args.hosts)
     if not hosts:
         raise UsageError("--hosts: give at least one store host")
+    if args.renew_within is not None and args.renew_within < 0:
+        raise UsageError(f"--renew-within: {args.renew_within} is negative")
+    within = None if args.renew_within is None else dt.timedelta(days=args.renew_within)
+    reasons: dict[Path, str] = {}
     try:
-        written = init_pki(args.dir, hosts, _split(args.nodes), args.days, args.force)
+        written = init_pki(
+            args.dir,
+            hosts,
+            _split(args.nodes),
+            args.days,
+            args.force,
+            renew_within=within,
+            renewed=reasons.__setitem__,
+        )
     except (PkiError, OSError) as err:
         raise _usage(err) from None
     for path in written:
-        print(f"wrote {path}")
+        why = f" (renewed: {reasons[path]})" if path in reasons else ""
+        print(f"wrote {path}{why}")
     if not written:
         print(f"nothing to do: {args.dir} is complete")
     return 0

@@ -27,6 +27,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import FrameType
 
 import grpc
@@ -37,6 +38,7 @@ from mizzen.cli.config import FILE_SETTINGS, LOCAL_CONFIG
 from mizzen.cli.errors import UsageError
 from mizzen.parent_death import PARENT_ENV
 from mizzen.security.pki import PkiError, init_pki
+from mizzen.security.renewal import RENEW_WITHIN
 from mizzen.security.tls import INSECURE, ClientCredentials, host_of, is_loopback
 
 RESTART_BACKOFF_CAP = 30.0
@@ -127,8 +129,20 @@ def prepare_security(args: argparse.Namespace) -> UpTLS | None:
     store_host = _cert_host(args.listen_client, "--listen-client")
     agent_host = _cert_host(args.agent_listen, "--agent-listen")
     pki = os.path.join(os.path.abspath(args.data_dir), "pki")
+
+    def renewed(path: Path, why: str) -> None:
+        print(f"mizzen up: renewed {path.name} ({why})", file=sys.stderr)
+
     try:
-        init_pki(pki, hosts=[store_host], nodes=[f"{args.node_name}={agent_host}"])
+        # like k3s: certificates that expire within 90 days (or no longer fit
+        # these addresses) are issued again at start, before any daemon reads them
+        init_pki(
+            pki,
+            hosts=[store_host],
+            nodes=[f"{args.node_name}={agent_host}"],
+            renew_within=RENEW_WITHIN,
+            renewed=renewed,
+        )
     except (PkiError, OSError) as err:
         raise UsageError(f"up: {pki}: {err}") from None
     return UpTLS(pki, store_host, args.node_name)

@@ -19,7 +19,7 @@ import ipaddress
 import os
 import re
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -305,14 +305,20 @@ def init_pki(
     nodes: Sequence[str],
     days: int = 365,
     force: bool = False,
+    renew_within: dt.timedelta | None = None,
+    renewed: Callable[[Path, str], None] | None = None,
 ) -> list[Path]:
     """Create the CA and every certificate a cluster needs; return the paths written.
 
     Issues a store certificate per host, one ``controller`` (valid on every
     host, as the managers run there and serve their metrics) and one ``admin``
     certificate, a node certificate per node and ``raft.secret``. Without
-    ``force`` an existing CA is kept and only missing files are created.
+    ``force`` an existing CA is kept and only missing files are created — and,
+    with ``renew_within``, certificates that expire within it or no longer fit
+    (``renewal.reissue_reason``) are issued again, each reported to ``renewed``.
     """
+    from mizzen.security.renewal import reissue_reason
+
     plan: list[tuple[str, str, tuple[str, ...]]] = [(h, "store", ()) for h in hosts]
     plan += [("controller", "controller", tuple(hosts)), ("admin", "admin", ())]
     plan += [(name, "node", extra) for name, extra in map(parse_node, nodes)]
@@ -325,9 +331,17 @@ def init_pki(
     if force or not (d / "ca.crt").exists():
         written += create_ca(d)
         force = True  # a new CA invalidates every certificate signed by the old one
+    ca = load_ca(d)[0] if renew_within is not None and not force else None
     for (name, role, extra), stem in zip(plan, stems, strict=True):
         if force or not ((d / f"{stem}.crt").exists() and (d / f"{stem}.key").exists()):
             written += issue(d, name, role, extra, days)
+        elif ca is not None and renew_within is not None:
+            prof = profile(name, role, extra)
+            why = reissue_reason(d / f"{stem}.crt", prof, ca, renew_within, _now())
+            if why is not None:
+                written += issue(d, name, role, extra, days)
+                if renewed is not None:
+                    renewed(d / f"{stem}.crt", why)
     secret = d / "raft.secret"
     if force or not secret.exists():
         _write(secret, (secrets.token_urlsafe(32) + "\n").encode(), 0o600)

@@ -10,6 +10,7 @@ process, no cgroup. A second `mizzen up` resumes with the same data and PKI.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import os
 import secrets
 import signal
@@ -25,6 +26,7 @@ from typing import TypeVar
 import pytest
 from agent_fixtures import cgroups_unavailable
 
+from mizzen.security.pki import issue
 from mizzen.testing.local_cluster import REPO_ROOT, free_ports
 
 pytestmark = [
@@ -183,7 +185,10 @@ def test_up_runs_a_web_deployment_and_leaves_nothing_behind(up: Up) -> None:
     with pytest.raises(OSError):
         urllib.request.urlopen(url, timeout=2)
 
-    # a second `mizzen up` resumes with the same data and certificates: the Deployment runs again
+    # a second `mizzen up` resumes with the same data and CA: the Deployment runs again;
+    # a certificate that expires within 90 days is issued again first (as k3s does)
+    soon = dt.datetime.now(dt.UTC) + dt.timedelta(days=30)
+    issue(pki, "admin", "admin", not_after=soon)
     up.start()
     eventually(lambda: urllib.request.urlopen(url, timeout=2).read(), bool, 60, "web answers again")
     assert up.mizzen("delete", "deploy", "web") == "deployment/web deleted\n"
@@ -194,7 +199,8 @@ def test_up_runs_a_web_deployment_and_leaves_nothing_behind(up: Up) -> None:
         "pods gone after delete",
     )
     assert (pki / "ca.crt").read_bytes() == ca, "the second up made a new CA"
-    up.interrupt()
+    err = up.interrupt()
+    assert "mizzen up: renewed admin.crt (expires " in err
     assert not daemon_pids(up.endpoint)
     assert detect(parent=up.parent).open("") is None
 
