@@ -127,3 +127,13 @@ def test_cli_renew_within(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert "admin.crt (renewed: expires " in out and "admin.key" in out
     assert main(["pki", "init", "--dir", d, "--hosts", "10.0.0.1", "--renew-within", "-1"]) == 1
     assert capsys.readouterr().err == "mizzen: --renew-within: -1 is negative\n"
+
+
+def test_a_client_only_certificate_where_a_server_one_is_needed(tmp_path: Path) -> None:
+    # what an old `mizzen up` data dir holds: a controller certificate from before
+    # the controllers served HTTPS metrics (no serverAuth)
+    _init(tmp_path, ["10.0.0.1"])
+    ca = x509.load_pem_x509_certificate((tmp_path / "ca.crt").read_bytes())
+    server_admin = dataclasses.replace(pki.profile("admin", "admin"), server=True)
+    why = reissue_reason(tmp_path / "admin.crt", server_admin, ca, RENEW_WITHIN, NOW)
+    assert why == "cannot serve TLS"
