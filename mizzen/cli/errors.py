@@ -7,3 +7,27 @@ class UsageError(Exception):
 
 class CommandError(Exception):
     """The command failed (not found, invalid, store unreachable, ...); the text says why."""
+
+
+def tls_hint(err: BaseException) -> str:
+    """A hint when a connection failed in a way a TLS mismatch explains."""
+    text = str(err)
+    if "WRONG_VERSION_NUMBER" in text:
+        return "; the store does not serve TLS there: connect without --cacert/--cert/--key"
+    if "CERTIFICATE_VERIFY_FAILED" in text:
+        return (
+            "; the store's certificate does not verify against --cacert "
+            "(another CA, or it does not name this address)"
+        )
+    if "Socket closed" in text:
+        return (
+            "; the store closed the connection in the TLS handshake: it wants a client "
+            "certificate signed by its CA (--cacert with --cert/--key, or a config file; "
+            "see mizzen pki), or a plaintext client met a TLS port"
+        )
+    if "not connected" in text or "failed to connect" in text:
+        return (
+            "; if the store serves TLS, check --cacert and that --cert/--key are "
+            "signed by the store's CA (see mizzen pki)"
+        )
+    return ""

@@ -23,7 +23,7 @@ import grpc
 from mizzen.api.defaults import DEFAULT_NAMESPACE
 from mizzen.cli import tables
 from mizzen.cli.config import resolve_client
-from mizzen.cli.errors import CommandError, UsageError
+from mizzen.cli.errors import CommandError, UsageError, tls_hint
 from mizzen.cli.objects_cmd import _client_options
 from mizzen.client.errors import NotFoundError, StoreClientError, UnavailableError
 from mizzen.client.objects import ObjectsClient
@@ -87,7 +87,8 @@ def _run(args: argparse.Namespace, body: Callable[[ObjectsClient], Awaitable[int
     try:
         return asyncio.run(run())
     except UnavailableError as err:
-        raise CommandError(f"cannot reach the store at {','.join(endpoints)} ({err})") from None
+        where = ",".join(endpoints)
+        raise CommandError(f"cannot reach the store at {where} ({err}){tls_hint(err)}") from None
     except StoreClientError as err:
         raise CommandError(err.details or str(err)) from None
 

@@ -33,7 +33,7 @@ from mizzen.api.manifest import Manifest, ManifestError, dump_json, dump_yaml, l
 from mizzen.cli import tables
 from mizzen.cli.apply_cmd import apply_all
 from mizzen.cli.config import add_credential_flags, resolve_client
-from mizzen.cli.errors import CommandError, UsageError
+from mizzen.cli.errors import CommandError, UsageError, tls_hint
 from mizzen.cli.watch_cmd import watch_until_interrupted
 from mizzen.client.errors import (
     AmbiguousWriteError,
@@ -45,37 +45,13 @@ from mizzen.client.objects import ObjectsClient
 from mizzen.client.store_client import StoreClient
 
 
-def _tls_hint(err: BaseException) -> str:
-    """A hint when a connection failed in a way a TLS mismatch explains."""
-    text = str(err)
-    if "WRONG_VERSION_NUMBER" in text:
-        return "; the store does not serve TLS there: connect without --cacert/--cert/--key"
-    if "CERTIFICATE_VERIFY_FAILED" in text:
-        return (
-            "; the store's certificate does not verify against --cacert "
-            "(another CA, or it does not name this address)"
-        )
-    if "Socket closed" in text:
-        return (
-            "; the store closed the connection in the TLS handshake: it wants a client "
-            "certificate signed by its CA (--cacert with --cert/--key, or a config file; "
-            "see mizzen pki), or a plaintext client met a TLS port"
-        )
-    if "not connected" in text or "failed to connect" in text:
-        return (
-            "; if the store serves TLS, check --cacert and that --cert/--key are "
-            "signed by the store's CA (see mizzen pki)"
-        )
-    return ""
-
-
 def error_message(err: BaseException, endpoints: list[str]) -> str:
     """The text shown after "mizzen: " for an error a command ended with."""
     if isinstance(err, ManifestError):
         first, *rest = [str(problem) for problem in err.problems] or [str(err)]
         return "\n".join([first, *(f"  {line}" for line in rest)])
     if isinstance(err, UnavailableError):
-        return f"cannot reach the store at {','.join(endpoints)} ({err}){_tls_hint(err)}"
+        return f"cannot reach the store at {','.join(endpoints)} ({err}){tls_hint(err)}"
     if isinstance(err, AmbiguousWriteError):
         return str(err)
     if isinstance(err, StoreClientError):

@@ -277,12 +277,13 @@ async def test_a_refused_client_fails_with_the_reason_before_its_deadline(
     assert reason in str(refused.value)
 
 
-def test_the_cli_says_why_in_one_line(pki: Pki, store: Store) -> None:
+@pytest.mark.parametrize("command", [["get", "pods"], ["logs", "some-pod"]])
+def test_the_cli_says_why_in_one_line(pki: Pki, store: Store, command: list[str]) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MIZZEN_", "GRPC_VERBOSITY"))}
     other = pki.other
     out = subprocess.run(
         [
-            sys.executable, "-m", "mizzen", "get", "pods", "--endpoints", store.endpoint,
+            sys.executable, "-m", "mizzen", *command, "--endpoints", store.endpoint,
             "--cacert", str(other / "ca.crt"),
             "--cert", str(other / "admin.crt"), "--key", str(other / "admin.key"),
         ],
