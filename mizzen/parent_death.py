@@ -12,9 +12,34 @@ from __future__ import annotations
 
 import os
 import signal
+from typing import Any
 
 PARENT_ENV = "MIZZEN_DIE_WITH_PARENT"
 _PR_SET_PDEATHSIG = 1
+
+
+def _load_prctl() -> Any:
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None  # not Linux
+
+
+# resolved once at import: a forked child of a threaded process must not dlopen
+_prctl = _load_prctl()
+
+
+def set_death_signal(sig: int) -> bool:
+    """Ask the kernel to send ``sig`` to this process when the thread that forked it exits.
+
+    Safe in a freshly forked child (no allocation beyond the call). False where
+    the request is not available.
+    """
+    if _prctl is None:
+        return False
+    return bool(_prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0)
 
 
 def die_with_parent_from_env() -> None:
@@ -26,12 +51,7 @@ def die_with_parent_from_env() -> None:
     want = os.environ.pop(PARENT_ENV, None)
     if not want or not want.isdigit():
         return
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
-    except (OSError, AttributeError):
+    if not set_death_signal(signal.SIGTERM):
         return  # not Linux: the daemon outlives a killed `up`, as before
     if os.getppid() != int(want):
         os.kill(os.getpid(), signal.SIGTERM)

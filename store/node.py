@@ -312,9 +312,9 @@ class StoreNode:
         )
 
     def snapshot_in_progress(self) -> bool:
-        """True while pysyncobj's forked child writes a snapshot (its pid is set meanwhile)."""
-        serializer = getattr(self.syncobj, "_SyncObj__serializer", None)
-        return int(getattr(serializer, "_Serializer__pid", 0) or 0) > 0
+        """True while a forked child writes a snapshot (store/raft_dump.py ForkingDumper)."""
+        dumper = getattr(self.syncobj, "_SyncObj__serializer", None)
+        return int(getattr(dumper, "pid", 0) or 0) > 0
 
     def add_raft_tick_hook(self, hook: Callable[[], None]) -> None:
         """Call hook at the end of every Raft tick, in the tick thread; keep it tiny."""

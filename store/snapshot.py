@@ -14,9 +14,9 @@ The padding and trailer follow etcd's convention (a file whose size is
 stream; its content is Mizzen's, not a bbolt database. The checksum is
 verified before the body is unpickled: only restore files you saved.
 
-Restore is offline and writes ``raft.snapshot`` in pysyncobj's full-dump
-format (gzip of a pickled ``(data, last_entry, prev_entry, cluster)``) into an
-empty data directory. pysyncobj loads that dump on start as if it had
+Restore is offline and writes ``raft.snapshot`` (a Raft snapshot as
+store/raft_dump.py writes them, ending at entries 1-2) into an empty data
+directory. pysyncobj loads that dump on start as if it had
 compacted its log up to index 2, so a member started on the directory begins
 with exactly the saved state and continues the log from there. Every member
 of the new cluster is restored from the same file with the same
@@ -25,7 +25,6 @@ of the new cluster is restored from the same file with the same
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import os
 import pickle
@@ -33,9 +32,9 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-from pysyncobj import pickle as pysyncobj_pickle
 from pysyncobj.node import TCPNode
 
+from .raft_dump import encode_dump
 from .state_machine import _OPTIONAL_FIELDS, _SNAPSHOT_FIELDS, StateMachine
 
 MAGIC = b"MIZZSNP\x00"
@@ -137,14 +136,14 @@ def for_new_cluster(sm: StateMachine) -> StateMachine:
 
 
 def raft_dump(sm: StateMachine, cluster_addrs: list[str]) -> bytes:
-    """pysyncobj full-dump bytes whose only consumer (ReplicatedState) holds ``sm``."""
+    """``raft.snapshot`` bytes (store/raft_dump.py) whose only consumer (ReplicatedState)
+    holds ``sm``."""
     self_data: dict[str, Any] = {"_SyncObj__enabledCodeVersion": 0}
     consumer_data: dict[str, Any] = {"state": sm}
     prev_entry = (_NO_OP, 1, _DUMP_TERM)
     last_entry = (_NO_OP, 2, _DUMP_TERM)
     cluster = {TCPNode(a) for a in cluster_addrs}
-    raw = pysyncobj_pickle.dumps(([self_data, consumer_data], last_entry, prev_entry, cluster))
-    return gzip.compress(raw)
+    return encode_dump(([self_data, consumer_data], last_entry, prev_entry, cluster))
 
 
 def restore(data: bytes, data_dir: str, initial_cluster: dict[str, str]) -> SnapshotInfo:

@@ -1,0 +1,177 @@
+"""Every change Mizzen makes to pysyncobj, in one place, for exactly one pysyncobj version.
+
+pysyncobj gives us Raft elections, replication and its TCP transport; its
+persistence and one follower rule are not safe enough for a store that
+promises "nothing acknowledged is ever lost". Each fix below names the Raft
+rule it restores and the pysyncobj code it replaces. They reach into
+pysyncobj's module globals and one name-mangled method, so they are written
+for ``PYSYNCOBJ_VERSION`` only: ``install`` refuses any other version.
+
+1. **Journal** (replaces ``pysyncobj.journal.FileJournal`` via
+   ``pysyncobj.syncobj.createJournal``): ``store.raft_journal.DurableJournal``
+   — durable appends before pysyncobj acknowledges an entry (Raft §5.3/§5.4:
+   an entry counted towards commit must survive a crash), Raft's log matching
+   instead of deleting every entry after ``prevLogIdx`` (§5.3), compaction by
+   writing a new file and renaming it instead of rewriting in place, and
+   term/vote/commit metadata as JSON instead of a pickle.
+2. **Snapshots** (replaces ``pysyncobj.serializer.Serializer`` via
+   ``pysyncobj.syncobj.Serializer``): ``store.raft_dump.ForkingDumper`` — the
+   forked writer dies with its member and never installs; the member installs
+   the snapshot, and only then pysyncobj trims the journal (§7: a snapshot
+   replaces only entries it covers). Before pysyncobj opens a data directory,
+   ``store.raft_dump.prepare_data_dir`` lines the journal up with the snapshot
+   so pysyncobj's load never discards newer entries, and refuses to start when
+   committed entries are missing (pysyncobj "clamped" its commit index and ran
+   on without them).
+3. **Follower commit index** (wraps ``SyncObj.__onMessageReceived``): Raft's
+   rule commitIndex = min(leaderCommit, index of the last *new* entry)
+   (§5.3, Figure 2). pysyncobj used the end of the follower's log, which with
+   fix 1's log matching may hold older-term entries not yet checked against
+   the leader's.
+4. **Entries sent in parts** (same wrapper as 3): a leader sends an entry
+   bigger than ``appendEntriesBatchSizeBytes`` in chunks and marks the last
+   one "finish" by comparing positions with the length of the *command*
+   instead of the pickled entry, which is a few dozen bytes longer. When a
+   chunk boundary falls in between, the second-to-last chunk says "finish";
+   the follower unpickles a truncated entry, fails, and fails again on every
+   resend: it never catches up (found by the snapshot crash test with 100 kB
+   values). A "finish" whose data does not yet unpickle is treated as one more
+   part; the leader always sends the rest, marked "finish" too.
+5. **Log noise**: pysyncobj logs "truncating already-applied log entries" as
+   critical before calling ``deleteEntriesFrom``, which (fix 1) no longer
+   truncates matching entries; a real conflict is logged by the journal.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import threading
+from typing import Any
+
+import pysyncobj
+from pysyncobj import syncobj as pysyncobj_syncobj
+from pysyncobj.version import VERSION
+
+from .raft_dump import ForkingDumper
+from .raft_journal import DurableJournal
+
+PYSYNCOBJ_VERSION = "0.3.17"
+
+
+class UnsupportedPysyncobj(RuntimeError):
+    pass
+
+
+_installed = False
+_pending = threading.local()
+
+
+def install() -> None:
+    """Apply every fix (idempotent); refuse a pysyncobj these fixes were not written for."""
+    global _installed
+    if _installed:
+        return
+    if VERSION != PYSYNCOBJ_VERSION:
+        raise UnsupportedPysyncobj(
+            f"pysyncobj {VERSION} is installed but Mizzen's Raft fixes (store/pysyncobj_fixes.py) "
+            f"were written for {PYSYNCOBJ_VERSION}: install pysyncobj=={PYSYNCOBJ_VERSION}"
+        )
+    pysyncobj_syncobj.createJournal = _create_journal
+    pysyncobj_syncobj.Serializer = _create_dumper
+    _patch_follower_commit()
+    logging.getLogger("pysyncobj.syncobj").addFilter(_drop_truncation_warning)
+    _installed = True
+
+
+def construct(journal: DurableJournal, fsync: bool, build: Any) -> Any:
+    """Run ``build()`` (which constructs a SyncObj) with ``journal`` as its Raft log.
+
+    pysyncobj creates its journal and serializer inside ``SyncObj.__init__``;
+    the factories installed above hand it the journal prepared by
+    ``prepare_data_dir`` and a dumper with the same fsync policy.
+    """
+    install()
+    _pending.journal, _pending.fsync = journal, fsync
+    try:
+        return build()
+    finally:
+        _pending.journal = None
+
+
+def _create_journal(path: str | None) -> DurableJournal:
+    journal = getattr(_pending, "journal", None)
+    if journal is None or path is None or journal.path != path:
+        raise RuntimeError("a SyncObj must be constructed through store.pysyncobj_fixes.construct")
+    return journal
+
+
+def _create_dumper(*args: Any) -> ForkingDumper:
+    dumper = ForkingDumper(*args)
+    dumper.fsync = bool(getattr(_pending, "fsync", True))
+    return dumper
+
+
+# ------------------------------------------- 3. follower commit, 4. parted entries
+
+
+def new_entries_end(message: Any) -> int | None:
+    """Index of the last entry an AppendEntries message carries (prevLogIdx if none).
+
+    None for messages that are not (complete) AppendEntries or are part of a
+    multi-part transmission still being received.
+    """
+    if not isinstance(message, dict) or message.get("type") != "append_entries":
+        return None
+    if "prevLogIdx" not in message:
+        return None
+    transmission = message.get("transmission")
+    if transmission is None:
+        return int(message["prevLogIdx"]) + len(message.get("entries", []))
+    return int(message["prevLogIdx"]) + 1 if transmission == "finish" else None
+
+
+def clamp_commit(before: int, after: int, new_end: int | None) -> int | None:
+    """The commit index a message may set (None: leave ``after`` as it is).
+
+    It may raise the commit index up to the last entry it carried, never lower
+    it below where it was.
+    """
+    if new_end is None or after <= before or after <= new_end:
+        return None
+    return max(before, new_end)
+
+
+def is_early_finish(received: Any, message: Any) -> bool:
+    """Whether ``message`` says "finish" although the entry it ends is still incomplete."""
+    if not isinstance(message, dict) or message.get("transmission") != "finish":
+        return False
+    data = received + message.get("data", b"") if isinstance(received, bytes) else None
+    if not data:
+        return False
+    try:
+        pickle.loads(data)
+    except Exception:
+        return True
+    return False
+
+
+def _patch_follower_commit() -> None:
+    handler_name = "_SyncObj__onMessageReceived"
+    original = getattr(pysyncobj.SyncObj, handler_name)
+
+    def on_message(self: Any, node: Any, message: Any) -> None:
+        if is_early_finish(self._SyncObj__recvTransmission, message):
+            message = {**message, "transmission": "process"}
+        before = self._SyncObj__raftCommitIndex
+        original(self, node, message)
+        clamped = clamp_commit(before, self._SyncObj__raftCommitIndex, new_entries_end(message))
+        if clamped is not None:
+            self._SyncObj__raftCommitIndex = clamped
+            self._SyncObj__raftLog.setRaftCommitIndex(clamped)
+
+    setattr(pysyncobj.SyncObj, handler_name, on_message)
+
+
+def _drop_truncation_warning(record: logging.LogRecord) -> bool:
+    return "truncating already-applied log entries" not in str(record.msg)

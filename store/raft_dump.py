@@ -1,0 +1,442 @@
+"""Raft snapshots on disk (``raft.snapshot``), and one protocol for them and the journal.
+
+pysyncobj calls its snapshot a "full dump": a tuple ``(data, last, prev,
+cluster)`` where ``last`` and ``prev`` are the log entries at the last
+applied index ``S`` and at ``S - 1``. Its ``Serializer`` forked a child that
+wrote and *renamed* the dump, and that child outlived a killed member: it
+installed a snapshot the journal had not been trimmed to match, and on the
+next start pysyncobj threw the whole journal away because its first entries
+were not the dump's — every write acknowledged after the snapshot point was
+lost. The rules here:
+
+1. **The member installs, not the child.** ``ForkingDumper`` forks a child
+   that only writes ``raft.snapshot.tmp`` and syncs it. The child dies with
+   the thread that forked it (``PR_SET_PDEATHSIG``), closes every inherited
+   socket first (a lingering child never holds the Raft or client ports),
+   and never renames. The member, in its Raft thread, renames the file into
+   place (synced, directory synced) when the child has exited with success.
+2. **The journal is trimmed only after the snapshot is durable.** pysyncobj
+   calls ``deleteEntriesTo`` right after ``checkSerializing`` reports success,
+   which is after the rename; the trim itself is crash-safe
+   (``DurableJournal``).
+3. **A start never drops an entry after the snapshot.** ``reconcile`` lines
+   the journal up with the snapshot before pysyncobj opens either: it keeps
+   every entry after ``S`` and puts the snapshot's own ``prev`` and ``last``
+   entries in front (exactly what pysyncobj checks), so pysyncobj's "clear the
+   journal" branch never runs on a journal that still holds newer entries.
+   A journal that no longer reaches back to the snapshot, or a commit index
+   beyond the end of the log, means acknowledged entries are gone: the member
+   refuses to start and says so, instead of clamping and running on.
+4. **A snapshot received from the leader wins over a local one in progress**:
+   the local child is killed and its file discarded, so an older snapshot can
+   never be renamed over a newer one.
+
+File format, version 1::
+
+    b"MZRSNAP1" | u32 version (1)
+    | journal record of ``prev`` | journal record of ``last``   (see raft_journal)
+    | gzip of pysyncobj's pickled ``(data, last, prev, cluster)``
+
+The records repeat the two entries so ``reconcile`` reads them without
+decompressing the state. The body is a pickle because pysyncobj's state is
+pickled (and snapshots travel to followers over its authenticated Raft
+channel); it is only ever read from the store's own data directory (0700) or
+from that channel. A dump without the header (pysyncobj's own format, written
+by older Mizzen versions) is still read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import gzip
+import os
+import pickle
+import signal
+import stat
+import struct
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from pysyncobj.config import SERIALIZER_STATE
+
+from mizzen.parent_death import set_death_signal
+
+from .failpoints import failpoint
+from .raft_journal import (
+    DurableJournal,
+    Entry,
+    JournalError,
+    _fsync_dir,
+    decode_records,
+    encode_record,
+)
+
+log = structlog.get_logger("store.raft.dump")
+
+MAGIC = b"MZRSNAP1"
+VERSION = 1
+_HEADER = struct.Struct("<8sI")
+GZIP_LEVEL = 1  # level 9 (pysyncobj's) took seconds per 100 MB for a few % of size
+
+
+@dataclass(frozen=True)
+class DumpHead:
+    """The two log entries a dump ends at: ``prev`` (index S-1) and ``last`` (index S)."""
+
+    prev: Entry
+    last: Entry
+
+    @property
+    def index(self) -> int:
+        return self.last[1]
+
+
+def encode_head(data: tuple[Any, ...]) -> bytes:
+    last, prev = data[1], data[2]
+    return (
+        _HEADER.pack(MAGIC, VERSION)
+        + encode_record(bytes(prev[0]), prev[1], prev[2])
+        + encode_record(bytes(last[0]), last[1], last[2])
+    )
+
+
+def encode_dump(data: tuple[Any, ...]) -> bytes:
+    """A whole dump file for pysyncobj's ``(data, last, prev, cluster)``."""
+    body = gzip.compress(pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL), GZIP_LEVEL)
+    return encode_head(data) + body
+
+
+def _split(raw: bytes) -> tuple[DumpHead | None, int]:
+    """The head of a dump in ``raw`` (None for pysyncobj's own format) and where its body starts."""
+    if not raw.startswith(MAGIC):
+        return None, 0
+    if len(raw) < _HEADER.size:
+        raise JournalError("raft.snapshot: truncated header")
+    _, version = _HEADER.unpack_from(raw)
+    if version != VERSION:
+        raise JournalError(f"raft.snapshot: unsupported version {version}")
+    entries, _, end = decode_records(raw, _HEADER.size)
+    if len(entries) < 2:
+        raise JournalError("raft.snapshot: damaged header")
+    return DumpHead(prev=entries[0], last=entries[1]), end
+
+
+def read_head(path: str) -> DumpHead | None:
+    """The entries a dump file ends at, or None when there is no dump at ``path``."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(1 << 20)
+            if raw.startswith(MAGIC):
+                head, end = _split(raw)
+                while head is None or end > len(raw):  # a huge entry: read the rest of the head
+                    more = f.read(1 << 24)
+                    if not more:
+                        break
+                    raw += more
+                    head, end = _split(raw)
+                return head
+    except FileNotFoundError:
+        return None
+    data = load_dump(path)  # pysyncobj's format: the entries are inside the pickle
+    return DumpHead(prev=tuple(data[2]), last=tuple(data[1]))
+
+
+def load_dump(path: str) -> tuple[Any, ...]:
+    """pysyncobj's dump tuple from a file in either format."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    _, start = _split(raw)
+    data = pickle.loads(gzip.decompress(raw[start:]))
+    if not isinstance(data, tuple) or len(data) != 4:
+        raise JournalError(f"{path}: not a Raft snapshot")
+    return data
+
+
+# ----------------------------------------------------------------- reconcile
+
+
+def reconcile(journal: DurableJournal, head: DumpHead | None) -> str:
+    """Line the journal up with the snapshot (rule 3); return what was done, raise to refuse.
+
+    Refusals are ``JournalError`` with a message for the operator.
+    """
+    commit = journal.getRaftCommitIndex()
+    entries = list(journal[:])
+    if head is None:
+        if entries and entries[0][1] != 1:
+            raise JournalError(
+                f"the Raft journal starts at index {entries[0][1]} but there is no snapshot: "
+                f"entries 1..{entries[0][1] - 1} are missing from this data directory"
+            )
+        end = entries[-1][1] if entries else 0
+        _check_commit(commit, end)
+        return "no snapshot"
+    s = head.index
+    after = [e for e in entries if e[1] > s]
+    at_s = next((e for e in entries if e[1] == s), None)
+    action = "kept"
+    if at_s is not None and at_s[2] != head.last[2]:
+        log.warning(
+            "journal_diverges_from_snapshot",
+            index=s,
+            journal_term=at_s[2],
+            snapshot_term=head.last[2],
+            dropped=len(after),
+        )
+        after, action = [], "dropped a suffix that diverges from the snapshot"
+    if after and after[0][1] != s + 1:
+        raise JournalError(
+            f"the Raft journal resumes at index {after[0][1]} but the snapshot ends at {s}: "
+            f"entries {s + 1}..{after[0][1] - 1} are missing from this data directory"
+        )
+    wanted = [head.prev, head.last, *after]
+    if [e[1:] for e in entries[: len(wanted)]] != [e[1:] for e in wanted] or len(entries) != len(
+        wanted
+    ):
+        journal.replace_all(wanted)
+        if action == "kept":
+            action = f"trimmed to the snapshot at {s}, kept {len(after)} newer entries"
+    end = wanted[-1][1]
+    _check_commit(commit, end)
+    return action
+
+
+def _check_commit(commit: int, end: int) -> None:
+    if commit > max(end, 1):
+        raise JournalError(
+            f"the commit index recorded in this data directory is {commit} but its Raft log "
+            f"ends at {end}: {commit - end} committed entries are missing (journal lost or "
+            "truncated). Refusing to start: remove this member's data directory and add it "
+            "back to the cluster (mizzen cluster member remove/add), or restore a snapshot"
+        )
+
+
+def prepare_data_dir(journal_path: str, dump_path: str, *, fsync: bool) -> DurableJournal:
+    """Open the journal, drop leftover temporary files, reconcile with the snapshot."""
+    for leftover in (dump_path + ".tmp", dump_path + ".1.tmp", journal_path + ".tmp"):
+        if os.path.exists(leftover):
+            os.unlink(leftover)
+            log.info("leftover_removed", path=leftover)
+    journal = DurableJournal(journal_path, fsync=fsync)
+    action = reconcile(journal, read_head(dump_path))
+    log.info(
+        "raft_log_opened",
+        first=journal.first_index(),
+        last=journal.last_index(),
+        commit=journal.getRaftCommitIndex(),
+        snapshot=action,
+    )
+    return journal
+
+
+# --------------------------------------------------------- the serializer
+
+
+class ForkingDumper:
+    """pysyncobj's ``Serializer`` interface with rules 1 and 4 (see the module docstring)."""
+
+    def __init__(
+        self,
+        fileName: str,
+        transmissionBatchSize: int,
+        tryUseFork: bool = True,
+        serializer: Any = None,
+        deserializer: Any = None,
+        serializeChecker: Any = None,
+    ) -> None:
+        if fileName is None or serializer is not None or deserializer is not None:
+            raise ValueError("ForkingDumper needs fullDumpFile and no custom serializer")
+        self.path = fileName
+        self.tmp = fileName + ".tmp"
+        self.incoming_tmp = fileName + ".1.tmp"
+        self.fsync = True
+        self.batch = transmissionBatchSize
+        self.pid = 0
+        self.started = 0.0
+        self.current_id: int | None = None
+        self.pending_index = 0
+        self.installed_index = 0
+        self._transmissions: dict[Any, dict[str, Any]] = {}
+        self._incoming: Any = None
+        self.last_duration: float | None = None
+
+    # ------------------------------------------------------------ writing
+
+    def serialize(self, data: tuple[Any, ...], id: int) -> None:
+        if self.pid:
+            return
+        self.current_id = id
+        self.pending_index = int(data[1][1])
+        parent = os.getpid()
+        pid = os.fork()
+        if pid:
+            self.pid = pid
+            self.started = time.monotonic()
+            return
+        code = 1
+        try:
+            gc.disable()  # no finalizers of the parent's objects run in this child
+            set_death_signal(signal.SIGKILL)
+            if os.getppid() != parent:
+                os._exit(1)
+            _close_inherited_sockets()
+            failpoint("snapshot_child_started")
+            self._write(data)
+            failpoint("snapshot_child_written")
+            code = 0
+        finally:
+            os._exit(code)
+
+    def _write(self, data: tuple[Any, ...]) -> None:
+        fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(encode_head(data))
+            with gzip.GzipFile(fileobj=f, mode="wb", compresslevel=GZIP_LEVEL) as g:
+                pickle.dump(data, g, protocol=pickle.HIGHEST_PROTOCOL)
+            f.flush()
+            if self.fsync:
+                os.fsync(f.fileno())
+
+    def checkSerializing(self) -> tuple[int, int | None]:
+        if not self.pid:
+            return SERIALIZER_STATE.NOT_SERIALIZING, None
+        try:
+            rpid, status = os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:
+            rpid, status = self.pid, -1
+        if rpid == 0:
+            return SERIALIZER_STATE.SERIALIZING, self.current_id
+        self.pid = 0
+        self.last_duration = time.monotonic() - self.started
+        if status != 0 or self.pending_index <= self.installed_index:
+            if status != 0:
+                log.warning("snapshot_child_failed", status=status, index=self.pending_index)
+            _unlink(self.tmp)
+            return SERIALIZER_STATE.FAILED, self.current_id
+        try:
+            failpoint("snapshot_before_install")
+            self._install(self.tmp)
+            failpoint("snapshot_installed")
+        except OSError:
+            log.exception("snapshot_install_failed")
+            return SERIALIZER_STATE.FAILED, self.current_id
+        self.installed_index = self.pending_index
+        self._close_transmissions()
+        return SERIALIZER_STATE.SUCCESS, self.current_id
+
+    def _install(self, tmp: str) -> None:
+        os.rename(tmp, self.path)
+        if self.fsync:
+            _fsync_dir(self.path)
+
+    def cancel_local(self) -> None:
+        """Kill a local snapshot in progress and forget it (rule 4)."""
+        if not self.pid:
+            return
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+            os.waitpid(self.pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+        self.pid = 0
+        _unlink(self.tmp)
+        log.info("local_snapshot_cancelled", index=self.pending_index)
+
+    # ------------------------------------------------------------ reading
+
+    def deserialize(self) -> tuple[Any, ...]:
+        data = load_dump(self.path)
+        self.installed_index = max(self.installed_index, int(data[1][1]))
+        return data
+
+    # ------------------------------------------- transmission to followers
+
+    def getTransmissionData(self, transmissionID: Any) -> Any:
+        if self.pid:
+            return None
+        t = self._transmissions.get(transmissionID)
+        if t is None:
+            try:
+                t = {"file": open(self.path, "rb"), "sent": 0}  # noqa: SIM115 (kept open)
+            except OSError:
+                log.exception("snapshot_open_for_transmission_failed")
+                return None
+            self._transmissions[transmissionID] = t
+        first = t["sent"] == 0
+        try:
+            chunk = t["file"].read(self.batch)
+        except OSError:
+            log.exception("snapshot_read_for_transmission_failed")
+            self._drop_transmission(transmissionID)
+            return False
+        t["sent"] += len(chunk)
+        last = not chunk
+        if last:
+            self._drop_transmission(transmissionID)
+        return chunk, first, last
+
+    def setTransmissionData(self, data: Any) -> bool:
+        if data is None:
+            return False
+        chunk, first, last = data
+        if first:
+            if self._incoming is not None:
+                self._incoming.close()
+            fd = os.open(self.incoming_tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            self._incoming = os.fdopen(fd, "wb")
+        elif self._incoming is None:
+            return False
+        try:
+            self._incoming.write(chunk)
+        except OSError:
+            log.exception("snapshot_receive_failed")
+            self._incoming.close()
+            self._incoming = None
+            return False
+        if not last:
+            return False
+        f, self._incoming = self._incoming, None
+        f.flush()
+        if self.fsync:
+            os.fsync(f.fileno())
+        f.close()
+        self.cancel_local()
+        try:
+            self._install(self.incoming_tmp)
+        except OSError:
+            log.exception("snapshot_install_failed")
+            return False
+        return True
+
+    def cancelTransmisstion(self, id: Any) -> None:
+        self._drop_transmission(id)
+
+    def _drop_transmission(self, tid: Any) -> None:
+        t = self._transmissions.pop(tid, None)
+        if t is not None:
+            t["file"].close()
+
+    def _close_transmissions(self) -> None:
+        for tid in list(self._transmissions):
+            self._drop_transmission(tid)
+
+
+def _unlink(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def _close_inherited_sockets() -> None:
+    """Close every socket this (forked) process inherited: the member's Raft, client and
+    metrics ports must never be held by its snapshot writer. Other descriptors stay
+    (gRPC's pollers, if any run in the child, keep their epoll and event fds)."""
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        try:
+            if stat.S_ISSOCK(os.fstat(fd).st_mode):
+                os.close(fd)
+        except OSError:
+            pass

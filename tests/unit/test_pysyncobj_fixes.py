@@ -1,0 +1,114 @@
+"""Mizzen's changes inside pysyncobj (store/pysyncobj_fixes.py), each against its failure."""
+
+from __future__ import annotations
+
+import pickle
+from typing import Any
+
+import pytest
+
+from store import pysyncobj_fixes
+from store.pysyncobj_fixes import clamp_commit, is_early_finish, new_entries_end
+
+BATCH = 2**16  # pysyncobj's appendEntriesBatchSizeBytes
+
+
+def leader_parts(entry: tuple[bytes, int, int]) -> list[dict]:
+    """The messages pysyncobj 0.3.17's leader sends for one entry >= BATCH (its labelling)."""
+    data = pickle.dumps(entry, protocol=2)
+    out = []
+    for pos in range(0, len(data), BATCH):
+        if pos == 0:
+            kind = "start"
+        elif pos + BATCH >= len(entry[0]):  # the command's length, not the pickle's
+            kind = "finish"
+        else:
+            kind = "process"
+        out.append(
+            {"type": "append_entries", "transmission": kind, "data": data[pos : pos + BATCH]}
+        )
+    return out
+
+
+def follower_receives(parts: list[dict], fixed: bool) -> list[tuple[bytes, int, int]]:
+    """What pysyncobj's follower does with them (``__recvTransmission``), with or without fix."""
+    received: Any = ""
+    entries = []
+    for message in parts:
+        if fixed and is_early_finish(received, message):
+            message = {**message, "transmission": "process"}
+        if message["transmission"] == "start":
+            received = message["data"]
+        elif message["transmission"] == "process":
+            received += message["data"]
+        else:
+            received += message["data"]
+            entries.append(pickle.loads(received))
+            received = ""
+    return entries
+
+
+def window_entry() -> tuple[bytes, int, int]:
+    """An entry whose pickle ends just past a chunk boundary its command ends before."""
+    for size in range(2 * BATCH - 64, 2 * BATCH):
+        entry = (b"x" * size, 12345, 7)
+        if size <= 2 * BATCH < len(pickle.dumps(entry, protocol=2)):
+            return entry
+    raise AssertionError("no size in the window")
+
+
+def test_an_entry_split_with_an_early_finish_fails_without_the_fix() -> None:
+    entry = window_entry()
+    parts = leader_parts(entry)
+    assert [p["transmission"] for p in parts] == ["start", "finish", "finish"]
+    with pytest.raises((EOFError, pickle.UnpicklingError)):
+        follower_receives(parts, fixed=False)
+
+
+def test_an_entry_split_with_an_early_finish_arrives_whole() -> None:
+    entry = window_entry()
+    assert follower_receives(leader_parts(entry), fixed=True) == [entry]
+
+
+@pytest.mark.parametrize("size", [BATCH, BATCH + 1, 3 * BATCH - 10, 3 * BATCH + 100])
+def test_entries_split_normally_still_arrive(size: int) -> None:
+    entry = (b"y" * size, 9, 1)
+    assert follower_receives(leader_parts(entry), fixed=True) == [entry]
+
+
+def test_other_pysyncobj_versions_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pysyncobj_fixes, "_installed", False)
+    monkeypatch.setattr(pysyncobj_fixes, "VERSION", "0.3.18")
+    with pytest.raises(pysyncobj_fixes.UnsupportedPysyncobj, match=r"pysyncobj==0\.3\.17"):
+        pysyncobj_fixes.install()
+
+
+def test_a_syncobj_built_outside_construct_is_refused() -> None:
+    pysyncobj_fixes.install()
+    with pytest.raises(RuntimeError, match="construct"):
+        pysyncobj_fixes._create_journal("/nonexistent/raft.journal")
+
+
+def test_new_entries_end() -> None:
+    base = {"type": "append_entries", "prevLogIdx": 7, "term": 2}
+    assert new_entries_end({**base, "entries": [("c", 8, 2), ("c", 9, 2)]}) == 9
+    assert new_entries_end(base) == 7
+    assert new_entries_end({**base, "transmission": "finish"}) == 8
+    assert new_entries_end({**base, "transmission": "process"}) is None
+    assert new_entries_end({"type": "append_entries", "serialized": b""}) is None
+    assert new_entries_end({"type": "request_vote"}) is None
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "end", "expected"),
+    [
+        (5, 9, 7, 7),  # leader commit 9, only up to 7 received: stop at 7
+        (5, 7, 7, None),
+        (5, 6, 9, None),
+        (8, 9, 7, 8),  # never lower what was already committed
+        (5, 5, 3, None),
+        (5, 9, None, None),
+    ],
+)
+def test_clamp_commit(before: int, after: int, end: int | None, expected: int | None) -> None:
+    assert clamp_commit(before, after, end) == expected
