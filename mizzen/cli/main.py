@@ -37,12 +37,21 @@ REGISTRY: tuple[tuple[str, str, tuple[str, ...]], ...] = (
 
 
 DAEMONS = frozenset({"store", "up", "agent", "controllers"})
+GRPC_FORK_SUPPORT = "GRPC_ENABLE_FORK_SUPPORT"
 
 
 def _quiet_grpc_core(command: str | None) -> None:
     """Client commands end with one readable line: keep gRPC's C core from adding
     its own log lines (e.g. one "Handshake failed" per reconnect on a TLS mismatch).
-    Must run before grpc is imported; GRPC_VERBOSITY set by the user wins."""
+    Must run before grpc is imported; GRPC_VERBOSITY set by the user wins.
+
+    gRPC's fork support is turned off in every process: the store forks its
+    snapshot writer from a process full of gRPC threads, and with fork support
+    gRPC restarts poller threads in the child that share the parent's epoll
+    instance (they can take the parent's events; with the child's inherited
+    descriptors closed they abort it). Nothing Mizzen runs uses gRPC after a
+    fork: the snapshot writer only writes a file, the agent's children exec."""
+    os.environ.setdefault(GRPC_FORK_SUPPORT, "false")
     if command not in DAEMONS:
         os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
