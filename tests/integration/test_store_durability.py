@@ -16,59 +16,18 @@ from pathlib import Path
 import grpc
 import pytest
 
+from mizzen.testing.kv_load import RPC_TIMEOUT, read_all, writers_until
 from mizzen.testing.local_cluster import MizzenCluster
 from mizzen.testing.waits import wait_until
 from protos import rpc_pb2, rpc_pb2_grpc
 
 pytestmark = pytest.mark.integration
 
-RPC_TIMEOUT = 2.0
 END = b"watch/end"
 
 
 def kv(endpoint: str) -> rpc_pb2_grpc.KVStub:
     return rpc_pb2_grpc.KVStub(grpc.insecure_channel(endpoint))
-
-
-def read_all(endpoint: str, prefix: bytes) -> dict[bytes, bytes]:
-    end = prefix[:-1] + bytes([prefix[-1] + 1])
-    resp = kv(endpoint).Range(rpc_pb2.RangeRequest(key=prefix, range_end=end), timeout=5)
-    return {x.key: x.value for x in resp.kvs}
-
-
-async def writers_until(
-    endpoints: list[str], prefix: bytes, stop: asyncio.Event, n_writers: int
-) -> tuple[dict[bytes, bytes], list[float]]:
-    """Concurrent writers over all members; returns acknowledged writes and ack times."""
-    acked: dict[bytes, bytes] = {}
-    ack_times: list[float] = []
-    channels = [grpc.aio.insecure_channel(e) for e in endpoints]
-    stubs = [rpc_pb2_grpc.KVStub(c) for c in channels]
-
-    async def writer(w: int) -> None:
-        i = 0
-        target = w % len(stubs)
-        while not stop.is_set():
-            key = b"%s%02d-%05d" % (prefix, w, i)
-            value = b"v%d" % i
-            try:
-                await stubs[target].Put(
-                    rpc_pb2.PutRequest(key=key, value=value), timeout=RPC_TIMEOUT
-                )
-            except grpc.aio.AioRpcError:
-                target = (target + 1) % len(stubs)  # outcome unknown: never counted as acked
-                await asyncio.sleep(0.02)
-                continue
-            acked[key] = value
-            ack_times.append(time.monotonic())
-            i += 1
-
-    try:
-        await asyncio.gather(*(writer(w) for w in range(n_writers)))
-    finally:
-        for c in channels:
-            await c.close(None)
-    return acked, ack_times
 
 
 def test_leader_kill_during_writes_loses_nothing_and_writes_resume(tmp_path: Path) -> None:
