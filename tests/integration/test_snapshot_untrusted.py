@@ -169,3 +169,28 @@ def test_save_refuses_a_server_that_is_not_a_store_member(
         assert not out.exists()
     finally:
         server.stop(None)
+
+
+def test_save_from_a_real_secure_store_is_written_0600(pki: Path, tmp_path: Path) -> None:
+    """The store's own certificate (from pki) names the store: save works, and the file
+    is private to its owner whatever the umask."""
+    from mizzen.security.tls import ClientCredentials
+    from mizzen.testing.local_cluster import MizzenCluster
+
+    flags = [
+        "--cacert", str(pki / "ca.crt"),
+        "--cert", str(pki / "store-127.0.0.1.crt"), "--key", str(pki / "store-127.0.0.1.key"),
+        "--peer-secret-file", str(pki / "raft.secret"),
+    ]  # fmt: skip
+    admin = ClientCredentials(str(pki / "ca.crt"), str(pki / "admin.crt"), str(pki / "admin.key"))
+    out = tmp_path / "backup.snap"
+    old = os.umask(0o022)
+    try:
+        with MizzenCluster(1, tmp_path / "c", extra_args=flags, credentials=admin) as cluster:
+            result = _save(pki, cluster.endpoints[0], out)
+    finally:
+        os.umask(old)
+    assert result.returncode == 0, result.stderr
+    assert "snapshot saved" in result.stdout
+    assert out.stat().st_mode & 0o777 == 0o600
+    assert snapshot.info(out.read_bytes()).revision >= 1
