@@ -139,6 +139,12 @@ def run_store(args: argparse.Namespace) -> int:
             "--initial-cluster-state existing needs --initial-cluster to list the running "
             "members too (as printed by `mizzen cluster member add`)"
         )
+    from store.data_dir import prepare
+
+    try:
+        prepare(args.data_dir)
+    except OSError as err:
+        raise UsageError(f"--data-dir {args.data_dir}: {err.strerror or err}") from None
     cfg = NodeConfig(
         name=args.name,
         data_dir=args.data_dir,

@@ -139,7 +139,7 @@ class HostStoreCluster(MizzenCluster):
         ]  # fmt: skip
 
     def _spawn(self, m: _Member) -> None:
-        m.data_dir.mkdir(parents=True, exist_ok=True)
+        m.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # as the store makes it
         host = self.hosts[m.index]
         m.proc = host.spawn(m.argv, "store", env=self._child_env(), log=m.log_path)
         m.expect_running = True
