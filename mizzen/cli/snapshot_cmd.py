@@ -122,7 +122,10 @@ def run_save(args: argparse.Namespace) -> int:
             ) from None
         raise CommandError(error_message(err, endpoints)) from None
     summary = _summary(args.file, data)  # verify before replacing an existing file
-    write_atomic(args.file, data)
+    try:
+        write_atomic(args.file, data)
+    except OSError as err:
+        raise CommandError(f"cannot write {args.file}: {err.strerror or err}") from None
     print(f"snapshot saved: {summary}")
     return 0
 
@@ -146,7 +149,12 @@ def run_restore(args: argparse.Namespace) -> int:
     except SnapshotError as err:
         raise CommandError(f"{args.file}: {err}") from None
     except FileExistsError as err:
+        if not os.path.isdir(args.data_dir):
+            raise CommandError(f"cannot create {args.data_dir}: {err.strerror}") from None
         raise UsageError(str(err)) from None
+    except OSError as err:
+        where = err.filename or args.data_dir
+        raise CommandError(f"cannot write {where}: {err.strerror or err}") from None
     print(
         f"restored revision {i.revision} ({i.keys} keys, {i.leases} leases) into "
         f"{os.path.abspath(args.data_dir)} for member {args.name}"

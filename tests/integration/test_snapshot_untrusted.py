@@ -194,3 +194,22 @@ def test_save_from_a_real_secure_store_is_written_0600(pki: Path, tmp_path: Path
     assert "snapshot saved" in result.stdout
     assert out.stat().st_mode & 0o777 == 0o600
     assert snapshot.info(out.read_bytes()).revision >= 1
+
+
+def test_unwritable_destinations_are_one_line_errors(pki: Path, tmp_path: Path) -> None:
+    from store.state_machine import StateMachine
+
+    good = snapshot.encode(StateMachine())
+    server, address, _ = _serve(pki, "store-127.0.0.1", good)
+    try:
+        line = one_line_error(_save(pki, address, tmp_path / "missing" / "backup.snap"))
+        assert "missing/backup.snap" in line and "No such file or directory" in line
+    finally:
+        server.stop(None)
+    path = tmp_path / "good.snap"
+    path.write_bytes(good)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    restore = ["snapshot", "restore", str(path), "--data-dir", str(blocker / "d"), "--name", "a"]
+    line = one_line_error(mizzen(*restore, "--initial-cluster", "a=127.0.0.1:1"))
+    assert str(blocker / "d") in line
