@@ -41,6 +41,7 @@ import os
 import secrets
 import struct
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -186,8 +187,8 @@ def _unframe(data: bytes) -> tuple[int, memoryview]:
     return revision, payload[_HEADER.size : end]
 
 
-def _records(body: memoryview) -> Any:
-    """Yield (index, offset, SnapshotRecord) for each record of body; SnapshotError on damage."""
+def _records(body: memoryview) -> Iterator[tuple[int, str, snapshot_pb2.SnapshotRecord]]:
+    """Yield (index, where, record) for each record of body; SnapshotError on damage."""
     pos, index = 0, 0
     while pos < len(body):
         where = f"record {index} (body offset {pos})"
@@ -344,24 +345,22 @@ def decode(data: bytes) -> StateMachine:
     no members or proposer sessions (they belong to the old cluster).
     """
     revision, body = _unframe(data)
-    checker: _Checker | None = None
-    total = 0
+    records = _records(body)
+    first = next(records, None)
+    if first is None:
+        raise SnapshotError("snapshot body is empty: no header record")
+    _, where, record = first
+    if record.WhichOneof("record") != "header":
+        raise SnapshotError(f"snapshot {where}: the first record is not the header")
+    checker = _Checker(revision, record.header, where)
+    h = checker.header
+    total = h.keys + h.leases + h.events
     count = 0
-    for index, where, record in _records(body):
+    for _, where, record in records:
         kind = record.WhichOneof("record")
-        if index == 0:
-            if kind != "header":
-                raise SnapshotError(f"snapshot {where}: the first record is not the header")
-            checker = _Checker(revision, record.header, where)
-            h = checker.header
-            total = h.keys + h.leases + h.events
-            continue
-        assert checker is not None
-        h = checker.header
-        i = index - 1
-        if i >= total:
+        if count >= total:
             raise SnapshotError(f"snapshot {where}: more records than the header counts ({total})")
-        want = "kv" if i < h.keys else "lease" if i < h.keys + h.leases else "event"
+        want = "kv" if count < h.keys else "lease" if count < h.keys + h.leases else "event"
         if kind != want:
             raise SnapshotError(f"snapshot {where}: expected a {want} record, found {kind}")
         if kind == "kv":
@@ -371,8 +370,6 @@ def decode(data: bytes) -> StateMachine:
         else:
             checker.add_event(record.event, where)
         count += 1
-    if checker is None:
-        raise SnapshotError("snapshot body is empty: no header record")
     if count != total:
         raise SnapshotError(f"snapshot body ends after {count} records; the header counts {total}")
     return checker.state_machine()
