@@ -26,8 +26,10 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 JOIN_SCRIPT = (
     'for f do case $f in --) break;; esac; echo $$ > "$f" || exit 126; shift; done; '
-    'shift; exec "$@"'
+    'shift; umask 022; exec "$@"'
 )
+"""Joins the cgroups, then execs the command with umask 022 (the agent itself runs
+with 077, see mizzen/cli/main.py; a pod gets what a shell or container would)."""
 
 WRAPPER_CANNOT_EXEC = (126, 127)
 """Exit codes of the wrapper when it could not join the cgroup or exec the command."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import grpc
@@ -157,9 +158,13 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
 
         The barrier makes the copy include every write acknowledged before the
         call; the copy is taken under the state lock, so it is one revision.
+        Only the copy (references to immutable records) holds the lock;
+        encoding runs in a worker thread after.
         """
         await self.node.barrier()
-        data, revision = self.node.read(lambda sm: (snapshot.encode(sm), sm.revision))
+        captured = self.node.read(snapshot.capture)
+        data = await asyncio.to_thread(snapshot.encode_captured, captured)
+        revision = captured.revision
         log.info("snapshot_sent", bytes=len(data), revision=revision)
         header = self.node.header(revision)
         for blob, remaining in snapshot.chunks(data):

@@ -1,25 +1,35 @@
-"""Store snapshots: a point-in-time copy of the whole state machine, and restoring one.
+"""Store snapshots: a point-in-time copy of the store's data, and restoring one.
 
-File layout (all integers big-endian)::
+File layout, format version 2 (integers big-endian; field by field in
+docs/store.md)::
 
-    header  magic b"MIZZSNP\\0" | u32 format version | u32 flags (0)
+    header  magic b"MIZZSNP\\0" | u32 format version (2) | u32 flags (0)
             | u64 revision | u64 body length
-    body    pickle of the StateMachine's snapshot fields (keys with their
-            revisions, history, leases, compaction point, revision)
+    body    records, each a u32 length and one protos/snapshot.proto
+            SnapshotRecord: the SnapshotHeader, then every live key
+            (mvccpb.KeyValue, ascending), every lease (ascending id), and the
+            watch history (mvccpb.Event with prev_kv, ascending revision)
     padding zero bytes up to a multiple of 512
     trailer sha256 of everything before it (32 bytes)
 
 The padding and trailer follow etcd's convention (a file whose size is
 ``32 mod 512`` ends in a sha256), so ``etcdctl snapshot save`` accepts the
-stream; its content is Mizzen's, not a bbolt database. The checksum is
-verified before the body is unpickled: only restore files you saved.
+stream; its content is Mizzen's, not a bbolt database.
+
+A snapshot file is untrusted input (anyone can hand one to ``mizzen snapshot
+status`` or ``restore``, and ``save`` reads what a server streams): decoding
+parses plain protobuf records and never runs anything from the file, bounds
+every length by what remains of it, checks every value it keeps, and turns
+every malformation into ``SnapshotError``. Version 1 files (the format
+before this one, whose body was a pickle) are refused, never unpickled.
 
 Restore is offline and writes ``raft.snapshot`` (a Raft snapshot as
 store/raft_dump.py writes them, ending at entries 1-2) into an empty data
-directory. pysyncobj loads that dump on start as if it had
-compacted its log up to index 2, so a member started on the directory begins
-with exactly the saved state and continues the log from there. Every member
-of the new cluster is restored from the same file with the same
+directory. That file is the store's own, in a directory only the store's user
+can write (mode 0700). pysyncobj loads it on start as if it had compacted its
+log up to index 2, so a member started on the directory begins with exactly
+the saved state and continues the log from there. Every member of the new
+cluster is restored from the same file with the same
 ``--initial-cluster``, so all logs agree on entries 1-2.
 """
 
@@ -27,27 +37,37 @@ from __future__ import annotations
 
 import hashlib
 import os
-import pickle
+import secrets
 import struct
+from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from google.protobuf.message import DecodeError
 from pysyncobj.node import TCPNode
 
+from protos import kv_pb2, snapshot_pb2
+
 from .raft_dump import encode_dump
-from .state_machine import _OPTIONAL_FIELDS, _SNAPSHOT_FIELDS, StateMachine
+from .state_machine import MAX_LEASE_TTL, Event, Lease, Record, StateMachine
 
 MAGIC = b"MIZZSNP\x00"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+PICKLE_FORMAT_VERSION = 1  # the old format: refused, never unpickled
 _HEADER = struct.Struct(">8sIIQQ")
+_LENGTH = struct.Struct(">I")
 _ALIGN = 512
 _HASH_SIZE = hashlib.sha256().digest_size
 CHUNK_SIZE = 1 << 20
+_INT64_MAX = (1 << 63) - 1
 
 # pysyncobj's NO_OP command (``_COMMAND_TYPE.NO_OP``) and the dump's log entries
 _NO_OP = struct.pack("B", 1)
 _DUMP_TERM = 0
 RAFT_SNAPSHOT_FILE = "raft.snapshot"
+FILE_MODE = 0o600
+DIR_MODE = 0o700
 
 
 class SnapshotError(ValueError):
@@ -64,39 +84,294 @@ class SnapshotInfo:
     sha256: str
 
 
-def encode(sm: StateMachine) -> bytes:
-    """Serialize ``sm``; the caller holds the state lock so the copy is point-in-time."""
-    body = pickle.dumps(sm.__getstate__(), protocol=pickle.HIGHEST_PROTOCOL)
-    head = _HEADER.pack(MAGIC, FORMAT_VERSION, 0, sm.revision, len(body))
+@dataclass(frozen=True)
+class Captured:
+    """What a snapshot holds, copied out of a StateMachine (immutable records only)."""
+
+    revision: int
+    compacted: int
+    history_limit: int
+    records: list[Record]  # live keys, ascending
+    leases: list[tuple[int, int]]  # (id, ttl), ascending id
+    history: list[Event]  # ascending revision
+
+
+def capture(sm: StateMachine) -> Captured:
+    """The state to snapshot; cheap (list copies of immutable records), call under the lock.
+
+    Encoding (``encode_captured``) can then run without the lock.
+    """
+    state = sm.__getstate__()
+    kv: dict[bytes, Record] = state["_kv"]
+    return Captured(
+        revision=sm.revision,
+        compacted=sm.compacted,
+        history_limit=sm.history_limit,
+        records=[kv[k] for k in state["_keys"]],
+        leases=sorted((lease.id, lease.ttl) for lease in sm.leases.values()),
+        history=list(state["_history"]),
+    )
+
+
+def _frame(body: bytes, revision: int) -> bytes:
+    head = _HEADER.pack(MAGIC, FORMAT_VERSION, 0, revision, len(body))
     unpadded = len(head) + len(body)
-    padding = b"\0" * (-unpadded % _ALIGN)
-    data = head + body + padding
+    data = head + body + b"\0" * (-unpadded % _ALIGN)
     return data + hashlib.sha256(data).digest()
 
 
-def decode(data: bytes) -> StateMachine:
-    """The StateMachine in ``data``; SnapshotError unless the checksum and header are valid."""
+def encode_captured(c: Captured) -> bytes:
+    """The snapshot file of ``c``."""
+    header = snapshot_pb2.SnapshotHeader(
+        revision=c.revision,
+        compacted=c.compacted,
+        history_limit=c.history_limit,
+        keys=len(c.records),
+        leases=len(c.leases),
+        events=len(c.history),
+    )
+    records = [snapshot_pb2.SnapshotRecord(header=header)]
+    records += [snapshot_pb2.SnapshotRecord(kv=r.to_proto()) for r in c.records]
+    records += [
+        snapshot_pb2.SnapshotRecord(lease=snapshot_pb2.SnapshotLease(id=i, ttl=t))
+        for i, t in c.leases
+    ]
+    records += [snapshot_pb2.SnapshotRecord(event=e.to_proto(with_prev=True)) for e in c.history]
+    parts: list[bytes] = []
+    for record in records:
+        raw = record.SerializeToString()
+        parts.append(_LENGTH.pack(len(raw)))
+        parts.append(raw)
+    return _frame(b"".join(parts), c.revision)
+
+
+def encode(sm: StateMachine) -> bytes:
+    """Serialize ``sm`` (the caller holds the state lock, so the copy is point-in-time)."""
+    return encode_captured(capture(sm))
+
+
+# ------------------------------------------------------------------ decoding
+
+
+def _unframe(data: bytes) -> tuple[int, memoryview]:
+    """(revision, body) of a snapshot file whose size, checksum, header and padding are valid."""
     if len(data) < _HEADER.size + _HASH_SIZE or len(data) % _ALIGN != _HASH_SIZE:
         raise SnapshotError(f"not a Mizzen snapshot: size {len(data)} is not 32 mod 512")
-    payload, digest = data[:-_HASH_SIZE], data[-_HASH_SIZE:]
+    view = memoryview(data)
+    payload, digest = view[:-_HASH_SIZE], view[-_HASH_SIZE:]
     if hashlib.sha256(payload).digest() != digest:
         raise SnapshotError("snapshot checksum mismatch: the file is corrupted")
-    magic, version, _flags, revision, body_len = _HEADER.unpack_from(payload)
+    magic, version, flags, revision, body_len = _HEADER.unpack_from(payload)
     if magic != MAGIC:
         raise SnapshotError("not a Mizzen snapshot: bad magic")
+    if version == PICKLE_FORMAT_VERSION:
+        raise SnapshotError(
+            "snapshot format version 1 (a pickle, written by an older Mizzen) is not "
+            "loaded: unpickling a file can run code; save the snapshot again"
+        )
     if version != FORMAT_VERSION:
         raise SnapshotError(f"unsupported snapshot format version {version}")
-    if _HEADER.size + body_len > len(payload):
-        raise SnapshotError("snapshot body length exceeds the file")
-    state = pickle.loads(payload[_HEADER.size : _HEADER.size + body_len])
-    required = set(_SNAPSHOT_FIELDS) - set(_OPTIONAL_FIELDS)
-    if not isinstance(state, dict) or not required <= set(state) <= set(_SNAPSHOT_FIELDS):
-        raise SnapshotError("snapshot body does not hold a state machine")
-    sm = StateMachine.__new__(StateMachine)
-    sm.__setstate__(state)
-    if sm.revision != revision:
-        raise SnapshotError("snapshot header and body disagree on the revision")
-    return sm
+    if flags != 0:
+        raise SnapshotError(f"unsupported snapshot flags {flags:#x}")
+    if body_len > len(payload) - _HEADER.size:
+        raise SnapshotError(
+            f"snapshot body length {body_len} exceeds the file "
+            f"({len(payload) - _HEADER.size} bytes after the header)"
+        )
+    end = _HEADER.size + body_len
+    if len(payload) - end != -end % _ALIGN:
+        raise SnapshotError("snapshot padding is not what the body length implies")
+    if any(payload[end:]):
+        raise SnapshotError("snapshot padding is not zero")
+    return revision, payload[_HEADER.size : end]
+
+
+def _records(body: memoryview) -> Iterator[tuple[int, str, snapshot_pb2.SnapshotRecord]]:
+    """Yield (index, where, record) for each record of body; SnapshotError on damage."""
+    pos, index = 0, 0
+    while pos < len(body):
+        where = f"record {index} (body offset {pos})"
+        if len(body) - pos < _LENGTH.size:
+            raise SnapshotError(f"snapshot {where}: truncated length")
+        (length,) = _LENGTH.unpack_from(body, pos)
+        start = pos + _LENGTH.size
+        if length > len(body) - start:
+            raise SnapshotError(
+                f"snapshot {where}: length {length} exceeds the {len(body) - start} bytes left"
+            )
+        record = snapshot_pb2.SnapshotRecord()
+        try:
+            record.ParseFromString(bytes(body[start : start + length]))
+        except (DecodeError, RecursionError, ValueError) as err:
+            raise SnapshotError(f"snapshot {where}: not a valid record ({err})") from None
+        yield index, where, record
+        pos, index = start + length, index + 1
+
+
+class _Checker:
+    """Builds the StateMachine from records, checking every value it keeps."""
+
+    def __init__(self, revision: int, header: snapshot_pb2.SnapshotHeader, where: str) -> None:
+        if header.revision != revision:
+            raise SnapshotError(
+                f"snapshot {where}: revision {header.revision} but the file header says {revision}"
+            )
+        if revision < 1 or revision > _INT64_MAX:
+            raise SnapshotError(f"snapshot {where}: revision {revision} out of range")
+        if not -1 <= header.compacted <= revision:
+            raise SnapshotError(
+                f"snapshot {where}: compacted revision {header.compacted} not within -1..{revision}"
+            )
+        if header.history_limit < 1:
+            raise SnapshotError(f"snapshot {where}: history_limit {header.history_limit} < 1")
+        for what in ("keys", "leases", "events"):
+            if getattr(header, what) < 0:
+                raise SnapshotError(f"snapshot {where}: negative count of {what}")
+        self.header = header
+        self.revision = revision
+        self.kv: dict[bytes, Record] = {}
+        self.keys: list[bytes] = []
+        self.leases: dict[int, Lease] = {}
+        self.last_lease = 0
+        self.history: list[Event] = []
+
+    def _record(self, kv: kv_pb2.KeyValue, where: str, what: str) -> Record:
+        if not kv.key:
+            raise SnapshotError(f"snapshot {where}: {what} with an empty key")
+        if not 1 <= kv.create_revision <= kv.mod_revision <= self.revision:
+            raise SnapshotError(
+                f"snapshot {where}: {what} {bytes(kv.key)!r}: revisions create "
+                f"{kv.create_revision}, mod {kv.mod_revision} not within 1..{self.revision} "
+                "in order"
+            )
+        if kv.version < 1:
+            raise SnapshotError(f"snapshot {where}: {what} {bytes(kv.key)!r}: version {kv.version}")
+        if kv.lease < 0:
+            raise SnapshotError(f"snapshot {where}: {what} {bytes(kv.key)!r}: lease {kv.lease}")
+        return Record(
+            key=bytes(kv.key),
+            value=bytes(kv.value),
+            create_revision=kv.create_revision,
+            mod_revision=kv.mod_revision,
+            version=kv.version,
+            lease=kv.lease,
+        )
+
+    def add_kv(self, kv: kv_pb2.KeyValue, where: str) -> None:
+        rec = self._record(kv, where, "key")
+        if self.keys and rec.key <= self.keys[-1]:
+            raise SnapshotError(
+                f"snapshot {where}: key {rec.key!r} is not after {self.keys[-1]!r} "
+                "(keys must be unique and ascending)"
+            )
+        self.keys.append(rec.key)
+        self.kv[rec.key] = rec
+
+    def add_lease(self, lease: snapshot_pb2.SnapshotLease, where: str) -> None:
+        if lease.id <= 0:
+            raise SnapshotError(f"snapshot {where}: lease id {lease.id} is not positive")
+        if lease.id <= self.last_lease:
+            raise SnapshotError(
+                f"snapshot {where}: lease {lease.id} is not after {self.last_lease} "
+                "(leases must be unique and ascending)"
+            )
+        self.last_lease = lease.id
+        if not 0 <= lease.ttl <= MAX_LEASE_TTL:
+            raise SnapshotError(f"snapshot {where}: lease {lease.id}: ttl {lease.ttl} out of range")
+        self.leases[lease.id] = Lease(lease.id, lease.ttl)
+
+    def add_event(self, ev: kv_pb2.Event, where: str) -> None:
+        key, rev = bytes(ev.kv.key), ev.kv.mod_revision
+        if not key:
+            raise SnapshotError(f"snapshot {where}: event with an empty key")
+        if not self.header.compacted < rev <= self.revision:
+            raise SnapshotError(
+                f"snapshot {where}: event revision {rev} not within "
+                f"{self.header.compacted + 1}..{self.revision}"
+            )
+        if self.history and rev < self.history[-1].revision:
+            raise SnapshotError(
+                f"snapshot {where}: event revision {rev} before {self.history[-1].revision} "
+                "(history must be in revision order)"
+            )
+        if ev.type == kv_pb2.Event.PUT:
+            record: Record | None = self._record(ev.kv, where, "event")
+        elif ev.type == kv_pb2.Event.DELETE:
+            record = None
+        else:
+            raise SnapshotError(f"snapshot {where}: unknown event type {ev.type}")
+        prev = None
+        if ev.HasField("prev_kv"):
+            prev = self._record(ev.prev_kv, where, "event's previous record")
+            if prev.key != key or prev.mod_revision >= rev:
+                raise SnapshotError(
+                    f"snapshot {where}: previous record of {key!r} at {rev} is "
+                    f"{prev.key!r} at {prev.mod_revision}"
+                )
+        self.history.append(Event(rev, key, record, prev))
+
+    def state_machine(self) -> StateMachine:
+        for rec in self.kv.values():
+            if rec.lease:
+                lease = self.leases.get(rec.lease)
+                if lease is None:
+                    raise SnapshotError(
+                        f"snapshot: key {rec.key!r} is attached to lease {rec.lease}, "
+                        "which the snapshot does not hold"
+                    )
+                lease.keys.add(rec.key)
+        sm = StateMachine(history_limit=self.header.history_limit)
+        state = sm.__getstate__()
+        state.update(
+            revision=self.revision,
+            compacted=self.header.compacted,
+            _kv=self.kv,
+            _keys=self.keys,
+            _history=self.history,
+            leases=self.leases,
+            members={},
+            cluster_id=0,
+            _sessions=OrderedDict(),
+        )
+        sm.__setstate__(state)
+        return sm
+
+
+def decode(data: bytes) -> StateMachine:
+    """The state in snapshot ``data``; SnapshotError for anything but a valid snapshot.
+
+    The result holds keys, leases, history, revision and compaction point;
+    no members or proposer sessions (they belong to the old cluster).
+    """
+    revision, body = _unframe(data)
+    records = _records(body)
+    first = next(records, None)
+    if first is None:
+        raise SnapshotError("snapshot body is empty: no header record")
+    _, where, record = first
+    if record.WhichOneof("record") != "header":
+        raise SnapshotError(f"snapshot {where}: the first record is not the header")
+    checker = _Checker(revision, record.header, where)
+    h = checker.header
+    total = h.keys + h.leases + h.events
+    count = 0
+    for _, where, record in records:
+        kind = record.WhichOneof("record")
+        if count >= total:
+            raise SnapshotError(f"snapshot {where}: more records than the header counts ({total})")
+        want = "kv" if count < h.keys else "lease" if count < h.keys + h.leases else "event"
+        if kind != want:
+            raise SnapshotError(f"snapshot {where}: expected a {want} record, found {kind}")
+        if kind == "kv":
+            checker.add_kv(record.kv, where)
+        elif kind == "lease":
+            checker.add_lease(record.lease, where)
+        else:
+            checker.add_event(record.event, where)
+        count += 1
+    if count != total:
+        raise SnapshotError(f"snapshot body ends after {count} records; the header counts {total}")
+    return checker.state_machine()
 
 
 def info(data: bytes) -> SnapshotInfo:
@@ -149,24 +424,45 @@ def raft_dump(sm: StateMachine, cluster_addrs: list[str]) -> bytes:
 def restore(data: bytes, data_dir: str, initial_cluster: dict[str, str]) -> SnapshotInfo:
     """Build a data directory from snapshot ``data`` for a member of ``initial_cluster``.
 
-    Refuses a non-empty ``data_dir`` (it would mix two histories). The dump
-    is written to a temporary file, fsynced and renamed into place.
+    Refuses a non-empty ``data_dir`` (it would mix two histories). The
+    directory is created mode 0700 and the dump written 0600, to a temporary
+    file, fsynced and renamed into place.
     """
-    summary = info(data)
+    sm = decode(data)
+    summary = SnapshotInfo(
+        revision=sm.revision,
+        keys=sm.key_count(),
+        leases=len(sm.leases),
+        compacted=sm.compacted,
+        size=len(data),
+        sha256=data[-_HASH_SIZE:].hex(),
+    )
     if os.path.isdir(data_dir) and os.listdir(data_dir):
         raise FileExistsError(f"data directory {data_dir} is not empty")
-    sm = for_new_cluster(decode(data))
-    os.makedirs(data_dir, exist_ok=True)
-    dump = raft_dump(sm, sorted(initial_cluster.values()))
+    if not os.path.isdir(data_dir):
+        os.makedirs(data_dir, mode=DIR_MODE)
+        os.chmod(data_dir, DIR_MODE)  # makedirs' mode is filtered by the umask
+    dump = raft_dump(for_new_cluster(sm), sorted(initial_cluster.values()))
     write_atomic(os.path.join(data_dir, RAFT_SNAPSHOT_FILE), dump)
     return summary
 
 
-def write_atomic(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` so a crash leaves either the old file or the new one."""
-    tmp = f"{path}.tmp.{os.getpid()}"
+def write_atomic(path: str, data: bytes, mode: int = FILE_MODE) -> None:
+    """Write ``data`` to ``path`` (``mode``, default 0600) so a crash leaves the old file or
+    the new one.
+
+    The temporary file next to ``path`` is created exclusively (never through
+    an existing file or symlink) with ``mode`` from the start, so the data is
+    never readable by others, not even for a moment.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(
+        directory, f".{os.path.basename(path)}.tmp.{os.getpid()}.{secrets.token_hex(4)}"
+    )
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     try:
-        with open(tmp, "wb") as f:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), mode)  # os.open's mode is filtered by the umask
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -175,7 +471,7 @@ def write_atomic(path: str, data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    dir_fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    dir_fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:

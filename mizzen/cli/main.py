@@ -86,10 +86,17 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return p
 
 
+DAEMON_UMASK = 0o077
+"""What daemons create is private to their user: data dirs 0700, journal,
+snapshots and keys 0600 (pods get 022 again: nodeagent/launch.py)."""
+
+
 def main(argv: list[str] | None = None) -> int:
     die_with_parent_from_env()
     args_in = sys.argv[1:] if argv is None else argv
     command = _command_of(args_in)
+    if command in DAEMONS:
+        os.umask(DAEMON_UMASK)
     _quiet_grpc_core(command)
     parser = build_parser(command)
     args = parser.parse_args(args_in)

@@ -1,7 +1,12 @@
 """`mizzen snapshot save|status|restore`: back up the store and start a cluster from a backup.
 
 ``save`` asks one member for Maintenance.Snapshot (linearizable: it includes
-every write acknowledged before the call) and writes the file atomically.
+every write acknowledged before the call), checks it and writes the file
+atomically, mode 0600. Over TLS it accepts only a store member as the server:
+the server's certificate must name ``pki.STORE_SERVER_NAME``, which only store
+certificates carry (a node or controller certificate of the same CA is refused
+in the handshake). Snapshot files are plain data (store/snapshot.py): reading
+one, or a stream, never runs anything from it.
 ``restore`` is offline: it turns the file into a fresh data directory holding
 a pysyncobj full dump of the saved state (see store/snapshot.py), from which
 ``mizzen store --data-dir DIR --name NAME --initial-cluster ...`` starts with
@@ -14,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 
 from mizzen.cli.config import resolve_client
@@ -22,6 +28,7 @@ from mizzen.cli.objects_cmd import _client_options, error_message
 from mizzen.cli.store_cmd import parse_cluster
 from mizzen.client.errors import StoreClientError
 from mizzen.client.store_client import StoreClient
+from mizzen.security.pki import STORE_SERVER_NAME
 from mizzen.security.tls import ClientCredentials
 
 RESTORE_HELP = (
@@ -85,17 +92,40 @@ async def fetch_snapshot(
         return await store.snapshot()
 
 
+def store_member_credentials(credentials: ClientCredentials | None) -> ClientCredentials | None:
+    """``credentials`` that accept only a store member's certificate as the server's."""
+    if credentials is None or not credentials.secure:
+        return credentials
+    return dataclasses.replace(credentials, server_name=STORE_SERVER_NAME)
+
+
+def _not_a_store(err: StoreClientError) -> bool:
+    """gRPC's words for a server certificate that does not name STORE_SERVER_NAME."""
+    return "hostname verification check failed" in str(err).lower()
+
+
 def run_save(args: argparse.Namespace) -> int:
     from store.snapshot import write_atomic
 
     cfg = resolve_client(args)
     endpoints = cfg.endpoints
+    credentials = store_member_credentials(cfg.credentials)
     try:
-        data = asyncio.run(fetch_snapshot(endpoints, args.request_timeout, cfg.credentials))
+        data = asyncio.run(fetch_snapshot(endpoints, args.request_timeout, credentials))
     except StoreClientError as err:
+        if _not_a_store(err):
+            raise CommandError(
+                f"refusing the snapshot from {','.join(endpoints)}: the server is not a store "
+                f"member (its certificate does not name {STORE_SERVER_NAME}, which only store "
+                "certificates from mizzen pki carry; renew old ones with "
+                "`mizzen pki init --renew-within 0`)"
+            ) from None
         raise CommandError(error_message(err, endpoints)) from None
     summary = _summary(args.file, data)  # verify before replacing an existing file
-    write_atomic(args.file, data)
+    try:
+        write_atomic(args.file, data)
+    except OSError as err:
+        raise CommandError(f"cannot write {args.file}: {err.strerror or err}") from None
     print(f"snapshot saved: {summary}")
     return 0
 
@@ -119,7 +149,12 @@ def run_restore(args: argparse.Namespace) -> int:
     except SnapshotError as err:
         raise CommandError(f"{args.file}: {err}") from None
     except FileExistsError as err:
+        if not os.path.isdir(args.data_dir):
+            raise CommandError(f"cannot create {args.data_dir}: {err.strerror}") from None
         raise UsageError(str(err)) from None
+    except OSError as err:
+        where = err.filename or args.data_dir
+        raise CommandError(f"cannot write {where}: {err.strerror or err}") from None
     print(
         f"restored revision {i.revision} ({i.keys} keys, {i.leases} leases) into "
         f"{os.path.abspath(args.data_dir)} for member {args.name}"

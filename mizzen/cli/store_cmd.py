@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import sys
+
+import structlog
 
 from mizzen.cli.errors import UsageError
 from mizzen.cli.security_flags import add_server_security_flags, server_security
-from mizzen.security.tls import is_loopback
+from mizzen.security import raft_secret
+
+log = structlog.get_logger("mizzen.store")
 
 
 def add_store_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -84,8 +87,9 @@ def add_store_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     p.add_argument(
         "--peer-secret-file",
         default=None,
-        help="shared secret that encrypts and authenticates Raft traffic "
-        "(mizzen pki init writes raft.secret; default: $MIZZEN_RAFT_PASSWORD)",
+        help="shared secret that encrypts and authenticates Raft traffic, 16+ characters "
+        "(mizzen pki init writes raft.secret; default: $MIZZEN_RAFT_PASSWORD). Required "
+        "unless the store is plaintext with every address on loopback",
     )
     add_server_security_flags(p, tokens=True)
     p.set_defaults(func=run_store)
@@ -107,46 +111,27 @@ def parse_cluster(spec: str | None, name: str, raft: str) -> dict[str, str]:
     return out
 
 
-def _peer_secret(path: str | None) -> str | None:
-    """The Raft secret from --peer-secret-file, else $MIZZEN_RAFT_PASSWORD, else None."""
-    if path is None:
-        return os.environ.get("MIZZEN_RAFT_PASSWORD") or None
-    try:
-        secret = open(path).read().strip()  # noqa: SIM115 - tiny file
-    except OSError as err:
-        raise UsageError(f"--peer-secret-file {path}: {err.strerror or err}") from None
-    if len(secret) < 16:
-        raise UsageError(f"--peer-secret-file {path}: secret too short (want 16+ characters)")
-    return secret
-
-
 def run_store(args: argparse.Namespace) -> int:
     os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
     from store.node import NodeConfig
     from store.server import serve
 
     cluster = parse_cluster(args.initial_cluster, args.name, args.listen_raft)
-    security = server_security(
-        args,
-        {
-            "--listen-client": args.listen_client,
-            "--listen-raft": args.listen_raft,
-            "--metrics-listen": args.metrics_listen,
-        },
-    )
-    raft_password = _peer_secret(args.peer_secret_file)
-    if security.secure and raft_password is None and not is_loopback(args.listen_raft):
-        raise UsageError(
-            f"--listen-raft {args.listen_raft}: Raft traffic would be plaintext; give "
-            "--peer-secret-file (mizzen pki init writes raft.secret)"
-        )
-    if raft_password is None and not is_loopback(args.listen_raft):
-        # Only reachable with --insecure (server_security refused otherwise).
-        print(
-            f"mizzen: WARNING: Raft port {args.listen_raft} without --peer-secret-file: "
-            "pysyncobj unpickles unauthenticated peer messages, so anyone who reaches "
-            "it can run code as this process",
-            file=sys.stderr,
+    listeners = {
+        "--listen-client": args.listen_client,
+        "--listen-raft": args.listen_raft,
+        "--metrics-listen": args.metrics_listen,
+    }
+    security = server_security(args, listeners)
+    try:
+        raft_password = raft_secret.resolve(args.peer_secret_file, security.secure, listeners)
+    except raft_secret.RaftSecretError as err:
+        raise UsageError(str(err)) from None
+    if raft_password is None:  # plaintext, everything on loopback: a throwaway store
+        log.warning(
+            "raft_secret_missing",
+            raft=args.listen_raft,
+            message=raft_secret.NO_SECRET_WARNING.format(raft=args.listen_raft),
         )
     scheme = "https" if security.secure else "http"
     if args.initial_cluster_state == "existing" and len(cluster) < 2:
@@ -154,6 +139,12 @@ def run_store(args: argparse.Namespace) -> int:
             "--initial-cluster-state existing needs --initial-cluster to list the running "
             "members too (as printed by `mizzen cluster member add`)"
         )
+    from store.data_dir import prepare
+
+    try:
+        prepare(args.data_dir)
+    except OSError as err:
+        raise UsageError(f"--data-dir {args.data_dir}: {err.strerror or err}") from None
     cfg = NodeConfig(
         name=args.name,
         data_dir=args.data_dir,

@@ -383,7 +383,12 @@ def run_up(args: argparse.Namespace) -> int:
 
 def banner(args: argparse.Namespace, stores: list[str], config: str, *, secure: bool) -> str:
     """What runs where, and how to point the CLI at it from here and from elsewhere."""
-    mode = "TLS with client certificates" if secure else "PLAINTEXT (--insecure)"
+    mode = (
+        "TLS with client certificates"
+        if secure
+        else "PLAINTEXT (--insecure; no Raft secret: any local user can run code as you "
+        "through the Raft port)"
+    )
     here = os.path.abspath(config) == os.path.abspath(LOCAL_CONFIG)
     agent = "" if args.no_agent else f", agent for node {args.node_name} at {args.agent_listen}"
     return (

@@ -100,7 +100,7 @@ class Refusal(enum.Enum):
 def connect_refusal(reason: str) -> Refusal | None:
     """Classify gRPC's last connect error for a channel (None: not a refusal)."""
     lowered = reason.lower()
-    if "handshake failed" in lowered:
+    if "handshake failed" in lowered or "hostname verification check failed" in lowered:
         return Refusal.FINAL
     if "socket closed" in lowered:
         return Refusal.CLOSED

@@ -36,6 +36,14 @@ BACKDATE = dt.timedelta(minutes=5)
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$")
 _DNS_LABEL_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _CN_MAX = 64  # X.520 upper bound for commonName
+STORE_SERVER_NAME = "store.mizzen.internal"
+"""A DNS name only store certificates carry (``.internal`` is reserved for private use).
+
+Clients that must talk to a store member and nothing else (``mizzen snapshot
+save``) verify the server's certificate against this name instead of the
+address they dial (gRPC's ``ssl_target_name_override``), so a node or
+controller certificate of the same CA, which can serve TLS too, is refused in
+the handshake."""
 
 
 class PkiError(Exception):
@@ -94,9 +102,8 @@ def profile(name: str, role: str, hosts: Sequence[str] = ()) -> Profile:
     loopback = ("localhost", "127.0.0.1")
     if role == "store":
         check_host(name)
-        prof = Profile(
-            f"store-{name}", f"store:{name}", role, _dedup((name, *loopback, *extra)), True
-        )
+        sans = _dedup((name, STORE_SERVER_NAME, *loopback, *extra))
+        prof = Profile(f"store-{name}", f"store:{name}", role, sans, True)
     elif role == "node":
         check_name(name, "node name")
         own = (name,) if is_ip(name) or _is_dns_name(name) else ()
@@ -111,6 +118,11 @@ def profile(name: str, role: str, hosts: Sequence[str] = ()) -> Profile:
         if name == "ca":
             raise PkiError("invalid name 'ca': reserved for the certificate authority")
         prof = Profile(name, name, role, _dedup(extra), False)
+    if role != "store" and STORE_SERVER_NAME in prof.sans:
+        raise PkiError(
+            f"invalid name {STORE_SERVER_NAME!r} for a {role} certificate: "
+            "reserved for store members"
+        )
     if len(prof.common_name) > _CN_MAX:
         raise PkiError(f"name too long: common name {prof.common_name!r} exceeds {_CN_MAX} chars")
     return prof

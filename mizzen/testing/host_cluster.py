@@ -21,6 +21,7 @@ with ``raft.secret``, and ``cluster.credentials`` is the admin's.
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -93,6 +94,14 @@ class HostStoreCluster(MizzenCluster):
     ) -> None:
         self.hosts = hosts
         self.pki = pki
+        # plaintext on bridge addresses still needs a Raft secret (mizzen store refuses
+        # to start without one off loopback): a private one for this cluster
+        self.raft_secret = Path(base_dir) / "raft.secret"
+        if pki is None:
+            self.raft_secret.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.raft_secret, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(32) + "\n")
         super().__init__(
             len(hosts),
             base_dir,
@@ -121,12 +130,16 @@ class HostStoreCluster(MizzenCluster):
             "--listen-client", f"{host.address}:{self.CLIENT_PORT}",
             "--listen-raft", f"{host.address}:{self.RAFT_PORT}",
             "--initial-cluster", initial,
-            *(self.pki.store_flags(host) if self.pki else ["--insecure"]),
+            *(
+                self.pki.store_flags(host)
+                if self.pki
+                else ["--insecure", "--peer-secret-file", str(self.raft_secret)]
+            ),
             *self._extra,
         ]  # fmt: skip
 
     def _spawn(self, m: _Member) -> None:
-        m.data_dir.mkdir(parents=True, exist_ok=True)
+        m.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # as the store makes it
         host = self.hosts[m.index]
         m.proc = host.spawn(m.argv, "store", env=self._child_env(), log=m.log_path)
         m.expect_running = True
@@ -152,7 +165,8 @@ def store_on_hosts(
 
     secure: TLS with ``pki`` (default: certificates made under ``base_dir/pki``
     for these hosts); else plaintext with ``--insecure``, as the bridge
-    addresses are not loopback.
+    addresses are not loopback (Raft still encrypted, with a secret made for
+    the cluster in ``base_dir/raft.secret``).
     """
     if secure and pki is None:
         pki = HostPki(hosts, Path(base_dir) / "pki")

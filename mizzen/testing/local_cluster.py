@@ -370,7 +370,7 @@ class LocalCluster:
             raise ClusterError(f"member(s) {names} exited unexpectedly\n{self._tails(dead)}")
 
     def _spawn(self, m: _Member) -> None:
-        m.data_dir.mkdir(parents=True, exist_ok=True)
+        m.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # as the store makes it
         argv = m.argv
         if _SETPRIV is not None and threading.current_thread() is threading.main_thread():
             argv = [_SETPRIV, "--pdeathsig", "KILL", "--", *argv]

@@ -113,7 +113,8 @@ def test_plaintext_on_a_non_loopback_address_needs_insecure(tmp_path: Path) -> N
 
 def test_insecure_flag_serves_with_a_loud_warning(tmp_path: Path) -> None:
     client, raft = free_ports(2)
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    # a non-loopback client port needs a Raft secret even with --insecure
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MIZZEN_RAFT_PASSWORD": "x1y2z3-" * 4}
     proc = subprocess.Popen(
         [
             sys.executable, "-m", "mizzen", "store", "--insecure",
@@ -139,7 +140,8 @@ def test_secure_store_needs_a_raft_secret_off_loopback(pki: Pki, tmp_path: Path)
         "--listen-client", f"127.0.0.1:{client}", "--listen-raft", f"0.0.0.0:{raft}",
     )  # fmt: skip
     assert out.returncode == 1
-    assert "Raft traffic would be plaintext" in out.stderr
+    assert "refusing to start without a Raft secret" in out.stderr
+    assert f"--listen-raft 0.0.0.0:{raft} is not loopback" in out.stderr
 
 
 # ----------------------------------------------------------------- a real agent

@@ -10,14 +10,18 @@ import argparse
 import asyncio
 import shutil
 import subprocess
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 
 from mizzen.cli.errors import CommandError, UsageError
 from mizzen.cli.snapshot_cmd import add_snapshot_parsers
 from mizzen.client.store_client import StoreClient
 from mizzen.testing.local_cluster import MizzenCluster
+from protos import rpc_pb2, rpc_pb2_grpc
 from store import snapshot
 from store.state_machine import StateMachine
 
@@ -51,6 +55,33 @@ async def _fill(endpoints: list[str]) -> int:
         return lease
 
 
+def _history(endpoint: str, until: int) -> list[tuple[int, bytes, bytes, int, bytes, int]]:
+    """Every event from revision 2 to ``until`` as a watch with prev_kv sees it."""
+    create = rpc_pb2.WatchCreateRequest(key=b"/", range_end=b"0", start_revision=2, prev_kv=True)
+    done = threading.Event()
+
+    def requests() -> Iterator[rpc_pb2.WatchRequest]:
+        yield rpc_pb2.WatchRequest(create_request=create)
+        done.wait(30)
+
+    out = []
+    with grpc.insecure_channel(endpoint) as channel:
+        call = rpc_pb2_grpc.WatchStub(channel).Watch(requests(), timeout=20)
+        try:
+            for resp in call:
+                for ev in resp.events:
+                    kv, prev = ev.kv, ev.prev_kv
+                    out.append(
+                        (ev.type, kv.key, kv.value, kv.mod_revision, prev.value, prev.mod_revision)
+                    )
+                if out and out[-1][3] >= until:
+                    break
+        finally:
+            done.set()
+            call.cancel()
+    return out
+
+
 @pytest.mark.parametrize("members", [1, 3])
 def test_save_restore_start_continue(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], members: int
@@ -59,6 +90,8 @@ def test_save_restore_start_continue(
     with MizzenCluster(1, tmp_path / "old") as old:
         lease = asyncio.run(_fill(old.endpoints))
         before = asyncio.run(_dump(old.endpoints))
+        history = _history(old.endpoints[0], before[0])
+        assert len(history) == before[0] - 1  # one event per write since revision 2
         assert _cli("snapshot", "save", str(snap), "--endpoints", old.endpoints[0]) == 0
     out = capsys.readouterr().out
     assert f"revision {before[0]}" in out and "sha256" in out
@@ -79,6 +112,8 @@ def test_save_restore_start_continue(
     with new:
         for endpoint in new.endpoints:
             assert asyncio.run(_dump([endpoint])) == before
+            # watches resume from the same revisions, with the same events and prev_kv
+            assert _history(endpoint, before[0]) == history
 
         async def continue_writing() -> tuple[int, list[int]]:
             async with StoreClient(new.endpoints, timeout=10.0) as c:

@@ -12,6 +12,10 @@ BAD_CERT = (
     "UNKNOWN: ipv4:127.0.0.1:2379: Tls handshake failed (TSI_PROTOCOL_FAILURE): SSL_ERROR_SSL: "
     "error:1000007d:SSL routines:OPENSSL_internal:CERTIFICATE_VERIFY_FAILED"
 )
+WRONG_NAME = (
+    "UNKNOWN: ipv4:127.0.0.1:2379: Custom verification check failed with error: "
+    "UNAUTHENTICATED: Hostname Verification Check failed."
+)
 REFUSED = "UNKNOWN: ipv4:127.0.0.1:2379: Failed to connect to remote host: Connection refused"
 
 
@@ -21,6 +25,7 @@ REFUSED = "UNKNOWN: ipv4:127.0.0.1:2379: Failed to connect to remote host: Conne
         (CLOSED, Refusal.CLOSED),
         (BAD_CERT, Refusal.FINAL),
         ("ssl handshake failed: WRONG_VERSION_NUMBER", Refusal.FINAL),
+        (WRONG_NAME, Refusal.FINAL),  # the certificate does not name the server we want
         (REFUSED, None),  # nothing listening: down or restarting, not refusing us
         ("Deadline Exceeded", None),
         ("", None),

@@ -199,3 +199,18 @@ async def test_runs_as_another_user(cg: FileCgroup, log_fd: int, tmp_path: Path)
     run = runtime.start(spec(cg, "sh", "-c", "id -u", user="65534"), cg, log_fd)
     assert (await run.wait()).exit_code == 0
     assert (tmp_path / "out.log").read_text().split() == ["65534"]
+
+
+async def test_pods_get_the_usual_umask_not_the_agents(
+    cg: FileCgroup, log_fd: int, tmp_path: Path
+) -> None:
+    """The agent runs with umask 077 (its own files are private); a pod's process gets
+    022, what a login shell or a container runtime gives."""
+    old = os.umask(0o077)
+    try:
+        run = runtime.start(spec(cg, "sh", "-c", "umask"), cg, log_fd)
+        result = await run.wait()
+    finally:
+        os.umask(old)
+    assert result.exit_code == 0
+    assert (tmp_path / "out.log").read_text().strip() == "0022"

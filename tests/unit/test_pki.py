@@ -92,13 +92,19 @@ def test_init_creates_ca_and_every_profile(tmp_path: Path) -> None:
         assert _mode(tmp_path / f"{leaf}.key") == 0o600
         assert _mode(tmp_path / f"{leaf}.crt") == 0o644
 
-    assert _sans(_cert(tmp_path / "store-10.0.0.1.crt")) == ["10.0.0.1", "localhost", "127.0.0.1"]
+    assert _sans(_cert(tmp_path / "store-10.0.0.1.crt")) == [
+        "10.0.0.1",
+        pki.STORE_SERVER_NAME,
+        "localhost",
+        "127.0.0.1",
+    ]
     san = _cert(tmp_path / "store-10.0.0.1.crt").extensions.get_extension_for_class(
         x509.SubjectAlternativeName
     )
     assert san.value.get_values_for_type(x509.IPAddress)[0] == ipaddress.ip_address("10.0.0.1")
     assert _sans(_cert(tmp_path / "store-db.example.crt")) == [
         "db.example",
+        pki.STORE_SERVER_NAME,
         "localhost",
         "127.0.0.1",
     ]
@@ -107,6 +113,26 @@ def test_init_creates_ca_and_every_profile(tmp_path: Path) -> None:
     assert _mode(tmp_path / "ca.key") == 0o600
     assert _mode(tmp_path / "raft.secret") == 0o600
     assert len((tmp_path / "raft.secret").read_text().strip()) >= 40
+
+
+@pytest.mark.parametrize(
+    ("name", "role", "hosts"),
+    [
+        (pki.STORE_SERVER_NAME, "node", ()),
+        ("n1", "node", (pki.STORE_SERVER_NAME,)),
+        ("ops", "controller", (pki.STORE_SERVER_NAME,)),
+        ("root", "admin", (pki.STORE_SERVER_NAME,)),
+        ("vera", "viewer", (pki.STORE_SERVER_NAME,)),
+    ],
+)
+def test_only_store_certificates_carry_the_store_name(
+    tmp_path: Path, name: str, role: str, hosts: tuple[str, ...]
+) -> None:
+    """snapshot save trusts a server only if its certificate names STORE_SERVER_NAME."""
+    pki.init_pki(tmp_path, ["127.0.0.1"], [])
+    with pytest.raises(PkiError, match="reserved for store members"):
+        pki.issue(tmp_path, name, role, hosts)
+    assert pki.STORE_SERVER_NAME in pki.profile("10.0.0.1", "store").sans
 
 
 def test_second_init_changes_nothing_and_keeps_the_ca(tmp_path: Path) -> None:
@@ -158,7 +184,13 @@ def test_issue_days_and_extra_hosts(tmp_path: Path) -> None:
     assert dt.timedelta(days=7) <= life <= dt.timedelta(days=7, minutes=6)
     crt, _ = pki.issue(tmp_path, "10.1.1.1", "store", hosts=["::1"])
     assert crt.name == "store-10.1.1.1.crt"
-    assert _sans(_cert(crt)) == ["10.1.1.1", "localhost", "127.0.0.1", "::1"]
+    assert _sans(_cert(crt)) == [
+        "10.1.1.1",
+        pki.STORE_SERVER_NAME,
+        "localhost",
+        "127.0.0.1",
+        "::1",
+    ]
 
 
 def test_certificate_verifies_against_its_ca_only(tmp_path: Path) -> None:

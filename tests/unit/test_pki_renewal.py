@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import datetime as dt
 import shutil
@@ -137,3 +138,62 @@ def test_a_client_only_certificate_where_a_server_one_is_needed(tmp_path: Path) 
     server_admin = dataclasses.replace(pki.profile("admin", "admin"), server=True)
     why = reissue_reason(tmp_path / "admin.crt", server_admin, ca, RENEW_WITHIN, NOW)
     assert why == "cannot serve TLS"
+
+
+def _issue_store_certificate_without_the_store_name(
+    d: Path, host: str, monkeypatch: pytest.MonkeyPatch
+) -> int:
+    """A store certificate as pki issued it before STORE_SERVER_NAME; returns its serial."""
+    current = pki.profile
+
+    def old_profile(name: str, role: str, hosts: Any = ()) -> pki.Profile:
+        prof = current(name, role, hosts)
+        sans = tuple(s for s in prof.sans if s != pki.STORE_SERVER_NAME)
+        return dataclasses.replace(prof, sans=sans)
+
+    with monkeypatch.context() as m:
+        m.setattr(pki, "profile", old_profile)
+        pki.issue(d, host, "store")
+    cert = x509.load_pem_x509_certificate((d / f"store-{host}.crt").read_bytes())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert pki.STORE_SERVER_NAME not in {str(n.value) for n in san}
+    return cert.serial_number
+
+
+def test_a_store_certificate_without_the_store_name_is_renewed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _init(tmp_path, ["10.0.0.1"])
+    serial = _issue_store_certificate_without_the_store_name(tmp_path, "10.0.0.1", monkeypatch)
+    renewed = _init(tmp_path, ["10.0.0.1"])
+    assert list(renewed) == ["store-10.0.0.1.crt"]
+    assert pki.STORE_SERVER_NAME in renewed["store-10.0.0.1.crt"]
+    assert _serial(tmp_path / "store-10.0.0.1.crt") != serial
+    assert _init(tmp_path, ["10.0.0.1"]) == {}
+
+
+def test_pki_init_renew_within_and_up_add_the_store_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Existing PKIs pick the name up: `pki init --renew-within` and `mizzen up` (at start)."""
+    from mizzen.cli.up_cmd import add_up_parser, prepare_security
+
+    d = tmp_path / "pki"
+    assert main(["pki", "init", "--dir", str(d), "--hosts", "10.0.0.1"]) == 0
+    _issue_store_certificate_without_the_store_name(d, "10.0.0.1", monkeypatch)
+    capsys.readouterr()
+    assert main(["pki", "init", "--dir", str(d), "--hosts", "10.0.0.1", "--renew-within", "0"]) == 0
+    assert "store-10.0.0.1.crt (renewed: names" in capsys.readouterr().out
+
+    data = tmp_path / "up"
+    parser = argparse.ArgumentParser()
+    add_up_parser(parser.add_subparsers())
+    args = parser.parse_args(["up", "--data-dir", str(data), "--no-agent"])
+    prepare_security(args)  # the first run makes the PKI
+    _issue_store_certificate_without_the_store_name(data / "pki", "127.0.0.1", monkeypatch)
+    capsys.readouterr()
+    prepare_security(args)
+    assert "mizzen up: renewed store-127.0.0.1.crt (names" in capsys.readouterr().err
+    cert = x509.load_pem_x509_certificate((data / "pki" / "store-127.0.0.1.crt").read_bytes())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert pki.STORE_SERVER_NAME in {str(n.value) for n in san}
