@@ -7,26 +7,32 @@ stored object the call acts on (``check_stored``).
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from google.protobuf.message import Message
 
 from mizzen.api.kinds import lookup
 from mizzen.security.pki import init_pki, issue
 from mizzen.security.server_auth import (
+    AuthInterceptor,
     Denied,
     Exhausted,
     Identity,
     IdentityLimits,
     Limits,
+    RolePolicy,
     TokenBucket,
     bearer_token,
+    current_caller,
     identity_from_pem,
 )
 from mizzen.security.tls import is_loopback
+from mizzen.security.tokens import hash_token
 from protos import objects_api_pb2 as api
 from protos import objects_pb2 as pb
 from protos import rpc_pb2
@@ -566,3 +572,46 @@ def test_expired_certificate_still_names_its_identity(tmp_path: Path) -> None:
         not_after=now - dt.timedelta(days=1),
     )
     assert identity_from_pem((tmp_path / "old.crt").read_bytes()) == Identity("old", "admin")
+
+
+async def test_the_interceptor_hands_each_call_its_own_caller() -> None:
+    """Handlers read the caller from CALLER: each call sees its own, even interleaved, and
+    nothing is left behind for a call the interceptor did not see."""
+    seen: list[tuple[str, str | None]] = []
+    entered: list[str] = []
+    release = asyncio.Event()
+
+    async def who(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        before = current_caller()
+        entered.append(request.decode())
+        await release.wait()  # until all three calls are here: interleaved
+        after = current_caller()
+        assert before == after
+        seen.append((request.decode(), after.name if after else None))
+        return b""
+
+    handler = grpc.method_handlers_generic_handler(
+        "t.T", {"Who": grpc.unary_unary_rpc_method_handler(who)}
+    )
+    tokens = {hash_token("tok-a"): ("alice", "viewer"), hash_token("tok-b"): ("bob", "admin")}
+    interceptor = AuthInterceptor(RolePolicy(frozenset({"viewer"}), "call"), tokens=tokens)
+    server = grpc.aio.server(interceptors=[interceptor])
+    server.add_generic_rpc_handlers([handler])
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call = channel.unary_unary("/t.T/Who", None, None)
+
+            def send(token: str) -> Any:
+                return call(token.encode(), metadata=(("authorization", f"Bearer {token}"),))
+
+            calls = [asyncio.ensure_future(send(t)) for t in ("tok-a", "tok-b", "tok-a")]
+            while len(entered) < len(calls):
+                await asyncio.sleep(0.01)
+            release.set()
+            await asyncio.gather(*calls)
+    finally:
+        await server.stop(None)
+    assert sorted(seen) == [("tok-a", "alice"), ("tok-a", "alice"), ("tok-b", "bob")]
+    assert current_caller() is None
