@@ -11,16 +11,31 @@
   itself) and the status of its Node; its own Lease in ``mizzen-node-lease``;
   read, list and watch only pods bound to it (list/watch must select
   ``spec.nodeName=<name>``); update the status of, and delete, pods bound to
-  it, never any pod's spec; create and update Events it is the source of.
+  it, never any pod's spec; create and update Events it is the source of
+  (an update: both the stored and the new Event).
 * ``store`` — nothing beyond what every identity may do.
 
 Every authenticated identity may call Maintenance.Status and Cluster.MemberList
-(clients find the leader with them) and server reflection.
+(clients find the leader with them) and server reflection. Only controllers
+(and admins) may fence their writes (``mizzen-fence-*`` metadata).
+
+Two places decide, both with the rules below as pure functions:
+
+* ``StorePolicy.authorize`` — in the AuthInterceptor, before the handler:
+  everything that depends only on the identity and the request (roles, a
+  node's field selector, "a node may not create pods", names).
+* ``check_stored`` — in the Objects handlers, on the stored object the call
+  acts on: after the handler's barrier for a Get, and on the very record whose
+  mod_revision guards the write's Txn for Update, UpdateStatus and Delete. The
+  decision and the effect see the same version (if the object changes in
+  between, the Txn fails with a conflict and a retry decides again), never a
+  lagging member's older copy. ``check_fence`` and ``check_undecodable`` are
+  the handlers' other two decisions.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from google.protobuf.message import Message
@@ -31,13 +46,14 @@ from mizzen.security.server_auth import Denied, Identity
 from protos import objects_api_pb2 as api
 from protos import rpc_pb2
 
-from .errors import StoreError
+from .errors import Code, StoreError
 from .keyspace import prefix_end
-from .objects_codec import decode, object_key
 
 LEADER_PREFIX = b"/mizzen/leader/"
 NODE_LEASE_NAMESPACE = "mizzen-node-lease"
 OBJECTS = "/mizzen.v1.Objects/"
+FENCING_ROLES = frozenset({"controller", "admin"})
+FENCE_METADATA = "mizzen-fence-key/mizzen-fence-revision metadata"
 EVERYONE = frozenset(
     {
         "/etcdserverpb.Maintenance/Status",
@@ -74,13 +90,9 @@ VERBS = {
 }
 READ_VERBS = frozenset({"get", "list", "watch"})
 
-# (kind info, namespace, name) -> the stored object, or None. A local read.
-ReadStored = Callable[[KindInfo, str, str], Message | None]
-
 
 class StorePolicy:
-    def __init__(self, read_stored: ReadStored) -> None:
-        self.read_stored = read_stored
+    """The AuthInterceptor's policy: the rules that need only the identity and the request."""
 
     def watch_delta(self, method: str, request: Any) -> int:
         if method != "/etcdserverpb.Watch/Watch":
@@ -133,60 +145,139 @@ class StorePolicy:
         node = identity.node
         if node is None:
             raise Denied(what, f"not allowed for role {role}")
-        reason = self._node_rule(node, rpc, request, info, namespace, name)
+        reason = _node_request_rule(node, rpc, request, info, namespace, name)
         if reason is not None:
             raise Denied(what, reason)
 
-    def _node_rule(
-        self, node: str, rpc: str, request: Any, info: KindInfo | None, ns: str, name: str
-    ) -> str | None:
-        """None when node may do this; else why not (NodeRestriction)."""
-        kind = info.kind if info else ""
-        if kind == "Node":
-            if name != node:
-                return f"a node may only touch its own Node ({node})"
-            if rpc in ("Get", "Create", "UpdateStatus"):
-                return None
-            if rpc == "Update":
-                stored = self.read_stored(info, "", name)  # type: ignore[arg-type]
-                new = _unwrap(request)
-                if stored is not None and new is not None and stored.spec != new.spec:  # type: ignore[attr-defined]
-                    return "a node may not change its Node's spec"
-                return None
-            return f"a node may not {VERBS[rpc]} Nodes"
-        if kind == "Lease":
-            if ns == NODE_LEASE_NAMESPACE and name == node and rpc in ("Get", "Create", "Update"):
-                return None
-            own = f"{NODE_LEASE_NAMESPACE}/{node}"
-            return f"a node may only get, create and update its own Lease {own}"
-        if kind == "Pod":
-            return self._pod_rule(node, rpc, request, info, ns, name)
-        if kind == "Event" and rpc in ("Create", "Update"):
-            event = _unwrap(request)
-            if event is not None and event.spec.source.host == node:  # type: ignore[attr-defined]
-                return None
-            return f"a node may only record Events whose source.host is {node}"
-        return f"nodes may not {VERBS[rpc]} {info.plural if info else 'objects of this kind'}"
 
-    def _pod_rule(
-        self, node: str, rpc: str, request: Any, info: KindInfo | None, ns: str, name: str
-    ) -> str | None:
+def _node_request_rule(
+    node: str, rpc: str, request: Any, info: KindInfo | None, ns: str, name: str
+) -> str | None:
+    """None when node may send this request; else why not (NodeRestriction).
+
+    What depends on the stored object (a Node's spec, which node a pod is bound
+    to, an Event's stored source) is left to ``check_stored``.
+    """
+    kind = info.kind if info else ""
+    if kind == "Node":
+        if name != node:
+            return f"a node may only touch its own Node ({node})"
+        if rpc in ("Get", "Create", "Update", "UpdateStatus"):
+            return None
+        return f"a node may not {VERBS[rpc]} Nodes"
+    if kind == "Lease":
+        return _lease_rule(node, rpc, ns, name)
+    if kind == "Pod":
         if rpc in ("List", "Watch"):
             if _selects_node(request.field_selector, node):
                 return None
             return f"a node may only {VERBS[rpc]} pods with field selector spec.nodeName={node}"
         if rpc in ("Create", "Update"):
             return "a node may not create pods or change any pod's spec"
-        stored = self.read_stored(info, ns, name) if info else None
-        if stored is None:
-            return None if rpc == "Get" else f"pod {ns}/{name} is not bound to {node}"
-        if stored.spec.node_name != node:  # type: ignore[attr-defined]
-            return f"pod {ns}/{name} is not bound to {node}"
-        if rpc == "UpdateStatus":
-            new = _unwrap(request)
-            if new is None or new.spec.node_name != node:  # type: ignore[attr-defined]
-                return "a node may not rebind a pod"
+        return None  # Get, UpdateStatus, Delete: on the stored pod
+    if kind == "Event" and rpc in ("Create", "Update"):
+        return _event_source_rule(node, _unwrap(request))
+    return f"nodes may not {VERBS[rpc]} {info.plural if info else 'objects of this kind'}"
+
+
+def _lease_rule(node: str, rpc: str, ns: str, name: str) -> str | None:
+    if ns == NODE_LEASE_NAMESPACE and name == node and rpc in ("Get", "Create", "Update"):
         return None
+    return f"a node may only get, create and update its own Lease {NODE_LEASE_NAMESPACE}/{node}"
+
+
+def _event_source_rule(node: str, event: Any) -> str | None:
+    if event is not None and event.spec.source.host == node:
+        return None
+    return _only_own_events(node)
+
+
+def _only_own_events(node: str) -> str:
+    return f"a node may only record Events whose source.host is {node}"
+
+
+# ------------------------------------------------------ decided on stored state
+
+
+def check_stored(identity: Identity, rpc: str, stored: Message, new: Message | None = None) -> None:
+    """Raise Denied unless identity may do rpc to stored (new: what the request sends).
+
+    Called by the Objects handlers with the stored object the call acts on (see
+    the module docstring). Only node identities have rules here; every other
+    role was decided wholly by ``StorePolicy.authorize``.
+    """
+    if identity.role != "node":
+        return
+    info = kind_of(stored)
+    meta: Any = stored.metadata  # type: ignore[attr-defined]
+    what = f"{VERBS.get(rpc, rpc)} {_resource(info, meta.namespace, meta.name)}"
+    node = identity.node
+    if node is None:
+        raise Denied(what, "not allowed for role node")
+    reason = stored_rule(node, rpc, stored, new)
+    if reason is not None:
+        raise Denied(what, reason)
+
+
+def stored_rule(node: str, rpc: str, stored: Any, new: Any = None) -> str | None:
+    """None when node may do rpc to stored (new: the object sent); else why not."""
+    info = kind_of(stored)
+    kind, meta, verb = info.kind, stored.metadata, VERBS.get(rpc, rpc)
+    if kind == "Node":
+        if meta.name != node:
+            return f"a node may only touch its own Node ({node})"
+        if rpc not in ("Get", "Update", "UpdateStatus"):
+            return f"a node may not {verb} Nodes"
+        if rpc == "Update" and (new is None or new.spec != stored.spec):
+            return "a node may not change its Node's spec"
+        return None
+    if kind == "Pod":
+        if rpc not in ("Get", "UpdateStatus", "Delete"):
+            return "a node may not create pods or change any pod's spec"
+        if stored.spec.node_name != node:
+            return f"pod {meta.namespace}/{meta.name} is not bound to {node}"
+        if rpc == "UpdateStatus" and (new is None or new.spec.node_name != node):
+            return "a node may not rebind a pod"
+        return None
+    if kind == "Lease":
+        return _lease_rule(node, rpc, meta.namespace, meta.name)
+    if kind == "Event" and rpc == "Update":
+        if stored.spec.source.host != node:
+            host = stored.spec.source.host
+            return f"it was recorded by {host!r}: {_only_own_events(node)}"
+        return _event_source_rule(node, new)
+    return f"nodes may not {verb} {info.plural}"
+
+
+def check_undecodable(
+    identity: Identity, rpc: str, info: KindInfo, namespace: str, name: str
+) -> None:
+    """Raise Denied unless identity may act on a stored value that does not decode.
+
+    Only roles whose rights do not depend on the object (admin, controller) may:
+    for a node, whether the object is its own cannot be told.
+    """
+    if identity.role != "node":
+        return
+    raise Denied(
+        f"{VERBS.get(rpc, rpc)} {_resource(info, namespace, name)}",
+        "its stored value does not decode, so whether it is the node's own cannot be told",
+    )
+
+
+def check_fence(identity: Identity, rpc: str) -> None:
+    """Raise Denied unless identity may fence a write (a fence is a probe of any key)."""
+    if identity.role not in FENCING_ROLES:
+        raise Denied(
+            f"send {FENCE_METADATA} ({VERBS.get(rpc, rpc)})",
+            "only controllers fence their writes",
+        )
+
+
+def refusal(identity: Identity, rpc: str, denied: Denied) -> StoreError:
+    """A handler's denial: logged as the interceptor's are, PERMISSION_DENIED to the caller."""
+    denied.log(identity, OBJECTS + rpc)
+    return StoreError(Code.PERMISSION_DENIED, denied.message(identity))
 
 
 # ------------------------------------------------------------------- helpers
@@ -273,17 +364,3 @@ def within(key: bytes, range_end: bytes, prefix: bytes) -> bool:
 def _show(key: bytes, range_end: bytes = b"") -> str:
     text = key.decode("utf-8", "replace")
     return f"{text}..{range_end.decode('utf-8', 'replace')}" if range_end else text
-
-
-def stored_reader(read: Callable[[Callable[[Any], Any]], Any]) -> ReadStored:
-    """A ReadStored over a node's local state (``StoreNode.read``)."""
-
-    def read_stored(info: KindInfo, namespace: str, name: str) -> Message | None:
-        try:
-            key = object_key(info, namespace, name)
-        except StoreError:
-            return None
-        record = read(lambda sm: sm.get(key))
-        return None if record is None else decode(info, record.value, record.mod_revision)
-
-    return read_stored

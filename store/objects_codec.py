@@ -13,7 +13,7 @@ import binascii
 import json
 from typing import Any
 
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 
 from mizzen.api import kinds
 from mizzen.api.kinds import KindInfo
@@ -86,9 +86,31 @@ def encode(obj: Message) -> bytes:
     return copy.SerializeToString(deterministic=True)
 
 
-def decode(info: KindInfo, value: bytes, mod_revision: int) -> Message:
+class UndecodableError(StoreError):
+    """A stored value that is not a valid message of its key's kind (DATA_LOSS).
+
+    Only the raw KV API (admin-only) can put such a value under ``/registry/``.
+    Lists and watches skip it (and say so), Get and updates name the key, and
+    Delete removes it.
+    """
+
+    def __init__(self, info: KindInfo, key: bytes, reason: str) -> None:
+        shown = key.decode("utf-8", "replace")
+        super().__init__(
+            Code.DATA_LOSS,
+            f"{shown}: the stored value does not decode as a {info.kind} ({reason}); "
+            f"delete it (mizzen delete {info.singular} NAME) or put a valid one",
+        )
+        self.key = shown
+
+
+def decode(info: KindInfo, value: bytes, mod_revision: int, key: bytes = b"") -> Message:
+    """The object stored as value at mod_revision; UndecodableError if it is not one."""
     obj = info.message()
-    obj.ParseFromString(value)
+    try:
+        obj.ParseFromString(value)
+    except DecodeError as err:
+        raise UndecodableError(info, key, str(err)) from None
     obj.metadata.resource_version = str(mod_revision)  # type: ignore[attr-defined]
     return obj
 

@@ -9,7 +9,20 @@ Fencing: a write whose gRPC metadata carries ``mizzen-fence-key`` and
 ``mizzen-fence-revision`` also requires, in the same Txn, that the key's
 create_revision is that revision; otherwise it fails with FAILED_PRECONDITION
 ("fenced: ..."). A controller manager fences every write with its election
-key, so a deposed leader cannot have any write accepted.
+key, so a deposed leader cannot have any write accepted. Only controllers and
+admins may send fence metadata (it would let anyone probe any key's existence
+and create revision): PERMISSION_DENIED for anyone else, before anything is read.
+
+Authorization on stored state (secure servers, see store/authz.py): the
+AuthInterceptor leaves the caller in ``CALLER``; each handler decides the
+rules that depend on the stored object on the object it acts on — a Get after
+its barrier, a write on the record whose mod_revision guards its Txn — so a
+lagging member never decides on an older copy than the one the call uses.
+
+A stored value that does not decode as its kind (only the admin-only raw KV
+API can write one) is skipped by List (reported in ``undecodable_keys``, and
+logged) and Watch (treated as absent, logged); Get and updates fail with
+DATA_LOSS naming the key; Delete removes it.
 
 Owner-reference cascading is not done here: Delete records the propagation
 policy as a finalizer (foregroundDeletion, orphan) and the garbage collector
@@ -27,6 +40,7 @@ from functools import wraps
 from typing import Any, TypeVar
 
 import grpc
+import structlog
 from google.protobuf.message import Message
 
 from mizzen.api import selectors
@@ -34,11 +48,13 @@ from mizzen.api.defaults import DEFAULT_TERMINATION_GRACE_SECONDS, apply_default
 from mizzen.api.field_errors import FieldError
 from mizzen.api.kinds import KindInfo, kind_of
 from mizzen.api.validation import validate, validate_update
+from mizzen.security.server_auth import Denied, Identity, current_caller
 from protos import objects_api_pb2 as api
 from protos import objects_api_pb2_grpc as api_grpc
 from protos import objects_pb2 as pb
 from protos import rpc_pb2
 
+from .authz import check_fence, check_stored, check_undecodable, refusal
 from .errors import Code, StoreError
 from .grpc_errors import grpc_errors, grpc_stream_errors
 from .keyspace import prefix_end
@@ -46,6 +62,7 @@ from .kv_service import check_size
 from .node import StoreNode
 from .objects_codec import (
     MAX_REVISION,
+    UndecodableError,
     decode,
     decode_continue,
     encode,
@@ -61,6 +78,8 @@ from .objects_codec import (
 from .objects_watch import ObjectWatchSink, Selection
 from .state_machine import Record, StateMachine
 from .watch_hub import WatchStream
+
+log = structlog.get_logger("store.objects")
 
 FENCE_KEY_HEADER = "mizzen-fence-key"
 FENCE_REVISION_HEADER = "mizzen-fence-revision"
@@ -102,11 +121,18 @@ def fence_of(metadata: Any) -> Fence | None:
 
 
 def fenced_write(handler: Handler[R]) -> Handler[R]:
-    """Run a write handler with the request's fence (if any) in effect for its Txns."""
+    """Run a write handler with the request's fence (if any) in effect for its Txns.
+
+    Fence metadata from a caller who may not fence is refused before anything is read.
+    """
+    rpc = handler.__name__
 
     @wraps(handler)
     async def run(self: Any, request: Any, context: grpc.aio.ServicerContext) -> R:
-        token = _fence.set(fence_of(context.invocation_metadata()))
+        metadata = context.invocation_metadata()
+        if any(k in (FENCE_KEY_HEADER, FENCE_REVISION_HEADER) for k, _ in metadata or ()):
+            _authorize(rpc, lambda who: check_fence(who, rpc))
+        token = _fence.set(fence_of(metadata))
         try:
             return await handler(self, request, context)
         finally:
@@ -126,7 +152,10 @@ class ObjectsService(api_grpc.ObjectsServicer):
         info = resolve_kind(request.kind)
         key = object_key(info, request.namespace, request.name)
         await self.node.barrier()
-        return wrap(_decode_record(info, self._get(info, key, request.name)))
+        record = self._get(info, key, request.name)
+        obj = _decode_for("Get", info, record, key, request.namespace, request.name)
+        _authorize("Get", lambda who: check_stored(who, "Get", obj))
+        return wrap(obj)
 
     @grpc_errors
     async def List(
@@ -144,9 +173,12 @@ class ObjectsService(api_grpc.ObjectsServicer):
         else:
             await self.node.barrier()
             start, revision = prefix, self.node.read(lambda sm: sm.revision)
-        return self.node.read(
+        page = self.node.read(
             lambda sm: _list_page(sm, selection, prefix, start, revision, request.limit)
         )
+        for key in page.undecodable_keys:
+            log.warning("undecodable_object_skipped", key=key, kind=info.kind, op="list")
+        return page
 
     # ----------------------------------------------------------------- writes
 
@@ -193,7 +225,7 @@ class ObjectsService(api_grpc.ObjectsServicer):
         self, request: api.UpdateRequest, context: grpc.aio.ServicerContext
     ) -> api.Object:
         new: Any = unwrap(request.object)
-        info, key, rev, old = await self._current(new)
+        info, key, rev, old = await self._current("Update", new)
         if not new.metadata.uid:
             new.metadata.uid = old.metadata.uid
         if not new.metadata.HasField("creation_timestamp"):
@@ -205,6 +237,8 @@ class ObjectsService(api_grpc.ObjectsServicer):
         if isinstance(new, pb.Pod) and new.spec.node_name and not old.spec.node_name:
             _mark_scheduled(new)
         apply_defaults(new)
+        # decided on old: the version the Txn below is guarded by
+        _authorize("Update", lambda who: check_stored(who, "Update", old, new))
         if new.spec != old.spec:
             new.metadata.generation = old.metadata.generation + 1
         _check(info, new, validate_update(old, new))
@@ -216,9 +250,10 @@ class ObjectsService(api_grpc.ObjectsServicer):
         self, request: api.UpdateRequest, context: grpc.aio.ServicerContext
     ) -> api.Object:
         given: Any = unwrap(request.object)
-        info, key, rev, old = await self._current(given)
+        info, key, rev, old = await self._current("UpdateStatus", given)
         if not info.has_status:
             raise StoreError(Code.INVALID_ARGUMENT, f"{info.plural} have no status")
+        _authorize("UpdateStatus", lambda who: check_stored(who, "UpdateStatus", old, given))
         new: Any = type(old)()
         new.CopyFrom(old)
         new.status.CopyFrom(given.status)
@@ -255,9 +290,20 @@ class ObjectsService(api_grpc.ObjectsServicer):
         self, info: KindInfo, key: bytes, request: api.DeleteRequest, wanted: int
     ) -> api.DeleteResponse:
         record = self._get(info, key, request.name)
+        try:
+            obj: Any = _decode_record(info, record, key)
+        except UndecodableError as err:
+            ns, name = request.namespace, request.name
+            _authorize("Delete", lambda who: check_undecodable(who, "Delete", info, ns, name))
+            if wanted and wanted != record.mod_revision:
+                raise StoreError(Code.ABORTED, CONFLICT) from None
+            await self._delete(key, record.mod_revision, name, info)
+            log.warning("undecodable_object_deleted", key=err.key, kind=info.kind)
+            return api.DeleteResponse(object=wrap(_stub(info, ns, name, record)), deleted=True)
+        # decided on record: every write below is guarded by its mod_revision
+        _authorize("Delete", lambda who: check_stored(who, "Delete", obj))
         if wanted and wanted != record.mod_revision:
             raise StoreError(Code.ABORTED, CONFLICT)
-        obj: Any = _decode_record(info, record)
         grace = _grace_seconds(obj, request)
         finalizer = PROPAGATION_FINALIZERS.get(request.propagation_policy)
         if not obj.metadata.finalizers and grace == 0 and finalizer is None:
@@ -326,8 +372,11 @@ class ObjectsService(api_grpc.ObjectsServicer):
             raise StoreError(Code.NOT_FOUND, f'{info.plural} "{name}" not found')
         return record
 
-    async def _current(self, obj: Any) -> tuple[KindInfo, bytes, int, Any]:
-        """(kind, key, the version the client read, the stored object) for an update."""
+    async def _current(self, rpc: str, obj: Any) -> tuple[KindInfo, bytes, int, Any]:
+        """(kind, key, the version the client read, the stored object) for an update.
+
+        The stored object is the version rev, the one the update's Txn is guarded by.
+        """
         info = kind_of(obj)
         if info.namespaced and not obj.metadata.namespace:
             obj.metadata.namespace = "default"
@@ -343,7 +392,8 @@ class ObjectsService(api_grpc.ObjectsServicer):
             record = self._get(info, key, obj.metadata.name)
         if record.mod_revision != rev:
             raise StoreError(Code.ABORTED, CONFLICT)
-        return info, key, rev, _decode_record(info, record)
+        meta = obj.metadata
+        return info, key, rev, _decode_for(rpc, info, record, key, meta.namespace, meta.name)
 
     async def _replace(self, info: KindInfo, key: bytes, rev: int, old: Any, new: Any) -> Any:
         """Write new over the stored version rev; delete it instead once it may go."""
@@ -462,8 +512,42 @@ def _grace_seconds(obj: Any, request: api.DeleteRequest) -> int:
     return int(grace)
 
 
-def _decode_record(info: KindInfo, record: Record) -> Any:
-    return decode(info, record.value, record.mod_revision)
+def _decode_record(info: KindInfo, record: Record, key: bytes) -> Any:
+    return decode(info, record.value, record.mod_revision, key)
+
+
+def _decode_for(rpc: str, info: KindInfo, record: Record, key: bytes, ns: str, name: str) -> Any:
+    """The stored object rpc acts on; DATA_LOSS naming the key when it does not decode
+    (PERMISSION_DENIED for a caller who could not be told whether it is theirs)."""
+    try:
+        return _decode_record(info, record, key)
+    except UndecodableError as err:
+        log.warning("undecodable_object", key=err.key, kind=info.kind, op=rpc)
+        _authorize(rpc, lambda who: check_undecodable(who, rpc, info, ns, name))
+        raise
+
+
+def _stub(info: KindInfo, namespace: str, name: str, record: Record) -> Any:
+    """What Delete answers for an undecodable object: its kind, name and last version."""
+    obj: Any = info.message()
+    obj.metadata.name = name
+    obj.metadata.namespace = namespace if info.namespaced else ""
+    obj.metadata.resource_version = str(record.mod_revision)
+    return obj
+
+
+def _authorize(rpc: str, check: Callable[[Identity], None]) -> None:
+    """Run an authorization check for the caller; PERMISSION_DENIED (logged) if it refuses.
+
+    No caller means no AuthInterceptor: an insecure server, where everyone is admin.
+    """
+    identity = current_caller()
+    if identity is None:
+        return
+    try:
+        check(identity)
+    except Denied as denied:
+        raise refusal(identity, rpc, denied) from None
 
 
 def _check(info: KindInfo, obj: Any, errors: list[FieldError]) -> None:
@@ -502,7 +586,11 @@ def _list_page(
             rpc_pb2.RangeRequest(key=key, range_end=end, revision=revision, limit=LIST_CHUNK)
         )
         for i, kv in enumerate(chunk.kvs):
-            obj = decode(selection.info, kv.value, kv.mod_revision)
+            try:
+                obj = decode(selection.info, kv.value, kv.mod_revision, kv.key)
+            except UndecodableError as err:
+                out.undecodable_keys.append(err.key)  # skipped: one bad value fails no list
+                continue
             if selection.matches(obj):
                 out.items.append(wrap(obj))
             if limit and len(out.items) == limit:

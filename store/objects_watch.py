@@ -6,6 +6,11 @@ server-side and queues WatchEvents for one gRPC stream. Each etcd event
 carries its previous value, so a change that moves an object out of the
 selection becomes DELETED for this watcher (and into it, ADDED), as in
 Kubernetes. A progress notification becomes a BOOKMARK when asked for.
+
+A value that does not decode as the kind (written through the admin-only raw
+KV API) is treated as absent, as List skips it: logged, never sent, and never
+the end of the stream. An object that becomes undecodable is DELETED for a
+watcher that had it; one that becomes valid again is ADDED.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import structlog
 from google.protobuf.message import Message
 
 from mizzen.api.kinds import KindInfo
@@ -24,7 +30,9 @@ from protos import kv_pb2, rpc_pb2
 from protos import objects_api_pb2 as api
 
 from .errors import Code, StoreError
-from .objects_codec import decode, wrap
+from .objects_codec import UndecodableError, decode, wrap
+
+log = structlog.get_logger("store.objects")
 
 Item = api.WatchEvent | StoreError | None
 
@@ -91,12 +99,9 @@ class ObjectWatchSink:
             self._put(self._bookmark(resp.events[-1].kv.mod_revision))
 
     def _convert(self, ev: kv_pb2.Event) -> api.WatchEvent | None:
-        info = self.selection.info
         revision = ev.kv.mod_revision
-        new = None
-        if ev.type == kv_pb2.Event.PUT:
-            new = decode(info, ev.kv.value, revision)
-        old = decode(info, ev.prev_kv.value, revision) if ev.HasField("prev_kv") else None
+        new = self._decode(ev.kv, revision) if ev.type == kv_pb2.Event.PUT else None
+        old = self._decode(ev.prev_kv, revision) if ev.HasField("prev_kv") else None
         new_in = new is not None and self.selection.matches(new)
         old_in = old is not None and self.selection.matches(old)
         if new is not None and new_in:
@@ -107,6 +112,20 @@ class ObjectWatchSink:
             # matched in, at the revision of the change (as Kubernetes' watch cache does)
             return api.WatchEvent(type=api.WatchEvent.DELETED, object=wrap(old))
         return None
+
+    def _decode(self, kv: kv_pb2.KeyValue, revision: int) -> Message | None:
+        """The object kv holds (at revision), or None (logged) when it does not decode."""
+        try:
+            return decode(self.selection.info, kv.value, revision, kv.key)
+        except UndecodableError as err:
+            log.warning(
+                "undecodable_object_skipped",
+                key=err.key,
+                kind=self.selection.info.kind,
+                op="watch",
+                revision=revision,
+            )
+            return None
 
     def _bookmark(self, revision: int) -> api.WatchEvent:
         empty = self.selection.info.message()

@@ -25,7 +25,7 @@ from mizzen.security.tls import add_port
 from mizzen.security.tokens import load_tokens
 from protos import objects_api_pb2, objects_api_pb2_grpc, rpc_pb2, rpc_pb2_grpc
 
-from .authz import WATCH_METHODS, StorePolicy, stored_reader
+from .authz import WATCH_METHODS, StorePolicy
 from .cluster_service import ClusterService, MaintenanceService
 from .kv_service import KVService
 from .lease_service import LeaseService
@@ -55,10 +55,9 @@ def _interceptors(node: StoreNode, security: ServerSecurity) -> list[grpc.aio.Se
     out: list[grpc.aio.ServerInterceptor] = [MalformedRequestInterceptor()]
     if security.secure:
         tokens = load_tokens(security.token_file) if security.token_file else {}
-        policy = StorePolicy(stored_reader(node.read))
         out.append(
             AuthInterceptor(
-                policy, tokens=tokens, limits=security.limits, watch_methods=WATCH_METHODS
+                StorePolicy(), tokens=tokens, limits=security.limits, watch_methods=WATCH_METHODS
             )
         )
     out.append(RequireLeaderInterceptor(node.has_leader))

@@ -218,6 +218,12 @@ def run_get(args: argparse.Namespace) -> int:
                 field_selector=args.field_selector,
             )
             objects = listed.items
+            for key in listed.undecodable_keys:
+                print(
+                    f"mizzen: warning: skipped {key}: its stored value does not decode as a "
+                    f"{info.kind} (mizzen delete {info.singular} NAME removes it)",
+                    file=sys.stderr,
+                )
         _print_objects(info, objects, args, everywhere, namespace)
         return 0
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -77,6 +77,8 @@ class ListResult:
     resource_version: str
     # Non-empty when a limit was given and more objects may follow.
     continue_token: str = ""
+    # Keys whose stored value does not decode as the kind: skipped by the store.
+    undecodable_keys: list[str] = field(default_factory=list)
 
 
 def _kind_name(kind: str | KindInfo) -> str:
@@ -201,6 +203,7 @@ class ObjectsClient:
     ) -> ListResult:
         """Every matching object (following continue tokens), or one page when limit > 0."""
         items: list[Any] = []
+        undecodable: list[str] = []
         token = continue_token
         while True:
             request = api.ListRequest(
@@ -213,9 +216,10 @@ class ObjectsClient:
             )
             page: api.ListResponse = await self._call("List", request, mutating=False)
             items.extend(unwrap(item) for item in page.items)
+            undecodable.extend(page.undecodable_keys)
             token = page.continue_token
             if limit > 0 or not token:
-                return ListResult(items, page.resource_version, token)
+                return ListResult(items, page.resource_version, token, undecodable)
 
     # -- writes ---------------------------------------------------------------------
 

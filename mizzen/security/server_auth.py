@@ -14,12 +14,18 @@
    client stream) and raises ``Denied``; the caller gets PERMISSION_DENIED
    with the identity and the verb, and the denial is logged.
 
+The authenticated identity is also left in the ``CALLER`` context variable for
+the handler (every RPC runs in its own asyncio task, so it is that call's
+caller): rules that depend on stored state are decided by the handler on the
+state it acts on (the store's ``store/authz.py``), not here.
+
 An insecure server (loopback or ``--insecure``) installs no interceptor: every
 caller is the anonymous admin.
 """
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -61,6 +67,15 @@ class Identity:
 
 ANONYMOUS_ADMIN = Identity("anonymous", "admin")
 
+CALLER: contextvars.ContextVar[Identity | None] = contextvars.ContextVar(
+    "mizzen_caller", default=None
+)
+"""The authenticated caller of the current call; None on a server without AuthInterceptor."""
+
+
+def current_caller() -> Identity | None:
+    return CALLER.get()
+
 
 class Denied(Exception):
     """A policy's refusal: ``verb`` is what was attempted, ``reason`` why not."""
@@ -69,6 +84,20 @@ class Denied(Exception):
         super().__init__(f"{verb}: {reason}")
         self.verb = verb
         self.reason = reason
+
+    def message(self, identity: Identity) -> str:
+        """What the caller is told (with PERMISSION_DENIED)."""
+        return f"mizzen: {identity} may not {self.verb}: {self.reason}"
+
+    def log(self, identity: Identity, method: str) -> None:
+        log.warning(
+            "permission_denied",
+            identity=identity.name,
+            role=identity.role,
+            method=method,
+            verb=self.verb,
+            reason=self.reason,
+        )
 
 
 class Policy(Protocol):
@@ -217,18 +246,8 @@ class AuthInterceptor(CachingInterceptor):
         try:
             await self.policy.authorize(identity, method, request)
         except Denied as denied:
-            log.warning(
-                "permission_denied",
-                identity=identity.name,
-                role=identity.role,
-                method=method,
-                verb=denied.verb,
-                reason=denied.reason,
-            )
-            await context.abort(
-                grpc.StatusCode.PERMISSION_DENIED,
-                f"mizzen: {identity} may not {denied.verb}: {denied.reason}",
-            )
+            denied.log(identity, method)
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, denied.message(identity))
 
     async def _who(self, context: grpc.aio.ServicerContext) -> Identity:
         identity = self.identify(context)
@@ -244,6 +263,7 @@ class AuthInterceptor(CachingInterceptor):
             )
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"mizzen: {why}")
         assert identity is not None
+        CALLER.set(identity)  # this call's task: the handler sees it, no other call does
         return identity
 
     # -------------------------------------------------------------- wrapping

@@ -21,11 +21,15 @@ from security_fixtures import Pki, Store, admin_fixture, node_obj, pki_fixture, 
 
 from mizzen.client import ObjectsClient, StoreClient
 from mizzen.client.errors import (
+    FencedError,
+    NotFoundError,
     PermissionDeniedError,
     StoreClientError,
     UnavailableError,
 )
 from mizzen.security.tls import ClientCredentials
+from protos import objects_api_pb2 as api
+from protos import objects_api_pb2_grpc as api_grpc
 from protos import objects_pb2 as pb
 from protos import rpc_pb2, rpc_pb2_grpc
 
@@ -294,3 +298,127 @@ def test_the_cli_says_why_in_one_line(pki: Pki, store: Store, command: list[str]
     assert len(out.stderr.strip().splitlines()) == 1, out.stderr
     assert out.stderr.startswith("mizzen: cannot reach the store")
     assert "does not verify against --cacert" in out.stderr
+
+
+# ----------------------------------------------------------------- state-dependent rules
+
+
+def _event(name: str, host: str) -> pb.Event:
+    event = pb.Event(metadata=pb.ObjectMeta(name=name, namespace="default"))
+    event.spec.involved_object.kind, event.spec.involved_object.name = "Pod", "p"
+    event.spec.reason, event.spec.type, event.spec.source.host = "Started", "Normal", host
+    return event
+
+
+async def test_a_node_may_not_take_over_an_event_another_node_recorded(
+    pki: Pki, store: Store, admin: ObjectsClient
+) -> None:
+    async with (
+        ObjectsClient([store.endpoint], credentials=pki.creds("node-na")) as na,
+        ObjectsClient([store.endpoint], credentials=pki.creds("node-nb")) as nb,
+    ):
+        theirs = await nb.create(_event("by-nb.1", "nb"))
+        mine = await na.create(_event("by-na.1", "na"))
+        # The new Event names na as its source; the stored one is nb's.
+        theirs.spec.source.host = "na"
+        theirs.spec.message = "overwritten by na"
+        with pytest.raises(PermissionDeniedError, match=r"events/default/by-nb\.1.*source\.host"):
+            await na.update(theirs)
+        assert (await admin.get("events", "by-nb.1", "default")).spec.message == ""
+        mine.spec.count = 2
+        assert (await na.update(mine)).spec.count == 2
+
+
+async def test_fence_metadata_is_only_for_controllers(
+    pki: Pki, store: Store, admin: ObjectsClient
+) -> None:
+    """A fenced write answers whether the fence key exists at that create revision: a probe
+    of any key. Only controllers fence their writes (admins may do anything anyway)."""
+    target = await admin.create(pod("fence-probe-target", node="nb"))
+    key = b"/registry/pods/default/fence-probe-target"
+    async with (
+        ObjectsClient([store.endpoint], credentials=pki.creds("node-na")) as na,
+        ObjectsClient([store.endpoint], credentials=pki.creds("controller")) as controller,
+        StoreClient([store.endpoint], credentials=pki.creds("controller")) as kv,
+    ):
+        revision = int(target.metadata.resource_version)
+        for guess in (revision, revision + 1):
+            with pytest.raises(PermissionDeniedError, match="mizzen-fence-key") as denied:
+                await na.fenced(key, guess).create(_event(f"probe-{guess}.1", "na"))
+            assert "node:na (role node) may not" in str(denied.value)
+        with pytest.raises(NotFoundError):
+            await admin.get("events", f"probe-{revision}.1", "default")
+
+        await kv.put("/mizzen/leader/fence-test", b"me")
+        record = await kv.get("/mizzen/leader/fence-test")
+        assert record is not None
+        fenced = controller.fenced(b"/mizzen/leader/fence-test", record.create_revision)
+        assert (await fenced.create(_event("fenced.1", "controller"))).metadata.uid
+        stale = controller.fenced(b"/mizzen/leader/fence-test", record.create_revision + 1)
+        with pytest.raises(FencedError):
+            await stale.create(_event("stale.1", "controller"))
+        adam = admin.fenced(b"/mizzen/leader/fence-test", record.create_revision)
+        assert (await adam.create(_event("fenced-by-admin.1", "admin"))).metadata.uid
+
+
+# ----------------------------------------------------------------- undecodable values
+
+
+def _cli(pki: Pki, store: Store, *args: str) -> subprocess.CompletedProcess[str]:
+    d = pki.dir
+    return subprocess.run(
+        [sys.executable, "-m", "mizzen", *args, "--endpoints", store.endpoint,
+         "--cacert", str(d / "ca.crt"),
+         "--cert", str(d / "admin.crt"), "--key", str(d / "admin.key")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+
+async def test_an_undecodable_value_is_skipped_reported_and_deletable(
+    pki: Pki, store: Store, admin: ObjectsClient
+) -> None:
+    """An admin wrote garbage under /registry/pods/ through the raw KV API."""
+    ns = "corrupt"
+    key = f"/registry/pods/{ns}/broken"
+    before, after = pod("before"), pod("after")
+    before.metadata.namespace = after.metadata.namespace = ns
+    await admin.create(before)
+    async with (
+        StoreClient([store.endpoint], credentials=pki.creds("admin")) as kv,
+        pki.creds("admin").aio_channel(store.endpoint) as channel,
+    ):
+        listed = await admin.list("pods", ns)
+        stream = api_grpc.ObjectsStub(channel).Watch(
+            api.WatchRequest(kind="pods", namespace=ns, resource_version=listed.resource_version)
+        )
+        await kv.put(key, b"written raw: not a pod")
+        await admin.create(after)
+
+        # The watch skips the undecodable value and goes on.
+        event = await asyncio.wait_for(stream.read(), 10)
+        assert (event.type, event.object.pod.metadata.name) == (api.WatchEvent.ADDED, "after")
+        stream.cancel()
+
+        # List skips it and says so; Get names the key.
+        listed = await admin.list("pods", ns)
+        assert sorted(p.metadata.name for p in listed.items) == ["after", "before"]
+        assert listed.undecodable_keys == [key]
+        with pytest.raises(StoreClientError) as err:
+            await admin.get("pods", "broken", ns)
+        assert err.value.code == grpc.StatusCode.DATA_LOSS
+        assert key in str(err.value)
+        assert "undecodable_object" in store.log()
+        got = _cli(pki, store, "get", "pods", "-n", ns, "-o", "name")
+        assert got.returncode == 0, got.stderr
+        assert got.stdout.split() == ["pod/after", "pod/before"]
+        assert key in got.stderr
+
+        # A node cannot delete what it cannot tell is bound to it; an admin can.
+        async with ObjectsClient([store.endpoint], credentials=pki.creds("node-na")) as na:
+            with pytest.raises(PermissionDeniedError, match="does not decode"):
+                await na.delete("pods", "broken", ns)
+        deleted = _cli(pki, store, "delete", "pod", "broken", "-n", ns)
+        assert deleted.returncode == 0, deleted.stderr
+        assert deleted.stdout.strip() == "pod/broken deleted"
+        assert await kv.get(key) is None
+        assert (await admin.list("pods", ns)).undecodable_keys == []

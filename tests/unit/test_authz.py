@@ -1,39 +1,56 @@
-"""The store's authorization policy and the per-identity limits, as pure functions."""
+"""The store's authorization policy and the per-identity limits, as pure functions.
+
+Two tables: what the AuthInterceptor decides from the identity and the request
+alone (``StorePolicy.authorize``), and what the Objects handlers decide on the
+stored object the call acts on (``check_stored``).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from google.protobuf.message import Message
 
-from mizzen.api.kinds import KindInfo
+from mizzen.api.kinds import lookup
 from mizzen.security.pki import init_pki, issue
 from mizzen.security.server_auth import (
+    AuthInterceptor,
     Denied,
     Exhausted,
     Identity,
     IdentityLimits,
     Limits,
+    RolePolicy,
     TokenBucket,
     bearer_token,
+    current_caller,
     identity_from_pem,
 )
 from mizzen.security.tls import is_loopback
+from mizzen.security.tokens import hash_token
 from protos import objects_api_pb2 as api
 from protos import objects_pb2 as pb
 from protos import rpc_pb2
-from store.authz import StorePolicy, within
+from store.authz import (
+    StorePolicy,
+    check_fence,
+    check_stored,
+    check_undecodable,
+    refusal,
+    within,
+)
+from store.errors import Code
 
 ADMIN = Identity("admin", "admin")
 VIEWER = Identity("vera", "viewer")
 CONTROLLER = Identity("controller", "controller")
 NODE_A = Identity("node:na", "node")
 STORE = Identity("store:10.0.0.1", "store")
-
-STORED: dict[tuple[str, str, str], Message] = {}
 
 
 def _pod(name: str, node: str) -> pb.Pod:
@@ -42,27 +59,13 @@ def _pod(name: str, node: str) -> pb.Pod:
     return p
 
 
-def _node(name: str, unschedulable: bool = False) -> pb.Node:
-    n = pb.Node(metadata=pb.ObjectMeta(name=name))
+def _node(name: str, unschedulable: bool = False, **labels: str) -> pb.Node:
+    n = pb.Node(metadata=pb.ObjectMeta(name=name, labels=labels))
     n.spec.unschedulable = unschedulable
     return n
 
 
-STORED.update(
-    {
-        ("Pod", "default", "on-a"): _pod("on-a", "na"),
-        ("Pod", "default", "on-b"): _pod("on-b", "nb"),
-        ("Node", "", "na"): _node("na"),
-        ("Node", "", "nb"): _node("nb"),
-    }
-)
-
-
-def read_stored(info: KindInfo, namespace: str, name: str) -> Message | None:
-    return STORED.get((info.kind, namespace, name))
-
-
-POLICY = StorePolicy(read_stored)
+POLICY = StorePolicy()
 
 
 def obj(message: Message) -> api.Object:
@@ -248,13 +251,13 @@ CASES: list[tuple[str, Identity, str, Any, str | None]] = [
         api.UpdateRequest(object=obj(_node("nb"))),
         "own Node",
     ),
-    ("node own labels", NODE_A, OBJ + "Update", api.UpdateRequest(object=obj(_node("na"))), None),
+    # an update of its own Node: whether the spec changes is decided on the stored Node
     (
-        "node own spec",
+        "node own node update",
         NODE_A,
         OBJ + "Update",
-        api.UpdateRequest(object=obj(_node("na", True))),
-        "spec",
+        api.UpdateRequest(object=obj(_node("na"))),
+        None,
     ),
     (
         "node delete node",
@@ -270,12 +273,13 @@ CASES: list[tuple[str, Identity, str, Any, str | None]] = [
         api.GetRequest(kind="pods", namespace="default", name="on-a"),
         None,
     ),
+    # get, update status of, delete a pod: decided on the stored pod (check_stored)
     (
-        "node get other pod",
+        "node get any pod",
         NODE_A,
         OBJ + "Get",
         api.GetRequest(kind="pods", namespace="default", name="on-b"),
-        "not bound",
+        None,
     ),
     (
         "node list own",
@@ -314,20 +318,6 @@ CASES: list[tuple[str, Identity, str, Any, str | None]] = [
         None,
     ),
     (
-        "node rebinds",
-        NODE_A,
-        OBJ + "UpdateStatus",
-        api.UpdateRequest(object=obj(_pod("on-a", "nb"))),
-        "rebind",
-    ),
-    (
-        "node other pod status",
-        NODE_A,
-        OBJ + "UpdateStatus",
-        api.UpdateRequest(object=obj(_pod("on-b", "na"))),
-        "not bound",
-    ),
-    (
         "node pod spec",
         NODE_A,
         OBJ + "Update",
@@ -349,11 +339,11 @@ CASES: list[tuple[str, Identity, str, Any, str | None]] = [
         None,
     ),
     (
-        "node delete other pod",
+        "node delete any pod",
         NODE_A,
         OBJ + "Delete",
         api.DeleteRequest(kind="pods", namespace="default", name="on-b"),
-        "not bound",
+        None,
     ),
     ("node own lease", NODE_A, OBJ + "Update", api.UpdateRequest(object=obj(lease("na"))), None),
     (
@@ -376,6 +366,13 @@ CASES: list[tuple[str, Identity, str, Any, str | None]] = [
         NODE_A,
         OBJ + "Create",
         api.CreateRequest(object=obj(event("nb"))),
+        "source.host",
+    ),
+    (
+        "node event update as other",
+        NODE_A,
+        OBJ + "Update",
+        api.UpdateRequest(object=obj(event("nb"))),
         "source.host",
     ),
     (
@@ -407,6 +404,91 @@ async def test_policy(
     with pytest.raises(Denied) as err:
         await POLICY.authorize(who, method, request_)
     assert denied in str(err.value), case
+
+
+ON_A, ON_B = _pod("on-a", "na"), _pod("on-b", "nb")
+STORED_CASES: list[tuple[str, Identity, str, Message, Message | None, str | None]] = [
+    # (case, identity, rpc, stored object, new object sent, None if allowed else a reason fragment)
+    ("node get own pod", NODE_A, "Get", ON_A, None, None),
+    ("node get other pod", NODE_A, "Get", ON_B, None, "pod default/on-b is not bound to na"),
+    ("node pod status", NODE_A, "UpdateStatus", ON_A, _pod("on-a", "na"), None),
+    ("node rebinds", NODE_A, "UpdateStatus", ON_A, _pod("on-a", "nb"), "rebind"),
+    ("node other pod status", NODE_A, "UpdateStatus", ON_B, _pod("on-b", "na"), "not bound"),
+    ("node delete own pod", NODE_A, "Delete", ON_A, None, None),
+    ("node delete other pod", NODE_A, "Delete", ON_B, None, "not bound"),
+    ("node pod spec", NODE_A, "Update", ON_A, ON_A, "change any pod's spec"),
+    ("node own labels", NODE_A, "Update", _node("na"), _node("na", zone="a"), None),
+    ("node own spec", NODE_A, "Update", _node("na"), _node("na", True), "spec"),
+    # the lagging follower: the stored Node is cordoned, the request keeps it uncordoned
+    ("node uncordons itself", NODE_A, "Update", _node("na", True), _node("na"), "spec"),
+    ("node own status", NODE_A, "UpdateStatus", _node("na"), _node("na"), None),
+    ("node other node", NODE_A, "Update", _node("nb"), _node("nb"), "own Node (na)"),
+    ("node delete own node", NODE_A, "Delete", _node("na"), None, "may not delete Nodes"),
+    ("node own event", NODE_A, "Update", event("na"), event("na"), None),
+    ("node takes over an event", NODE_A, "Update", event("nb"), event("na"), "recorded by 'nb'"),
+    ("node gives away an event", NODE_A, "Update", event("na"), event("nb"), "source.host is na"),
+    ("node gets an event", NODE_A, "Get", event("na"), None, "nodes may not get events"),
+    ("node own lease", NODE_A, "Update", lease("na"), lease("na"), None),
+    ("node other lease", NODE_A, "Update", lease("nb"), lease("nb"), "own Lease"),
+    (
+        "node deployment",
+        NODE_A,
+        "Get",
+        pb.Deployment(metadata=pb.ObjectMeta(name="d", namespace="default")),
+        None,
+        "nodes may not get deployments",
+    ),
+    ("admin other pod", ADMIN, "Get", ON_B, None, None),
+    ("controller node spec", CONTROLLER, "Update", _node("na", True), _node("na"), None),
+    ("viewer other pod", VIEWER, "Get", ON_B, None, None),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "who", "rpc", "stored", "new", "denied"),
+    STORED_CASES,
+    ids=[c[0] for c in STORED_CASES],
+)
+def test_stored_state_rules(
+    case: str, who: Identity, rpc: str, stored: Message, new: Message | None, denied: str | None
+) -> None:
+    if denied is None:
+        check_stored(who, rpc, stored, new)
+        return
+    with pytest.raises(Denied) as err:
+        check_stored(who, rpc, stored, new)
+    assert denied in str(err.value), case
+
+
+def test_a_stored_denial_names_the_caller_and_the_object() -> None:
+    with pytest.raises(Denied) as err:
+        check_stored(NODE_A, "Get", ON_B)
+    error = refusal(NODE_A, "Get", err.value)
+    assert error.code == Code.PERMISSION_DENIED
+    assert error.message == (
+        "mizzen: node:na (role node) may not get pods/default/on-b: "
+        "pod default/on-b is not bound to na"
+    )
+
+
+@pytest.mark.parametrize(
+    ("who", "allowed"),
+    [(ADMIN, True), (CONTROLLER, True), (VIEWER, False), (NODE_A, False), (STORE, False)],
+)
+def test_only_controllers_and_admins_fence_writes(who: Identity, allowed: bool) -> None:
+    if allowed:
+        check_fence(who, "Create")
+        return
+    with pytest.raises(Denied, match=r"mizzen-fence-key.*only controllers fence their writes"):
+        check_fence(who, "Create")
+
+
+def test_a_node_cannot_act_on_an_undecodable_object() -> None:
+    pods = lookup("pods")
+    for who in (ADMIN, CONTROLLER):
+        check_undecodable(who, "Delete", pods, "default", "broken")
+    with pytest.raises(Denied, match="delete pods/default/broken: its stored value does not"):
+        check_undecodable(NODE_A, "Delete", pods, "default", "broken")
 
 
 def test_a_node_identity_needs_its_name() -> None:
@@ -490,3 +572,46 @@ def test_expired_certificate_still_names_its_identity(tmp_path: Path) -> None:
         not_after=now - dt.timedelta(days=1),
     )
     assert identity_from_pem((tmp_path / "old.crt").read_bytes()) == Identity("old", "admin")
+
+
+async def test_the_interceptor_hands_each_call_its_own_caller() -> None:
+    """Handlers read the caller from CALLER: each call sees its own, even interleaved, and
+    nothing is left behind for a call the interceptor did not see."""
+    seen: list[tuple[str, str | None]] = []
+    entered: list[str] = []
+    release = asyncio.Event()
+
+    async def who(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        before = current_caller()
+        entered.append(request.decode())
+        await release.wait()  # until all three calls are here: interleaved
+        after = current_caller()
+        assert before == after
+        seen.append((request.decode(), after.name if after else None))
+        return b""
+
+    handler = grpc.method_handlers_generic_handler(
+        "t.T", {"Who": grpc.unary_unary_rpc_method_handler(who)}
+    )
+    tokens = {hash_token("tok-a"): ("alice", "viewer"), hash_token("tok-b"): ("bob", "admin")}
+    interceptor = AuthInterceptor(RolePolicy(frozenset({"viewer"}), "call"), tokens=tokens)
+    server = grpc.aio.server(interceptors=[interceptor])
+    server.add_generic_rpc_handlers([handler])
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call = channel.unary_unary("/t.T/Who", None, None)
+
+            def send(token: str) -> Any:
+                return call(token.encode(), metadata=(("authorization", f"Bearer {token}"),))
+
+            calls = [asyncio.ensure_future(send(t)) for t in ("tok-a", "tok-b", "tok-a")]
+            while len(entered) < len(calls):
+                await asyncio.sleep(0.01)
+            release.set()
+            await asyncio.gather(*calls)
+    finally:
+        await server.stop(None)
+    assert sorted(seen) == [("tok-a", "alice"), ("tok-a", "alice"), ("tok-b", "bob")]
+    assert current_caller() is None
