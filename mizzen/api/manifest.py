@@ -30,6 +30,15 @@ from google.protobuf.message import Message
 from mizzen.api import kinds
 from mizzen.api.kinds import API_VERSION, KindInfo
 from mizzen.api.manifest_convert import Decoder, describe, encode, join
+from mizzen.api.nesting import (
+    MAX_DEPTH as MAX_DEPTH,  # re-exported: manifests nest at most this deep
+)
+from mizzen.api.nesting import (
+    JsonTooDeepError,
+    LimitedSafeLoader,
+    check_json_depth,
+    yaml_message,
+)
 
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 LIST_KIND = "List"
@@ -82,11 +91,12 @@ class ManifestError(ValueError):
 # ---------------------------------------------------------------- loading
 
 
-class _StrictLoader(yaml.SafeLoader):
+class _StrictLoader(LimitedSafeLoader):
     """SafeLoader that rejects a key given twice in one mapping, as Kubernetes does.
 
     PyYAML would silently keep the last value. Keys brought in by a merge
-    (``<<: *base``) may still be overridden.
+    (``<<: *base``) may still be overridden. Nesting deeper than MAX_DEPTH is
+    a syntax error at the line of the level too many (mizzen.api.nesting).
     """
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
@@ -179,6 +189,19 @@ def _parse(text: str, source: str) -> list[object]:
     """The documents of text, or a ManifestError naming the line of a syntax error."""
     if source.endswith(".json"):
         try:
+            check_json_depth(text)
+        except JsonTooDeepError as exc:
+            where = f"line {exc.lineno}, column {exc.colno}"
+            raise ManifestError(
+                [
+                    Problem(
+                        source,
+                        1,
+                        f"invalid JSON at {where}: nested more than {MAX_DEPTH} levels deep",
+                    )
+                ]
+            ) from None
+        try:
             return [json.loads(text)] if text.strip() else []
         except json.JSONDecodeError as exc:
             where = f"line {exc.lineno}, column {exc.colno}"
@@ -190,18 +213,8 @@ def _parse(text: str, source: str) -> list[object]:
         for document in yaml.load_all(text, Loader=_StrictLoader):
             documents.append(document)
     except yaml.YAMLError as exc:
-        raise ManifestError([Problem(source, len(documents) + 1, _yaml_message(exc))]) from exc
+        raise ManifestError([Problem(source, len(documents) + 1, yaml_message(exc))]) from exc
     return documents
-
-
-def _yaml_message(exc: yaml.YAMLError) -> str:
-    if isinstance(exc, yaml.MarkedYAMLError):
-        mark = exc.problem_mark or exc.context_mark
-        problem = exc.problem or exc.context or "syntax error"
-        if mark is not None:
-            return f"invalid YAML at line {mark.line + 1}, column {mark.column + 1}: {problem}"
-        return f"invalid YAML: {problem}"
-    return f"invalid YAML: {exc}"
 
 
 def _load_document(

@@ -15,6 +15,7 @@ from google.protobuf.message import Message
 from mizzen.api import kinds
 from mizzen.api.defaults import apply_defaults
 from mizzen.api.manifest import (
+    MAX_DEPTH,
     ManifestError,
     dump_json,
     dump_yaml,
@@ -670,3 +671,76 @@ def test_web_example_content() -> None:
         "-c",
         "echo hello; sleep 1",
     ]
+
+
+# ---------------------------------------------------------------- nesting depth
+
+DEEP = 500
+
+
+def _deep_yaml(depth: int) -> str:
+    """A Pod whose labels value is a flow list nested depth deep, on line 5."""
+    return (
+        "apiVersion: mizzen/v1\nkind: Pod\nmetadata:\n  name: p\n"
+        f"  labels: {'[' * depth}{']' * depth}\n"
+    )
+
+
+def _deep_block_yaml(depth: int) -> str:
+    """The same in block style: one mapping per line, so the line says how deep."""
+    lines = ["apiVersion: mizzen/v1", "kind: Pod", "metadata:"]
+    lines += [f"{'  ' * i}k{i}:" for i in range(1, depth + 1)]
+    return "\n".join(lines) + " 1\n"
+
+
+def test_yaml_nested_too_deep_is_one_line_naming_the_line() -> None:
+    lines = error_lines("---\n" + _deep_yaml(DEEP), "deep.yaml")
+    assert lines == [
+        f"deep.yaml: document 1: invalid YAML at line 6, column {9 + MAX_DEPTH}: "
+        f"nested more than {MAX_DEPTH} levels deep"
+    ]
+    block = error_lines(_deep_block_yaml(DEEP), "block.yaml")
+    # the document is level 1, the mapping holding k1 (line 4) level 2, so the one
+    # holding k{MAX_DEPTH} (line 3 + MAX_DEPTH, indented 2 * MAX_DEPTH) is one too many
+    assert block == [
+        f"block.yaml: document 1: invalid YAML at line {3 + MAX_DEPTH}, "
+        f"column {2 * MAX_DEPTH + 1}: nested more than {MAX_DEPTH} levels deep"
+    ]
+
+
+def test_yaml_nested_to_the_limit_loads() -> None:
+    # MAX_DEPTH levels in all (the document's mapping is one): parsed, then refused by
+    # the decoder for what it is (a list where labels belong), not for its depth
+    lines = error_lines(_deep_yaml(MAX_DEPTH - 2))
+    assert lines == ["t.yaml: document 1 (Pod p): metadata.labels: expected an object, got list"]
+
+
+def test_json_nested_too_deep_is_one_line_naming_the_line() -> None:
+    deep = (
+        '{"kind": "Pod",\n "metadata": {"name": "p", "labels":\n' + "[" * DEEP + "]" * DEEP + "}}"
+    )
+    assert error_lines(deep, "deep.json") == [
+        f"deep.json: document 1: invalid JSON at line 3, column {MAX_DEPTH - 1}: "
+        f"nested more than {MAX_DEPTH} levels deep"
+    ]
+    # brackets inside strings do not count
+    quoted = '{"apiVersion": "mizzen/v1", "kind": "Lease", "metadata": {"name": "a"},'
+    quoted += ' "spec": {"holderIdentity": "' + "[{" * DEEP + '\\"[["}}'
+    lease: Any
+    (lease,) = load(quoted, "q.json")
+    assert lease.spec.holder_identity == "[{" * DEEP + '"[['
+
+
+def test_deep_manifest_is_a_one_line_cli_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mizzen.cli.main import main
+
+    path = tmp_path / "deep.yaml"
+    path.write_text(_deep_yaml(DEEP))
+    for command in (["apply"], ["delete"]):
+        code = main([*command, "-f", str(path), "--endpoints", "127.0.0.1:1"])
+        err = capsys.readouterr().err
+        assert code == 1, (command, err)
+        assert err.startswith(f"mizzen: {path}: document 1: invalid YAML at line 5"), err
+        assert err.count("\n") == 1, err
