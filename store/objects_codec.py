@@ -121,7 +121,8 @@ def decode_continue(token: str, prefix: bytes) -> tuple[bytes, int]:
         data = json.loads(base64.urlsafe_b64decode(token.encode()))
         key = base64.b64decode(data["k"], validate=True)
         revision = int(data["r"])
-    except (ValueError, KeyError, TypeError, OverflowError, binascii.Error):
+    # RecursionError: json's parser recurses per level of a token nested thousands deep
+    except (ValueError, KeyError, TypeError, OverflowError, RecursionError, binascii.Error):
         raise StoreError(Code.INVALID_ARGUMENT, "invalid continue token") from None
     if not key.startswith(prefix) or not 0 < revision <= MAX_REVISION:
         raise StoreError(Code.INVALID_ARGUMENT, "continue token does not belong to this list")
