@@ -7,8 +7,11 @@ source, the document number and the field path), and converts through the
 protobuf JSON mapping (json_format.ParseDict). ``kind: List`` with ``items``
 is accepted as several objects, because dump_json() writes several that way.
 
-Loading neither defaults nor validates: the server does both, and a caller
-that wants to check early runs mizzen.api.defaults and mizzen.api.validation.
+Loading a good document neither defaults nor validates: the server does both,
+and a caller that wants to check early runs mizzen.api.defaults and
+mizzen.api.validation. A document the decoder already found bad is also
+validated, so that its one error lists every bad field (an invalid name *and*
+a bad quantity *and* an unknown field), as the server's would.
 to_manifest(), dump_yaml() and dump_json() go the other way, so that
 load_manifests(dump_yaml(msgs)) gives messages equal to msgs.
 """
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from collections.abc import Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -28,6 +32,8 @@ from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import Message
 
 from mizzen.api import kinds
+from mizzen.api.defaults import apply_defaults
+from mizzen.api.field_errors import FieldError
 from mizzen.api.kinds import API_VERSION, KindInfo
 from mizzen.api.manifest_convert import Decoder, describe, encode, join
 from mizzen.api.nesting import (
@@ -39,6 +45,7 @@ from mizzen.api.nesting import (
     check_json_depth,
     yaml_message,
 )
+from mizzen.api.validation import validate
 
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 LIST_KIND = "List"
@@ -316,6 +323,9 @@ def _load_object(
     mapping = decoder.message(body, cast(Descriptor, info.message.DESCRIPTOR), prefix)
     for error in decoder.errors:
         problems.append(Problem(source, number, error.message, error.path, label))
+    if decoder.errors and mapping is not None:
+        for error in _also_invalid(info, mapping, prefix, _dropped(decoder.errors)):
+            problems.append(Problem(source, number, error.message, error.path, label))
     if decoder.errors or mapping is None:
         return
     message = info.message()
@@ -325,6 +335,54 @@ def _load_object(
         problems.append(Problem(source, number, str(exc), prefix, label))
         return
     manifests.append(Manifest(info, message, source, number))
+
+
+def _also_invalid(
+    info: KindInfo, mapping: dict[str, Any], prefix: str, dropped: Sequence[str]
+) -> list[FieldError]:
+    """What the server would also refuse in a document the decoder already found bad.
+
+    So that one error lists every bad field (an invalid name *and* a bad
+    quantity): the fields that did decode are defaulted and validated as the
+    server would (in namespace "default" if none is given). Errors at, under or
+    above a field the decoder dropped are left out: that field was reported
+    already, and its absence is not a second mistake.
+    """
+    message = info.message()
+    try:
+        json_format.ParseDict(mapping, message)
+    except json_format.ParseError:
+        return []
+    obj: Any = message
+    if info.namespaced and not obj.metadata.namespace:
+        obj.metadata.namespace = "default"
+    apply_defaults(message)
+    found = [FieldError(join(prefix, e.path), e.message) for e in validate(message)]
+    return [e for e in found if not any(_related(e.path, path) for path in dropped)]
+
+
+_DID_YOU_MEAN = re.compile(r'did you mean "([^"]+)"')
+
+
+def _dropped(errors: Sequence[FieldError]) -> list[str]:
+    """The paths the decoder refused, the field a misspelled one meant (``specs``: spec),
+    and the whole list or map of a refused element."""
+    paths = []
+    for error in errors:
+        paths.append(error.path)
+        if error.path.endswith("]"):  # a list element gone shifts the indices after it
+            paths.append(error.path[: error.path.rindex("[")])
+        meant = _DID_YOU_MEAN.search(error.message)
+        if meant:
+            paths.append(join(error.path.rpartition(".")[0], meant.group(1)))
+    return paths
+
+
+def _related(a: str, b: str) -> bool:
+    """Whether field path a is b, inside b, or holds b."""
+    if len(a) < len(b):
+        a, b = b, a
+    return a == b or (a.startswith(b) and a[len(b)] in ".[")
 
 
 # ---------------------------------------------------------------- dumping
