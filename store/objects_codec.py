@@ -17,6 +17,7 @@ from google.protobuf.message import Message
 
 from mizzen.api import kinds
 from mizzen.api.kinds import KindInfo
+from mizzen.echo import echo_repr
 from protos import objects_api_pb2 as api
 
 from .errors import Code, StoreError
@@ -105,7 +106,9 @@ def parse_resource_version(value: str, what: str = "resource_version") -> int:
     except ValueError:
         rev = -1
     if not 0 <= rev < MAX_REVISION:
-        raise StoreError(Code.INVALID_ARGUMENT, f"invalid {what} {value!r}: want a revision")
+        raise StoreError(
+            Code.INVALID_ARGUMENT, f"invalid {what} {echo_repr(value)}: want a revision"
+        )
     return rev
 
 

@@ -31,6 +31,7 @@ import structlog
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
+from mizzen.echo import bounded_status
 from mizzen.grpc_intercept import CachingInterceptor
 from mizzen.security.tls import AUTHORIZATION, BEARER
 from mizzen.security.tokens import lookup
@@ -227,7 +228,7 @@ class AuthInterceptor(CachingInterceptor):
             )
             await context.abort(
                 grpc.StatusCode.PERMISSION_DENIED,
-                f"mizzen: {identity} may not {denied.verb}: {denied.reason}",
+                bounded_status(f"mizzen: {identity} may not {denied.verb}: {denied.reason}"),
             )
 
     async def _who(self, context: grpc.aio.ServicerContext) -> Identity:
