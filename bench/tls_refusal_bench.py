@@ -6,8 +6,9 @@ each kind of client that cannot get in, one ``ObjectsClient.list`` with the
 CLI's default timeout (5 s), timed from the call to its UnavailableError, in
 two modes alternated round by round so machine noise hits both alike:
 
-* ``fail fast``: the SDK as it is (endpoints refusing in the TLS handshake
-  end the call; mizzen/client/endpoints.py ``Refusals``);
+* ``fail fast``: the SDK as it is (endpoints refusing in the TLS handshake,
+  or refusing the TCP connection because nothing listens, end the call;
+  mizzen/client/endpoints.py ``Refusals``);
 * ``retry``: the same SDK with that check switched off (``Refusals.everywhere``
   patched to False), i.e. the behaviour before it: retry until the deadline.
 
@@ -79,7 +80,7 @@ async def run(opts: argparse.Namespace) -> int:
                 tls_ep,
             ),
             "plaintext client, TLS store": (INSECURE, tls_ep),
-            "nothing listening (not a refusal)": (admin, nowhere),
+            "nothing listening (TCP connection refused)": (admin, nowhere),
         }
         times: dict[tuple[str, str], list[float]] = {}
         for r in range(opts.rounds):

@@ -2,7 +2,8 @@
 
 A server gives ``ErrorMapper`` a function naming the status of its own domain
 errors (the store's StoreError, the agent's LogNotFound, ...); anything else
-that escapes a handler is a bug: logged, and answered INTERNAL.
+that escapes a handler is a bug: logged, and answered INTERNAL. Every status
+message is cut to fit gRPC's trailers (mizzen.echo.bounded_status).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, NoReturn, TypeVar
 
 import grpc
+
+from mizzen.echo import bounded_status
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 S = TypeVar("S", bound=Callable[..., AsyncIterator[Any]])
@@ -30,11 +33,14 @@ class ErrorMapper:
         """End the call with exc's status; a bug (no status) → INTERNAL, logged."""
         status = self._status_for(exc)
         if status is not None:
-            await context.abort(*status)
+            code, message = status
+            await context.abort(code, bounded_status(message))
         if isinstance(exc, grpc.aio.AbortError | grpc.RpcError):
             raise exc
         self._log.exception("rpc_failed", method=method)
-        await context.abort(grpc.StatusCode.INTERNAL, f"{self._prefix}: internal error: {exc}")
+        await context.abort(
+            grpc.StatusCode.INTERNAL, bounded_status(f"{self._prefix}: internal error: {exc}")
+        )
         raise AssertionError("unreachable: abort raises")
 
     def unary(self, fn: F) -> F:

@@ -16,6 +16,7 @@ from typing import Any
 
 import grpc
 
+from mizzen.echo import bounded_status
 from mizzen.grpc_intercept import CachingInterceptor
 
 
@@ -40,7 +41,7 @@ def tolerant(deserializer: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
 
 def _message(method: str, bad: Malformed) -> str:
     name = method.lstrip("/").replace("/", ".")
-    return f"mizzen: malformed {name} request: {bad.error}"
+    return bounded_status(f"mizzen: malformed {name} request: {bad.error}")
 
 
 class MalformedRequestInterceptor(CachingInterceptor):

@@ -42,6 +42,7 @@ from google.protobuf.message import Message
 
 from mizzen.api.kinds import KindInfo, UnknownKindError, kind_of, lookup
 from mizzen.api.selectors import parse_field_selector
+from mizzen.echo import echo
 from mizzen.security.server_auth import Denied, Identity
 from protos import objects_api_pb2 as api
 from protos import rpc_pb2
@@ -311,7 +312,7 @@ def _target(request: Any) -> tuple[KindInfo | None, str, str]:
 
 def _resource(info: KindInfo | None, namespace: str, name: str) -> str:
     plural = info.plural if info else "objects"
-    return "/".join(part for part in (plural, namespace, name) if part)
+    return "/".join(echo(part) for part in (plural, namespace, name) if part)
 
 
 def _selects_node(selector: str, node: str) -> bool:
@@ -362,5 +363,5 @@ def within(key: bytes, range_end: bytes, prefix: bytes) -> bool:
 
 
 def _show(key: bytes, range_end: bytes = b"") -> str:
-    text = key.decode("utf-8", "replace")
-    return f"{text}..{range_end.decode('utf-8', 'replace')}" if range_end else text
+    text = echo(key.decode("utf-8", "replace"))
+    return f"{text}..{echo(range_end.decode('utf-8', 'replace'))}" if range_end else text

@@ -17,6 +17,7 @@ from google.protobuf.message import DecodeError, Message
 
 from mizzen.api import kinds
 from mizzen.api.kinds import KindInfo
+from mizzen.echo import echo_repr
 from protos import objects_api_pb2 as api
 
 from .errors import Code, StoreError
@@ -127,7 +128,9 @@ def parse_resource_version(value: str, what: str = "resource_version") -> int:
     except ValueError:
         rev = -1
     if not 0 <= rev < MAX_REVISION:
-        raise StoreError(Code.INVALID_ARGUMENT, f"invalid {what} {value!r}: want a revision")
+        raise StoreError(
+            Code.INVALID_ARGUMENT, f"invalid {what} {echo_repr(value)}: want a revision"
+        )
     return rev
 
 
@@ -143,7 +146,8 @@ def decode_continue(token: str, prefix: bytes) -> tuple[bytes, int]:
         data = json.loads(base64.urlsafe_b64decode(token.encode()))
         key = base64.b64decode(data["k"], validate=True)
         revision = int(data["r"])
-    except (ValueError, KeyError, TypeError, OverflowError, binascii.Error):
+    # RecursionError: json's parser recurses per level of a token nested thousands deep
+    except (ValueError, KeyError, TypeError, OverflowError, RecursionError, binascii.Error):
         raise StoreError(Code.INVALID_ARGUMENT, "invalid continue token") from None
     if not key.startswith(prefix) or not 0 < revision <= MAX_REVISION:
         raise StoreError(Code.INVALID_ARGUMENT, "continue token does not belong to this list")

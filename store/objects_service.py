@@ -48,6 +48,7 @@ from mizzen.api.defaults import DEFAULT_TERMINATION_GRACE_SECONDS, apply_default
 from mizzen.api.field_errors import FieldError
 from mizzen.api.kinds import KindInfo, kind_of
 from mizzen.api.validation import validate, validate_update
+from mizzen.echo import echo, join_bounded
 from mizzen.security.server_auth import Denied, Identity, current_caller
 from protos import objects_api_pb2 as api
 from protos import objects_api_pb2_grpc as api_grpc
@@ -215,7 +216,9 @@ class ObjectsService(api_grpc.ObjectsServicer):
         )
         resp = await self._txn(txn)
         if not resp.succeeded:
-            raise StoreError(Code.ALREADY_EXISTS, f'{info.plural} "{meta.name}" already exists')
+            raise StoreError(
+                Code.ALREADY_EXISTS, f'{info.plural} "{echo(meta.name)}" already exists'
+            )
         meta.resource_version = str(resp.header.revision)
         return wrap(obj)
 
@@ -369,7 +372,7 @@ class ObjectsService(api_grpc.ObjectsServicer):
     def _get(self, info: KindInfo, key: bytes, name: str) -> Record:
         record = self.node.read(lambda sm: sm.get(key))
         if record is None:
-            raise StoreError(Code.NOT_FOUND, f'{info.plural} "{name}" not found')
+            raise StoreError(Code.NOT_FOUND, f'{info.plural} "{echo(name)}" not found')
         return record
 
     async def _current(self, rpc: str, obj: Any) -> tuple[KindInfo, bytes, int, Any]:
@@ -460,7 +463,7 @@ def _mod_equals(key: bytes, rev: int) -> rpc_pb2.Compare:
 
 def _raise_conflict(resp: rpc_pb2.TxnResponse, info: KindInfo, name: str) -> None:
     if resp.responses and not resp.responses[0].response_range.kvs:
-        raise StoreError(Code.NOT_FOUND, f'{info.plural} "{name}" not found')
+        raise StoreError(Code.NOT_FOUND, f'{info.plural} "{echo(name)}" not found')
     raise StoreError(Code.ABORTED, CONFLICT)
 
 
@@ -552,9 +555,9 @@ def _authorize(rpc: str, check: Callable[[Identity], None]) -> None:
 
 def _check(info: KindInfo, obj: Any, errors: list[FieldError]) -> None:
     if errors:
-        detail = "; ".join(str(e) for e in errors)
+        detail = join_bounded(str(e) for e in errors)
         raise StoreError(
-            Code.INVALID_ARGUMENT, f'{info.kind} "{obj.metadata.name}" is invalid: {detail}'
+            Code.INVALID_ARGUMENT, f'{info.kind} "{echo(obj.metadata.name)}" is invalid: {detail}'
         )
 
 

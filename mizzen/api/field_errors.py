@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from mizzen.api import names
+from mizzen.echo import echo
 from protos import objects_pb2 as pb
 
 CONDITION_STATUSES = ("True", "False", "Unknown")
@@ -52,7 +53,7 @@ class FieldErrors:
             self.add(path, "required")
         elif value not in allowed:
             supported = ", ".join(f'"{a}"' for a in allowed)
-            self.add(path, f'unsupported value "{value}": supported values: {supported}')
+            self.add(path, f'unsupported value "{echo(value)}": supported values: {supported}')
 
     def at_least(self, path: str, value: int, minimum: int) -> None:
         if value < minimum:
@@ -65,7 +66,7 @@ class FieldErrors:
     def labels(self, labels: Mapping[str, str], path: str) -> None:
         """Label keys and values; one error per bad entry at path[key]."""
         for key, value in sorted(labels.items()):
-            self.each(f"{path}[{key}]", names.qualified_name(key) + names.label_value(value))
+            self.each(f"{path}[{echo(key)}]", names.qualified_name(key) + names.label_value(value))
 
     def conditions(self, conditions: Iterable[pb.Condition], path: str) -> None:
         for i, condition in enumerate(conditions):

@@ -7,8 +7,11 @@ source, the document number and the field path), and converts through the
 protobuf JSON mapping (json_format.ParseDict). ``kind: List`` with ``items``
 is accepted as several objects, because dump_json() writes several that way.
 
-Loading neither defaults nor validates: the server does both, and a caller
-that wants to check early runs mizzen.api.defaults and mizzen.api.validation.
+Loading a good document neither defaults nor validates: the server does both,
+and a caller that wants to check early runs mizzen.api.defaults and
+mizzen.api.validation. A document the decoder already found bad is also
+validated, so that its one error lists every bad field (an invalid name *and*
+a bad quantity *and* an unknown field), as the server's would.
 to_manifest(), dump_yaml() and dump_json() go the other way, so that
 load_manifests(dump_yaml(msgs)) gives messages equal to msgs.
 """
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from collections.abc import Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -28,8 +32,20 @@ from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import Message
 
 from mizzen.api import kinds
+from mizzen.api.defaults import apply_defaults
+from mizzen.api.field_errors import FieldError
 from mizzen.api.kinds import API_VERSION, KindInfo
 from mizzen.api.manifest_convert import Decoder, describe, encode, join
+from mizzen.api.nesting import (
+    MAX_DEPTH as MAX_DEPTH,  # re-exported: manifests nest at most this deep
+)
+from mizzen.api.nesting import (
+    JsonTooDeepError,
+    LimitedSafeLoader,
+    check_json_depth,
+    yaml_message,
+)
+from mizzen.api.validation import validate
 
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 LIST_KIND = "List"
@@ -82,11 +98,12 @@ class ManifestError(ValueError):
 # ---------------------------------------------------------------- loading
 
 
-class _StrictLoader(yaml.SafeLoader):
+class _StrictLoader(LimitedSafeLoader):
     """SafeLoader that rejects a key given twice in one mapping, as Kubernetes does.
 
     PyYAML would silently keep the last value. Keys brought in by a merge
-    (``<<: *base``) may still be overridden.
+    (``<<: *base``) may still be overridden. Nesting deeper than MAX_DEPTH is
+    a syntax error at the line of the level too many (mizzen.api.nesting).
     """
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
@@ -179,6 +196,19 @@ def _parse(text: str, source: str) -> list[object]:
     """The documents of text, or a ManifestError naming the line of a syntax error."""
     if source.endswith(".json"):
         try:
+            check_json_depth(text)
+        except JsonTooDeepError as exc:
+            where = f"line {exc.lineno}, column {exc.colno}"
+            raise ManifestError(
+                [
+                    Problem(
+                        source,
+                        1,
+                        f"invalid JSON at {where}: nested more than {MAX_DEPTH} levels deep",
+                    )
+                ]
+            ) from None
+        try:
             return [json.loads(text)] if text.strip() else []
         except json.JSONDecodeError as exc:
             where = f"line {exc.lineno}, column {exc.colno}"
@@ -190,18 +220,8 @@ def _parse(text: str, source: str) -> list[object]:
         for document in yaml.load_all(text, Loader=_StrictLoader):
             documents.append(document)
     except yaml.YAMLError as exc:
-        raise ManifestError([Problem(source, len(documents) + 1, _yaml_message(exc))]) from exc
+        raise ManifestError([Problem(source, len(documents) + 1, yaml_message(exc))]) from exc
     return documents
-
-
-def _yaml_message(exc: yaml.YAMLError) -> str:
-    if isinstance(exc, yaml.MarkedYAMLError):
-        mark = exc.problem_mark or exc.context_mark
-        problem = exc.problem or exc.context or "syntax error"
-        if mark is not None:
-            return f"invalid YAML at line {mark.line + 1}, column {mark.column + 1}: {problem}"
-        return f"invalid YAML: {problem}"
-    return f"invalid YAML: {exc}"
 
 
 def _load_document(
@@ -303,6 +323,9 @@ def _load_object(
     mapping = decoder.message(body, cast(Descriptor, info.message.DESCRIPTOR), prefix)
     for error in decoder.errors:
         problems.append(Problem(source, number, error.message, error.path, label))
+    if decoder.errors and mapping is not None:
+        for error in _also_invalid(info, mapping, prefix, _dropped(decoder.errors)):
+            problems.append(Problem(source, number, error.message, error.path, label))
     if decoder.errors or mapping is None:
         return
     message = info.message()
@@ -312,6 +335,54 @@ def _load_object(
         problems.append(Problem(source, number, str(exc), prefix, label))
         return
     manifests.append(Manifest(info, message, source, number))
+
+
+def _also_invalid(
+    info: KindInfo, mapping: dict[str, Any], prefix: str, dropped: Sequence[str]
+) -> list[FieldError]:
+    """What the server would also refuse in a document the decoder already found bad.
+
+    So that one error lists every bad field (an invalid name *and* a bad
+    quantity): the fields that did decode are defaulted and validated as the
+    server would (in namespace "default" if none is given). Errors at, under or
+    above a field the decoder dropped are left out: that field was reported
+    already, and its absence is not a second mistake.
+    """
+    message = info.message()
+    try:
+        json_format.ParseDict(mapping, message)
+    except json_format.ParseError:
+        return []
+    obj: Any = message
+    if info.namespaced and not obj.metadata.namespace:
+        obj.metadata.namespace = "default"
+    apply_defaults(message)
+    found = [FieldError(join(prefix, e.path), e.message) for e in validate(message)]
+    return [e for e in found if not any(_related(e.path, path) for path in dropped)]
+
+
+_DID_YOU_MEAN = re.compile(r'did you mean "([^"]+)"')
+
+
+def _dropped(errors: Sequence[FieldError]) -> list[str]:
+    """The paths the decoder refused, the field a misspelled one meant (``specs``: spec),
+    and the whole list or map of a refused element."""
+    paths = []
+    for error in errors:
+        paths.append(error.path)
+        if error.path.endswith("]"):  # a list element gone shifts the indices after it
+            paths.append(error.path[: error.path.rindex("[")])
+        meant = _DID_YOU_MEAN.search(error.message)
+        if meant:
+            paths.append(join(error.path.rpartition(".")[0], meant.group(1)))
+    return paths
+
+
+def _related(a: str, b: str) -> bool:
+    """Whether field path a is b, inside b, or holds b."""
+    if len(a) < len(b):
+        a, b = b, a
+    return a == b or (a.startswith(b) and a[len(b)] in ".[")
 
 
 # ---------------------------------------------------------------- dumping

@@ -6,6 +6,7 @@ import re
 
 from mizzen.api import names, quantity
 from mizzen.api.field_errors import FieldErrors
+from mizzen.echo import echo
 from protos import objects_pb2 as pb
 
 RESTART_POLICIES = ("Always", "OnFailure", "Never")
@@ -27,7 +28,7 @@ def validate_pod_spec(spec: pb.PodSpec, path: str, errs: FieldErrors) -> None:
         if errs.required(f"{ppath}.name", process.name):
             errs.each(f"{ppath}.name", names.dns1123_label(process.name))
             if process.name in seen:
-                errs.add(f"{ppath}.name", f'duplicate process name "{process.name}"')
+                errs.add(f"{ppath}.name", f'duplicate process name "{echo(process.name)}"')
             seen.add(process.name)
         _process(process, ppath, errs)
     errs.enum(f"{path}.restartPolicy", spec.restart_policy, RESTART_POLICIES)
@@ -62,7 +63,7 @@ def _process(process: pb.Process, path: str, errs: FieldErrors) -> None:
         if port.name:
             errs.each(f"{ppath}.name", names.dns1123_label(port.name))
             if port.name in port_names:
-                errs.add(f"{ppath}.name", f'duplicate port name "{port.name}"')
+                errs.add(f"{ppath}.name", f'duplicate port name "{echo(port.name)}"')
             port_names.add(port.name)
     _resources(process.resources, f"{path}.resources", errs)
     if process.HasField("liveness_probe"):

@@ -26,6 +26,7 @@ from typing import Any
 from google.protobuf.message import Message
 
 from mizzen.api import names
+from mizzen.echo import echo_repr
 from protos import objects_pb2 as pb
 
 
@@ -108,7 +109,7 @@ def _tokens(text: str) -> list[str]:
             break
         match = _TOKEN.match(text, pos)
         if match is None:  # pragma: no cover - every non-space character starts a token
-            raise SelectorError(f"unexpected character at {pos} in {text!r}")
+            raise SelectorError(f"unexpected character at {pos} in {echo_repr(text)}")
         out.append(match["op"] or match["punct"] or match["word"])
         pos = match.end()
     return out
@@ -117,13 +118,13 @@ def _tokens(text: str) -> list[str]:
 def _check_key(key: str) -> None:
     problems = names.qualified_name(key)
     if problems:
-        raise SelectorError(f"invalid label key {key!r}: {'; '.join(problems)}")
+        raise SelectorError(f"invalid label key {echo_repr(key)}: {'; '.join(problems)}")
 
 
 def _check_value(value: str) -> None:
     problems = names.label_value(value)
     if problems:
-        raise SelectorError(f"invalid label value {value!r}: {'; '.join(problems)}")
+        raise SelectorError(f"invalid label value {echo_repr(value)}: {'; '.join(problems)}")
 
 
 def parse_label_selector(text: str) -> LabelMatcher:
@@ -135,7 +136,7 @@ def parse_label_selector(text: str) -> LabelMatcher:
     def take() -> str:
         nonlocal i
         if i >= len(tokens):
-            raise SelectorError(f"unexpected end of selector {text!r}")
+            raise SelectorError(f"unexpected end of selector {echo_repr(text)}")
         i += 1
         return tokens[i - 1]
 
@@ -146,7 +147,9 @@ def parse_label_selector(text: str) -> LabelMatcher:
             _check_key(key)
             requirements.append(Requirement(key, Operator.DOES_NOT_EXIST))
         elif token in ("=", "==", "!=", "(", ")", ","):
-            raise SelectorError(f"expected a label key, found {token!r} in {text!r}")
+            raise SelectorError(
+                f"expected a label key, found {echo_repr(token)} in {echo_repr(text)}"
+            )
         else:
             key = token
             _check_key(key)
@@ -164,32 +167,40 @@ def parse_label_selector(text: str) -> LabelMatcher:
             elif nxt in ("in", "notin"):
                 take()
                 if take() != "(":
-                    raise SelectorError(f"expected '(' after {nxt!r} in {text!r}")
+                    raise SelectorError(f"expected '(' after {echo_repr(nxt)} in {echo_repr(text)}")
                 values: list[str] = []
                 while True:
                     word = take()
                     if word == ")" and not values:
                         break
                     if word in (",", ")", "(", "=", "==", "!=", "!"):
-                        raise SelectorError(f"expected a value, found {word!r} in {text!r}")
+                        raise SelectorError(
+                            f"expected a value, found {echo_repr(word)} in {echo_repr(text)}"
+                        )
                     _check_value(word)
                     values.append(word)
                     sep = take()
                     if sep == ")":
                         break
                     if sep != ",":
-                        raise SelectorError(f"expected ',' or ')', found {sep!r} in {text!r}")
+                        raise SelectorError(
+                            f"expected ',' or ')', found {echo_repr(sep)} in {echo_repr(text)}"
+                        )
                 if not values:
-                    raise SelectorError(f"{nxt!r} needs at least one value in {text!r}")
+                    raise SelectorError(
+                        f"{echo_repr(nxt)} needs at least one value in {echo_repr(text)}"
+                    )
                 op = Operator.IN if nxt == "in" else Operator.NOT_IN
                 requirements.append(Requirement(key, op, tuple(values)))
             else:
-                raise SelectorError(f"unexpected {nxt!r} after key {key!r} in {text!r}")
+                raise SelectorError(
+                    f"unexpected {echo_repr(nxt)} after key {echo_repr(key)} in {echo_repr(text)}"
+                )
         if i < len(tokens):
             if take() != ",":
-                raise SelectorError(f"expected ',' between requirements in {text!r}")
+                raise SelectorError(f"expected ',' between requirements in {echo_repr(text)}")
             if i >= len(tokens):
-                raise SelectorError(f"trailing ',' in {text!r}")
+                raise SelectorError(f"trailing ',' in {echo_repr(text)}")
     return LabelMatcher(tuple(requirements))
 
 
@@ -214,7 +225,7 @@ def from_label_selector(selector: pb.LabelSelector) -> LabelMatcher:
     for expr in selector.match_expressions:
         op = _PROTO_OPERATORS.get(expr.operator)
         if op is None:
-            raise SelectorError(f"unknown operator {expr.operator!r}")
+            raise SelectorError(f"unknown operator {echo_repr(expr.operator)}")
         if op in (Operator.IN, Operator.NOT_IN) and not expr.values:
             raise SelectorError(f"operator {expr.operator} needs values")
         if op in (Operator.EXISTS, Operator.DOES_NOT_EXIST) and expr.values:
@@ -305,11 +316,14 @@ def parse_field_selector(text: str, kind: str) -> FieldMatcher:
         for term in text.split(","):
             match = _FIELD_TERM.fullmatch(term)
             if match is None:
-                raise SelectorError(f"invalid field selector term {term!r}: want field=value")
+                raise SelectorError(
+                    f"invalid field selector term {echo_repr(term)}: want field=value"
+                )
             field = match["field"]
             if field not in fields:
                 raise SelectorError(
-                    f"field {field!r} is not supported for {kind}; use one of {', '.join(fields)}"
+                    f"field {echo_repr(field)} is not supported for "
+                    f"{kind}; use one of {', '.join(fields)}"
                 )
             requirements.append(FieldRequirement(field, match["op"] == "!=", match["value"]))
     return FieldMatcher(kind, tuple(requirements))

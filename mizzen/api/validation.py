@@ -24,6 +24,7 @@ from mizzen.api.pod_validation import (
     validate_pod_spec,
     validate_pod_status,
 )
+from mizzen.echo import echo
 from protos import objects_pb2 as pb
 
 MAX_ANNOTATIONS_BYTES = 256 * 1024
@@ -84,7 +85,7 @@ def _metadata(meta: pb.ObjectMeta, info: kinds.KindInfo, errs: FieldErrors) -> N
     errs.labels(meta.labels, "metadata.labels")
     size = 0
     for key, value in sorted(meta.annotations.items()):
-        errs.each(f"metadata.annotations[{key}]", names.qualified_name(key))
+        errs.each(f"metadata.annotations[{echo(key)}]", names.qualified_name(key))
         size += len(key.encode()) + len(value.encode())
     if size > MAX_ANNOTATIONS_BYTES:
         errs.add("metadata.annotations", f"must have at most {MAX_ANNOTATIONS_BYTES} bytes")
@@ -231,7 +232,7 @@ def _node(node: pb.Node, errs: FieldErrors) -> None:
         errs.each(f"{path}.value", names.label_value(taint.value))
         errs.enum(f"{path}.effect", taint.effect, TAINT_EFFECTS)
         if (taint.key, taint.effect) in seen:
-            errs.add(path, f'duplicate taint "{taint.key}:{taint.effect}"')
+            errs.add(path, f'duplicate taint "{echo(taint.key)}:{echo(taint.effect)}"')
         seen.add((taint.key, taint.effect))
     for part in ("capacity", "allocatable"):
         values: pb.ResourceList = getattr(node.status, part)

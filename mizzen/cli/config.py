@@ -26,6 +26,7 @@ from typing import Any
 
 import yaml
 
+from mizzen.api.nesting import LimitedSafeLoader, yaml_message
 from mizzen.cli.errors import UsageError
 from mizzen.security.tls import ClientCredentials, CredentialsError
 
@@ -66,9 +67,11 @@ def _load(path: Path | None) -> dict[str, Any]:
     if path is None or not path.is_file():
         return {}
     try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as err:
+        data = yaml.load(path.read_text(), Loader=LimitedSafeLoader)
+    except OSError as err:
         raise UsageError(f"{path}: cannot read config: {err}".splitlines()[0]) from None
+    except yaml.YAMLError as err:
+        raise UsageError(f"{path}: cannot read config: {yaml_message(err)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -10,8 +10,10 @@ class CommandError(Exception):
 
 
 def tls_hint(err: BaseException) -> str:
-    """A hint when a connection failed in a way a TLS mismatch explains."""
+    """A hint when a connection failed in a way a TLS mismatch (or no store at all) explains."""
     text = str(err)
+    if "nothing is listening at" in text:
+        return "; is the store running there? (`mizzen up` starts one)"
     if "WRONG_VERSION_NUMBER" in text:
         return "; the store does not serve TLS there: connect without --cacert/--cert/--key"
     if "CERTIFICATE_VERIFY_FAILED" in text:

@@ -117,21 +117,25 @@ class Connection:
 
 
 REFUSAL_WINDOW = 1.0
-"""Seconds an endpoint must keep closing connections in the handshake before a call
-stops waiting for it (several reconnect attempts; a named TLS failure counts at once)."""
+"""Seconds an endpoint must keep refusing (closing connections in the handshake, or
+refusing the TCP connection: nothing listening) before a call stops waiting for it.
+Several reconnect attempts fit in it, and so does a quick restart of a store; a named
+TLS failure counts at once."""
 
 
 class Refusals:
-    """The endpoints that refuse this client at the TLS handshake, during one call.
+    """The endpoints that refuse this client, during one call, and how.
 
-    So that a client with the wrong certificate (or none, or plaintext against TLS)
-    fails in about a second with gRPC's reason instead of retrying until its
-    deadline; an endpoint that is merely down or restarting never counts.
+    So that a client with the wrong certificate (or none, or plaintext against
+    TLS), or one pointed where no store runs, fails in about a second with the
+    reason instead of retrying until its deadline. An endpoint counts only
+    while it keeps refusing the same way: one that answers, times out, or
+    changes how it refuses (a restarting store) starts over.
     """
 
     def __init__(self, clock: Callable[[], float]) -> None:
         self._clock = clock
-        self._since: dict[str, float] = {}
+        self._since: dict[str, tuple[retry_policy.Refusal, float]] = {}
 
     def note(self, endpoint: str, reason: str | None) -> None:
         kind = retry_policy.connect_refusal(reason or "")
@@ -140,16 +144,20 @@ class Refusals:
             return
         now = self._clock()
         if kind is retry_policy.Refusal.FINAL:
-            self._since[endpoint] = now - REFUSAL_WINDOW
-        else:
-            self._since.setdefault(endpoint, now)
+            self._since[endpoint] = (kind, now - REFUSAL_WINDOW)
+        elif endpoint not in self._since or self._since[endpoint][0] is not kind:
+            self._since[endpoint] = (kind, now)
 
     def everywhere(self, endpoints: Sequence[str]) -> bool:
         """True when every one of endpoints has refused for REFUSAL_WINDOW."""
         now = self._clock()
         return bool(endpoints) and all(
-            ep in self._since and now - self._since[ep] >= REFUSAL_WINDOW for ep in endpoints
+            ep in self._since and now - self._since[ep][1] >= REFUSAL_WINDOW for ep in endpoints
         )
+
+    def kinds(self, endpoints: Sequence[str]) -> set[retry_policy.Refusal]:
+        """How endpoints refuse (those that do)."""
+        return {self._since[ep][0] for ep in endpoints if ep in self._since}
 
 
 ConnectFn = Callable[[str], Connection]
@@ -337,6 +345,8 @@ class EndpointPool:
                 self.mark_ok(ep)
                 return result
             if refusals.everywhere(order):
+                if refusals.kinds(order) == {retry_policy.Refusal.NOT_LISTENING}:
+                    raise UnavailableError(f"{what}: nothing is listening at {', '.join(order)}")
                 raise UnavailableError(f"{what}: refused in the TLS handshake ({last})")
             remaining = deadline - self.clock()
             if remaining <= 0:

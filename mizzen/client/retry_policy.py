@@ -95,6 +95,9 @@ class Refusal(enum.Enum):
     """The server closed the connection during the handshake: what a TLS server
     does to a client without an acceptable certificate or to a plaintext client,
     but also what one dying mid-connect does, so it counts only once it lasts."""
+    NOT_LISTENING = "not listening"
+    """The TCP connection itself was refused: nothing listens at that address (the
+    store is down, or it is restarting, so this too counts only once it lasts)."""
 
 
 def connect_refusal(reason: str) -> Refusal | None:
@@ -104,6 +107,8 @@ def connect_refusal(reason: str) -> Refusal | None:
         return Refusal.FINAL
     if "socket closed" in lowered:
         return Refusal.CLOSED
+    if "connection refused" in lowered:
+        return Refusal.NOT_LISTENING
     return None
 
 

@@ -37,6 +37,7 @@ import structlog
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
+from mizzen.echo import bounded_status
 from mizzen.grpc_intercept import CachingInterceptor
 from mizzen.security.tls import AUTHORIZATION, BEARER
 from mizzen.security.tokens import lookup
@@ -87,7 +88,7 @@ class Denied(Exception):
 
     def message(self, identity: Identity) -> str:
         """What the caller is told (with PERMISSION_DENIED)."""
-        return f"mizzen: {identity} may not {self.verb}: {self.reason}"
+        return bounded_status(f"mizzen: {identity} may not {self.verb}: {self.reason}")
 
     def log(self, identity: Identity, method: str) -> None:
         log.warning(

@@ -302,3 +302,50 @@ def test_delete_cascade_orphan_keeps_the_object_until_its_finalizer_goes(
     assert "deletionTimestamp" in doc["metadata"]
     bad = run(cluster, home, "delete", "deploy", "keep", "--cascade", "sideways", *ns)
     assert bad.returncode == 2 and "invalid choice" in bad.stderr
+
+
+def test_nothing_listening_is_reported_before_the_deadline(home: Path) -> None:
+    (port,) = free_ports(1)
+    for command in (["get", "pods"], ["version"]):
+        result = run(None, home, *command, endpoints=f"127.0.0.1:{port}")
+        text = failed(result)
+        assert text.startswith(f"cannot reach the store at 127.0.0.1:{port} (")
+        assert f"nothing is listening at 127.0.0.1:{port})" in text
+        assert "is the store running there?" in text
+        assert "within 5.0s" not in text  # not the deadline's error
+        assert text.count("\n") == 1
+    assert result.stdout == "Client Version: mizzen 0.1.0\n"
+
+
+def test_a_store_that_starts_listening_within_the_window_answers(cluster: MizzenCluster) -> None:
+    """A port that refuses connections, then (0.3 s in) forwards to the real store."""
+    (port,) = free_ports(1)
+    target_host, target_port = cluster.endpoints[0].rsplit(":", 1)
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    async def forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(target_host, int(target_port))
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    async def scenario() -> None:
+        async def listen_later() -> asyncio.Server:
+            await asyncio.sleep(0.3)
+            return await asyncio.start_server(forward, "127.0.0.1", port)
+
+        opening = asyncio.create_task(listen_later())
+        async with ObjectsClient([f"127.0.0.1:{port}"], timeout=5.0) as client:
+            listed = await client.list("pods", "default")
+        server = await opening
+        server.close()
+        assert listed.resource_version
+
+    asyncio.run(scenario())

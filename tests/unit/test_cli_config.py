@@ -139,3 +139,14 @@ def test_bad_credentials_are_one_line_errors(flags: dict[str, str], message: str
 def test_no_settings_mean_plaintext() -> None:
     creds = resolve_credentials(_args(), {"MIZZEN_CONFIG": "/nonexistent/config"})
     assert not creds.secure
+
+
+def test_deeply_nested_file_is_a_one_line_error(tmp_path: Path) -> None:
+    path = tmp_path / "c"
+    path.write_text("endpoints: " + "[" * 500 + "]" * 500 + "\n")
+    with pytest.raises(UsageError) as info:
+        resolve_endpoints(None, {"MIZZEN_CONFIG": str(path)})
+    assert str(info.value) == (
+        f"{path}: cannot read config: invalid YAML at line 1, column 111: "
+        "nested more than 100 levels deep"
+    )

@@ -15,6 +15,7 @@ from google.protobuf.message import Message
 from mizzen.api import kinds
 from mizzen.api.defaults import apply_defaults
 from mizzen.api.manifest import (
+    MAX_DEPTH,
     ManifestError,
     dump_json,
     dump_yaml,
@@ -427,6 +428,9 @@ def test_all_quantity_errors_of_a_document() -> None:
         f'{p}.limits.memory: invalid quantity "12XB"',
         f"{p}.limits.cpu: invalid quantity: expected a string or number, got list",
         f"{p}.limits.disk: unknown field",
+        # and what the server would refuse too (mizzen.api.validation)
+        "web.yaml: document 2 (Deployment web): spec.selector: required: a non-empty selector",
+        f"{p[: p.rindex('.resources')]}.command: required",
     ]
 
 
@@ -562,6 +566,7 @@ def test_wrong_types_are_reported_with_their_path() -> None:
         f"{p}: spec.strategy.rollingUpdate.maxSurge: expected a string, got number 1.5 (quote it)",
         f'{p}: status.conditions[0].lastTransitionTime: invalid timestamp "yesterday": '
         "use RFC 3339, e.g. 2024-01-02T15:04:05Z",
+        f"{p}: status.conditions[0].status: required",
     ]
 
 
@@ -575,6 +580,9 @@ def test_problems_of_every_document_are_collected() -> None:
     )
     assert error_lines(text, "j.yaml") == [
         'j.yaml: document 2 (Job a): spec.completions: expected an integer, got string "x"',
+        "j.yaml: document 2 (Job a): spec.selector: required: a non-empty selector",
+        "j.yaml: document 2 (Job a): spec.template.spec.processes: "
+        "at least one process is required",
         'j.yaml: document 3 (Lease): apiVersion: required: must be "mizzen/v1"',
     ]
 
@@ -669,4 +677,151 @@ def test_web_example_content() -> None:
         "sh",
         "-c",
         "echo hello; sleep 1",
+    ]
+
+
+# ---------------------------------------------------------------- nesting depth
+
+DEEP = 500
+
+
+def _deep_yaml(depth: int) -> str:
+    """A Pod whose labels value is a flow list nested depth deep, on line 5."""
+    return (
+        "apiVersion: mizzen/v1\nkind: Pod\nmetadata:\n  name: p\n"
+        f"  labels: {'[' * depth}{']' * depth}\n"
+    )
+
+
+def _deep_block_yaml(depth: int) -> str:
+    """The same in block style: one mapping per line, so the line says how deep."""
+    lines = ["apiVersion: mizzen/v1", "kind: Pod", "metadata:"]
+    lines += [f"{'  ' * i}k{i}:" for i in range(1, depth + 1)]
+    return "\n".join(lines) + " 1\n"
+
+
+def test_yaml_nested_too_deep_is_one_line_naming_the_line() -> None:
+    lines = error_lines("---\n" + _deep_yaml(DEEP), "deep.yaml")
+    assert lines == [
+        f"deep.yaml: document 1: invalid YAML at line 6, column {9 + MAX_DEPTH}: "
+        f"nested more than {MAX_DEPTH} levels deep"
+    ]
+    block = error_lines(_deep_block_yaml(DEEP), "block.yaml")
+    # the document is level 1, the mapping holding k1 (line 4) level 2, so the one
+    # holding k{MAX_DEPTH} (line 3 + MAX_DEPTH, indented 2 * MAX_DEPTH) is one too many
+    assert block == [
+        f"block.yaml: document 1: invalid YAML at line {3 + MAX_DEPTH}, "
+        f"column {2 * MAX_DEPTH + 1}: nested more than {MAX_DEPTH} levels deep"
+    ]
+
+
+def test_yaml_nested_to_the_limit_loads() -> None:
+    # MAX_DEPTH levels in all (the document's mapping is one): parsed, then refused by
+    # the decoder for what it is (a list where labels belong), not for its depth
+    lines = error_lines(_deep_yaml(MAX_DEPTH - 2))
+    assert lines == [
+        "t.yaml: document 1 (Pod p): metadata.labels: expected an object, got list",
+        "t.yaml: document 1 (Pod p): spec.processes: at least one process is required",
+    ]
+
+
+def test_json_nested_too_deep_is_one_line_naming_the_line() -> None:
+    deep = (
+        '{"kind": "Pod",\n "metadata": {"name": "p", "labels":\n' + "[" * DEEP + "]" * DEEP + "}}"
+    )
+    assert error_lines(deep, "deep.json") == [
+        f"deep.json: document 1: invalid JSON at line 3, column {MAX_DEPTH - 1}: "
+        f"nested more than {MAX_DEPTH} levels deep"
+    ]
+    # brackets inside strings do not count
+    quoted = '{"apiVersion": "mizzen/v1", "kind": "Lease", "metadata": {"name": "a"},'
+    quoted += ' "spec": {"holderIdentity": "' + "[{" * DEEP + '\\"[["}}'
+    lease: Any
+    (lease,) = load(quoted, "q.json")
+    assert lease.spec.holder_identity == "[{" * DEEP + '"[['
+
+
+def test_deep_manifest_is_a_one_line_cli_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mizzen.cli.main import main
+
+    path = tmp_path / "deep.yaml"
+    path.write_text(_deep_yaml(DEEP))
+    for command in (["apply"], ["delete"]):
+        code = main([*command, "-f", str(path), "--endpoints", "127.0.0.1:1"])
+        err = capsys.readouterr().err
+        assert code == 1, (command, err)
+        assert err.startswith(f"mizzen: {path}: document 1: invalid YAML at line 5"), err
+        assert err.count("\n") == 1, err
+
+
+# ---------------------------------------------------------------- every bad field at once
+
+
+def test_every_bad_field_of_a_document_at_once() -> None:
+    """An invalid name, a bad quantity and an unknown field: all three, each with its path."""
+    lines = error_lines(
+        """
+        apiVersion: mizzen/v1
+        kind: Pod
+        metadata:
+          name: Bad_Name
+        spec:
+          processz: 1
+          processes:
+            - name: main
+              command: [sleep, "1"]
+              resources:
+                limits: {memory: 12XB}
+        """,
+        "bad.yaml",
+    )
+    where = "bad.yaml: document 1 (Pod Bad_Name)"
+    assert [line.removeprefix(f"{where}: ").split(":")[0] for line in lines] == [
+        "spec.processz",
+        "spec.processes[0].resources.limits.memory",
+        "metadata.name",
+    ]
+    assert lines[2].startswith(f"{where}: metadata.name: a DNS-1123 subdomain must consist of")
+
+
+def test_fields_the_decoder_dropped_are_not_reported_again() -> None:
+    """A field refused for its type is not also "required" once validation misses it."""
+    lines = error_lines(
+        """
+        apiVersion: mizzen/v1
+        kind: Deployment
+        metadata: {name: web}
+        spec:
+          selector: [app]
+          template:
+            metadata: {labels: {app: web}}
+            spec:
+              processes: {name: main}
+        """
+    )
+    assert [line.split(": ")[2] for line in lines] == [
+        "spec.selector",
+        "spec.template.spec.processes",
+    ]
+
+
+def test_an_element_dropped_from_a_list_does_not_shift_the_paths_reported() -> None:
+    # processes[0] is refused, so the decoded list starts at the one written second: the
+    # bad name of processes[2] must not be reported as processes[1]'s
+    lines = error_lines(
+        """
+        apiVersion: mizzen/v1
+        kind: Pod
+        metadata: {name: p}
+        spec:
+          processes:
+            - oops
+            - {name: ok, command: [a]}
+            - {name: Bad Name, command: [b]}
+        """
+    )
+    assert lines == [
+        't.yaml: document 1 (Pod p): spec.processes[0]: expected an object, got string "oops"'
     ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 
 from mizzen.api import kinds
@@ -80,7 +82,12 @@ def test_continue_token_round_trip() -> None:
     assert decode_continue(token, b"/registry/pods/") == (b"/registry/pods/ns/p-100\0", 1234)
 
 
-@pytest.mark.parametrize("token", ["garbage", "e30=", "!!!", encode_continue(b"/registry/x", 5)])
+DEEP_TOKEN = base64.urlsafe_b64encode(b"[" * 100_000 + b"]" * 100_000).decode()
+
+
+@pytest.mark.parametrize(
+    "token", ["garbage", "e30=", "!!!", encode_continue(b"/registry/x", 5), DEEP_TOKEN]
+)
 def test_bad_continue_token_is_invalid_argument(token: str) -> None:
     with pytest.raises(StoreError) as err:
         decode_continue(token, b"/registry/pods/")

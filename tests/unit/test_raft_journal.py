@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,7 @@ def follower_append(journal: DurableJournal, prev_idx: int, new: list[tuple[int,
 
 
 @pytest.fixture(params=[True, False], ids=["fsync", "no-fsync"])
-def journal(request: pytest.FixtureRequest, tmp_path: Path) -> DurableJournal:
+def journal(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DurableJournal]:
     j = DurableJournal(str(tmp_path / "raft.journal"), fsync=request.param)
     for idx in range(1, 6):
         j.add(b"cmd%d" % idx, idx, 1)
