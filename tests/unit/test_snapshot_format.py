@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import os
 import re
@@ -11,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pysyncobj import pickle as pysyncobj_pickle
 
 from protos import kv_pb2, rpc_pb2, snapshot_pb2
 from store import snapshot
+from store.raft_dump import DumpHead, load_dump, read_head
 from store.state_machine import Member, StateMachine
 
 
@@ -232,14 +231,15 @@ def test_chunks_cover_the_data_with_decreasing_remaining() -> None:
     assert snapshot.chunks(b"") == [(b"", 0)]
 
 
-def test_restore_writes_a_pysyncobj_dump_of_the_state(tmp_path: Path) -> None:
+def test_restore_writes_a_raft_snapshot_of_the_state(tmp_path: Path) -> None:
     sm = _state()
     sm.members["old"] = Member("old", 1, "10.0.0.1:2380", ("http://10.0.0.1:2379",))
     data = snapshot.encode(sm)
     cluster = {"x": "127.0.0.1:7001", "y": "127.0.0.1:7002"}
     snapshot.restore(data, str(tmp_path / "d"), cluster)
-    raw = gzip.decompress((tmp_path / "d" / snapshot.RAFT_SNAPSHOT_FILE).read_bytes())
-    consumers, last, prev, nodes = pysyncobj_pickle.loads(raw)
+    path = tmp_path / "d" / snapshot.RAFT_SNAPSHOT_FILE
+    consumers, last, prev, nodes = load_dump(str(path))
+    assert read_head(str(path)) == DumpHead(prev=prev, last=last)
     restored = consumers[1]["state"]
     assert restored.hash() == sm.hash() and restored.revision == sm.revision
     assert restored.members == {}
