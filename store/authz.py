@@ -1,4 +1,4 @@
-"""Who may do what on a store: the roles of DESIGN.md "Security".
+"""Who may do what on a store: the roles of docs/security.md.
 
 * ``admin`` — everything, including the raw etcd-compatible KV, Watch, Lease,
   Cluster and Maintenance APIs.
