@@ -1,4 +1,7 @@
-"""Store benchmark: a 3-node Mizzen store against a 3-node etcd, same client, same machine.
+"""Store benchmark: a Mizzen store against an etcd of the same size, same client, same machine.
+
+Three members each by default; ``--members 1`` compares the embedded default
+(what ``mizzen up`` runs) with a one-member etcd (no leader-kill phase then).
 
 One Python grpc.aio client (raw etcd v3 stubs) drives each store in turn and
 prints a markdown table (Mizzen, etcd, Mizzen/etcd) for docs/BENCHMARKS.md:
@@ -20,6 +23,7 @@ error, Ctrl-C or SIGTERM.
 
     .venv/bin/python bench/store_bench.py --only etcd --quick
     .venv/bin/python bench/store_bench.py --json bench/results.json
+    .venv/bin/python bench/store_bench.py --members 1 --sections put,range
 """
 
 from __future__ import annotations
@@ -94,6 +98,7 @@ class Options:
     base_dir: Path | None
     keep: bool
     start_timeout: float
+    members: int = 3
 
 
 def log(msg: str) -> None:
@@ -567,8 +572,8 @@ class MetricsMizzenCluster(MizzenCluster):
 
 def make_cluster(kind: str, base: Path, opts: Options) -> LocalCluster:
     if kind == "etcd":
-        return EtcdCluster(3, base)
-    return MetricsMizzenCluster(3, base, extra_args=opts.mizzen_args)
+        return EtcdCluster(opts.members, base)
+    return MetricsMizzenCluster(opts.members, base, extra_args=opts.mizzen_args)
 
 
 async def section(
@@ -599,7 +604,7 @@ async def with_cluster(
 ) -> None:
     base = root / f"{kind}-{phase}"
     cluster = make_cluster(kind, base, opts)
-    log(f"{kind} {phase}: starting 3 members in {base}")
+    log(f"{kind} {phase}: starting {opts.members} member(s) in {base}")
     try:
         cluster.start(timeout=opts.start_timeout)
     except Exception as exc:
@@ -627,8 +632,13 @@ async def bench_store(kind: str, root: Path, opts: Options) -> dict[str, Any]:
         leader = cluster.leader_index(timeout=15)
         results["leader_member"] = cluster.names[leader]
         if "put" in want:
+            tags = (
+                (("leader", leader), ("spread", None))
+                if opts.members > 1
+                else (("leader", leader),)
+            )
             for writers in opts.put_levels:
-                for tag, target in (("leader", leader), ("spread", None)):
+                for tag, target in tags:
                     coro = put_level(clients, writers, opts.duration, target, tag)
                     await section(results, f"put {tag} x{writers}", cluster, coro)
         if "range" in want:
@@ -827,7 +837,8 @@ def render(machine: dict[str, Any], opts: Options, by_store: dict[str, dict[str,
         f"etcd {machine['etcd']}. {machine['date']}."
     )
     setup = (
-        "Each store: 3 members on 127.0.0.1 on this machine, driven by one Python grpc.aio "
+        f"Each store: {opts.members} member(s) on 127.0.0.1 on this machine, driven by one "
+        "Python grpc.aio "
         f"client process (raw etcd v3 stubs). Put/Range levels run {opts.duration:g} s each; "
         "Put values 256 B; watches: one prefix, "
         f"{opts.watches_per_stream} watches per stream, streams spread over members. "
@@ -836,18 +847,21 @@ def render(machine: dict[str, Any], opts: Options, by_store: dict[str, dict[str,
         f"{KILL_PUT_TIMEOUT:g} s, then the writer moves to the next member."
     )
     parts = [
-        "## Store: Mizzen vs etcd",
+        f"## Store: Mizzen vs etcd, {opts.members} member(s)",
         "",
         note,
         "",
         setup,
         "",
         table(main, by_store),
-        "",
-        "Writes spread round-robin over all members (followers forward to the leader):",
-        "",
-        table(spread, by_store),
     ]
+    if opts.members > 1:
+        parts += [
+            "",
+            "Writes spread round-robin over all members (followers forward to the leader):",
+            "",
+            table(spread, by_store),
+        ]
     for s, res in by_store.items():
         for err in res.get("errors", []):
             parts += ["", f"- {s} error: {err}"]
@@ -872,12 +886,19 @@ def parse_args(argv: list[str] | None = None) -> tuple[Options, argparse.Namespa
     p.add_argument("--mizzen-args", default="", help="extra args for every mizzen store node")
     p.add_argument("--base-dir", type=Path, help="data dirs and logs here (default: a temp dir)")
     p.add_argument("--keep", action="store_true", help="keep data dirs and logs")
+    p.add_argument(
+        "--members", type=int, default=3, help="members per store (1: the embedded default)"
+    )
     a = p.parse_args(argv)
     quick = a.quick
     sections = {s.strip() for s in a.sections.split(",") if s.strip()}
     unknown = sections - {"put", "range", "watch", "rss", "kill"}
     if unknown:
         p.error(f"unknown sections: {sorted(unknown)}")
+    if a.members < 1:
+        p.error("--members must be at least 1")
+    if a.members == 1:
+        sections.discard("kill")  # no leader to fail over to
     opts = Options(
         stores=[a.only] if a.only else ["etcd", "mizzen"],
         duration=a.duration or (1.0 if quick else 5.0),
@@ -896,6 +917,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Options, argparse.Namespa
         base_dir=a.base_dir,
         keep=a.keep,
         start_timeout=60.0,
+        members=a.members,
     )
     return opts, a
 

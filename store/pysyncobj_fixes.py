@@ -37,7 +37,15 @@ for ``PYSYNCOBJ_VERSION`` only: ``install`` refuses any other version.
    resend: it never catches up (found by the snapshot crash test with 100 kB
    values). A "finish" whose data does not yet unpickle is treated as one more
    part; the leader always sends the rest, marked "finish" too.
-5. **Log noise**: pysyncobj logs "truncating already-applied log entries" as
+5. **One member commits at once** (wraps ``SyncObj._checkCommandsToApply``):
+   a leader commits an entry when a majority holds it (§5.3); pysyncobj
+   recomputes that at the start of a tick, and the next tick starts when a
+   socket has something to read or after ``autoTickPeriod``. With other
+   members their acknowledgements wake it; a member alone waited the whole
+   50 ms period for every write. When a leader without other members appended
+   entries, it now wakes its own poller (pysyncobj's pipe notifier), so the
+   next tick commits and applies them right away.
+6. **Log noise**: pysyncobj logs "truncating already-applied log entries" as
    critical before calling ``deleteEntriesFrom``, which (fix 1) no longer
    truncates matching entries; a real conflict is logged by the journal.
 """
@@ -80,6 +88,7 @@ def install() -> None:
     pysyncobj_syncobj.createJournal = _create_journal
     pysyncobj_syncobj.Serializer = _create_dumper
     _patch_follower_commit()
+    _patch_single_member_commit()
     logging.getLogger("pysyncobj.syncobj").addFilter(_drop_truncation_warning)
     _installed = True
 
@@ -171,6 +180,27 @@ def _patch_follower_commit() -> None:
             self._SyncObj__raftLog.setRaftCommitIndex(clamped)
 
     setattr(pysyncobj.SyncObj, handler_name, on_message)
+
+
+# ------------------------------------------------------- 5. one member
+
+
+def _patch_single_member_commit() -> None:
+    original = pysyncobj.SyncObj._checkCommandsToApply
+
+    def check_commands(self: Any) -> None:
+        before = len(self._SyncObj__raftLog)
+        original(self)
+        if (
+            len(self._SyncObj__raftLog) != before
+            and not self._SyncObj__otherNodes
+            and self._isLeader()
+        ):
+            notifier = getattr(self, "_SyncObj__pipeNotifier", None)
+            if notifier is not None:
+                notifier.notify()
+
+    pysyncobj.SyncObj._checkCommandsToApply = check_commands
 
 
 def _drop_truncation_warning(record: logging.LogRecord) -> bool:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import pickle
+import socket
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from store import pysyncobj_fixes
 from store.pysyncobj_fixes import clamp_commit, is_early_finish, new_entries_end
+from store.raft_dump import prepare_data_dir
 
 BATCH = 2**16  # pysyncobj's appendEntriesBatchSizeBytes
 
@@ -112,3 +115,58 @@ def test_new_entries_end() -> None:
 )
 def test_clamp_commit(before: int, after: int, end: int | None, expected: int | None) -> None:
     assert clamp_commit(before, after, end) == expected
+
+
+def test_a_member_alone_wakes_itself_to_commit_what_it_appended(tmp_path: Path) -> None:
+    """Fix 5: without it the next tick (the commit) waited for the 50 ms tick period."""
+    from pysyncobj import SyncObj, SyncObjConf, SyncObjConsumer, replicated
+
+    class Counter(SyncObjConsumer):
+        def __init__(self) -> None:
+            super().__init__()
+            self.n = 0
+
+        @replicated
+        def incr(self) -> int:
+            self.n += 1
+            return self.n
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        addr = f"127.0.0.1:{s.getsockname()[1]}"
+    journal = prepare_data_dir(
+        str(tmp_path / "raft.journal"), str(tmp_path / "raft.snapshot"), fsync=False
+    )
+    conf = SyncObjConf(
+        autoTick=False,
+        appendEntriesUseBatch=False,
+        journalFile=str(tmp_path / "raft.journal"),
+        fullDumpFile=str(tmp_path / "raft.snapshot"),
+        appendEntriesPeriod=0.01,
+        raftMinTimeout=0.05,
+        raftMaxTimeout=0.06,
+    )
+    counter = Counter()
+    so = pysyncobj_fixes.construct(journal, False, lambda: SyncObj(addr, [], conf, [counter]))
+    try:
+        for _ in range(500):  # a member alone elects itself after its election timeout
+            if so._isLeader():
+                break
+            so.doTick(0.01)
+        assert so._isLeader()
+        for _ in range(5):
+            so.doTick(0)  # settle: the leader's no-op is committed and applied
+        results: list[Any] = []
+        counter.incr(callback=lambda res, err: results.append((res, err)))
+        notifier = so._SyncObj__pipeNotifier
+        wakeups: list[int] = []
+        notify = notifier.notify
+        notifier.notify = lambda: (wakeups.append(1), notify())
+        so.doTick(0)  # reads the command from the queue and appends it to the log...
+        assert wakeups == [1]  # ...and wakes the poller: the next tick starts at once
+        assert results == []
+        so.doTick(0)  # commits and applies it
+        assert results == [(1, 0)]
+    finally:
+        so.destroy()
+        journal._destroy()
