@@ -161,7 +161,12 @@ def test_a_member_alone_wakes_itself_to_commit_what_it_appended(tmp_path: Path) 
         notifier = so._SyncObj__pipeNotifier
         wakeups: list[int] = []
         notify = notifier.notify
-        notifier.notify = lambda: (wakeups.append(1), notify())
+
+        def counted_notify() -> None:
+            wakeups.append(1)
+            notify()
+
+        notifier.notify = counted_notify
         so.doTick(0)  # reads the command from the queue and appends it to the log...
         assert wakeups == [1]  # ...and wakes the poller: the next tick starts at once
         assert results == []
