@@ -84,6 +84,7 @@ async def run(opts: argparse.Namespace) -> int:
         "--cacert", str(pki / "ca.crt"),
         "--cert", str(pki / "store-127.0.0.1.crt"),
         "--key", str(pki / "store-127.0.0.1.key"),
+        "--peer-secret-file", str(pki / "raft.secret"),
         "--rate-limit", "0",
     ]  # fmt: skip
     admin = ClientCredentials(str(pki / "ca.crt"), str(pki / "admin.crt"), str(pki / "admin.key"))
