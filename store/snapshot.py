@@ -376,7 +376,10 @@ def decode(data: bytes) -> StateMachine:
 
 def info(data: bytes) -> SnapshotInfo:
     """Decode and summarize ``data`` (verifies the checksum)."""
-    sm = decode(data)
+    return _summary(decode(data), data)
+
+
+def _summary(sm: StateMachine, data: bytes) -> SnapshotInfo:
     return SnapshotInfo(
         revision=sm.revision,
         keys=sm.key_count(),
@@ -429,14 +432,7 @@ def restore(data: bytes, data_dir: str, initial_cluster: dict[str, str]) -> Snap
     file, fsynced and renamed into place.
     """
     sm = decode(data)
-    summary = SnapshotInfo(
-        revision=sm.revision,
-        keys=sm.key_count(),
-        leases=len(sm.leases),
-        compacted=sm.compacted,
-        size=len(data),
-        sha256=data[-_HASH_SIZE:].hex(),
-    )
+    summary = _summary(sm, data)
     if os.path.isdir(data_dir) and os.listdir(data_dir):
         raise FileExistsError(f"data directory {data_dir} is not empty")
     if not os.path.isdir(data_dir):
