@@ -8,7 +8,7 @@ import os
 
 import structlog
 
-from mizzen.cli.errors import UsageError
+from mizzen.cli.errors import CommandError, UsageError
 from mizzen.cli.security_flags import add_server_security_flags, server_security
 from mizzen.security import raft_secret
 
@@ -164,10 +164,14 @@ def run_store(args: argparse.Namespace) -> int:
         metrics_listen=args.metrics_listen,
     )
     from store.errors import StoreError
+    from store.pysyncobj_fixes import UnsupportedPysyncobj
+    from store.raft_journal import JournalError
     from store.server import AddressInUse
 
     try:
         asyncio.run(serve(cfg, args.listen_client, security=security))
     except (StoreError, AddressInUse) as err:
         raise UsageError(str(err)) from None
+    except (JournalError, UnsupportedPysyncobj) as err:
+        raise CommandError(f"{args.data_dir}: {err}") from None
     return 0

@@ -6,6 +6,7 @@ tests here talk to it as the admin whose files it wrote to ``<data-dir>/pki``.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -194,6 +195,30 @@ def test_client_port_in_use_is_refused_clearly(tmp_path: Path) -> None:
     assert out.stderr.strip().splitlines()[-1] == (
         f"mizzen: cannot listen on 127.0.0.1:{client} (client address in use?)"
     )
+    assert "Traceback" not in out.stderr
+
+
+def test_a_data_dir_that_lost_committed_entries_is_refused_clearly(tmp_path: Path) -> None:
+    client, raft = free_ports(2)
+    argv = mizzen("store", "--data-dir", str(tmp_path / "d"), "--listen-client",
+                  f"127.0.0.1:{client}", "--listen-raft", f"127.0.0.1:{raft}")  # fmt: skip
+    proc = subprocess.Popen(
+        argv, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        wait_put(f"127.0.0.1:{client}", b"k", b"v")
+    finally:
+        _stop(proc)
+    # what a power loss with --fsync never can leave: a commit index past the log's end
+    state = tmp_path / "d" / "raft.state"
+    meta = yaml.safe_load(state.read_text())  # JSON
+    meta["commit_index"] = meta["commit_index"] + 100
+    state.write_text(json.dumps(meta))
+    out = subprocess.run(argv, cwd=REPO_ROOT, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"mizzen: {tmp_path / 'd'}: the commit index recorded")
+    assert "100 committed entries are missing" in last
     assert "Traceback" not in out.stderr
 
 
