@@ -47,6 +47,18 @@ class AddressInUse(Exception):
 
 
 SERVICES = ("KV", "Watch", "Lease", "Cluster", "Maintenance")
+# What the per-identity write quotas count (mizzen.security.server_auth.Limits).
+WRITE_METHODS = frozenset(
+    {
+        "/etcdserverpb.KV/Put",
+        "/etcdserverpb.KV/Txn",
+        "/etcdserverpb.KV/DeleteRange",
+        "/mizzen.v1.Objects/Create",
+        "/mizzen.v1.Objects/Update",
+        "/mizzen.v1.Objects/UpdateStatus",
+        "/mizzen.v1.Objects/Delete",
+    }
+)
 
 
 def _interceptors(node: StoreNode, security: ServerSecurity) -> list[grpc.aio.ServerInterceptor]:
@@ -58,7 +70,11 @@ def _interceptors(node: StoreNode, security: ServerSecurity) -> list[grpc.aio.Se
         policy = StorePolicy(stored_reader(node.read))
         out.append(
             AuthInterceptor(
-                policy, tokens=tokens, limits=security.limits, watch_methods=WATCH_METHODS
+                policy,
+                tokens=tokens,
+                limits=security.limits,
+                watch_methods=WATCH_METHODS,
+                write_methods=WRITE_METHODS,
             )
         )
     out.append(RequireLeaderInterceptor(node.has_leader))

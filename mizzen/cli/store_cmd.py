@@ -87,7 +87,7 @@ def add_store_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         help="shared secret that encrypts and authenticates Raft traffic "
         "(mizzen pki init writes raft.secret; default: $MIZZEN_RAFT_PASSWORD)",
     )
-    add_server_security_flags(p, tokens=True)
+    add_server_security_flags(p, tokens=True, writes=True)
     p.set_defaults(func=run_store)
 
 
