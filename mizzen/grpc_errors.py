@@ -15,7 +15,9 @@ import grpc
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 S = TypeVar("S", bound=Callable[..., AsyncIterator[Any]])
-StatusFor = Callable[[Exception], "tuple[grpc.StatusCode, str] | None"]
+Status = tuple[grpc.StatusCode, str] | tuple[grpc.StatusCode, str, tuple[tuple[str, str], ...]]
+"""(code, details) or (code, details, trailing metadata)."""
+StatusFor = Callable[[Exception], "Status | None"]
 
 
 class ErrorMapper:
