@@ -54,6 +54,7 @@ SUCCESS = 0
 MIB = 1024 * 1024
 HELD_BACK = frozenset({"put", "delete", "txn"})  # commands that carry client payloads
 TOO_MANY_REQUESTS = "etcdserver: too many requests"
+MAX_RESEND_DELAY = 8.0
 
 Submit = Callable[[tuple[Any, ...], Callable[[Any, Any], None]], None]
 
@@ -86,6 +87,7 @@ class _Queued:
     size: int
     held: bool  # counted in the queued bytes
     out: bool = False  # left the queue: proposed, or dropped because its caller gave up
+    deferred: bool = False  # a large write that let waiting reads go first (once)
 
 
 @dataclass
@@ -271,26 +273,40 @@ class Batcher:
         self._admit_waiters()
 
     def _take_batch(self) -> list[_Queued]:
-        """The next batch: the oldest live command, then every queued one that still fits
-        (``max_batch`` commands, ``max_batch_bytes``); the rest stay queued in order."""
+        """The next batch; what is not taken stays queued in order.
+
+        Every queued command that is not a write (barriers of linearizable reads,
+        lease and member commands: a few bytes each) goes now, then writes,
+        oldest first, while they fit in ``max_batch_bytes``. A write larger than
+        that goes in a batch with no other write; if reads are waiting it lets
+        them go first, once, so that a read waits behind at most one large
+        entry. At most ``max_batch`` commands.
+        """
+        for q in self._queue:
+            if q.fut.done():  # its caller gave up before it was proposed
+                self._leave(q)
+        live = [q for q in self._queue if not q.out]
+        reads_waiting = any(not q.held for q in live)
         take: list[_Queued] = []
         rest: list[_Queued] = []
         total = 0
-        for q in self._queue:
-            if (
-                q.fut.done()
-                or not take
-                or (len(take) < self._max_batch and total + q.size <= self._max_batch_bytes)
-            ):
-                q.out = True
-                self.queued_bytes -= q.size if q.held else 0
-                if not q.fut.done():  # else its caller gave up before it was proposed
-                    take.append(q)
-                    total += q.size
+        for q in live:
+            fits = total + q.size <= self._max_batch_bytes
+            alone = total == 0 and (q.deferred or not reads_waiting)
+            if len(take) < self._max_batch and (not q.held or fits or alone):
+                take.append(q)
+                self._leave(q)
+                total += q.size if q.held else 0
             else:
+                q.deferred = q.deferred or total == 0
                 rest.append(q)
         self._queue = rest
         return take
+
+    def _leave(self, q: _Queued) -> None:
+        q.out = True
+        if q.held:
+            self.queued_bytes -= q.size
 
     def _send(self, entry: _Inflight) -> None:
         loop = self._loop
@@ -348,13 +364,24 @@ class Batcher:
         return False
 
     def check_stuck(self) -> None:
-        """Resend batches with no answer for ``resend_after``; call periodically."""
+        """Resend batches with no answer for ``resend_delay``; call periodically."""
         now = self._clock()
         for entry in list(self._inflight.values()):
             if self._abandon_if_unwanted(entry):
                 continue
-            if entry.retry_handle is None and now - entry.sent_at > self._resend_after:
+            if entry.retry_handle is None and now - entry.sent_at > self.resend_delay(entry):
                 self._resend(entry.seq)
+
+    def resend_delay(self, entry: _Inflight) -> float:
+        """How long an unanswered batch waits before it is proposed again.
+
+        ``resend_after``, or four times the recent proposed-to-applied time if
+        that is longer, doubled for each copy already sent (at most 8 s): when
+        Raft is merely slow, a copy adds a whole entry's load to what is already
+        too much, and under a flood of large writes such copies fed elections.
+        """
+        base = max(self._resend_after, 4 * self.batch_seconds)
+        return min(MAX_RESEND_DELAY, base * 2 ** (entry.attempts - 1))
 
     def _schedule_kick(self) -> None:
         if self._queue and not self._kick_scheduled and self._loop is not None:

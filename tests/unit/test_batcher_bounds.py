@@ -96,6 +96,28 @@ async def test_a_command_larger_than_a_batch_goes_alone() -> None:
     await task
 
 
+async def test_reads_do_not_wait_behind_a_large_write_but_it_goes_next() -> None:
+    raft = FakeRaft()
+    b = batcher(raft, max_batch_bytes=64 * KIB)
+    inflight = asyncio.create_task(b.propose(put(b"a", 10), 5))
+    await settle()
+    big = asyncio.create_task(b.propose(put(b"big", 200 * KIB), 5))
+    small = asyncio.create_task(b.propose(put(b"small", 10), 5))
+    await settle()
+    reads = [asyncio.create_task(b.propose(BARRIER, 5))]
+    await settle()
+    raft.apply(0)
+    await settle()
+    assert raft.ops(1) == ["small", "barrier"]  # the large write lets the read go first
+    reads.append(asyncio.create_task(b.propose(BARRIER, 5)))  # more reads keep coming
+    await settle()
+    raft.apply(1)
+    await settle()
+    assert raft.ops(2) == ["big", "barrier"]  # ...but it waited once only
+    raft.apply(2)
+    await asyncio.gather(inflight, big, small, *reads)
+
+
 async def test_writes_beyond_the_queue_bound_wait_their_turn() -> None:
     raft = FakeRaft()
     b = batcher(raft, max_queued_bytes=1024 * KIB)
@@ -172,3 +194,44 @@ async def test_fail_all_fails_waiting_writes_too() -> None:
     results = await asyncio.gather(*tasks, return_exceptions=True)
     assert results == [stopped] * 4
     assert b.pending == 0 and b.queued_bytes == 0
+
+
+async def test_copies_of_an_unanswered_batch_back_off() -> None:
+    now = [0.0]
+    raft = FakeRaft()
+    b = Batcher(raft.submit, resend_after=1.0, clock=lambda: now[0])
+    task = asyncio.create_task(b.propose(put(b"a", 10), 30))
+    await settle()
+    sent = []
+    for tick in range(1, 80):  # 7.9 s of housekeeping, every 0.1 s
+        now[0] = tick / 10
+        b.check_stuck()
+        if len(raft.submitted) > len(sent) + 1:
+            sent.append(now[0])
+    assert sent == [1.1, 3.2, 7.3]  # waits of 1, 2 and 4 s: each copy is a whole entry more
+    raft.apply(0)
+    await task
+
+
+async def test_copies_wait_longer_when_raft_is_slow() -> None:
+    now = [0.0]
+    raft = FakeRaft()
+    b = Batcher(raft.submit, resend_after=1.0, clock=lambda: now[0])
+    for i in range(5):  # batches that took 1.5 s each from proposal to apply
+        task = asyncio.create_task(b.propose(put(b"k%d" % i, 10), 30))
+        await settle()
+        now[0] += 1.5
+        raft.apply(i)
+        await task
+    assert b.batch_seconds > 1.0
+    start = now[0]
+    task = asyncio.create_task(b.propose(put(b"late", 10), 30))
+    await settle()
+    now[0] = start + 3.9
+    b.check_stuck()
+    assert len(raft.submitted) == 6  # not resent after 1 s: 4 x the recent batch time
+    now[0] = start + 4 * b.batch_seconds + 0.01
+    b.check_stuck()
+    assert len(raft.submitted) == 7
+    raft.apply(5)
+    await task
