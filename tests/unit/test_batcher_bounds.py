@@ -202,7 +202,7 @@ async def test_copies_of_an_unanswered_batch_back_off() -> None:
     b = Batcher(raft.submit, resend_after=1.0, clock=lambda: now[0])
     task = asyncio.create_task(b.propose(put(b"a", 10), 30))
     await settle()
-    sent = []
+    sent: list[float] = []
     for tick in range(1, 80):  # 7.9 s of housekeeping, every 0.1 s
         now[0] = tick / 10
         b.check_stuck()
