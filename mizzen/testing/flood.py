@@ -37,6 +37,7 @@ from typing import Any
 
 import grpc
 
+from mizzen import retry_after
 from mizzen.client import ObjectsClient
 from mizzen.client.errors import StoreClientError
 from mizzen.security.pki import init_pki, issue
@@ -281,17 +282,17 @@ async def flood(
             except grpc.aio.AioRpcError as err:
                 outcomes[err.code().name] += 1
                 result.first_error = result.first_error or f"{err.code().name}: {err.details()}"
-                retry = dict(err.trailing_metadata() or ()).get("retry-after")
-                if retry:
+                wait = retry_after.parse(err.trailing_metadata())
+                if wait is not None:
                     result.retry_after_given += 1
-                    result.retry_after_max = max(result.retry_after_max, float(retry))
-                await asyncio.sleep(min(float(retry), 1.0) if retry else 0.05)
+                    result.retry_after_max = max(result.retry_after_max, wait)
+                await asyncio.sleep(min(wait, 1.0) if wait is not None else 0.05)
 
     try:
         await asyncio.gather(*(writer(w) for w in range(spec.writers)))
     finally:
         for c in channels:
-            await c.close()
+            await c.close(None)
     result.outcomes = dict(outcomes)
     return result
 
