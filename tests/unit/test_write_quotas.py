@@ -5,6 +5,7 @@ Pure: an injected clock, a fake servicer context; no sleeps.
 
 from __future__ import annotations
 
+import argparse
 import re
 from typing import Any
 
@@ -12,6 +13,9 @@ import grpc
 import pytest
 
 from mizzen import retry_after
+from mizzen.cli.errors import UsageError
+from mizzen.cli.security_flags import server_security
+from mizzen.cli.store_cmd import add_store_parser, check_sizes
 from mizzen.security.server_auth import (
     MIB,
     AuthInterceptor,
@@ -215,3 +219,32 @@ async def test_the_interceptor_refuses_writes_over_quota_with_a_retry_after_trai
     ctx = FakeContext()
     await admit(interceptor, PUT, rpc_pb2.PutRequest(key=b"k", value=b"v"), ctx)
     assert ctx.aborted is None
+
+
+# ------------------------------------------------------------ the store's flags
+
+
+def store_args(*argv: str) -> Any:
+    parser = argparse.ArgumentParser()
+    add_store_parser(parser.add_subparsers())
+    return parser.parse_args(["store", *argv])
+
+
+def test_quota_flags_reach_the_limits() -> None:
+    args = store_args("--node-write-rate", "5", "--write-bytes-rate", "0")
+    limits = server_security(args, {"--listen-client": "127.0.0.1:2379"}).limits
+    assert (limits.node_write_rate, limits.write_bytes_rate) == (5, 0)
+    assert (limits.write_rate, limits.node_write_bytes_rate) == (2000, MIB)
+
+
+def test_a_negative_quota_is_a_usage_error() -> None:
+    with pytest.raises(UsageError, match="--node-write-bytes-rate: must be >= 0"):
+        server_security(store_args("--node-write-bytes-rate", "-1"), {})
+
+
+def test_history_and_proposal_sizes_are_checked() -> None:
+    check_sizes(store_args("--history-bytes", "0"))
+    with pytest.raises(UsageError, match="--history-bytes: must be 0"):
+        check_sizes(store_args("--history-bytes", "1000"))
+    with pytest.raises(UsageError, match="--proposal-queue-bytes: must be at least 1"):
+        check_sizes(store_args("--proposal-queue-bytes", "0"))
