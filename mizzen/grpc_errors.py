@@ -18,7 +18,9 @@ from mizzen.echo import bounded_status
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 S = TypeVar("S", bound=Callable[..., AsyncIterator[Any]])
-StatusFor = Callable[[Exception], "tuple[grpc.StatusCode, str] | None"]
+Status = tuple[grpc.StatusCode, str] | tuple[grpc.StatusCode, str, tuple[tuple[str, str], ...]]
+"""(code, details) or (code, details, trailing metadata)."""
+StatusFor = Callable[[Exception], "Status | None"]
 
 
 class ErrorMapper:
@@ -33,8 +35,8 @@ class ErrorMapper:
         """End the call with exc's status; a bug (no status) → INTERNAL, logged."""
         status = self._status_for(exc)
         if status is not None:
-            code, message = status
-            await context.abort(code, bounded_status(message))
+            code, message, *trailers = status
+            await context.abort(code, bounded_status(message), *trailers)
         if isinstance(exc, grpc.aio.AbortError | grpc.RpcError):
             raise exc
         self._log.exception("rpc_failed", method=method)

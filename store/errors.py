@@ -36,10 +36,11 @@ class StoreError(Exception):
     than raising through the Raft loop.
     """
 
-    def __init__(self, code: Code, message: str) -> None:
+    def __init__(self, code: Code, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.retry_after = retry_after  # seconds; sent as the retry-after trailer
 
     def __repr__(self) -> str:
         return f"StoreError({self.code.value}, {self.message!r})"

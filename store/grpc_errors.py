@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-import grpc
 import structlog
 
-from mizzen.grpc_errors import ErrorMapper
+from mizzen import retry_after
+from mizzen.grpc_errors import ErrorMapper, Status
 
 from .errors import StoreError
 
 log = structlog.get_logger("store.api")
 
 
-def _status_for(exc: Exception) -> tuple[grpc.StatusCode, str] | None:
+def _status_for(exc: Exception) -> Status | None:
     if isinstance(exc, StoreError):
+        if exc.retry_after is not None:
+            return exc.code.grpc, exc.message, retry_after.trailer(exc.retry_after)
         return exc.code.grpc, exc.message
     return None
 

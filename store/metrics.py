@@ -227,6 +227,16 @@ class NodeCollector(Collector):
         yield _gauge(
             "proposals_pending", "Commands queued or in flight, not yet applied.", batcher.pending
         )
+        yield _gauge(
+            "proposal_queue_bytes",
+            "Bytes of writes queued on this member, not yet proposed (bounded).",
+            batcher.queued_bytes,
+        )
+        yield _counter(
+            "proposals_refused",
+            "Writes refused unproposed because the proposal queue stayed full.",
+            batcher.refused,
+        )
         yield _gauge("revision", "Current store revision.", revision)
         yield _gauge("compacted_revision", "Revision below which history is gone.", compacted)
         yield _gauge("keys", "Live keys.", keys)

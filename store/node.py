@@ -72,6 +72,7 @@ class NodeConfig:
     initial_cluster_state: str = "new"
     fsync: bool = True
     history_limit: int = 100_000
+    history_bytes: int = 256 * 1024 * 1024
     request_timeout: float = 5.0
     raft_password: str | None = None
     progress_interval: float = 5.0
@@ -80,6 +81,9 @@ class NodeConfig:
     snapshot_entries: int = 20_000
     snapshot_interval: float = 60.0
     metrics_listen: str | None = None  # host:port for /metrics and /healthz; None = off
+    # the proposal pipeline (store/batcher.py): bytes per Raft entry, writes queued
+    proposal_batch_bytes: int = 1024 * 1024
+    proposal_queue_bytes: int = 8 * 1024 * 1024
 
 
 @dataclass
@@ -98,6 +102,8 @@ class StoreNode:
         self._flag_cluster_id = int.from_bytes(hashlib.sha256(ring.encode()).digest()[:8], "big")
         self.membership = Membership(self)
         self.replicated = ReplicatedState(cfg.history_limit)
+        # before Raft starts; a snapshot loaded later brings the limit it was written with
+        self.replicated.state.history_bytes_limit = cfg.history_bytes
         self._leases = _LeaseClock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -106,7 +112,11 @@ class StoreNode:
         self.leader_changes_seen = 0
         self._last_leader: str | None = None
         self.hub = WatchHub(self._history, self.header, progress_interval=cfg.progress_interval)
-        self.batcher = Batcher(self._submit)
+        self.batcher = Batcher(
+            self._submit,
+            max_batch_bytes=cfg.proposal_batch_bytes,
+            max_queued_bytes=cfg.proposal_queue_bytes,
+        )
         self.syncobj: Any = None
 
     # ------------------------------------------------------------- lifecycle

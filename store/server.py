@@ -47,6 +47,18 @@ class AddressInUse(Exception):
 
 
 SERVICES = ("KV", "Watch", "Lease", "Cluster", "Maintenance")
+# What the per-identity write quotas count (mizzen.security.server_auth.Limits).
+WRITE_METHODS = frozenset(
+    {
+        "/etcdserverpb.KV/Put",
+        "/etcdserverpb.KV/Txn",
+        "/etcdserverpb.KV/DeleteRange",
+        "/mizzen.v1.Objects/Create",
+        "/mizzen.v1.Objects/Update",
+        "/mizzen.v1.Objects/UpdateStatus",
+        "/mizzen.v1.Objects/Delete",
+    }
+)
 
 
 def _interceptors(node: StoreNode, security: ServerSecurity) -> list[grpc.aio.ServerInterceptor]:
@@ -57,7 +69,11 @@ def _interceptors(node: StoreNode, security: ServerSecurity) -> list[grpc.aio.Se
         tokens = load_tokens(security.token_file) if security.token_file else {}
         out.append(
             AuthInterceptor(
-                StorePolicy(), tokens=tokens, limits=security.limits, watch_methods=WATCH_METHODS
+                StorePolicy(),
+                tokens=tokens,
+                limits=security.limits,
+                watch_methods=WATCH_METHODS,
+                write_methods=WRITE_METHODS,
             )
         )
     out.append(RequireLeaderInterceptor(node.has_leader))

@@ -27,6 +27,7 @@ from .errors import Code, StoreError
 from .keyspace import in_range, range_bounds
 
 MAX_TXN_OPS = 128
+DEFAULT_HISTORY_BYTES = 256 * 1024 * 1024
 MAX_LEASE_TTL = 9_000_000_000
 DEDUP_BATCHES_PER_PROPOSER = 256
 DEDUP_PROPOSERS = 1024
@@ -116,10 +117,14 @@ class KeepAliveResult:
 class StateMachine:
     """Applies commands; answers reads. Not thread-safe: the Raft glue holds a lock."""
 
-    def __init__(self, history_limit: int = 100_000) -> None:
+    def __init__(
+        self, history_limit: int = 100_000, history_bytes_limit: int = DEFAULT_HISTORY_BYTES
+    ) -> None:
         self.revision = 1
         self.compacted = -1  # history below this revision is gone; -1 like etcd's fresh store
         self.history_limit = history_limit
+        self.history_bytes_limit = history_bytes_limit  # 0: no limit
+        self.history_bytes = 0  # event_bytes of every event in _history
         self._kv: dict[bytes, Record] = {}
         self._keys: list[bytes] = []  # sorted; mirrors _kv for range scans
         self._history: list[Event] = []
@@ -203,6 +208,7 @@ class StateMachine:
         if self._pending:
             self.revision += 1
             self._history.extend(self._pending)
+            self.history_bytes += sum(event_bytes(e) for e in self._pending)
             self._pending = []
             self._trim_history()
         self._undo = []
@@ -358,14 +364,32 @@ class StateMachine:
 
     def _drop_history_through(self, rev: int) -> None:
         i = bisect.bisect_right(self._history, rev, key=lambda e: e.revision)
+        self.history_bytes -= sum(event_bytes(e) for e in self._history[:i])
         del self._history[:i]
         self.compacted = max(self.compacted, rev)
 
     def _trim_history(self) -> None:
+        """Keep at most ``history_limit`` events and ``history_bytes_limit`` bytes of them.
+
+        Whole revisions only, so a revision is either fully kept or gone; the
+        bytes rule never drops the newest revision (one larger than the limit
+        goes with the next write). A pure function of the state, so every
+        member given the same limits trims the same way.
+        """
         excess = len(self._history) - self.history_limit
         if excess > 0:
-            # compact whole revisions only, so a revision is either fully kept or gone
             self._drop_history_through(self._history[excess - 1].revision)
+        limit = self.history_bytes_limit
+        if limit <= 0 or self.history_bytes <= limit:
+            return
+        over, dropped, rev = self.history_bytes - limit, 0, self.compacted
+        for ev in self._history:
+            if dropped >= over or ev.revision == self.revision:
+                break
+            dropped += event_bytes(ev)
+            rev = ev.revision
+        if rev > self.compacted:
+            self._drop_history_through(rev)
 
     def _lease_grant(self, lease_id: int, ttl: int) -> Any:
         if lease_id <= 0:
@@ -572,6 +596,7 @@ class StateMachine:
     def __setstate__(self, state: dict[str, Any]) -> None:
         for k in _SNAPSHOT_FIELDS:
             setattr(self, k, state[k] if k in state else _OPTIONAL_FIELDS[k])
+        self.history_bytes = sum(event_bytes(e) for e in self._history)
         # states written before member records held {name: [client URLs]}: dropped,
         # the members re-seed and re-publish them (see StoreNode)
         self.members = {n: m for n, m in self.members.items() if isinstance(m, Member)}
@@ -584,6 +609,7 @@ _SNAPSHOT_FIELDS = (
     "revision",
     "compacted",
     "history_limit",
+    "history_bytes_limit",
     "_kv",
     "_keys",
     "_history",
@@ -594,7 +620,21 @@ _SNAPSHOT_FIELDS = (
 )
 _MEMBER_COMMANDS = frozenset({"member_seed", "member_attrs", "member_add", "member_remove"})
 # fields a state written by an older version may lack, with their defaults
-_OPTIONAL_FIELDS: dict[str, Any] = {"cluster_id": 0}
+_OPTIONAL_FIELDS: dict[str, Any] = {"cluster_id": 0, "history_bytes_limit": DEFAULT_HISTORY_BYTES}
+
+
+def event_bytes(ev: Event) -> int:
+    """What one history event is counted as: its key, new value and previous value.
+
+    Generous (a value is shared with the event that wrote it, and with the live
+    map), so the bytes really held are at most this.
+    """
+    size = len(ev.key)
+    if ev.record is not None:
+        size += len(ev.record.value)
+    if ev.prev is not None:
+        size += len(ev.prev.value)
+    return size
 
 
 def _sorted(records: list[Record], target: int, order: int) -> list[Record]:

@@ -59,6 +59,11 @@ class FieldErrors:
         if value < minimum:
             self.add(path, f"must be greater than or equal to {minimum}")
 
+    def at_most_bytes(self, path: str, value: str, limit: int) -> None:
+        size = len(value.encode())
+        if size > limit:
+            self.add(path, f"must be at most {limit} bytes (is {size})")
+
     def port(self, path: str, value: int) -> None:
         if not 1 <= value <= 65535:
             self.add(path, "must be between 1 and 65535, inclusive")

@@ -15,6 +15,11 @@ from protos import objects_pb2 as pb
 
 API_VERSION = "mizzen/v1"
 
+# Encoded-size caps of the kinds that only ever need kilobytes; every other kind
+# is bounded by the store's request limit (1.5 MiB, as etcd). See docs/objects.md.
+EVENT_MAX_BYTES = 16 * 1024
+LEASE_MAX_BYTES = 16 * 1024
+
 
 @dataclass(frozen=True)
 class KindInfo:
@@ -27,6 +32,9 @@ class KindInfo:
     has_status: bool = True
     # "subdomain" (up to 253 characters, dots allowed) or "label" (up to 63).
     name_rule: str = "subdomain"
+    # Largest encoded object (protobuf bytes) the server accepts; 0: only the
+    # store's request limit applies.
+    max_bytes: int = 0
 
     @property
     def singular(self) -> str:
@@ -45,8 +53,24 @@ KINDS: tuple[KindInfo, ...] = (
     KindInfo("DaemonSet", "daemonsets", ("ds",), namespaced=True, message=pb.DaemonSet),
     # A Job's name becomes a label value on its pods, so it must fit 63 characters.
     KindInfo("Job", "jobs", ("job",), namespaced=True, message=pb.Job, name_rule="label"),
-    KindInfo("Event", "events", ("ev",), namespaced=True, message=pb.Event, has_status=False),
-    KindInfo("Lease", "leases", ("lease",), namespaced=True, message=pb.Lease, has_status=False),
+    KindInfo(
+        "Event",
+        "events",
+        ("ev",),
+        namespaced=True,
+        message=pb.Event,
+        has_status=False,
+        max_bytes=EVENT_MAX_BYTES,
+    ),
+    KindInfo(
+        "Lease",
+        "leases",
+        ("lease",),
+        namespaced=True,
+        message=pb.Lease,
+        has_status=False,
+        max_bytes=LEASE_MAX_BYTES,
+    ),
 )
 
 _BY_NAME: dict[str, KindInfo] = {}

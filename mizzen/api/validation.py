@@ -28,6 +28,11 @@ from mizzen.echo import echo
 from protos import objects_pb2 as pb
 
 MAX_ANNOTATIONS_BYTES = 256 * 1024
+# Kubernetes' recorders truncate an Event's message to 1 KiB and events.k8s.io
+# refuses a note over 1 KiB; the server allows 4 KiB for messages written by
+# other clients. A reason is a short CamelCase word (events.k8s.io: 128).
+MAX_EVENT_MESSAGE_BYTES = 4 * 1024
+MAX_EVENT_REASON_BYTES = 128
 NODE_ADDRESS_TYPES = ("Hostname", "InternalIP", "ExternalIP", "AgentGRPC")
 SELECTOR_OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
 EVENT_TYPES = ("Normal", "Warning")
@@ -67,6 +72,13 @@ def validate(obj: Message) -> list[FieldError]:
             errs.at_least("spec.leaseTransitions", obj.spec.lease_transitions, 0)
         case _:  # pragma: no cover - kind_of accepted it, so it is one of the above
             pass
+    if info.max_bytes:
+        size = obj.ByteSize()
+        if size > info.max_bytes:
+            errs.add(
+                "object",
+                f"{info.kind} objects must be at most {info.max_bytes} bytes encoded (is {size})",
+            )
     return errs.items
 
 
@@ -249,6 +261,8 @@ def _event(spec: pb.EventSpec, errs: FieldErrors) -> None:
     errs.required("spec.involvedObject.kind", spec.involved_object.kind)
     errs.required("spec.involvedObject.name", spec.involved_object.name)
     errs.required("spec.reason", spec.reason)
+    errs.at_most_bytes("spec.reason", spec.reason, MAX_EVENT_REASON_BYTES)
+    errs.at_most_bytes("spec.message", spec.message, MAX_EVENT_MESSAGE_BYTES)
     errs.enum("spec.type", spec.type, EVENT_TYPES)
     errs.at_least("spec.count", spec.count, 0)
 

@@ -15,7 +15,7 @@ import structlog
 
 from mizzen.cli.errors import UsageError
 from mizzen.security.pki import PkiError
-from mizzen.security.server_auth import Limits
+from mizzen.security.server_auth import QUOTA_BURST_SECONDS, Limits
 from mizzen.security.settings import INSECURE_WARNING, ServerSecurity, plaintext_exposure
 from mizzen.security.tls import CredentialsError, ServerTLS
 from mizzen.security.tokens import load_tokens
@@ -23,8 +23,11 @@ from mizzen.security.tokens import load_tokens
 log = structlog.get_logger("mizzen.security")
 
 
-def add_server_security_flags(p: argparse.ArgumentParser, *, tokens: bool) -> None:
-    """--insecure and the limits; tokens=True adds --token-file/--token-listen (the store)."""
+def add_server_security_flags(
+    p: argparse.ArgumentParser, *, tokens: bool, writes: bool = False
+) -> None:
+    """--insecure and the limits; tokens=True adds --token-file/--token-listen and
+    writes=True the write quotas (the store)."""
     p.add_argument(
         "--insecure",
         action="store_true",
@@ -50,6 +53,8 @@ def add_server_security_flags(p: argparse.ArgumentParser, *, tokens: bool) -> No
         default=defaults.max_concurrent_streams,
         help="concurrent streams per client connection",
     )
+    if writes:
+        add_write_quota_flags(p, defaults)
     if tokens:
         p.add_argument(
             "--token-file",
@@ -64,6 +69,27 @@ def add_server_security_flags(p: argparse.ArgumentParser, *, tokens: bool) -> No
         )
 
 
+WRITE_QUOTA_FIELDS = ("write_rate", "write_bytes_rate", "node_write_rate", "node_write_bytes_rate")
+
+
+def add_write_quota_flags(p: argparse.ArgumentParser, defaults: Limits) -> None:
+    what = {
+        "write_rate": "writes/s per identity (Objects and KV writes)",
+        "write_bytes_rate": "request bytes/s of writes per identity",
+        "node_write_rate": "writes/s per node identity (node:<name>)",
+        "node_write_bytes_rate": "request bytes/s of writes per node identity",
+    }
+    for name in WRITE_QUOTA_FIELDS:
+        value = getattr(defaults, name)
+        p.add_argument(
+            f"--{name.replace('_', '-')}",
+            type=float,
+            default=value,
+            help=f"{what[name]} in secure mode, 0 = off (default {value:.0f}; "
+            f"the bucket holds {QUOTA_BURST_SECONDS:g} s of it)",
+        )
+
+
 def server_security(args: argparse.Namespace, listeners: dict[str, str | None]) -> ServerSecurity:
     """The server's security from its flags; UsageError for unsafe or inconsistent ones.
 
@@ -72,11 +98,16 @@ def server_security(args: argparse.Namespace, listeners: dict[str, str | None]) 
     given = [f for f in ("cacert", "cert", "key") if getattr(args, f, None)]
     token_file = getattr(args, "token_file", None)
     token_listen = getattr(args, "token_listen", None)
+    quotas = {f: getattr(args, f) for f in WRITE_QUOTA_FIELDS if hasattr(args, f)}
+    for name, value in quotas.items():
+        if value < 0:
+            raise UsageError(f"--{name.replace('_', '-')}: must be >= 0 (0 turns it off)")
     limits = Limits(
         rate=args.rate_limit,
         burst=args.rate_burst,
         max_watches=args.max_watches,
         max_concurrent_streams=args.max_streams,
+        **quotas,
     )
     if given and len(given) < 3:
         raise UsageError("TLS needs --cacert, --cert and --key together")

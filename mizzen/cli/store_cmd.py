@@ -14,6 +14,9 @@ from mizzen.security import raft_secret
 
 log = structlog.get_logger("mizzen.store")
 
+DEFAULT_HISTORY_BYTES = 256 * 1024 * 1024  # store.state_machine's (not imported: slow)
+MIN_HISTORY_BYTES = 16 * 1024 * 1024
+
 
 def add_store_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("store", help="run a store node (Raft + etcd-compatible gRPC API)")
@@ -49,6 +52,26 @@ def add_store_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         type=int,
         default=100_000,
         help="watch history kept, in events (older revisions are compacted)",
+    )
+    p.add_argument(
+        "--history-bytes",
+        type=int,
+        default=DEFAULT_HISTORY_BYTES,
+        help="...and in bytes of keys, values and previous values; 0 = no limit, else at "
+        f"least {MIN_HISTORY_BYTES} (default {DEFAULT_HISTORY_BYTES}; the same on every member)",
+    )
+    p.add_argument(
+        "--proposal-batch-bytes",
+        type=int,
+        default=1024 * 1024,
+        help="bytes of commands per Raft entry; a larger command goes alone (default 1 MiB)",
+    )
+    p.add_argument(
+        "--proposal-queue-bytes",
+        type=int,
+        default=8 * 1024 * 1024,
+        help="bytes of writes queued on this member before writers wait, then are refused "
+        "with RESOURCE_EXHAUSTED (default 8 MiB)",
     )
     p.add_argument("--request-timeout", type=float, default=5.0)
     p.add_argument(
@@ -91,7 +114,7 @@ def add_store_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "(mizzen pki init writes raft.secret; default: $MIZZEN_RAFT_PASSWORD). Required "
         "unless the store is plaintext with every address on loopback",
     )
-    add_server_security_flags(p, tokens=True)
+    add_server_security_flags(p, tokens=True, writes=True)
     p.set_defaults(func=run_store)
 
 
@@ -111,11 +134,23 @@ def parse_cluster(spec: str | None, name: str, raft: str) -> dict[str, str]:
     return out
 
 
+def check_sizes(args: argparse.Namespace) -> None:
+    if args.history_bytes != 0 and args.history_bytes < MIN_HISTORY_BYTES:
+        raise UsageError(
+            f"--history-bytes: must be 0 (no limit) or at least {MIN_HISTORY_BYTES} "
+            "(several Raft entries of history)"
+        )
+    for flag in ("proposal_batch_bytes", "proposal_queue_bytes"):
+        if getattr(args, flag) < 1:
+            raise UsageError(f"--{flag.replace('_', '-')}: must be at least 1")
+
+
 def run_store(args: argparse.Namespace) -> int:
     os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
     from store.node import NodeConfig
     from store.server import serve
 
+    check_sizes(args)
     cluster = parse_cluster(args.initial_cluster, args.name, args.listen_raft)
     listeners = {
         "--listen-client": args.listen_client,
@@ -154,6 +189,9 @@ def run_store(args: argparse.Namespace) -> int:
         initial_cluster_state=args.initial_cluster_state,
         fsync=args.fsync == "always",
         history_limit=args.history_limit,
+        history_bytes=args.history_bytes,
+        proposal_batch_bytes=args.proposal_batch_bytes,
+        proposal_queue_bytes=args.proposal_queue_bytes,
         request_timeout=args.request_timeout,
         raft_password=raft_password,
         progress_interval=args.progress_interval,

@@ -17,6 +17,7 @@ from typing import TypeVar
 import grpc
 import structlog
 
+from mizzen import retry_after
 from mizzen.client import retry_policy
 from mizzen.client.errors import AmbiguousWriteError, StoreClientError, UnavailableError, translate
 from mizzen.client.retry_policy import Verdict
@@ -176,9 +177,11 @@ class EndpointPool:
         leader_ttl: float = 10.0,
         connect: ConnectFn | None = None,
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         if not endpoints:
             raise ValueError("StoreClient needs at least one endpoint")
+        self.sleep = sleep
         self.endpoints: tuple[str, ...] = tuple(endpoints)
         self.timeout = timeout
         self.connect_timeout = connect_timeout
@@ -290,7 +293,12 @@ class EndpointPool:
         """Run send on endpoints in turn until it succeeds, under one overall deadline.
 
         ``send(conn, attempt_timeout, metadata)`` performs the RPC. See
-        ``retry_policy`` for when a failure moves on and when it is raised.
+        ``retry_policy`` for when a failure moves on and when it is raised. A
+        retryable refusal that says when to retry (a ``retry-after`` trailer: a
+        write quota, a full proposal queue) is retried after that long, from the
+        first endpoint again rather than on another member (each member counts
+        its own quota); when that is past the deadline the call fails at once
+        with the error, whose ``retry_after`` says it.
         """
         total = self.timeout if timeout is None else timeout
         deadline = self.clock() + total
@@ -299,6 +307,7 @@ class EndpointPool:
         refusals = Refusals(self.clock)
         delay = 0.05
         while True:
+            told_to_wait = False
             if endpoint is not None:
                 order = [endpoint]
             elif mutating:
@@ -328,9 +337,10 @@ class EndpointPool:
                     raise
                 except grpc.aio.AioRpcError as err:
                     code, details = err.code(), err.details() or ""
+                    wait = retry_after.parse(err.trailing_metadata())
                     verdict = retry_policy.classify(code, details, mutating=mutating)
                     if verdict is Verdict.FAIL:
-                        raise translate(code, details) from err
+                        raise translate(code, details, retry_after=wait) from err
                     if verdict is Verdict.AMBIGUOUS:
                         raise AmbiguousWriteError(
                             f"{what} to {ep} may or may not have been applied: "
@@ -340,10 +350,18 @@ class EndpointPool:
                         ) from err
                     log.debug("store_call_retry", what=what, endpoint=ep, code=code.name)
                     last = f"{ep}: {code.name}: {details}"
+                    if wait is not None:
+                        if self.clock() + wait > deadline:
+                            raise translate(code, details, retry_after=wait) from err
+                        await self.sleep(wait)
+                        told_to_wait = True
+                        break
                     self.mark_failed(ep)
                     continue
                 self.mark_ok(ep)
                 return result
+            if told_to_wait:
+                continue
             if refusals.everywhere(order):
                 if refusals.kinds(order) == {retry_policy.Refusal.NOT_LISTENING}:
                     raise UnavailableError(f"{what}: nothing is listening at {', '.join(order)}")

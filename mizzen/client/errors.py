@@ -13,7 +13,9 @@ import grpc
 class StoreClientError(Exception):
     """Base of every error raised by the store client.
 
-    ``code`` and ``details`` are the gRPC status that caused it, when there was one.
+    ``code`` and ``details`` are the gRPC status that caused it, when there was one;
+    ``retry_after`` the seconds the server said to wait before trying again (its
+    ``retry-after`` trailer), if it said.
     """
 
     def __init__(
@@ -22,10 +24,12 @@ class StoreClientError(Exception):
         *,
         code: grpc.StatusCode | None = None,
         details: str = "",
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(message)
         self.code = code
         self.details = details
+        self.retry_after = retry_after
 
 
 class NotFoundError(StoreClientError):
@@ -64,7 +68,9 @@ class PermissionDeniedError(StoreClientError):
 
 
 class ResourceExhaustedError(StoreClientError):
-    """The server is overloaded or out of space; the request was rejected."""
+    """The server refused the request for a limit (a rate limit, a write quota, a full
+    proposal queue) or for its size; ``retry_after`` says when trying again can
+    succeed, when the server said."""
 
 
 class CompactedError(StoreClientError):
@@ -126,8 +132,16 @@ _BY_CODE: dict[grpc.StatusCode, type[StoreClientError]] = {
 }
 
 
-def translate(code: grpc.StatusCode, details: str | None) -> StoreClientError:
+def translate(
+    code: grpc.StatusCode, details: str | None, *, retry_after: float | None = None
+) -> StoreClientError:
     """The domain error for a final (not retried) gRPC status."""
+    error = _translate(code, details)
+    error.retry_after = retry_after
+    return error
+
+
+def _translate(code: grpc.StatusCode, details: str | None) -> StoreClientError:
     text = details or ""
     lowered = text.lower()
     if "compacted" in lowered:

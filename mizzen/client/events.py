@@ -42,6 +42,7 @@ class EventWriter(Protocol):
 
 
 AGGREGATE_WINDOW = 600.0
+MAX_MESSAGE_BYTES = 1024  # like Kubernetes' recorders; the server refuses over 4 KiB
 MAX_PENDING = 1000
 CONCURRENCY = 8
 _MAX_NAME = 253
@@ -65,6 +66,14 @@ class _Written:
 def _key(item: _Pending) -> tuple[str, str, str]:
     """What repeats of one event share: the object, the reason and the message."""
     return (item.ref.uid or f"{item.ref.namespace}/{item.ref.name}", item.reason, item.message)
+
+
+def truncate_message(message: str, limit: int = MAX_MESSAGE_BYTES) -> str:
+    """message cut to at most limit UTF-8 bytes, ending in "..." when cut."""
+    data = message.encode()
+    if len(data) <= limit:
+        return message
+    return data[: limit - 3].decode(errors="ignore") + "..."
 
 
 def _timestamp(seconds: float) -> Timestamp:
@@ -111,7 +120,11 @@ class EventRecorder:
         self.failures = 0
 
     def record(self, obj: Any, type: str, reason: str, message: str) -> None:
-        """Queue an Event about obj ("Normal" or "Warning"); never blocks or raises."""
+        """Queue an Event about obj ("Normal" or "Warning"); never blocks or raises.
+
+        A message over 1 KiB is truncated (as Kubernetes' recorders do).
+        """
+        message = truncate_message(message)
         try:
             ref = object_reference(obj)
         except Exception:

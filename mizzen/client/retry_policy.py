@@ -22,6 +22,11 @@ The policy, in full:
     "too many requests"). A Mizzen server must only use these words when it
     proposed nothing.
 
+  A refusal that carries a ``retry-after`` trailer (``mizzen.retry_after``:
+  a write quota, a full proposal queue) is retried after that long, starting
+  from the same endpoint order, or fails at once with ``retry_after`` set on
+  the error when that is past the call's deadline (``EndpointPool.call``).
+
   Any other transport failure of a write (UNAVAILABLE "Socket closed", a
   deadline, UNKNOWN, INTERNAL, CANCELLED, ...) is **ambiguous**: the write may
   or may not have been applied, so the client raises ``AmbiguousWriteError``

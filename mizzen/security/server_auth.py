@@ -7,8 +7,14 @@
    token (``authorization: Bearer <token>``, looked up by its SHA-256). Neither
    → UNAUTHENTICATED. Health checks are public.
 2. **Limits** — a token bucket of requests per second per identity (stream
-   messages count too) and a cap on open watches per identity, both answered
-   with RESOURCE_EXHAUSTED naming the identity and the limit.
+   messages count too), a cap on open watches per identity and, for the
+   server's write methods, write quotas per identity: writes per second and
+   request bytes per second (node identities have their own, lower ones).
+   Each is answered with RESOURCE_EXHAUSTED naming the identity and the limit;
+   the rate limit and the quotas also say how long to wait, in the message and
+   in a ``retry-after`` trailer (``mizzen.retry_after``). A write refused by a
+   quota says "too many requests": nothing was proposed, so the SDK waits and
+   retries it.
 3. **May they** — the server's ``Policy`` sees the identity, the method and
    each request message (unary, server-streaming, and every message of a
    client stream) and raises ``Denied``; the caller gets PERMISSION_DENIED
@@ -37,6 +43,7 @@ import structlog
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
+from mizzen import retry_after
 from mizzen.echo import bounded_status
 from mizzen.grpc_intercept import CachingInterceptor
 from mizzen.security.tls import AUTHORIZATION, BEARER
@@ -109,6 +116,33 @@ class Policy(Protocol):
         """How many watches this message opens (+) or closes (-) beyond the stream itself."""
 
 
+MIB = 1024 * 1024
+QUOTA_BURST_SECONDS = 2.0
+# A bytes bucket holds at least this much, so the largest request (gRPC's 2 MiB
+# receive limit) can always pass once the bucket is full.
+MIN_BYTES_BURST = 2 * MIB
+
+
+@dataclass(frozen=True)
+class WriteQuota:
+    """Writes per second and request bytes per second of one identity; 0 turns one off.
+
+    Each is a token bucket holding ``QUOTA_BURST_SECONDS`` of its rate (a bytes
+    bucket at least ``MIN_BYTES_BURST``).
+    """
+
+    writes: float
+    bytes: float
+
+    @property
+    def writes_burst(self) -> float:
+        return max(1.0, self.writes * QUOTA_BURST_SECONDS)
+
+    @property
+    def bytes_burst(self) -> float:
+        return max(float(MIN_BYTES_BURST), self.bytes * QUOTA_BURST_SECONDS)
+
+
 @dataclass(frozen=True)
 class Limits:
     """Per-identity limits; 0 turns one off."""
@@ -117,6 +151,18 @@ class Limits:
     burst: int = 4000
     max_watches: int = 512  # open watch streams plus etcd watch ids
     max_concurrent_streams: int = 1024  # per HTTP/2 connection (a gRPC server option)
+    # Write quotas (the server's write methods): every role but node, and node
+    # identities. Far above what a scheduler binding hundreds of pods/s or an agent
+    # reporting status needs; they stop one identity from swamping Raft.
+    write_rate: float = 2000.0
+    write_bytes_rate: float = 32 * MIB
+    node_write_rate: float = 100.0
+    node_write_bytes_rate: float = 1 * MIB
+
+    def write_quota(self, identity: Identity) -> WriteQuota:
+        if identity.role == "node":
+            return WriteQuota(self.node_write_rate, self.node_write_bytes_rate)
+        return WriteQuota(self.write_rate, self.write_bytes_rate)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -145,23 +191,47 @@ def bearer_token(metadata: Any) -> str | None:
 
 
 class TokenBucket:
-    def __init__(self, rate: float, burst: int, clock: Callable[[], float]) -> None:
+    def __init__(self, rate: float, burst: float, clock: Callable[[], float]) -> None:
         self.rate, self.burst, self.clock = rate, float(burst), clock
         self.tokens = float(burst)
         self.stamp = clock()
 
-    def take(self) -> bool:
+    def wait_for(self, cost: float = 1.0) -> float:
+        """Seconds until ``cost`` tokens are there (0.0: now); takes nothing.
+
+        A cost above the burst is counted as the burst, so it passes once the
+        bucket is full.
+        """
         now = self.clock()
         self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
         self.stamp = now
-        if self.tokens < 1.0:
+        missing = min(cost, self.burst) - self.tokens
+        return 0.0 if missing <= 0 else missing / self.rate
+
+    def spend(self, cost: float = 1.0) -> None:
+        self.tokens -= min(cost, self.burst)
+
+    def take(self, cost: float = 1.0) -> bool:
+        if self.wait_for(cost) > 0:
             return False
-        self.tokens -= 1.0
+        self.spend(cost)
         return True
 
 
 class Exhausted(Exception):
-    pass
+    """A limit was hit; ``retry_after`` seconds is when trying again can succeed (if known)."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def _per_second(rate: float, unit: str) -> str:
+    if unit == "bytes" and rate >= MIB:
+        return f"{rate / MIB:g} MiB/s"
+    if unit == "bytes" and rate >= 1024:
+        return f"{rate / 1024:g} KiB/s"
+    return f"{rate:g} {unit}/s"
 
 
 class IdentityLimits:
@@ -171,20 +241,57 @@ class IdentityLimits:
         self.limits = limits
         self.clock = clock
         self._buckets: dict[str, TokenBucket] = {}
+        self._writes: dict[str, TokenBucket] = {}
+        self._write_bytes: dict[str, TokenBucket] = {}
         self.watches: dict[str, int] = {}
+
+    def _bucket(
+        self, buckets: dict[str, TokenBucket], name: str, rate: float, burst: float
+    ) -> TokenBucket:
+        bucket = buckets.get(name)
+        if bucket is None:
+            bucket = buckets[name] = TokenBucket(rate, burst, self.clock)
+        return bucket
 
     def request(self, identity: Identity) -> None:
         if self.limits.rate <= 0:
             return
-        bucket = self._buckets.get(identity.name)
-        if bucket is None:
-            bucket = TokenBucket(self.limits.rate, max(self.limits.burst, 1), self.clock)
-            self._buckets[identity.name] = bucket
-        if not bucket.take():
+        burst = max(self.limits.burst, 1)
+        bucket = self._bucket(self._buckets, identity.name, self.limits.rate, burst)
+        wait = bucket.wait_for()
+        if wait > 0:
             raise Exhausted(
                 f"mizzen: rate limit exceeded for {identity.name}: "
-                f"{self.limits.rate:g} requests/s (burst {self.limits.burst})"
+                f"{self.limits.rate:g} requests/s (burst {self.limits.burst}); "
+                f"retry after {retry_after.seconds_text(wait)} s",
+                wait,
             )
+        bucket.spend()
+
+    def write(self, identity: Identity, size: int) -> None:
+        """Count one write of ``size`` request bytes against the identity's write quota.
+
+        Raises Exhausted (nothing counted) when either bucket is short, with the
+        seconds until both would have enough.
+        """
+        quota = self.limits.write_quota(identity)
+        checks: list[tuple[TokenBucket, float, str]] = []
+        if quota.writes > 0:
+            bucket = self._bucket(self._writes, identity.name, quota.writes, quota.writes_burst)
+            checks.append((bucket, 1.0, f"{_per_second(quota.writes, 'writes')}"))
+        if quota.bytes > 0:
+            bucket = self._bucket(self._write_bytes, identity.name, quota.bytes, quota.bytes_burst)
+            checks.append((bucket, float(size), f"{_per_second(quota.bytes, 'bytes')}"))
+        waits = [(bucket.wait_for(cost), what) for bucket, cost, what in checks]
+        wait, what = max(waits, default=(0.0, ""))
+        if wait > 0:
+            raise Exhausted(
+                f"mizzen: too many requests: {identity.name} exceeded its write quota of "
+                f"{what}; retry after {retry_after.seconds_text(wait)} s",
+                wait,
+            )
+        for bucket, cost, _ in checks:
+            bucket.spend(cost)
 
     def open_watches(self, identity: Identity, n: int) -> None:
         """Count n more (or, negative, fewer) watches; raise Exhausted past the cap."""
@@ -202,6 +309,11 @@ class IdentityLimits:
 Handler = grpc.RpcMethodHandler
 
 
+async def _exhausted(context: grpc.aio.ServicerContext, err: Exhausted) -> None:
+    trailer = () if err.retry_after is None else retry_after.trailer(err.retry_after)
+    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(err), trailing_metadata=trailer)
+
+
 class AuthInterceptor(CachingInterceptor):
     """Authenticate, rate-limit and authorize every call (see the module docstring)."""
 
@@ -212,11 +324,14 @@ class AuthInterceptor(CachingInterceptor):
         tokens: Mapping[str, tuple[str, str]] | None = None,
         limits: Limits | None = None,
         watch_methods: frozenset[str] = frozenset(),
+        write_methods: frozenset[str] = frozenset(),
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.policy = policy
         self.tokens = dict(tokens or {})
-        self.limits = IdentityLimits(limits or Limits())
+        self.limits = IdentityLimits(limits or Limits(), clock)
         self.watch_methods = watch_methods
+        self.write_methods = write_methods
         super().__init__()
 
     def rewrap(self, method: str, handler: Handler) -> Handler:
@@ -242,8 +357,10 @@ class AuthInterceptor(CachingInterceptor):
     ) -> None:
         try:
             self.limits.request(identity)
+            if method in self.write_methods:
+                self.limits.write(identity, request.ByteSize())
         except Exhausted as err:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(err))
+            await _exhausted(context, err)
         try:
             await self.policy.authorize(identity, method, request)
         except Denied as denied:
@@ -326,7 +443,7 @@ class AuthInterceptor(CachingInterceptor):
                     try:
                         self.limits.open_watches(identity, delta)
                     except Exhausted as err:
-                        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(err))
+                        await _exhausted(context, err)
                     counted[0] += delta
                 yield request
 
@@ -384,7 +501,7 @@ class _WatchCount:
             try:
                 self.interceptor.limits.open_watches(self.identity, 1)
             except Exhausted as err:
-                await self.context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(err))
+                await _exhausted(self.context, err)
         return self.counted
 
     async def __aexit__(self, *exc: object) -> None:

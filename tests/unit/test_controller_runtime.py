@@ -275,6 +275,19 @@ async def test_events_are_written_in_the_background_and_repeats_aggregate() -> N
     assert len(objects.objects("events")) == 3
 
 
+async def test_event_messages_are_truncated_to_1_kib() -> None:
+    objects = FakeObjects()
+    [subject] = objects.add(pod("a"))
+    recorder = EventRecorder(objects, "c")
+    recorder.record(subject, "Warning", "Failed", "é" * 1000)  # 2,000 bytes
+    recorder.record(subject, "Normal", "Short", "fine")
+    await recorder.flush()
+    long, short = sorted(objects.objects("events"), key=lambda e: e.spec.reason)
+    assert long.spec.message == "é" * 510 + "..."  # 1,020 + 3 bytes: no split character
+    assert len(long.spec.message.encode()) <= 1024
+    assert short.spec.message == "fine"
+
+
 class SlowEventWriter:
     """Each write yields to the loop a few times; records how many overlap."""
 

@@ -9,7 +9,13 @@ import pytest
 from google.protobuf.message import Message
 
 from mizzen.api.defaults import apply_defaults
-from mizzen.api.validation import FieldError, validate, validate_update
+from mizzen.api.kinds import EVENT_MAX_BYTES, LEASE_MAX_BYTES
+from mizzen.api.validation import (
+    MAX_EVENT_MESSAGE_BYTES,
+    FieldError,
+    validate,
+    validate_update,
+)
 from protos import objects_pb2 as pb
 
 # ---------------------------------------------------------------- valid objects
@@ -767,6 +773,30 @@ OTHER_CASES = [
     ),
     ("event", lambda o: setattr(o.spec, "reason", ""), ["spec.reason"]),
     ("event", lambda o: setattr(o.spec, "count", -1), ["spec.count"]),
+    ("event", lambda o: setattr(o.spec, "message", "m" * MAX_EVENT_MESSAGE_BYTES), []),
+    (
+        "event",
+        lambda o: setattr(o.spec, "message", "m" * (MAX_EVENT_MESSAGE_BYTES + 1)),
+        ["spec.message"],
+    ),
+    # the limit is in bytes: 2,049 two-byte characters are 4,098 bytes
+    ("event", lambda o: setattr(o.spec, "message", "é" * 2049), ["spec.message"]),
+    ("event", lambda o: setattr(o.spec, "reason", "R" * 129), ["spec.reason"]),
+    (
+        "event",
+        lambda o: o.metadata.annotations.update({"note": "n" * EVENT_MAX_BYTES}),
+        ["object"],
+    ),
+    (
+        "event",
+        lambda o: setattr(o.spec, "message", "m" * 1_300_000),
+        ["spec.message", "object"],
+    ),
+    (
+        "lease",
+        lambda o: setattr(o.spec, "holder_identity", "h" * LEASE_MAX_BYTES),
+        ["object"],
+    ),
     ("lease", lambda o: o.spec.ClearField("lease_duration_seconds"), []),
     (
         "lease",
@@ -780,6 +810,22 @@ OTHER_CASES = [
 @pytest.mark.parametrize(("kind", "mutate", "paths"), OTHER_CASES)
 def test_nodes_events_leases(kind: str, mutate: Callable[[Any], object], paths: list[str]) -> None:
     _check(kind, mutate, paths)
+
+
+def test_size_errors_name_the_limit() -> None:
+    ev = event()
+    ev.spec.message = "m" * 20_000
+    errors = {e.path: e.message for e in validate(ev)}
+    assert errors["spec.message"] == "must be at most 4096 bytes (is 20000)"
+    assert errors["object"] == (
+        f"Event objects must be at most {EVENT_MAX_BYTES} bytes encoded (is {ev.ByteSize()})"
+    )
+
+
+def test_kinds_without_a_cap_only_meet_the_request_limit() -> None:
+    p = pod()
+    p.metadata.annotations["note"] = "n" * (200 * 1024)  # under the 256 KiB annotations limit
+    assert validate(p) == []
 
 
 def test_every_bad_field_is_listed() -> None:
