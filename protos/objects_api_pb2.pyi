@@ -9,7 +9,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Object(_message.Message):
-    __slots__ = ("node", "pod", "replica_set", "deployment", "daemon_set", "job", "event", "lease")
+    __slots__ = ("node", "pod", "replica_set", "deployment", "daemon_set", "job", "event", "lease", "config_map", "secret")
     NODE_FIELD_NUMBER: _ClassVar[int]
     POD_FIELD_NUMBER: _ClassVar[int]
     REPLICA_SET_FIELD_NUMBER: _ClassVar[int]
@@ -18,6 +18,8 @@ class Object(_message.Message):
     JOB_FIELD_NUMBER: _ClassVar[int]
     EVENT_FIELD_NUMBER: _ClassVar[int]
     LEASE_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_MAP_FIELD_NUMBER: _ClassVar[int]
+    SECRET_FIELD_NUMBER: _ClassVar[int]
     node: _objects_pb2.Node
     pod: _objects_pb2.Pod
     replica_set: _objects_pb2.ReplicaSet
@@ -26,7 +28,9 @@ class Object(_message.Message):
     job: _objects_pb2.Job
     event: _objects_pb2.Event
     lease: _objects_pb2.Lease
-    def __init__(self, node: _Optional[_Union[_objects_pb2.Node, _Mapping]] = ..., pod: _Optional[_Union[_objects_pb2.Pod, _Mapping]] = ..., replica_set: _Optional[_Union[_objects_pb2.ReplicaSet, _Mapping]] = ..., deployment: _Optional[_Union[_objects_pb2.Deployment, _Mapping]] = ..., daemon_set: _Optional[_Union[_objects_pb2.DaemonSet, _Mapping]] = ..., job: _Optional[_Union[_objects_pb2.Job, _Mapping]] = ..., event: _Optional[_Union[_objects_pb2.Event, _Mapping]] = ..., lease: _Optional[_Union[_objects_pb2.Lease, _Mapping]] = ...) -> None: ...
+    config_map: _objects_pb2.ConfigMap
+    secret: _objects_pb2.Secret
+    def __init__(self, node: _Optional[_Union[_objects_pb2.Node, _Mapping]] = ..., pod: _Optional[_Union[_objects_pb2.Pod, _Mapping]] = ..., replica_set: _Optional[_Union[_objects_pb2.ReplicaSet, _Mapping]] = ..., deployment: _Optional[_Union[_objects_pb2.Deployment, _Mapping]] = ..., daemon_set: _Optional[_Union[_objects_pb2.DaemonSet, _Mapping]] = ..., job: _Optional[_Union[_objects_pb2.Job, _Mapping]] = ..., event: _Optional[_Union[_objects_pb2.Event, _Mapping]] = ..., lease: _Optional[_Union[_objects_pb2.Lease, _Mapping]] = ..., config_map: _Optional[_Union[_objects_pb2.ConfigMap, _Mapping]] = ..., secret: _Optional[_Union[_objects_pb2.Secret, _Mapping]] = ...) -> None: ...
 
 class CreateRequest(_message.Message):
     __slots__ = ("object",)

@@ -242,7 +242,7 @@ class ObjectsService(api_grpc.ObjectsServicer):
         apply_defaults(new)
         # decided on old: the version the Txn below is guarded by
         _authorize("Update", lambda who: check_stored(who, "Update", old, new))
-        if new.spec != old.spec:
+        if info.has_spec and new.spec != old.spec:
             new.metadata.generation = old.metadata.generation + 1
         _check(info, new, validate_update(old, new))
         return wrap(await self._replace(info, key, rev, old, new))

@@ -19,6 +19,7 @@ API_VERSION = "mizzen/v1"
 # is bounded by the store's request limit (1.5 MiB, as etcd). See docs/objects.md.
 EVENT_MAX_BYTES = 16 * 1024
 LEASE_MAX_BYTES = 16 * 1024
+CONFIG_MAX_BYTES = 1024 * 1024  # ConfigMap and Secret, as Kubernetes
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,11 @@ class KindInfo:
     # Largest encoded object (protobuf bytes) the server accepts; 0: only the
     # store's request limit applies.
     max_bytes: int = 0
+
+    @property
+    def has_spec(self) -> bool:
+        """Whether the message has a spec (ConfigMap and Secret keep data at the top)."""
+        return "spec" in self.message.DESCRIPTOR.fields_by_name
 
     @property
     def singular(self) -> str:
@@ -70,6 +76,24 @@ KINDS: tuple[KindInfo, ...] = (
         message=pb.Lease,
         has_status=False,
         max_bytes=LEASE_MAX_BYTES,
+    ),
+    KindInfo(
+        "ConfigMap",
+        "configmaps",
+        ("cm",),
+        namespaced=True,
+        message=pb.ConfigMap,
+        has_status=False,
+        max_bytes=CONFIG_MAX_BYTES,
+    ),
+    KindInfo(
+        "Secret",
+        "secrets",
+        (),
+        namespaced=True,
+        message=pb.Secret,
+        has_status=False,
+        max_bytes=CONFIG_MAX_BYTES,
     ),
 )
 

@@ -194,6 +194,21 @@ MANIFESTS = {
           renewTime: "2024-05-01T10:00:00.123456789Z"
           leaseTransitions: 0
     """,
+    "ConfigMap": """
+        apiVersion: mizzen/v1
+        kind: ConfigMap
+        metadata: {name: web-config}
+        data: {app.conf: "listen 8080\\n", LOG_LEVEL: debug}
+        binaryData: {logo.png: iVBORw0K}
+    """,
+    "Secret": """
+        apiVersion: mizzen/v1
+        kind: Secret
+        metadata: {name: db}
+        type: Opaque
+        data: {DB_PASSWORD: czNjcjN0}
+        immutable: true
+    """,
 }
 
 
@@ -215,7 +230,9 @@ def _fill(msg: Message) -> None:
     for field in msg.DESCRIPTOR.fields:
         desc = field.message_type
         if desc is not None and desc.GetOptions().map_entry:
-            getattr(msg, field.name).update({"b": "x", "a.io/k": "2"})
+            is_bytes = desc.fields_by_name["value"].type == FieldDescriptor.TYPE_BYTES
+            x, two = (b"x\x00\xff", b"2") if is_bytes else ("x", "2")
+            getattr(msg, field.name).update({"b": x, "a.io/k": two})
         elif desc is not None and desc.full_name == "google.protobuf.Timestamp":
             stamp = getattr(msg, field.name)
             (stamp.add() if field.is_repeated else stamp).FromJsonString("2024-05-01T10:00:00.5Z")
@@ -485,7 +502,7 @@ def test_json_syntax_error() -> None:
         (
             "apiVersion: mizzen/v1\nkind: Service",
             'document 1 (Service p): kind: unknown kind "Service"; known kinds: '
-            "Node, Pod, ReplicaSet, Deployment, DaemonSet, Job, Event, Lease",
+            "Node, Pod, ReplicaSet, Deployment, DaemonSet, Job, Event, Lease, ConfigMap, Secret",
         ),
         (
             "apiVersion: mizzen/v1\nkind: deploy",
@@ -646,7 +663,7 @@ def test_load_paths_reports_every_bad_source(tmp_path: Path) -> None:
     assert str(info.value).splitlines() == [
         f"{missing}: cannot read: No such file or directory",
         f'{bad}: document 1 (Nope): kind: unknown kind "Nope"; known kinds: '
-        "Node, Pod, ReplicaSet, Deployment, DaemonSet, Job, Event, Lease",
+        "Node, Pod, ReplicaSet, Deployment, DaemonSet, Job, Event, Lease, ConfigMap, Secret",
     ]
 
 
