@@ -307,15 +307,17 @@ class PodConfig:
         if not mounts:
             return env
         uid, gid = _owner(run_as)
-        writes = [
-            (m, Copy(m.volume.name, uid, gid), project(m.volume, self._lookup_volume(m.volume)))
-            for m in mounts
-        ]
         owner = self._pod_dir_owner()
+        # The content is read under the lock, and the copies are marked in use before
+        # it is released: a change meanwhile is rewritten by the next sync, not lost.
         async with self._lock:
+            writes = [
+                (m, Copy(m.volume.name, uid, gid), project(m.volume, self._lookup_volume(m.volume)))
+                for m in mounts
+            ]
             await self._run(self._materialise, writes, owner)
-        for _, copy, _payload in writes:
-            self.active.setdefault(copy, set()).add(spec.name)
+            for _, copy, _payload in writes:
+                self.active.setdefault(copy, set()).add(spec.name)
         return env
 
     def _lookup_volume(self, source: VolumeSource) -> Any:
@@ -397,6 +399,18 @@ class PodConfig:
 
     async def sync(self) -> list[str]:
         """Rewrite every copy in use whose content changed; the volumes rewritten."""
+        async with self._lock:
+            changed = await self._sync_locked()
+        volumes = sorted({copy.volume for _, copy in changed})
+        for source, copy in changed:
+            self._log.info(
+                "volume_updated", volume=copy.volume, kind=source.kind, object=source.object_name
+            )
+        if changed:
+            self._reload(changed)
+        return volumes
+
+    async def _sync_locked(self) -> list[tuple[VolumeSource, Copy]]:
         writes: list[tuple[VolumeSource, Copy, Payload]] = []
         for copy in list(self.active):
             volume = self.volumes.get(copy.volume)
@@ -411,16 +425,8 @@ class PodConfig:
             writes.append((source, copy, payload))
         if not writes:
             return []
-        async with self._lock:
-            changed: list[tuple[VolumeSource, Copy]] = await self._run(self._rewrite, writes)
-        volumes = sorted({copy.volume for _, copy in changed})
-        for source, copy in changed:
-            self._log.info(
-                "volume_updated", volume=copy.volume, kind=source.kind, object=source.object_name
-            )
-        if changed:
-            self._reload(changed)
-        return volumes
+        changed: list[tuple[VolumeSource, Copy]] = await self._run(self._rewrite, writes)
+        return changed
 
     def _rewrite(
         self, writes: list[tuple[VolumeSource, Copy, Payload]]
