@@ -203,8 +203,13 @@ class ConfigObjects:
                     error=str(err),
                     retry_in=delay,
                 )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.retry_cap)
+            except Exception:
+                # a bug must not leave the pods waiting forever without a reason
+                entry.fail(f"cannot read {kind} {namespace}/{name}: internal error in the agent")
+                log.exception("config_follow_failed", kind=kind, namespace=namespace, name=name)
+            # (a watch that ended by itself is read again after the initial delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.retry_cap)
 
     async def _watch(self, entry: Followed, rv: str) -> None:
         kind, namespace, name = entry.key

@@ -211,3 +211,16 @@ async def test_a_broken_watch_keeps_the_last_content(store: FakeStore) -> None:
     await until(lambda: len(store.gets) >= 3 and bool(store.streams))
     assert entry.obj.data["k"] == "1" and entry.error == ""
     await objects.close()
+
+
+async def test_an_unexpected_failure_is_reported_and_retried(store: FakeStore) -> None:
+    store.put("app", {"k": "1"})
+    store.get_errors.append(RuntimeError("a bug"))
+    objects = ConfigObjects(store, retry_initial=0.01)
+    entry = objects.follow("ConfigMap", "ns", "app")
+    errors: list[str] = []
+    entry.subscribe(lambda: errors.append(entry.error))
+    await until(lambda: entry.obj is not None)
+    assert errors[0] == "cannot read ConfigMap ns/app: internal error in the agent"
+    assert entry.error == ""
+    await objects.close()
