@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from nodeagent.config_inject import ConfigError, FileSpec
-from nodeagent.pod_config import reload_signal
+from nodeagent.pod_config import PodPaths, reload_signal
 from nodeagent.tmpfs import mount_fstype
 from nodeagent.volumes import DATA_LINK, AtomicWriter, check_mounts, ensure_link, mount_target
 
@@ -243,3 +243,17 @@ def test_mount_fstype_reads_mountinfo_with_escapes(tmp_path: Path) -> None:
 )
 def test_reload_annotation(annotation: str, expected: signal.Signals | None) -> None:
     assert reload_signal(annotation) == expected
+
+
+def test_pod_files_of_pods_without_a_worker_are_removed(tmp_path: Path) -> None:
+    paths = PodPaths.under(str(tmp_path))
+    for uid in ("keep", "gone"):
+        Path(paths.pod_dir("ns", "web", uid), "conf").mkdir(parents=True)
+        Path(paths.volumes, uid, "conf.0").mkdir(parents=True)
+        Path(paths.secrets.path, uid, "creds.0").mkdir(parents=True)
+    assert paths.remove_orphans({"keep"}) == ["gone"]
+    assert sorted(os.listdir(paths.pod_dirs)) == ["ns_web_keep"]
+    assert os.listdir(paths.volumes) == ["keep"]
+    assert os.listdir(paths.secrets.path) == ["keep"]
+    paths.remove_pod("ns", "web", "keep")
+    assert os.listdir(paths.pod_dirs) == os.listdir(paths.volumes) == []
