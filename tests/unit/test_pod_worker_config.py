@@ -296,3 +296,45 @@ async def test_secret_files_are_0400_and_belong_to_the_process_user(
         await until(lambda: log.exists() and log.read_text() == "ok\n", "process read it")
 
     await run_worker(worker, body)
+
+
+async def test_two_processes_of_one_user_share_one_copy_at_their_own_paths(
+    deps_for: Callable[[FakeStore], WorkerDeps],
+) -> None:
+    pod = make_pod("exec sleep 30")
+    pod.spec.processes.add(name="side", command=["/bin/sh", "-c", "exec sleep 30"])
+    pod.spec.volumes.add(name="conf", config_map=pb.ConfigMapVolumeSource(name="app"))
+    pod.spec.processes[0].volume_mounts.add(name="conf", mount_path="main/conf")
+    pod.spec.processes[1].volume_mounts.add(name="conf", mount_path="side-conf")
+    client = FakeStore(pod)
+    client.put(configmap("app", k="v"))
+    deps = deps_for(client)
+    worker = PodWorker(pod, deps)
+
+    async def body() -> None:
+        await until(lambda: client.pod.status.phase == "Running", "running")
+        home = pod_dir(deps)
+        assert os.readlink(home / "main" / "conf") == os.readlink(home / "side-conf")
+        assert (home / "side-conf" / "k").read_text() == "v"
+
+    await run_worker(worker, body)
+
+
+async def test_a_mount_outside_the_pod_directory_is_refused(
+    deps_for: Callable[[FakeStore], WorkerDeps],
+) -> None:
+    pod = make_pod("exec sleep 30")
+    pod.spec.volumes.add(name="conf", config_map=pb.ConfigMapVolumeSource(name="app"))
+    pod.spec.processes[0].volume_mounts.add(name="conf", mount_path="/etc/app")
+    client = FakeStore(pod)
+    client.put(configmap("app", k="v"))
+    deps = deps_for(client)
+    worker = PodWorker(pod, deps)
+
+    async def body() -> None:
+        await until(lambda: main_status(client).state.waiting.reason == "ConfigError", "refused")
+        message = main_status(client).state.waiting.message
+        assert message == 'mountPath "/etc/app" is outside the pod directory'
+        assert not os.path.lexists("/etc/app")
+
+    await run_worker(worker, body)
