@@ -47,6 +47,7 @@ from nodeagent.agent_service import NodeAgentService
 from nodeagent.cgroups import CgroupDriver, CgroupError, detect
 from nodeagent.cgroups.base import Cgroup
 from nodeagent.config import AgentConfig
+from nodeagent.config_objects import ConfigObjects
 from nodeagent.logs import DiskLogSource, PodLogs, rotate_if_needed
 from nodeagent.metrics import AgentMetrics, CountingEvents
 from nodeagent.node_status import (
@@ -58,6 +59,7 @@ from nodeagent.node_status import (
     read_capacity,
     system_info,
 )
+from nodeagent.pod_config import PodPaths
 from nodeagent.pod_worker import PodWorker, WorkerDeps
 from nodeagent.state import PodRecord, StateDir, read_boot_id
 from nodeagent.stats import PodRef, UsageSampler
@@ -72,6 +74,18 @@ RESYNC_PERIOD = 30.0
 # Threads for the blocking part of pod starts (cgroup mkdirs and writes, fork/exec: they
 # release the GIL). A few are enough to overlap them; more only contend for the loop.
 START_WORKERS = 4
+
+
+def _make_traversable(data_dir: str) -> None:
+    """Let processes running as other users reach their pod directory under data_dir.
+
+    Adds search (x) permission for group and others — not read: nobody else can
+    list it. Its ``pods/`` and ``logs/`` stay 0700.
+    """
+    mode = os.stat(data_dir).st_mode & 0o7777
+    if mode & 0o011 != 0o011:
+        os.chmod(data_dir, mode | 0o011)
+        log.info("agent_data_dir_traversable", path=data_dir, mode=oct(mode | 0o011))
 
 
 class AgentStartError(Exception):
@@ -97,6 +111,9 @@ class Agent:
         self.state = StateDir(config.pods_dir)
         self.logs = PodLogs(config.logs_dir)
         os.makedirs(config.logs_dir, exist_ok=True)
+        _make_traversable(config.data_dir)
+        self.paths = PodPaths.under(config.data_dir)
+        self.config_objects = ConfigObjects(client)
         self.address = config.address or outbound_ip(config.endpoints[0])
         self.start_pool = ThreadPoolExecutor(START_WORKERS, thread_name_prefix="pod-start")
         self.deps = WorkerDeps(
@@ -110,6 +127,8 @@ class Agent:
             backoff_cap=config.backoff_cap,
             logs_linger=config.logs_linger,
             start_pool=self.start_pool,
+            config_objects=self.config_objects,
+            pod_paths=self.paths,
         )
         self.events = EventRecorder(client, "agent", host=config.name)
         self.workers: dict[str, PodWorker] = {}
@@ -194,7 +213,10 @@ class Agent:
                     self._destroy(cgroup)
 
     def _remove_orphan_logs(self) -> None:
-        """Log directories (``<ns>_<pod>_<uid>``) of pods with no worker."""
+        """Log directories (``<ns>_<pod>_<uid>``), pod directories and volumes of pods
+        with no worker."""
+        for uid in self.paths.remove_orphans(self.workers):
+            self._log.info("orphan_pod_files_removed", uid=uid)
         try:
             names = os.listdir(self.config.logs_dir)
         except OSError:
@@ -217,6 +239,7 @@ class Agent:
             self._destroy(cgroup)
         self.state.remove(record.uid)
         self.logs.remove_pod(record.namespace, record.name, record.uid)
+        self.paths.remove_pod(record.namespace, record.name, record.uid)
 
     async def stop_all_pods(self) -> None:
         """Stop every local pod's processes (each with its grace) and remove the cgroups.
@@ -229,6 +252,8 @@ class Agent:
         parent = self.driver.open("")
         if parent is not None:
             self._destroy(parent)
+        self.paths.remove_orphans(())
+        self.paths.secrets.unmount()
 
     def _destroy(self, cgroup: Cgroup) -> None:
         try:
@@ -405,6 +430,7 @@ async def run_agent(config: AgentConfig, stop: asyncio.Event | None = None) -> N
                 log.info("agent_stopping_pods", node=config.name)
                 await agent.stop_all_pods()
             await server.stop(grace=1.0)
+            await agent.config_objects.close()
             agent.start_pool.shutdown(wait=True)
             log.info("agent_stopped", node=config.name)
         if work.done() and not work.cancelled() and work.exception() is not None:

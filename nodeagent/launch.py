@@ -92,7 +92,7 @@ def resolve_command(command: str, env: Mapping[str, str], cwd: str | None) -> st
 
 
 def process_env(
-    env: Sequence[tuple[str, str]], *, namespace: str, pod: str, uid: str
+    env: Sequence[tuple[str, str]], *, namespace: str, pod: str, uid: str, pod_dir: str = ""
 ) -> dict[str, str]:
     """The pod's variables, a default PATH, and the pod's identity (user values win)."""
     out = {
@@ -101,6 +101,8 @@ def process_env(
         "MIZZEN_POD_NAME": pod,
         "MIZZEN_POD_UID": uid,
     }
+    if pod_dir:
+        out["MIZZEN_POD_DIR"] = pod_dir
     out.update(env)
     return out
 

@@ -32,7 +32,9 @@ import structlog
 
 from mizzen.client.errors import ConflictError, NotFoundError, StoreClientError
 from nodeagent.cgroups.base import Cgroup, CgroupDriver, CgroupError
+from nodeagent.config_objects import ConfigObjects
 from nodeagent.logs import PodLogs
+from nodeagent.pod_config import PodConfig, PodPaths, run_as_of
 from nodeagent.pod_status import compute_status, status_differs
 from nodeagent.state import PodRecord, ProcessRecord, StateDir
 from nodeagent.supervisor import PodContext, ProcessSupervisor
@@ -65,6 +67,10 @@ class WorkerDeps:
     events: EventSink | None = None
     # Runs the blocking part of pod starts (a small bounded pool); None: the loop's default.
     start_pool: Executor | None = None
+    # The node's followed ConfigMaps and Secrets; None: references cannot be resolved.
+    config_objects: ConfigObjects | None = None
+    # Pod directories and volumes; None: no MIZZEN_POD_DIR and no volume mounts.
+    pod_paths: PodPaths | None = None
 
 
 def _rv(pod: pb.Pod) -> int:
@@ -107,6 +113,16 @@ class PodWorker:
             event=self._event,
             start_pool=deps.start_pool,
         )
+        self.config = PodConfig(
+            pod,
+            deps.config_objects,
+            deps.pod_paths,
+            event=self._event,
+            annotations=lambda: self.pod.metadata.annotations,
+            send_signal=self._send_signal,
+            executor=deps.start_pool,
+        )
+        self.ctx.config = self.config
         self.supervisors: list[ProcessSupervisor] = []
         for spec in pod.spec.processes:
             rec = self.record.processes.setdefault(spec.name, ProcessRecord(name=spec.name))
@@ -140,6 +156,12 @@ class PodWorker:
     def _event(self, type: str, reason: str, message: str) -> None:
         if self.deps.events is not None:
             self.deps.events.record(self.pod, type, reason, message)
+
+    def _send_signal(self, process: str, sig: int) -> bool:
+        for s in self.supervisors:
+            if s.name == process and s.run is not None:
+                return s.run.send_signal(sig)
+        return False
 
     def _grace(self) -> float:
         meta = self.pod.metadata
@@ -183,8 +205,10 @@ class PodWorker:
 
     async def _run_pod(self) -> None:
         loop = asyncio.get_running_loop()
-        create = self._create_pod_cgroup
+        self.config.start()  # the first reads overlap the cgroup's creation
         try:
+            await loop.run_in_executor(self.deps.start_pool, self._setup_pod_dir)
+            create = self._create_pod_cgroup
             self.pod_cgroup, self.ctx.new_cgroup = await loop.run_in_executor(
                 self.deps.start_pool, create
             )
@@ -194,6 +218,8 @@ class PodWorker:
         was_ready = {ps.name: ps.ready for ps in self.pod.status.process_statuses}
         for s in self.supervisors:
             s.recover(was_ready.get(s.name, False))
+            if s.run is not None:
+                self.config.adopt(s.spec, run_as_of(s.spec))
         if self._readopting:
             # A new pod's record is first saved with its first run; until then a
             # restarted agent finds only its pod-<uid> cgroup (removed as an orphan).
@@ -201,7 +227,9 @@ class PodWorker:
         self._changed.set()
         async with asyncio.TaskGroup() as tg:
             status = tg.create_task(self._status_loop())
+            volumes = tg.create_task(self.config.sync_loop())
             tasks = [tg.create_task(s.supervise()) for s in self.supervisors]
+            config_done = tg.create_task(self._release_config(tasks, volumes))
             await self._terminate.wait()
             await self._stop_processes(tasks)
             status.cancel()
@@ -209,7 +237,28 @@ class PodWorker:
                 await self._sync_status()
             except StoreClientError as err:
                 self._log.warning("pod_status_failed", error=str(err))
+            await config_done
         self._cleanup()
+        try:
+            await loop.run_in_executor(self.deps.start_pool, self.config.remove_files)
+        except OSError as err:
+            self._log.error("pod_files_remove_failed", error=str(err))
+
+    def _setup_pod_dir(self) -> None:
+        """The pod's directory (runs in a pool thread, before any process starts)."""
+        try:
+            self.config.setup_dir(run_as_of(s.spec) for s in self.supervisors)
+        except OSError as err:
+            self._log.error("pod_dir_failed", error=str(err))
+
+    async def _release_config(
+        self, tasks: list[asyncio.Task[None]], volumes: asyncio.Task[None]
+    ) -> None:
+        """Once every process is finished for good, stop following the pod's config."""
+        if tasks:
+            await asyncio.wait(tasks)
+        volumes.cancel()
+        self.config.close()
 
     def _create_pod_cgroup(self) -> tuple[Cgroup, bool]:
         """The pod's cgroup and whether it did not exist before (runs in a pool thread)."""

@@ -158,6 +158,16 @@ class ProcessRun:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, sig)
 
+    def send_signal(self, sig: int) -> bool:
+        """Signal the run's own process (not its group) through its pidfd; False if it is gone."""
+        if self.result is not None:
+            return False
+        try:
+            signal.pidfd_send_signal(self._pidfd, sig)
+        except OSError:
+            return False
+        return True
+
     def kill_cgroup(self) -> None:
         try:
             self.cgroup.kill_all()

@@ -20,17 +20,20 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import structlog
 
 from nodeagent import runtime
 from nodeagent.backoff import RestartBackoff
 from nodeagent.cgroups.base import Cgroup, CgroupDriver, CgroupError, Limits
+from nodeagent.config_inject import ConfigError
 from nodeagent.launch import LaunchError, LaunchSpec, process_env, resolve_user, wrap_argv
 from nodeagent.logs import PodLogs
+from nodeagent.pod_config import PodConfig
 from nodeagent.pod_status import ProcessView, Running, State, Waiting
 from nodeagent.probes import ProbeTracker, run_probe
 from nodeagent.runtime import ProcessRun
@@ -38,6 +41,7 @@ from nodeagent.state import ProcessRecord, Terminated
 from protos import objects_pb2 as pb
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 START_ERROR_EXIT_CODE = 128
 
@@ -70,6 +74,8 @@ class PodContext:
     new_cgroup: bool = False
     # Reports an Event about the pod: (type "Normal"|"Warning", reason, message).
     event: Callable[[str, str, str], None] = lambda _type, _reason, _message: None
+    # The pod's ConfigMaps and Secrets (variables and volumes); None: literal env only.
+    config: PodConfig | None = None
 
     @property
     def pod_cgroup_path(self) -> str:
@@ -126,6 +132,11 @@ class ProcessSupervisor:
         # write waits for it, so a pod start costs one status write, not two.
         self.settled = asyncio.Event()
         self._spawned_before = False
+        # The variables of the current run: literal ones until prepare() resolves the rest.
+        self.env: list[tuple[str, str]] = [
+            (e.name, e.value) for e in spec.env if not e.HasField("value_from")
+        ]
+        self.config_error = ""
         self._log = log.bind(pod=f"{ctx.namespace}/{ctx.pod}", process=spec.name)
         if record.final is not None:
             self.state, self.final, self.started_once = record.final, True, True
@@ -187,6 +198,8 @@ class ProcessSupervisor:
                 exited = self._lost()
             else:
                 if run is None:
+                    if not await self._prepare():
+                        return  # terminating while waiting for its configuration
                     run = await self._start()
                     if run is not None and self.ctx.stopping.is_set():
                         self._stop_late_start(run)
@@ -251,6 +264,59 @@ class ProcessSupervisor:
             started_at=now,
             finished_at=now,
         )
+
+    async def _prepare(self) -> bool:
+        """Resolve the run's variables and write its volumes; False when the pod is stopping.
+
+        A reference that cannot be satisfied leaves the process Waiting with
+        reason ConfigError (one Event per distinct message) until one of the
+        pod's ConfigMaps or Secrets changes, then it tries again.
+        """
+        config = self.ctx.config
+        if config is None:
+            return True
+        try:
+            run_as = resolve_user(self.spec.user)
+        except LaunchError:
+            return True  # the start fails with the reason
+        while True:
+            version = config.version
+            try:
+                env = await self._unless_stopping(config.prepare(self.spec, run_as))
+            except ConfigError as err:
+                message = str(err)
+            else:
+                if env is None:
+                    return False
+                self.env = env
+                self.config_error = ""
+                return True
+            if message != self.config_error:
+                self.config_error = message
+                self._log.warning("process_config_error", error=message)
+                self.ctx.event(
+                    "Warning", "ConfigError", f"Cannot start process {self.name}: {message}"
+                )
+            self.state = Waiting("ConfigError", message)
+            self._commit()
+            self.settled.set()
+            await self._unless_stopping(config.wait_change(version))
+            if self.ctx.stopping.is_set():
+                return False
+
+    async def _unless_stopping(self, aw: Awaitable[T]) -> T | None:
+        """aw's result, or None (aw cancelled) once the pod starts stopping."""
+        task = asyncio.ensure_future(aw)
+        stopping = asyncio.ensure_future(self.ctx.stopping.wait())
+        try:
+            await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            if not task.done():
+                task.cancel()
+        if not task.done() or task.cancelled():
+            return None
+        return task.result()
 
     async def _start(self) -> ProcessRun | None:
         """A new run, or None with start_error set.
@@ -327,11 +393,13 @@ class ProcessSupervisor:
             run.signal_group(signal.SIGTERM)
 
     def launch_spec(self, cgroup: Cgroup) -> LaunchSpec:
+        config = self.ctx.config
         env = process_env(
-            [(e.name, e.value) for e in self.spec.env],
+            self.env,
             namespace=self.ctx.namespace,
             pod=self.ctx.pod,
             uid=self.ctx.uid,
+            pod_dir=config.pod_dir if config is not None else "",
         )
         return LaunchSpec(
             argv=(*self.spec.command, *self.spec.args),
@@ -345,6 +413,9 @@ class ProcessSupervisor:
         """Probe the run until it exits; its exit (and leftovers killed)."""
         self.run = run
         self.state = Running(run.started_at)
+        if run.adopted and self.ctx.config is not None:
+            # for probes: a re-adopted run's variables, as far as they are known now
+            self.env = self.ctx.config.env_now(self.spec) or self.env
         initially_ready = self._ready_hint
         self._ready_hint = False
         self.ready = initially_ready or not self.spec.HasField("readiness_probe")

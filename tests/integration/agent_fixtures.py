@@ -116,15 +116,18 @@ class AgentProcess:
             return ""
 
     def destroy(self) -> None:
-        """Kill the agent and everything in its cgroup parent; remove the parent."""
+        """Kill the agent and everything in its cgroup parent; remove the parent; unmount
+        the agent's tmpfs for Secret volumes if it mounted one."""
         self.kill()
         from nodeagent.cgroups import detect
+        from nodeagent.tmpfs import SecretsRoot
 
         driver = detect(parent=self.parent)
         root = driver.open("")
         if root is not None:
             root.kill_all()
             root.remove()
+        SecretsRoot(str(self.data_dir / "secrets")).unmount()
 
 
 async def eventually(
