@@ -7,6 +7,12 @@ over what the server and controllers own (uid, creation timestamp, status,
 finalizers and owner references the manifest does not set); otherwise write
 nothing. A conflict (someone wrote in between) rereads and tries again.
 Prints ``<kind>/<name> created|configured|unchanged``.
+
+apply_all() does that for many objects at once (``mizzen.cli.batch``: at most
+a window of them in flight, lines in input order, a failure reported with its
+document and the rest still applied). There is nothing to put first: no kind
+needs another object to exist before it can be created (there are no
+namespace objects), and the same object twice waits for its first copy.
 """
 
 from __future__ import annotations
@@ -15,8 +21,9 @@ from collections.abc import Callable
 from typing import Any
 
 from mizzen.api.defaults import apply_defaults
-from mizzen.api.manifest import Manifest
-from mizzen.client.errors import ConflictError, NotFoundError
+from mizzen.api.manifest import Manifest, Problem
+from mizzen.cli.batch import WINDOW, Summary, run_in_order
+from mizzen.client.errors import ConflictError, NotFoundError, StoreClientError
 from mizzen.client.objects import ObjectsClient
 
 CONFLICT_ATTEMPTS = 3
@@ -79,9 +86,43 @@ async def apply_one(client: ObjectsClient, manifest: Manifest) -> str:
     raise AssertionError("unreachable")
 
 
+def identity(manifest: Manifest) -> tuple[str, str, str]:
+    """The object a manifest names: (kind, namespace, name)."""
+    meta: Any = manifest.message.metadata  # type: ignore[attr-defined]
+    return manifest.kind.kind, meta.namespace, meta.name
+
+
+def where(manifest: Manifest, message: str) -> str:
+    """message prefixed with the manifest's source, document and object:
+    ``pods.yaml: document 3 (Pod web): ...``, as manifest problems are shown."""
+    kind, _, name = identity(manifest)
+    return str(Problem(manifest.source, manifest.index, message, label=f"{kind} {name}"))
+
+
 async def apply_all(
-    client: ObjectsClient, manifests: list[Manifest], out: Callable[[str], None]
-) -> None:
-    for manifest in manifests:
+    client: ObjectsClient,
+    manifests: list[Manifest],
+    *,
+    out: Callable[[str], None],
+    err: Callable[[str], None],
+    describe: Callable[[StoreClientError], str],
+    window: int = WINDOW,
+) -> Summary:
+    """Apply every manifest, ``window`` at a time; a line per object in input order.
+
+    describe() gives the text of a failure, to which where() adds the document.
+    """
+
+    async def one(manifest: Manifest) -> str:
         result = await apply_one(client, manifest)
-        out(f"{manifest.kind.singular}/{manifest.message.metadata.name} {result}")  # type: ignore[attr-defined]
+        return f"{manifest.kind.singular}/{identity(manifest)[2]} {result}"
+
+    def failure(manifest: Manifest, error: StoreClientError) -> str:
+        text = describe(error)
+        if isinstance(error, ConflictError):
+            text += " (kept changing while applying)"
+        return where(manifest, text)
+
+    return await run_in_order(
+        manifests, one, key=identity, failure=failure, out=out, err=err, window=window
+    )
