@@ -112,8 +112,15 @@ def _int_or_string(field: FieldDescriptor, value: object) -> bool:
     return field.name in INT_OR_STRING and isinstance(value, int) and not isinstance(value, bool)
 
 
+_JSON_FIELDS: dict[str, dict[str, FieldDescriptor]] = {}
+
+
 def _json_fields(desc: Descriptor) -> dict[str, FieldDescriptor]:
-    return {field.json_name: field for field in desc.fields}
+    """desc's fields by JSON name (built once per message type)."""
+    fields = _JSON_FIELDS.get(desc.full_name)
+    if fields is None:
+        fields = _JSON_FIELDS[desc.full_name] = {field.json_name: field for field in desc.fields}
+    return fields
 
 
 class _InvalidQuantity(ValueError):
