@@ -445,6 +445,10 @@ def dump_yaml(msgs: Iterable[Message]) -> str:
     )
 
 
+# json.dumps(o, ensure_ascii=False) with its encoder made once, not once per item.
+_ITEM_JSON = json.JSONEncoder(ensure_ascii=False)
+
+
 def dump_json(msgs: Iterable[Message]) -> str:
     """One message as its object (indented); any other number as ``{kind: List, items: [...]}``.
 
@@ -457,5 +461,5 @@ def dump_json(msgs: Iterable[Message]) -> str:
     head = f'{{\n  "apiVersion": {json.dumps(API_VERSION)},\n  "kind": {json.dumps(LIST_KIND)},\n'
     if not objects:
         return head + '  "items": []\n}\n'
-    items = ",\n".join("    " + json.dumps(o, ensure_ascii=False) for o in objects)
+    items = ",\n".join("    " + _ITEM_JSON.encode(o) for o in objects)
     return head + '  "items": [\n' + items + "\n  ]\n}\n"
