@@ -37,7 +37,15 @@ from mizzen import __version__
 from mizzen.api import kinds
 from mizzen.api.defaults import DEFAULT_NAMESPACE
 from mizzen.api.kinds import KindInfo
-from mizzen.api.manifest import Manifest, ManifestError, dump_json, dump_yaml, load_paths
+from mizzen.api.manifest import (
+    Manifest,
+    ManifestError,
+    dump_json,
+    dump_yaml,
+    json_line,
+    json_list,
+    load_paths,
+)
 from mizzen.cli import tables
 from mizzen.cli.apply_cmd import apply_all, where
 from mizzen.cli.batch import WINDOW, Summary, run_in_order
@@ -51,6 +59,10 @@ from mizzen.client.errors import (
 )
 from mizzen.client.objects import ObjectsClient
 from mizzen.client.store_client import StoreClient
+
+LIST_PAGE = 500
+"""Objects per List request of `get`: each page is turned into output while the
+store reads the next (ObjectsClient.list_pages), as kubectl's --chunk-size 500."""
 
 
 def error_message(err: BaseException, endpoints: list[str]) -> str:
@@ -261,20 +273,29 @@ def run_get(args: argparse.Namespace) -> int:
     async def body(client: ObjectsClient) -> int:
         if args.name:
             objects = [await client.get(info, args.name, namespace)]
-        else:
-            listed = await client.list(
-                info,
-                namespace,
-                label_selector=args.selector,
-                field_selector=args.field_selector,
-            )
-            objects = listed.items
-            for key in listed.undecodable_keys:
+            _print_objects(info, objects, args, everywhere, namespace)
+            return 0
+        objects = []
+        json_lines: list[str] = []  # -o json: written while the next page is read
+        async for page in client.list_pages(
+            info,
+            namespace,
+            label_selector=args.selector,
+            field_selector=args.field_selector,
+            page_size=LIST_PAGE,
+        ):
+            objects.extend(page.items)
+            if args.output == "json":
+                json_lines.extend(json_line(obj) for obj in page.items)
+            for key in page.undecodable_keys:
                 print(
                     f"mizzen: warning: skipped {key}: its stored value does not decode as a "
                     f"{info.kind} (mizzen delete {info.singular} NAME removes it)",
                     file=sys.stderr,
                 )
+        if args.output == "json" and len(objects) != 1:
+            sys.stdout.write(json_list(json_lines))
+            return 0
         _print_objects(info, objects, args, everywhere, namespace)
         return 0
 

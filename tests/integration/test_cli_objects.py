@@ -306,6 +306,13 @@ def test_client_errors_and_pages(cluster: MizzenCluster) -> None:
             assert names == ["dup", *(f"page-{i}" for i in range(5))]
             assert everything.continue_token == ""
 
+            pages = [p async for p in client.list_pages("deploy", "client", page_size=4)]
+            assert [len(p.items) for p in pages] == [4, 2]
+            assert [d.metadata.name for p in pages for d in p.items] == names
+            assert {p.resource_version for p in pages} == {everything.resource_version}
+            async for _ in client.list_pages("deploy", "client", page_size=1):
+                break  # the second page, already asked for, is cancelled
+
             _, gone = await client.delete("deploy", "dup", "client")
             assert gone
             with pytest.raises(NotFoundError):
