@@ -905,3 +905,35 @@ def test_libyaml_path_keeps_the_nesting_limit_and_the_duplicate_key_check() -> N
         list(yaml.load_all(_deep_yaml(DEEP), Loader=_FastLoader))
     with pytest.raises(yaml.YAMLError, match='duplicate key "a"'):
         list(yaml.load_all("a: 1\nb: 2\na: 3\n", Loader=_FastLoader))
+
+
+def test_a_scalar_yaml_cannot_construct_is_a_one_line_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A date with month 13 or ``!!int abc`` raised ValueError out of PyYAML: a traceback."""
+    doc = """\
+        apiVersion: mizzen/v1
+        kind: Pod
+        metadata:
+          name: a
+          annotations: {{d: {value}}}
+        spec: {{}}
+        """
+    assert error_lines(doc.format(value="2024-13-45")) == [
+        't.yaml: document 1: invalid YAML at line 5, column 20: invalid timestamp "2024-13-45": '
+        "month must be in 1..12"
+    ]
+    assert error_lines("---\n" + doc.format(value="!!int abc")) == [
+        't.yaml: document 1: invalid YAML at line 6, column 28: invalid int "abc": '
+        "invalid literal for int() with base 10: 'abc'"
+    ]
+    from mizzen.cli.main import main
+
+    path = tmp_path / "bad-date.yaml"
+    path.write_text(textwrap.dedent(doc.format(value="2024-02-30")))
+    assert main(["apply", "-f", str(path), "--endpoints", "127.0.0.1:1"]) == 1
+    err = capsys.readouterr().err
+    assert err == (
+        f"mizzen: {path}: document 1: invalid YAML at line 5, column 20: "
+        'invalid timestamp "2024-02-30": day is out of range for month\n'
+    )
