@@ -49,7 +49,6 @@ from mizzen.api.nesting import (
     yaml_message,
 )
 from mizzen.api.validation import validate
-from mizzen.echo import echo
 
 try:  # libyaml, in PyYAML's wheels; without it manifests are read in Python only
     from yaml._yaml import CParser as _CParser
@@ -112,20 +111,9 @@ class _StrictLoader(LimitedSafeLoader):
 
     PyYAML would silently keep the last value. Keys brought in by a merge
     (``<<: *base``) may still be overridden. Nesting deeper than MAX_DEPTH is
-    a syntax error at the line of the level too many (mizzen.api.nesting). A
-    scalar that matches a type but is not one (``2024-13-45``, ``!!int abc``)
-    is an error at its line, where PyYAML raised a bare ValueError.
+    a syntax error at the line of the level too many, and so is a value that
+    matches a type but is not one, ``2024-13-45`` (mizzen.api.nesting).
     """
-
-    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
-        try:
-            return super().construct_object(node, deep=deep)
-        except (ValueError, TypeError, OverflowError) as exc:
-            kind = str(node.tag).rsplit(":", 1)[-1]
-            shown = f' "{echo(node.value)}"' if isinstance(node, yaml.ScalarNode) else ""
-            raise yaml.constructor.ConstructorError(
-                None, None, f"invalid {kind}{shown}: {exc}", node.start_mark
-            ) from None
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
         seen: set[Hashable] = set()
