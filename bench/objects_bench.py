@@ -11,13 +11,21 @@
     from just before the Update call to the informer's update handler;
 (d) a watch with field selector spec.nodeName=node-7 while the updated pods are
     spread over 20 node names, next to an unfiltered watch: events received by
-    each (the server filters, so the selected watch sees ~1/20).
+    each (the server filters, so the selected watch sees ~1/20);
+(e) `mizzen apply -f` of a file of --apply-pods pods (default 2,000) into the
+    store of `mizzen up --no-agent` (one member, TLS with client certificates,
+    the controllers running; no root needed), wall time of the CLI process
+    (interpreter start included), --apply-rounds times, each in a new
+    namespace: apply (all created), apply again (all unchanged), delete -f;
+    and, for comparison, apply one object at a time (--max-in-flight 1, how
+    apply worked before issue 15) unless --no-sequential.
 
 Every loop is bounded in count and time, everything binds 127.0.0.1, and the
 cluster is stopped and its directory removed on error, Ctrl-C or SIGTERM.
 
     .venv/bin/python bench/objects_bench.py --quick
     .venv/bin/python bench/objects_bench.py --pods 10000
+    .venv/bin/python bench/objects_bench.py --phases e     # apply only, no 3-node cluster
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ import platform
 import shutil
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -49,7 +58,7 @@ if str(REPO_ROOT) not in sys.path:
 
 from mizzen.client import ConflictError, Informer, ObjectsClient  # noqa: E402
 from mizzen.log_config import configure_logging  # noqa: E402
-from mizzen.testing.local_cluster import MizzenCluster  # noqa: E402
+from mizzen.testing.local_cluster import MizzenCluster, free_ports  # noqa: E402
 from protos import objects_pb2 as pb  # noqa: E402
 from protos import rpc_pb2, rpc_pb2_grpc  # noqa: E402
 
@@ -76,6 +85,10 @@ class Options:
     field_updates: int
     list_runs: int
     quick: bool
+    phases: str = "abcde"
+    apply_pods: int = 2000
+    apply_rounds: int = 3
+    sequential: bool = True
 
 
 @dataclass
@@ -336,6 +349,193 @@ async def bench_field_watch(
     )
 
 
+# ---------------------------------------------------------------- (e) apply -f
+
+
+UP_READY_TIMEOUT = 60.0
+APPLY_TIMEOUT = 600.0
+POD_YAML = """\
+apiVersion: mizzen/v1
+kind: Pod
+metadata:
+  name: {name}
+  labels: {{app: bench}}
+spec:
+  processes:
+    - name: main
+      command: ["/bin/sleep", "3600"]
+      resources:
+        limits: {{cpu: 100m, memory: 32Mi}}
+"""
+
+
+class UpStore:
+    """`mizzen up --no-agent` in a session of its own: the store (secure) and the controllers.
+
+    alone() is the same store (same data, certificates and flags, from
+    up_cmd.components) started without the controllers.
+    """
+
+    def __init__(self, data: Path) -> None:
+        self.data = data
+        client, raft = free_ports(2)
+        self.up_args = [
+            "up", "--no-agent",
+            "--data-dir", str(data),
+            "--listen-client", f"127.0.0.1:{client}",
+            "--listen-raft", f"127.0.0.1:{raft}",
+        ]  # fmt: skip
+        self.endpoint = f"127.0.0.1:{client}"
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("MIZZEN_")}
+        self.env["PYTHONPATH"] = str(REPO_ROOT)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def _start(self, argv: list[str]) -> None:
+        self.proc = subprocess.Popen(
+            argv,
+            cwd=REPO_ROOT,
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+    def start(self) -> None:
+        self._start([sys.executable, "-m", "mizzen", *self.up_args])
+
+    def start_alone(self) -> None:
+        """The store `up` runs, without the controllers (after start() made the PKI)."""
+        from mizzen.cli.up_cmd import add_up_parser, components, prepare_security
+
+        parser = argparse.ArgumentParser()
+        add_up_parser(parser.add_subparsers())
+        args = parser.parse_args(self.up_args)
+        store = components(args, prepare_security(args))[0]
+        assert store.name == "store", store.name
+        self._start(store.argv)
+
+    def cli_env(self) -> dict[str, str]:
+        return dict(self.env, MIZZEN_CONFIG=str(self.data / "config"))
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGINT)  # `up` stops the store and the controllers
+        try:
+            self.proc.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+async def mizzen_cli(env: dict[str, str], *args: str) -> tuple[float, int, str, str]:
+    """(wall seconds, exit code, stdout, stderr) of `python -m mizzen ARGS`."""
+    started = time.perf_counter()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "mizzen", *args,
+        cwd=REPO_ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        async with asyncio.timeout(APPLY_TIMEOUT):
+            out, err = await proc.communicate()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode is not None
+    return time.perf_counter() - started, proc.returncode, out.decode(), err.decode()
+
+
+async def wait_serving(env: dict[str, str]) -> None:
+    deadline = time.monotonic() + UP_READY_TIMEOUT
+    while True:
+        _, code, _, err = await mizzen_cli(env, "get", "pods", "-A")
+        if code == 0:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"store not serving within {UP_READY_TIMEOUT}s: {err}")
+        await asyncio.sleep(0.5)
+
+
+async def apply_rounds(
+    opts: Options, env: dict[str, str], manifest: Path, label: str
+) -> dict[str, list[float]]:
+    """opts.apply_rounds x (apply, apply again, delete -f [, apply one at a time, delete])."""
+    n = opts.apply_pods
+
+    async def timed(what: str, ns: str, *args: str, expect: str) -> float:
+        wall, code, out, err = await mizzen_cli(env, *args, "-f", str(manifest), "-n", ns)
+        lines = out.splitlines()
+        if code != 0 or len(lines) != n or not all(x.endswith(expect) for x in lines):
+            raise RuntimeError(f"{what}: exit {code}, {len(lines)} lines; {err[-500:]}")
+        log(f"(e) {label}: {what} of {n} pods into {ns}: {wall:.2f} s")
+        return wall
+
+    walls: dict[str, list[float]] = {}
+    for r in range(opts.apply_rounds):
+        ns = f"{label}-{r}"
+        created = await timed("apply", ns, "apply", expect="created")
+        walls.setdefault("apply", []).append(created)
+        _, code, out, _ = await mizzen_cli(env, "get", "pods", "-n", ns, "-o", "name")
+        if code != 0 or len(out.splitlines()) != n:
+            raise RuntimeError(f"get pods -n {ns} listed {len(out.splitlines())} of {n}")
+        walls.setdefault("again", []).append(
+            await timed("apply again", ns, "apply", expect="unchanged")
+        )
+        walls.setdefault("delete", []).append(
+            await timed("delete -f", ns, "delete", expect="deleted")
+        )
+        if opts.sequential:
+            seq = f"{label}-seq-{r}"
+            one = await timed(
+                "apply --max-in-flight 1", seq, "apply", "--max-in-flight", "1", expect="created"
+            )
+            walls.setdefault("sequential", []).append(one)
+            await timed("delete -f", seq, "delete", expect="deleted")
+    return walls
+
+
+async def bench_apply(opts: Options, root: Path, res: Results) -> None:
+    n = opts.apply_pods
+    manifest = root / "pods.yaml"
+    manifest.write_text("---\n".join(POD_YAML.format(name=f"p-{i:05d}") for i in range(n)))
+    up = UpStore(root / "up")
+    results: list[tuple[str, dict[str, list[float]]]] = []
+    try:
+        log(f"(e) mizzen up --no-agent at {up.endpoint}")
+        up.start()
+        await wait_serving(up.cli_env())
+        results.append(
+            ("`mizzen up --no-agent`", await apply_rounds(opts, up.cli_env(), manifest, "up"))
+        )
+        await asyncio.to_thread(up.stop)
+        log("(e) the same store alone, without the controllers")
+        up.start_alone()
+        await wait_serving(up.cli_env())
+        results.append(
+            ("its store alone", await apply_rounds(opts, up.cli_env(), manifest, "alone"))
+        )
+    finally:
+        await asyncio.to_thread(up.stop)
+
+    def fmt(values: list[float]) -> str:
+        shown = ", ".join(f"{v:.2f}" for v in values)
+        return f"{statistics.median(values):.2f} s (runs: {shown})"
+
+    rounds = f"median of {opts.apply_rounds}"
+    for where, walls in results:
+        res.add(f"(e) {where}: `mizzen apply -f` {n} pods, created ({rounds})",
+                fmt(walls["apply"]), "<= 5 s")  # fmt: skip
+        res.add(f"(e) {where}: the same file again, unchanged", fmt(walls["again"]))
+        res.add(f"(e) {where}: `mizzen delete -f` of it", fmt(walls["delete"]))
+        if opts.sequential:
+            res.add(
+                f"(e) {where}: apply one object at a time (--max-in-flight 1)",
+                fmt(walls["sequential"]),
+            )
+
+
 # ---------------------------------------------------------------- driver
 
 
@@ -354,9 +554,13 @@ def machine_note() -> str:
 
 
 def render(opts: Options, res: Results) -> str:
+    what = []
+    if set(opts.phases) & set("abcd"):
+        what.append(f"3-node Mizzen store on loopback ({opts.pods:,} pods)")
+    if "e" in opts.phases:
+        what.append(f"`mizzen up --no-agent` ({opts.apply_pods:,} pods applied)")
     lines = [
-        f"### Objects API, 3-node Mizzen store on loopback ({opts.pods:,} pods"
-        f"{', --quick' if opts.quick else ''})",
+        f"### Objects API: {'; '.join(what)}{', --quick' if opts.quick else ''}",
         "",
         machine_note(),
         "",
@@ -372,16 +576,22 @@ async def amain(opts: Options, root: Path) -> Results:
     assert task is not None
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     res = Results()
-    cluster = MizzenCluster(3, root, stop_grace=5.0)
-    try:
-        await asyncio.to_thread(cluster.start, 60.0)
-        async with ObjectsClient(cluster.endpoints, timeout=30) as client:
-            pods = await bench_create(cluster, client, opts, res)
-            await bench_list(cluster, client, opts, len(pods), res)
-            await bench_fanout(cluster, client, opts, res)
-            await bench_field_watch(client, pods, opts, res)
-    finally:
-        await asyncio.to_thread(cluster.stop)
+    if set(opts.phases) & set("abcd"):
+        cluster = MizzenCluster(3, root / "cluster", stop_grace=5.0)
+        try:
+            await asyncio.to_thread(cluster.start, 60.0)
+            async with ObjectsClient(cluster.endpoints, timeout=30) as client:
+                pods = await bench_create(cluster, client, opts, res)
+                if "b" in opts.phases:
+                    await bench_list(cluster, client, opts, len(pods), res)
+                if "c" in opts.phases:
+                    await bench_fanout(cluster, client, opts, res)
+                if "d" in opts.phases:
+                    await bench_field_watch(client, pods, opts, res)
+        finally:
+            await asyncio.to_thread(cluster.stop)
+    if "e" in opts.phases:
+        await bench_apply(opts, root, res)
     return res
 
 
@@ -391,17 +601,33 @@ def parse_args(argv: list[str] | None) -> Options:
     p.add_argument("--concurrency", type=int, default=64)
     p.add_argument("--informers", type=int, default=None, help="fan-out informers (default 100)")
     p.add_argument("--quick", action="store_true", help="1000 pods, 20 informers, 50 updates")
+    p.add_argument(
+        "--phases",
+        default="abcde",
+        help="which of (a)-(e) to run (b, c and d need a's pods, so a runs with them)",
+    )
+    p.add_argument("--list-runs", type=int, default=None, help="(b) runs (default 3)")
+    p.add_argument("--apply-pods", type=int, default=2000, help="pods in (e)'s file")
+    p.add_argument("--apply-rounds", type=int, default=None, help="(e) rounds (default 3)")
+    p.add_argument("--no-sequential", action="store_true", help="(e): skip apply --max-in-flight 1")
     a = p.parse_args(argv)
     quick = bool(a.quick)
     pods = a.pods if a.pods is not None else (1000 if quick else 10_000)
+    phases = "".join(sorted(set(a.phases)))
+    if not phases or set(phases) - set("abcde"):
+        p.error(f"--phases: letters a to e, not {a.phases!r}")
     return Options(
         pods=max(pods, NODES),
         concurrency=a.concurrency,
         informers=a.informers if a.informers is not None else (20 if quick else 100),
         fan_pods=50 if quick else 200,
         field_updates=min(pods, 200 if quick else 2000),
-        list_runs=2 if quick else 3,
+        list_runs=a.list_runs if a.list_runs is not None else (2 if quick else 3),
         quick=quick,
+        phases=phases,
+        apply_pods=a.apply_pods,
+        apply_rounds=a.apply_rounds if a.apply_rounds is not None else (1 if quick else 3),
+        sequential=not a.no_sequential,
     )
 
 

@@ -8,6 +8,8 @@ parse error naming the line and column of the first level too many:
 
 - YAML: ``LimitedSafeLoader`` is PyYAML's SafeLoader (no Python tags) whose
   composer counts levels; yaml_message() formats any YAMLError as one line.
+  A scalar that matches a type but is not one (``2024-13-45``, ``!!int abc``)
+  is a YAMLError at its line too: PyYAML raised a bare ValueError (a traceback).
 - JSON: check_json_depth() scans the text (strings skipped) before json.loads.
 """
 
@@ -19,8 +21,11 @@ from typing import Any
 
 import yaml
 from yaml.composer import ComposerError
+from yaml.constructor import ConstructorError
 from yaml.events import MappingStartEvent, SequenceStartEvent
-from yaml.nodes import Node
+from yaml.nodes import Node, ScalarNode
+
+from mizzen.echo import echo
 
 MAX_DEPTH = 100
 TOO_DEEP = f"nested more than {MAX_DEPTH} levels deep"
@@ -40,6 +45,16 @@ class LimitedSafeLoader(yaml.SafeLoader):
             return super().compose_node(parent, index)
         finally:
             self._depth = depth
+
+    def construct_object(self, node: Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep=deep)
+        except (ValueError, TypeError, OverflowError) as exc:
+            kind = str(node.tag).rsplit(":", 1)[-1]
+            shown = f' "{echo(node.value)}"' if isinstance(node, ScalarNode) else ""
+            raise ConstructorError(
+                None, None, f"invalid {kind}{shown}: {exc}", node.start_mark
+            ) from None
 
 
 def yaml_message(exc: yaml.YAMLError) -> str:

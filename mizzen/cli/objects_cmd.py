@@ -14,6 +14,13 @@ the server's own message where there is one, on one line:
 
 A manifest error is the one multi-line case: the first problem follows
 "mizzen: " and every further problem is on its own line indented by two spaces.
+
+`apply` and `delete` work on many objects at once (``mizzen.cli.batch``): one
+stdout line per object in input order, a failed object's line on stderr in its
+place (``mizzen: pods.yaml: document 3 (Pod web): <error>`` for manifests,
+``mizzen: <error>`` for names), every other object still done, and exit code 1
+if any failed. A store that cannot be reached stops the run with one line
+saying how many objects were not done.
 """
 
 from __future__ import annotations
@@ -23,26 +30,39 @@ import asyncio
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from mizzen import __version__
 from mizzen.api import kinds
 from mizzen.api.defaults import DEFAULT_NAMESPACE
 from mizzen.api.kinds import KindInfo
-from mizzen.api.manifest import Manifest, ManifestError, dump_json, dump_yaml, load_paths
+from mizzen.api.manifest import (
+    Manifest,
+    ManifestError,
+    dump_json,
+    dump_yaml,
+    json_line,
+    json_list,
+    load_paths,
+)
 from mizzen.cli import tables
-from mizzen.cli.apply_cmd import apply_all
+from mizzen.cli.apply_cmd import apply_all, where
+from mizzen.cli.batch import WINDOW, Summary, run_in_order
 from mizzen.cli.config import add_credential_flags, resolve_client
 from mizzen.cli.errors import CommandError, UsageError, tls_hint
 from mizzen.cli.watch_cmd import watch_until_interrupted
 from mizzen.client.errors import (
     AmbiguousWriteError,
-    ConflictError,
     StoreClientError,
     UnavailableError,
 )
 from mizzen.client.objects import ObjectsClient
 from mizzen.client.store_client import StoreClient
+
+LIST_PAGE = 500
+"""Objects per List request of `get`: each page is turned into output while the
+store reads the next (ObjectsClient.list_pages), as kubectl's --chunk-size 500."""
 
 
 def error_message(err: BaseException, endpoints: list[str]) -> str:
@@ -79,12 +99,34 @@ def _client_options() -> argparse.ArgumentParser:
     return common
 
 
+def _window(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return value
+
+
+def _add_window(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--max-in-flight",
+        type=_window,
+        default=WINDOW,
+        metavar="N",
+        help=f"objects sent to the store at a time; output stays in input order "
+        f"(default {WINDOW}; 1 does one after the other)",
+    )
+
+
 def add_objects_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     common = _client_options()
 
     p = sub.add_parser("apply", parents=[common], help="create or update objects from manifests")
     p.add_argument("-f", "--filename", action="append", required=True, metavar="FILE|DIR|-")
     p.add_argument("-n", "--namespace", default=None)
+    _add_window(p)
     p.set_defaults(func=run_apply, client_command=True)
 
     p = sub.add_parser("get", parents=[common], help="show objects")
@@ -116,6 +158,7 @@ def add_objects_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]
         default="background",
         help="dependents: deleted afterwards (background), first (foreground), or kept (orphan)",
     )
+    _add_window(p)
     p.set_defaults(func=run_delete, client_command=True)
 
     p = sub.add_parser("api-resources", parents=[common], help="list the kinds of objects")
@@ -179,18 +222,38 @@ def _out(line: str) -> None:
     print(line, flush=True)
 
 
+def _err(line: str) -> None:
+    print(f"mizzen: {line}", file=sys.stderr, flush=True)
+
+
+def _exit_code(summary: Summary, endpoints: list[str], not_done: str) -> int:
+    """0 if every object was done; 1 after the failures were shown; a CommandError
+    when the store could not be reached (one line, with what was left undone)."""
+    if summary.stopped is not None:
+        raise CommandError(
+            f"{error_message(summary.stopped, endpoints)}; "
+            f"{summary.not_done} of {summary.total} objects {not_done}"
+        )
+    return 0 if summary.ok else 1
+
+
 # ------------------------------------------------------------------ commands
 
 
 def run_apply(args: argparse.Namespace) -> int:
     manifests = _load(args.filename, args.namespace)
+    endpoints = resolve_client(args).endpoints
 
     async def body(client: ObjectsClient) -> int:
-        try:
-            await apply_all(client, manifests, _out)
-        except ConflictError as err:
-            raise CommandError(f"{err.details or err} (kept changing while applying)") from None
-        return 0
+        summary = await apply_all(
+            client,
+            manifests,
+            out=_out,
+            err=_err,
+            describe=lambda err: error_message(err, endpoints),
+            window=args.max_in_flight,
+        )
+        return _exit_code(summary, endpoints, "not applied")
 
     return _with_client(args, body)
 
@@ -210,20 +273,29 @@ def run_get(args: argparse.Namespace) -> int:
     async def body(client: ObjectsClient) -> int:
         if args.name:
             objects = [await client.get(info, args.name, namespace)]
-        else:
-            listed = await client.list(
-                info,
-                namespace,
-                label_selector=args.selector,
-                field_selector=args.field_selector,
-            )
-            objects = listed.items
-            for key in listed.undecodable_keys:
+            _print_objects(info, objects, args, everywhere, namespace)
+            return 0
+        objects = []
+        json_lines: list[str] = []  # -o json: written while the next page is read
+        async for page in client.list_pages(
+            info,
+            namespace,
+            label_selector=args.selector,
+            field_selector=args.field_selector,
+            page_size=LIST_PAGE,
+        ):
+            objects.extend(page.items)
+            if args.output == "json":
+                json_lines.extend(json_line(obj) for obj in page.items)
+            for key in page.undecodable_keys:
                 print(
                     f"mizzen: warning: skipped {key}: its stored value does not decode as a "
                     f"{info.kind} (mizzen delete {info.singular} NAME removes it)",
                     file=sys.stderr,
                 )
+        if args.output == "json" and len(objects) != 1:
+            sys.stdout.write(json_list(json_lines))
+            return 0
         _print_objects(info, objects, args, everywhere, namespace)
         return 0
 
@@ -251,32 +323,56 @@ def _print_objects(
         sys.stdout.write(tables.render(rows))
 
 
+@dataclass(frozen=True)
+class _Target:
+    info: KindInfo
+    name: str
+    namespace: str
+    # The manifest that named it (delete -f), for the failure line.
+    manifest: Manifest | None = None
+
+
 def run_delete(args: argparse.Namespace) -> int:
-    targets: list[tuple[KindInfo, str, str]] = []
+    targets: list[_Target] = []
     if args.filename:
         if args.kind or args.names:
             raise UsageError("delete: give either KIND NAME... or -f FILE, not both")
         for m in _load(args.filename, args.namespace):
             meta: Any = m.message.metadata  # type: ignore[attr-defined]
-            targets.append((m.kind, meta.name, meta.namespace))
+            targets.append(_Target(m.kind, meta.name, meta.namespace, m))
     else:
         if not args.kind or not args.names:
             raise UsageError("delete: expected KIND NAME... or -f FILE")
         info = _kind(args.kind)
         ns = _namespace(info, args.namespace)
-        targets = [(info, name, ns) for name in args.names]
+        targets = [_Target(info, name, ns) for name in args.names]
+    endpoints = resolve_client(args).endpoints
+
+    def failure(target: _Target, err: StoreClientError) -> str:
+        text = error_message(err, endpoints)
+        return text if target.manifest is None else where(target.manifest, text)
 
     async def body(client: ObjectsClient) -> int:
-        for info, name, ns in targets:
+        async def one(target: _Target) -> str:
             _, gone = await client.delete(
-                info,
-                name,
-                ns,
+                target.info,
+                target.name,
+                target.namespace,
                 grace_period_seconds=args.grace_period,
                 propagation_policy=args.cascade.capitalize(),
             )
-            _out(f"{info.singular}/{name} {'deleted' if gone else 'deleting'}")
-        return 0
+            return f"{target.info.singular}/{target.name} {'deleted' if gone else 'deleting'}"
+
+        summary = await run_in_order(
+            targets,
+            one,
+            key=lambda t: (t.info.kind, t.namespace, t.name),
+            failure=failure,
+            out=_out,
+            err=_err,
+            window=args.max_in_flight,
+        )
+        return _exit_code(summary, endpoints, "not deleted")
 
     return _with_client(args, body)
 

@@ -68,6 +68,7 @@ def run(
     *args: str,
     endpoints: str | None = None,
     stdin: str | None = None,
+    timeout: float = 60,
 ) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MIZZEN_")}
     env["HOME"] = str(home)  # no ~/.mizzen/config of the person running the tests
@@ -75,7 +76,7 @@ def run(
     eps = endpoints or ",".join(cluster.endpoints if cluster else [])
     argv = [sys.executable, "-m", "mizzen", *args, "--endpoints", eps]
     return subprocess.run(
-        argv, input=stdin, capture_output=True, text=True, timeout=60, cwd=REPO_ROOT, env=env
+        argv, input=stdin, capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT, env=env
     )
 
 
@@ -190,8 +191,54 @@ def test_server_side_invalid_names_the_field(
     manifest = tmp_path / "bad-name.yaml"
     manifest.write_text(POD.format(name="Web_1", app="x", memory="32Mi"))
     text = failed(run(cluster, home, "apply", "-f", str(manifest)))
-    assert text.startswith('Pod "Web_1" is invalid: metadata.name: ')
+    assert text.startswith(
+        f'{manifest}: document 1 (Pod Web_1): Pod "Web_1" is invalid: metadata.name: '
+    )
     assert text.count("\n") == 1
+
+
+def test_apply_goes_on_after_a_bad_document(
+    cluster: MizzenCluster, home: Path, tmp_path: Path
+) -> None:
+    """The server refuses the second of three pods; the others are created, exit code 1."""
+    ns = ["-n", "partial"]
+    manifest = tmp_path / "three.yaml"
+    manifest.write_text(
+        "---\n".join(POD.format(name=n, app="x", memory="32Mi") for n in ("a", "Bad_1", "c"))
+    )
+    result = run(cluster, home, "apply", "-f", str(manifest), *ns)
+    assert result.stdout == "pod/a created\npod/c created\n"
+    text = failed(result)
+    assert text.startswith(f'{manifest}: document 2 (Pod Bad_1): Pod "Bad_1" is invalid: ')
+    assert text.count("\n") == 1
+    names = ok(run(cluster, home, "get", "pods", "-o", "name", *ns))
+    assert names == "pod/a\npod/c\n"
+
+    deleted = run(cluster, home, "delete", "-f", str(manifest), *ns)
+    assert deleted.stdout == "pod/a deleted\npod/c deleted\n"
+    assert failed(deleted) == f'{manifest}: document 2 (Pod Bad_1): pods "Bad_1" not found\n'
+
+
+@pytest.mark.timeout(300)
+def test_apply_of_2000_pods_then_get_lists_them_all(
+    cluster: MizzenCluster, home: Path, tmp_path: Path
+) -> None:
+    """Many objects in one file go through the concurrent apply; every one arrives."""
+    count = 2000
+    manifest = tmp_path / "many.yaml"
+    manifest.write_text(
+        "---\n".join(POD.format(name=f"p-{i:04d}", app="many", memory="32Mi") for i in range(count))
+    )
+    ns = ["-n", "many"]
+    result = run(cluster, home, "apply", "-f", str(manifest), *ns, timeout=120)
+    assert ok(result).splitlines() == [f"pod/p-{i:04d} created" for i in range(count)]
+
+    listed = json.loads(ok(run(cluster, home, "get", "pods", "-o", "json", *ns)))
+    assert sorted(item["metadata"]["name"] for item in listed["items"]) == [
+        f"p-{i:04d}" for i in range(count)
+    ]
+    again = run(cluster, home, "apply", "-f", str(manifest), *ns, timeout=120)
+    assert ok(again).splitlines() == [f"pod/p-{i:04d} unchanged" for i in range(count)]
 
 
 def test_unknown_kind(cluster: MizzenCluster, home: Path) -> None:
@@ -258,6 +305,13 @@ def test_client_errors_and_pages(cluster: MizzenCluster) -> None:
             names = [d.metadata.name for d in everything.items]
             assert names == ["dup", *(f"page-{i}" for i in range(5))]
             assert everything.continue_token == ""
+
+            pages = [p async for p in client.list_pages("deploy", "client", page_size=4)]
+            assert [len(p.items) for p in pages] == [4, 2]
+            assert [d.metadata.name for p in pages for d in p.items] == names
+            assert {p.resource_version for p in pages} == {everything.resource_version}
+            async for _ in client.list_pages("deploy", "client", page_size=1):
+                break  # the second page, already asked for, is cancelled
 
             _, gone = await client.delete("deploy", "dup", "client")
             assert gone

@@ -150,3 +150,15 @@ def test_deeply_nested_file_is_a_one_line_error(tmp_path: Path) -> None:
         f"{path}: cannot read config: invalid YAML at line 1, column 111: "
         "nested more than 100 levels deep"
     )
+
+
+def test_a_value_yaml_cannot_construct_is_a_one_line_error(tmp_path: Path) -> None:
+    """A date with month 13 raised ValueError out of PyYAML: a traceback."""
+    path = tmp_path / "c"
+    path.write_text("endpoints: [127.0.0.1:2379]\nnote: 2024-13-45\n")
+    with pytest.raises(UsageError) as info:
+        resolve_endpoints(None, {"MIZZEN_CONFIG": str(path)})
+    assert str(info.value) == (
+        f"{path}: cannot read config: invalid YAML at line 2, column 7: "
+        'invalid timestamp "2024-13-45": month must be in 1..12'
+    )

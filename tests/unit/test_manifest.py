@@ -842,3 +842,115 @@ def test_an_element_dropped_from_a_list_does_not_shift_the_paths_reported() -> N
     assert lines == [
         't.yaml: document 1 (Pod p): spec.processes[0]: expected an object, got string "oops"'
     ]
+
+
+# ---------------------------------------------------------------- libyaml's parser
+
+
+VARIED_YAML = """\
+# a comment
+apiVersion: mizzen/v1
+kind: Deployment
+metadata: &meta
+  name: web
+  labels: {app: web, "quoted key": 'single ''quoted''', tier: "a\\tb\\u00e9"}
+  annotations:
+    folded: >
+      one
+      two
+    literal: |-
+      line 1
+        line 2
+    plain multi: this is
+      one line
+    empty: ""
+    tilde: ~
+    yes-word: yes
+    octal: 0o17
+    hex: 0x1F
+    under: 1_000
+    float: 1.5e3
+    inf: .inf
+    when: 2024-01-02T15:04:05Z
+    day: 2024-01-02
+    tagged: !!str 42
+    unicode: "日本語 ✓"
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata:
+      <<: *meta
+      name: overridden
+    spec:
+      processes:
+      - name: main
+        command: [/bin/sh, -c, "echo 'hi' # not a comment"]
+        env: [{name: A, value: "1"}, {name: B, value: ''}]
+...
+---
+---
+- just
+- a: [list, {of: things}]
+--- !!map
+? complex key
+: value
+"""
+
+
+def test_libyaml_reads_what_the_python_parser_reads() -> None:
+    """The C parser gives the very documents PyYAML's Python parser gives."""
+    from mizzen.api.manifest import _FastLoader, _StrictLoader
+
+    if yaml.__with_libyaml__:
+        assert _FastLoader is not None
+    if _FastLoader is None:
+        pytest.skip("PyYAML without libyaml")
+    fast = list(yaml.load_all(VARIED_YAML, Loader=_FastLoader))
+    slow = list(yaml.load_all(VARIED_YAML, Loader=_StrictLoader))
+    assert fast == slow
+    assert len(fast) == 4 and fast[1] is None
+    assert fast[0]["spec"]["template"]["metadata"]["labels"]["tier"] == "a\tbé"
+
+
+def test_libyaml_path_keeps_the_nesting_limit_and_the_duplicate_key_check() -> None:
+    from mizzen.api.manifest import _FastLoader
+
+    if _FastLoader is None:
+        pytest.skip("PyYAML without libyaml")
+    with pytest.raises(yaml.YAMLError, match="levels deep"):
+        list(yaml.load_all(_deep_yaml(DEEP), Loader=_FastLoader))
+    with pytest.raises(yaml.YAMLError, match='duplicate key "a"'):
+        list(yaml.load_all("a: 1\nb: 2\na: 3\n", Loader=_FastLoader))
+
+
+def test_a_scalar_yaml_cannot_construct_is_a_one_line_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A date with month 13 or ``!!int abc`` raised ValueError out of PyYAML: a traceback."""
+    doc = """\
+        apiVersion: mizzen/v1
+        kind: Pod
+        metadata:
+          name: a
+          annotations: {{d: {value}}}
+        spec: {{}}
+        """
+    assert error_lines(doc.format(value="2024-13-45")) == [
+        't.yaml: document 1: invalid YAML at line 5, column 20: invalid timestamp "2024-13-45": '
+        "month must be in 1..12"
+    ]
+    assert error_lines("---\n" + doc.format(value="!!int abc")) == [
+        't.yaml: document 1: invalid YAML at line 6, column 28: invalid int "abc": '
+        "invalid literal for int() with base 10: 'abc'"
+    ]
+    from mizzen.cli.main import main
+
+    path = tmp_path / "bad-date.yaml"
+    path.write_text(textwrap.dedent(doc.format(value="2024-02-30")))
+    assert main(["apply", "-f", str(path), "--endpoints", "127.0.0.1:1"]) == 1
+    err = capsys.readouterr().err
+    assert err == (
+        f"mizzen: {path}: document 1: invalid YAML at line 5, column 20: "
+        'invalid timestamp "2024-02-30": day is out of range for month\n'
+    )
