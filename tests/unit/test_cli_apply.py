@@ -80,3 +80,21 @@ def test_error_messages_use_the_server_text() -> None:
     assert error_message(gone, ["h:1", "h:2"]) == (
         "cannot reach the store at h:1,h:2 (no endpoint answered)"
     )
+
+
+def test_configmap_data_is_what_changes() -> None:
+    (manifest,) = load_manifests(
+        "apiVersion: mizzen/v1\nkind: ConfigMap\nmetadata: {name: c}\ndata: {level: debug}\n",
+        "cm.yaml",
+    )
+    desired = manifest.message
+    stored = pb.ConfigMap()
+    stored.CopyFrom(desired)
+    stored.metadata.namespace = "default"
+    stored.metadata.uid = "u-2"
+    stored.metadata.resource_version = "9"
+    assert not differs(desired, stored)
+    stored.data["level"] = "info"
+    assert differs(desired, stored)
+    update = merged(desired, stored)
+    assert dict(update.data) == {"level": "debug"} and update.metadata.resource_version == "9"
