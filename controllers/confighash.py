@@ -357,11 +357,18 @@ class ConfigHasher:
         return self._ctx.informers.get(kind).get(namespace, name)
 
     async def state(self, template: pb.PodTemplateSpec, namespace: str) -> ConfigState:
-        """The config state of template in namespace; waits for the caches and the key."""
+        """The config state of template in namespace (the key is read on first use).
+
+        Raises TemporaryError while the ConfigMap or Secret cache has not listed
+        yet: a hash over an empty cache would roll everything out.
+        """
         if not counted_refs(template):
             return ConfigState()
         for kind in (CONFIG_MAP, SECRET):
-            await self._ctx.informers.get(kind).has_synced.wait()
+            if not self._ctx.informers.get(kind).has_synced.is_set():
+                from controllers.base import TemporaryError
+
+                raise TemporaryError(f"waiting for the {kind} cache to sync", delay=0.5)
         return config_state(template, namespace, self._lookup, await self.key())
 
 

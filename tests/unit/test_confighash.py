@@ -300,3 +300,20 @@ async def test_index_follows_template_edits() -> None:
     assert deployments.by_index(BY_CONFIG_REF, ref_value("ConfigMap", "default", "a")) == []
     [found] = deployments.by_index(BY_CONFIG_REF, ref_value("ConfigMap", "default", "b"))
     assert found.metadata.name == "web"
+
+
+async def test_no_hash_from_a_cache_that_has_not_listed_yet() -> None:
+    from controllers.base import TemporaryError
+    from controllers.confighash import hasher_for
+
+    objects = FakeObjects()
+    objects.add(cm(x="1"))
+    ctx = fake_context(objects)
+    secrets_cache = ctx.informers.get("secrets")
+    secrets_cache.has_synced.clear()  # as if its list had not come back yet
+    with pytest.raises(TemporaryError, match="Secret cache"):
+        await hasher_for(ctx).state(template(env_from=("web-config",)), "default")
+    assert objects.objects("secrets", "mizzen-system") == []  # no key made either
+    assert await hasher_for(ctx).state(template(), "default") == ConfigState()
+    secrets_cache.has_synced.set()
+    assert (await hasher_for(ctx).state(template(env_from=("web-config",)), "default")).hash
