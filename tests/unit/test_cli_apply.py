@@ -88,6 +88,7 @@ def test_configmap_data_is_what_changes() -> None:
         "cm.yaml",
     )
     desired = manifest.message
+    assert isinstance(desired, pb.ConfigMap)
     stored = pb.ConfigMap()
     stored.CopyFrom(desired)
     stored.metadata.namespace = "default"
