@@ -304,8 +304,8 @@ class ConfigHasher:
     The key is read from (or, the first time, created as) the Secret
     ``mizzen-system/config-hash-key`` once per leadership term and shared by
     the Deployment and DaemonSet controllers (``hasher_for``). Deleting that
-    Secret makes a new key: every workload with counted references then rolls
-    once.
+    Secret makes a new key at the next term: every workload with counted
+    references then rolls once.
     """
 
     def __init__(self, ctx: ControllerContext) -> None:
