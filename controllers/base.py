@@ -13,6 +13,13 @@ standby manager keeps warm caches and only registers handlers when it
 becomes leader): a handler registered on a synced informer is first called
 with every cached object as an add, so it sees the same level as one
 registered before the start. ``clear_handlers`` removes them all again.
+
+Controllers never need configuration values, only whether they changed
+(``controllers.confighash``): the shared informers of ConfigMaps and Secrets
+cache ``digested`` copies (every value replaced by its SHA-256), so the
+manager keeps no configuration, and no secret value, in memory. Deployments
+and DaemonSets are indexed by the objects their templates refer to
+(``BY_CONFIG_REF``).
 """
 
 from __future__ import annotations
@@ -26,9 +33,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
+from controllers.confighash import BY_CONFIG_REF, config_ref_index, digested
 from controllers.workqueue import RateLimitedQueue
 from mizzen.api.kinds import API_VERSION, KindInfo, kind_of, lookup
-from mizzen.client.informer import AddHandler, DeleteHandler, Informer, UpdateHandler
+from mizzen.client.informer import AddHandler, DeleteHandler, Delta, Informer, UpdateHandler
 from mizzen.client.objects import ListResult
 from protos import objects_pb2 as pb
 
@@ -45,6 +53,8 @@ BY_NAMESPACE = "by_namespace"
 """Index of every kind: metadata.namespace ("" for cluster-scoped kinds)."""
 BY_NODE = "by_node"
 """Index of pods: spec.node_name ("" for pods not bound yet)."""
+DIGESTED_KINDS = ("ConfigMap", "Secret")
+"""Kinds the shared informers cache as digests (see the module doc)."""
 
 
 @dataclass(frozen=True)
@@ -187,6 +197,19 @@ class SharedInformer(Informer):
         self.add_indexer(BY_NAMESPACE, lambda o: [o.metadata.namespace])
         if kind.kind == "Pod":
             self.add_indexer(BY_NODE, lambda o: [o.spec.node_name])
+        if kind.kind in ("Deployment", "DaemonSet"):
+            self.add_indexer(BY_CONFIG_REF, config_ref_index)
+        self._digests = kind.kind in DIGESTED_KINDS
+
+    def replace(self, items: Iterable[Any], resource_version: str) -> builtins.list[Delta]:
+        if self._digests:
+            items = [digested(o) for o in items]
+        return super().replace(items, resource_version)
+
+    def apply_event(self, event_type: str, obj: Any) -> None:
+        if self._digests and event_type != "BOOKMARK":
+            obj = digested(obj)
+        super().apply_event(event_type, obj)
 
     def on_add(self, fn: AddHandler) -> None:
         self._shared_add.append(fn)

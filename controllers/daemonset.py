@@ -24,7 +24,15 @@ out. What is guaranteed:
   once the new one is available. OnDelete never deletes an old pod;
 * status counts nodes (desired, current, ready, updated, available,
   misscheduled) and ``observed_generation``; it is written only when it
-  changed.
+  changed;
+* config rollouts (``controllers.confighash``, docs/controllers.md): pods
+  carry the annotation ``mizzen.io/config-hash`` of the content of the
+  ConfigMaps and Secrets the template counts; a pod whose hash is not the
+  current one is old like a pod of an older template, and is replaced by the
+  same RollingUpdate (a ``ConfigChanged`` Event names the objects that
+  changed). The ``controller-revision-hash`` label stays a hash of the
+  template alone. With ``mizzen.io/config-rollout: "false"`` on the DaemonSet
+  the pods' config hash is not compared (new pods still record it).
 """
 
 from __future__ import annotations
@@ -44,6 +52,17 @@ from controllers.base import (
     is_terminating,
     key_of,
     owner_key,
+)
+from controllers.confighash import (
+    CONFIG_HASH,
+    CONFIG_SOURCES,
+    ConfigState,
+    debounce_of,
+    describe_change,
+    hasher_for,
+    opted_out,
+    parse_sources,
+    watch_config,
 )
 from controllers.expectations import Expectations
 from controllers.job import CREATE_BURST
@@ -104,13 +123,23 @@ class _NodePods:
     terminating: int
 
 
-def _by_node(pods: list[pb.Pod], current: str) -> dict[str, _NodePods]:
+def is_current(pod: pb.Pod, revision: str, config_hash: str | None) -> bool:
+    """Whether pod runs the template of revision with the config of config_hash.
+
+    config_hash None: any config (opted out of config rollouts).
+    """
+    if pod.metadata.labels.get(HASH_LABEL) != revision:
+        return False
+    return config_hash is None or pod.metadata.annotations.get(CONFIG_HASH, "") == config_hash
+
+
+def _by_node(pods: list[pb.Pod], current: str, config_hash: str | None) -> dict[str, _NodePods]:
     out: dict[str, _NodePods] = defaultdict(lambda: _NodePods([], [], 0))
     for pod in sorted(pods, key=lambda p: (creation_seconds(p), p.metadata.name)):
         slot = out[pod.spec.node_name]
         if is_terminating(pod):
             slot.terminating += 1
-        elif pod.metadata.labels.get(HASH_LABEL) == current:
+        elif is_current(pod, current, config_hash):
             slot.new.append(pod)
         else:
             slot.old.append(pod)
@@ -133,17 +162,20 @@ def plan_daemonset(
     pods: list[pb.Pod],
     now: float,
     hold: Mapping[str, float] | None = None,
+    config: ConfigState | None = None,
 ) -> DaemonSetPlan:
     """The next step for ds given every node and the pods it controls, at wall time now.
 
     hold maps node names to the time before which no pod is created there
-    (the backoff after daemon pods that ended).
+    (the backoff after daemon pods that ended); config is what the template's
+    references hold now (default: nothing counted).
     """
     hold = hold or {}
     failed_on: list[str] = []
     current = template_hash(ds.spec.template)
+    config_hash = None if opted_out(ds) else (config or ConfigState()).hash
     min_ready = ds.spec.min_ready_seconds
-    slots = _by_node(pods, current)
+    slots = _by_node(pods, current, config_hash)
     node_names = {n.metadata.name for n in nodes}
     create: list[str] = []
     delete: list[Deletion] = []
@@ -270,10 +302,17 @@ class NodeBackoff:
         self._entries.pop(key, None)
 
 
-def new_pod(ds: pb.DaemonSet, node_name: str, revision: str) -> pb.Pod:
-    """A pod of ds's template bound to node_name, owned by ds."""
+def new_pod(
+    ds: pb.DaemonSet, node_name: str, revision: str, config: ConfigState | None = None
+) -> pb.Pod:
+    """A pod of ds's template bound to node_name, owned by ds, with config's hash."""
     pod = pod_from_template(ds, ds.spec.template)
     pod.metadata.labels[HASH_LABEL] = revision
+    annotations = pod.metadata.annotations
+    annotations.pop(CONFIG_HASH, None)
+    if config is not None and config.hash:
+        annotations[CONFIG_HASH] = config.hash
+        annotations[CONFIG_SOURCES] = config.sources_text()
     pod.spec.node_name = node_name
     return pod
 
@@ -294,6 +333,8 @@ class DaemonSetController(Controller):
         self.workers = workers
         self.expectations = Expectations(ttl=EXPECTATIONS_TTL)
         self.backoff = NodeBackoff(backoff_base, backoff_cap)
+        # key -> the config hash a ConfigChanged Event was recorded for
+        self._announced: dict[str, str] = {}
 
     def setup(self, ctx: ControllerContext) -> None:
         self._ctx = ctx
@@ -308,10 +349,13 @@ class DaemonSetController(Controller):
         self.nodes.on_add(self._node_changed)
         self.nodes.on_update(self._node_updated)
         self.nodes.on_delete(self._node_changed)
+        debounce = debounce_of(ctx)
+        watch_config(ctx, "DaemonSet", lambda key: self.queue.add_after(key, debounce))
 
     def _ds_deleted(self, ds: Any) -> None:
         self.expectations.forget(key_of(ds))
         self.backoff.forget(key_of(ds))
+        self._announced.pop(key_of(ds), None)
 
     def _pod_changed(self, pod: Any) -> None:
         self.enqueue_owner(pod, "DaemonSet")
@@ -339,9 +383,13 @@ class DaemonSetController(Controller):
         pods = self.pods.owned_by(ds)
         if not self.expectations.satisfied(key, pods):
             return Result(requeue_after=self.expectations.recheck_in(key))
+        config = await hasher_for(self.ctx).state(ds.spec.template, ds.metadata.namespace)
         now = self.ctx.clock()
-        plan = plan_daemonset(ds, self.nodes.list(), pods, now, self.backoff.holds(key, now))
+        plan = plan_daemonset(
+            ds, self.nodes.list(), pods, now, self.backoff.holds(key, now), config
+        )
         revision = template_hash(ds.spec.template)
+        self._announce_config_change(key, ds, pods, revision, config)
         waits = [plan.requeue_after] if plan.requeue_after is not None else []
         for node_name in plan.failed_on:
             delay = self.backoff.failed(key, node_name, now)
@@ -355,13 +403,38 @@ class DaemonSetController(Controller):
         for deletion in plan.delete:
             await self._delete(key, ds, deletion)
         for node_name in plan.create_on:
-            await self._create(key, ds, node_name, revision)
+            await self._create(key, ds, node_name, revision, config)
         await write_status(self.ctx.client, ds, plan.status)
         return Result(requeue_after=min(waits, default=None))
 
-    async def _create(self, key: str, ds: pb.DaemonSet, node_name: str, revision: str) -> None:
+    def _announce_config_change(
+        self, key: str, ds: pb.DaemonSet, pods: list[pb.Pod], revision: str, config: ConfigState
+    ) -> None:
+        """A ConfigChanged Event, once per new hash, when pods of this template have old config."""
+        if not config.hash or opted_out(ds) or self._announced.get(key) == config.hash:
+            return
+        stale = [
+            p
+            for p in pods
+            if not is_terminating(p)
+            and is_current(p, revision, None)
+            and not is_current(p, revision, config.hash)
+        ]
+        if not stale:
+            return
+        self._announced[key] = config.hash
+        before = parse_sources(stale[0].metadata.annotations.get(CONFIG_SOURCES, ""))
+        change = describe_change(before, dict(config.sources)) or "configuration changed"
+        self.ctx.events.record(
+            ds, "Normal", "ConfigChanged", f"{change}: rolling out to {len(stale)} pod(s)"
+        )
+        log.info("config_rollout", daemonset=key, change=change, pods=len(stale))
+
+    async def _create(
+        self, key: str, ds: pb.DaemonSet, node_name: str, revision: str, config: ConfigState
+    ) -> None:
         try:
-            pod = await self.ctx.client.create(new_pod(ds, node_name, revision))
+            pod = await self.ctx.client.create(new_pod(ds, node_name, revision, config))
         except Exception:
             self.expectations.forget(key)
             raise

@@ -24,6 +24,21 @@ again, i.e. a rollback), mirrored on the Deployment. Old RSes at 0 replicas
 beyond ``revision_history_limit`` are deleted, oldest revision first. Status
 (replicas, updated, ready, available, unavailable, conditions Available and
 Progressing, observed_generation) is written only when it changed.
+
+Config rollouts (``controllers.confighash``, docs/controllers.md): the
+template a ReplicaSet gets is the Deployment's plus the annotation
+``mizzen.io/config-hash`` (the keyed hash of the content of the ConfigMaps and
+Secrets it counts), so a content change makes the Deployment's template match
+no ReplicaSet and the strategy above rolls out a new one — the Deployment's
+own spec and generation do not change. The new ReplicaSet records
+``mizzen.io/config-sources`` (one digest per object) and
+``mizzen.io/change-cause`` ("config: ConfigMap web changed", or the
+Deployment's own ``mizzen.io/change-cause`` for a template change), and a
+``ConfigChanged`` Event names what changed. When the content returns to what an
+old ReplicaSet recorded, that one is scaled up again (a rollback, with a new
+revision). With ``mizzen.io/config-rollout: "false"`` the current ReplicaSet is
+the newest whose template equals the Deployment's ignoring the hash: config
+changes never roll, template changes still do.
 """
 
 from __future__ import annotations
@@ -43,6 +58,19 @@ from controllers.base import (
     split_key,
 )
 from controllers.claim import claim, selects
+from controllers.confighash import (
+    CHANGE_CAUSE,
+    CONFIG_SOURCES,
+    ConfigState,
+    debounce_of,
+    describe_change,
+    hasher_for,
+    opted_out,
+    parse_sources,
+    watch_config,
+    with_config,
+    without_config,
+)
 from controllers.podutil import mark_condition
 from controllers.rollout import (
     HASH_LABEL,
@@ -83,6 +111,8 @@ class DeploymentController(Controller):
         rs.on_delete(self._rs_changed)
         pods = ctx.informers.get("pods")
         pods.on_delete(self._pod_deleted)
+        debounce = debounce_of(ctx)
+        watch_config(ctx, "Deployment", lambda key: self.queue.add_after(key, debounce))
 
     def _rs_changed(self, rs: pb.ReplicaSet) -> None:
         ref = controller_ref(rs)
@@ -114,9 +144,11 @@ class DeploymentController(Controller):
         d = self.ctx.informers.get("deployments").get(namespace, name)
         if d is None:
             return Result()
+        config = await hasher_for(self.ctx).state(d.spec.template, namespace)
+        want = with_config(d.spec.template, config)
         candidates = self.ctx.informers.get("replicasets").in_namespace(namespace)
         owned = await claim(self.ctx.client, d, candidates)
-        new = next((rs for rs in owned if template_equal(rs.spec.template, d.spec.template)), None)
+        new = current_replicaset(d, want, owned)
         old = [rs for rs in owned if rs is not new]
         if is_terminating(d):
             return await self._sync_status(d, new, owned)
@@ -125,11 +157,11 @@ class DeploymentController(Controller):
                 await self._scale(d, new, d.spec.replicas)
             return await self._sync_status(d, new, owned)
         if d.spec.strategy.type == "Recreate":
-            new = await self._recreate(d, new, old)
+            new = await self._recreate(d, want, config, new, old)
         else:
-            new = await self._rolling(d, new, old)
+            new = await self._rolling(d, want, config, new, old)
         if new is not None:
-            d = await self._sync_revision(d, new, old)
+            d = await self._sync_revision(d, config, new, old)
             owned = [new, *old]
         await self._cleanup(d, old)
         return await self._sync_status(d, new, owned)
@@ -143,12 +175,17 @@ class DeploymentController(Controller):
     # -- strategies -------------------------------------------------------------------
 
     async def _rolling(
-        self, d: pb.Deployment, new: pb.ReplicaSet | None, old: list[pb.ReplicaSet]
+        self,
+        d: pb.Deployment,
+        template: pb.PodTemplateSpec,
+        config: ConfigState,
+        new: pb.ReplicaSet | None,
+        old: list[pb.ReplicaSet],
     ) -> pb.ReplicaSet | None:
         surge, unavailable = max_surge_unavailable(d)
         if new is None:
             want = new_replicas_for_rollout(d.spec.replicas, surge, 0, old)
-            new = await self._create_rs(d, want, old)
+            new = await self._create_rs(d, template, config, want, old)
         else:
             want = new_replicas_for_rollout(d.spec.replicas, surge, new.spec.replicas, old)
             if want != new.spec.replicas:
@@ -158,7 +195,12 @@ class DeploymentController(Controller):
         return new
 
     async def _recreate(
-        self, d: pb.Deployment, new: pb.ReplicaSet | None, old: list[pb.ReplicaSet]
+        self,
+        d: pb.Deployment,
+        template: pb.PodTemplateSpec,
+        config: ConfigState,
+        new: pb.ReplicaSet | None,
+        old: list[pb.ReplicaSet],
     ) -> pb.ReplicaSet | None:
         for rs in old:
             if rs.spec.replicas != 0:
@@ -173,7 +215,7 @@ class DeploymentController(Controller):
         if running:
             return new
         if new is None:
-            return await self._create_rs(d, d.spec.replicas, old)
+            return await self._create_rs(d, template, config, d.spec.replicas, old)
         if new.spec.replicas != d.spec.replicas:
             return await self._scale(d, new, d.spec.replicas)
         return new
@@ -181,23 +223,32 @@ class DeploymentController(Controller):
     # -- writes -----------------------------------------------------------------------
 
     async def _create_rs(
-        self, d: pb.Deployment, replicas: int, old: list[pb.ReplicaSet]
+        self,
+        d: pb.Deployment,
+        template: pb.PodTemplateSpec,
+        config: ConfigState,
+        replicas: int,
+        old: list[pb.ReplicaSet],
     ) -> pb.ReplicaSet:
-        h = template_hash(d.spec.template, d.status.collision_count)
+        h = template_hash(template, d.status.collision_count)
+        revision = max((revision_of(r) for r in old), default=0) + 1
+        cause, config_change = change_cause(d, config, _newest(old))
         rs = pb.ReplicaSet()
         rs.metadata.name = f"{d.metadata.name}-{h}"
         rs.metadata.namespace = d.metadata.namespace
-        rs.metadata.labels.update(d.spec.template.metadata.labels)
+        rs.metadata.labels.update(template.metadata.labels)
         rs.metadata.labels[HASH_LABEL] = h
-        rs.metadata.annotations[REVISION_ANNOTATION] = str(
-            max((revision_of(r) for r in old), default=0) + 1
-        )
+        rs.metadata.annotations[REVISION_ANNOTATION] = str(revision)
+        if config.sources:
+            rs.metadata.annotations[CONFIG_SOURCES] = config.sources_text()
+        if cause:
+            rs.metadata.annotations[CHANGE_CAUSE] = cause
         rs.metadata.owner_references.append(owner_reference(d))
         rs.spec.replicas = replicas
         rs.spec.min_ready_seconds = d.spec.min_ready_seconds
         rs.spec.selector.CopyFrom(d.spec.selector)
         rs.spec.selector.match_labels[HASH_LABEL] = h
-        rs.spec.template.CopyFrom(d.spec.template)
+        rs.spec.template.CopyFrom(template)
         rs.spec.template.metadata.labels[HASH_LABEL] = h
         try:
             created: pb.ReplicaSet = await self.ctx.client.create(rs)
@@ -209,13 +260,15 @@ class DeploymentController(Controller):
             if (
                 ref is not None
                 and ref.uid == d.metadata.uid
-                and template_equal(existing.spec.template, d.spec.template)
+                and template_equal(existing.spec.template, template)
             ):
                 return existing  # ours; the cache had not shown it yet
             bumped = _copy(d)
             bumped.status.collision_count += 1
             await self._write(self.ctx.client.update_status(bumped), "collision count")
             raise TemporaryError(f"replica set {rs.metadata.name} exists: hash collision") from None
+        if config_change:
+            self._config_changed(d, config_change, revision, created)
         self.ctx.events.record(
             d,
             "Normal",
@@ -224,6 +277,18 @@ class DeploymentController(Controller):
         )
         log.info("replicaset_created", deployment=d.metadata.name, rs=created.metadata.name)
         return created
+
+    def _config_changed(
+        self, d: pb.Deployment, change: str, revision: int, rs: pb.ReplicaSet
+    ) -> None:
+        message = f"{change}: rolling out revision {revision} (replica set {rs.metadata.name})"
+        self.ctx.events.record(d, "Normal", "ConfigChanged", message)
+        log.info(
+            "config_rollout",
+            deployment=f"{d.metadata.namespace}/{d.metadata.name}",
+            change=change,
+            revision=revision,
+        )
 
     async def _scale(self, d: pb.Deployment, rs: pb.ReplicaSet, replicas: int) -> pb.ReplicaSet:
         if rs.spec.replicas == replicas:
@@ -243,16 +308,28 @@ class DeploymentController(Controller):
         return stored
 
     async def _sync_revision(
-        self, d: pb.Deployment, new: pb.ReplicaSet, old: list[pb.ReplicaSet]
+        self, d: pb.Deployment, config: ConfigState, new: pb.ReplicaSet, old: list[pb.ReplicaSet]
     ) -> pb.Deployment:
-        """Give new the highest revision and mirror it on d; d as now stored."""
+        """Give new the highest revision and mirror it on d; d as now stored.
+
+        An old ReplicaSet that became new again (a rollback, by undo or because
+        the config content went back) gets the cause of this change.
+        """
         highest_old = max((revision_of(r) for r in old), default=0)
         revision = revision_of(new)
         if revision <= highest_old:
             changed = _copy(new)
             revision = highest_old + 1
-            changed.metadata.annotations[REVISION_ANNOTATION] = str(revision)
+            cause, config_change = change_cause(d, config, _newest(old))
+            annotations = changed.metadata.annotations
+            annotations[REVISION_ANNOTATION] = str(revision)
+            if cause:
+                annotations[CHANGE_CAUSE] = cause
+            else:
+                annotations.pop(CHANGE_CAUSE, None)
             await self._write(self.ctx.client.update(changed), "revision")
+            if config_change:
+                self._config_changed(d, config_change, revision, new)
         if d.metadata.annotations.get(REVISION_ANNOTATION) != str(revision):
             changed_d = _copy(d)
             changed_d.metadata.annotations[REVISION_ANNOTATION] = str(revision)
@@ -283,6 +360,46 @@ class DeploymentController(Controller):
     ) -> Result:
         await write_status(self.ctx.client, d, compute_status(d, new, owned, self.ctx.clock()))
         return Result()
+
+
+def current_replicaset(
+    d: pb.Deployment, template: pb.PodTemplateSpec, owned: list[pb.ReplicaSet]
+) -> pb.ReplicaSet | None:
+    """The ReplicaSet of template (d's template with its config hash), None if there is none.
+
+    Opted out of config rollouts: the newest one whose template equals d's
+    ignoring the config hash, so a content change never makes a new one.
+    """
+    if opted_out(d):
+        bare = without_config(template)
+        same = [rs for rs in owned if template_equal(without_config(rs.spec.template), bare)]
+        if same:
+            return max(same, key=lambda rs: (revision_of(rs), rs.metadata.name))
+    return next((rs for rs in owned if template_equal(rs.spec.template, template)), None)
+
+
+def change_cause(
+    d: pb.Deployment, config: ConfigState, previous: pb.ReplicaSet | None
+) -> tuple[str, str]:
+    """(the change-cause of a revision that follows previous, the config change or "").
+
+    A template change takes the Deployment's own ``mizzen.io/change-cause``
+    (as kubectl's annotation, set by the user); a config change (same template
+    otherwise) is "config: ConfigMap web changed, ...", from the per-object
+    digests previous recorded.
+    """
+    if previous is None:
+        return d.metadata.annotations.get(CHANGE_CAUSE, ""), ""
+    bare = without_config(d.spec.template)
+    if not template_equal(without_config(previous.spec.template), bare):
+        return d.metadata.annotations.get(CHANGE_CAUSE, ""), ""
+    before = parse_sources(previous.metadata.annotations.get(CONFIG_SOURCES, ""))
+    change = describe_change(before, dict(config.sources))
+    return (f"config: {change}", change) if change else ("", "")
+
+
+def _newest(replicasets: list[pb.ReplicaSet]) -> pb.ReplicaSet | None:
+    return max(replicasets, key=revision_of, default=None)
 
 
 def compute_status(

@@ -42,7 +42,17 @@ from mizzen.security.tls import ClientCredentials, ServerTLS
 
 log = structlog.get_logger(__name__)
 
-WARM_KINDS = ("pods", "nodes", "replicasets", "deployments", "daemonsets", "jobs", "leases")
+WARM_KINDS = (
+    "pods",
+    "nodes",
+    "replicasets",
+    "deployments",
+    "daemonsets",
+    "jobs",
+    "leases",
+    "configmaps",  # cached as digests: config rollouts (controllers.confighash)
+    "secrets",
+)
 
 
 def default_identity() -> str:

@@ -204,7 +204,7 @@ class FakeObjects:
             # binding records PodScheduled in the same write, as the store does
             mark_condition(new.status.conditions, "PodScheduled", "True", "", "", self.clock())
         apply_defaults(new)
-        if new.spec != old.spec:
+        if info.has_spec and new.spec != old.spec:
             meta.generation = old_meta.generation + 1
         self._check(info, new, validate_update(old, new))
         return self._replace(info, "update", old, new)

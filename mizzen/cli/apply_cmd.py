@@ -33,6 +33,7 @@ from collections.abc import Callable, Hashable
 from typing import Any
 
 from mizzen.api.defaults import apply_defaults
+from mizzen.api.kinds import kind_of
 from mizzen.api.manifest import Manifest, Problem
 from mizzen.cli.batch import WINDOW, Summary, run_in_order
 from mizzen.client.errors import (
@@ -59,13 +60,23 @@ def _copy(obj: Any) -> Any:
     return out
 
 
+def _content(obj: Any) -> Any:
+    """What apply compares besides labels and annotations: the spec, or for kinds
+    without one (ConfigMap, Secret) everything but metadata."""
+    if kind_of(obj).has_spec:
+        return obj.spec
+    out = _copy(obj)
+    out.ClearField("metadata")
+    return out
+
+
 def differs(desired: Any, stored: Any) -> bool:
     """Whether applying desired would change stored's spec, labels or annotations."""
     want = _copy(desired)
     want.metadata.namespace = stored.metadata.namespace
     apply_defaults(want)
     return (
-        want.spec != stored.spec
+        _content(want) != _content(stored)
         or dict(want.metadata.labels) != dict(stored.metadata.labels)
         or dict(want.metadata.annotations) != dict(stored.metadata.annotations)
     )

@@ -4,6 +4,15 @@ Rollback is a spec change: ``undo`` copies the pod template of an older
 ReplicaSet (the previous revision, or ``--to-revision N``) into the
 Deployment, and the Deployment controller rolls it out as a new revision.
 Errors leave as one readable line (``CommandError``), exit code 1.
+
+ConfigMaps and Secrets are not versioned (docs/controllers.md, "Config
+rollouts"): each revision records a digest per object it used
+(``mizzen.io/config-sources``), so ``history`` shows which config changed
+(CHANGE-CAUSE, and ``--revision N`` compares each object with the current
+revision) and ``undo`` says what it cannot restore. A revision that differs
+from the current one only in configuration cannot be undone by a template
+change: ``undo`` refuses it and says how (put the old content back; the
+Deployment then returns to that revision's ReplicaSet by itself).
 """
 
 from __future__ import annotations
@@ -25,6 +34,11 @@ from protos import objects_pb2 as pb
 
 HASH_LABEL = "pod-template-hash"
 REVISION_ANNOTATION = "deployment.mizzen.io/revision"
+# controllers.confighash's annotations (the CLI does not import the controllers)
+CONFIG_HASH = "mizzen.io/config-hash"
+CONFIG_SOURCES = "mizzen.io/config-sources"
+CHANGE_CAUSE = "mizzen.io/change-cause"
+ABSENT = "absent"
 SCALABLE = ("Deployment", "ReplicaSet")
 UPDATE_ATTEMPTS = 5
 
@@ -47,6 +61,7 @@ def add_rollout_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]
 
     p = rsub.add_parser("history", parents=[common], help="list the revisions of a deployment")
     p.add_argument("target", nargs="+", metavar="deployment/NAME")
+    p.add_argument("--revision", type=int, default=0, help="details of one revision")
     p.set_defaults(func=run_history, client_command=True)
 
     p = rsub.add_parser("undo", parents=[common], help="roll back to an earlier revision")
@@ -177,19 +192,96 @@ def run_history(args: argparse.Namespace) -> int:
 
     async def body(client: ObjectsClient) -> int:
         d = await client.get("deployments", name, ns)
-        rows = [("REVISION", "REPLICASET", "REPLICAS", "CURRENT")]
-        current = revision_of(d)
-        for rs in await owned_replicasets(client, d):
-            rev = revision_of(rs)
-            mark = "*" if rev == current else ""
-            rows.append((str(rev), rs.metadata.name, str(rs.spec.replicas), mark))
-        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        _out(f'deployment "{name}"')
-        for row in rows:
-            _out("   ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+        history = await owned_replicasets(client, d)
+        lines = (
+            revision_details(d, history, args.revision)
+            if args.revision
+            else history_table(d, history)
+        )
+        for line in lines:
+            _out(line)
         return 0
 
     return _run(args, body)
+
+
+def history_table(d: pb.Deployment, history: list[pb.ReplicaSet]) -> list[str]:
+    """The lines of ``rollout history``: one row per revision, with its change cause."""
+    rows = [("REVISION", "REPLICASET", "REPLICAS", "CURRENT", "CHANGE-CAUSE")]
+    current = revision_of(d)
+    for rs in history:
+        rev = revision_of(rs)
+        mark = "*" if rev == current else ""
+        cause = rs.metadata.annotations.get(CHANGE_CAUSE, "") or "<none>"
+        rows.append((str(rev), rs.metadata.name, str(rs.spec.replicas), mark, cause))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    out = [f'deployment "{d.metadata.name}"']
+    for row in rows:
+        out.append("   ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    return out
+
+
+def _sources(rs: pb.ReplicaSet) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for part in rs.metadata.annotations.get(CONFIG_SOURCES, "").split(","):
+        obj, sep, digest = part.partition("=")
+        if sep and obj:
+            out[obj] = digest
+    return out
+
+
+def _current_rs(d: pb.Deployment, history: list[pb.ReplicaSet]) -> pb.ReplicaSet | None:
+    current = revision_of(d)
+    for rs in history:
+        if current and revision_of(rs) == current:
+            return rs
+    return history[-1] if history else None
+
+
+def config_differences(target: pb.ReplicaSet, current: pb.ReplicaSet | None) -> list[str]:
+    """ "ConfigMap web" for every object both revisions use whose content differs."""
+    if current is None or current is target:
+        return []
+    then, now = _sources(target), _sources(current)
+    return [
+        obj.replace("/", " ", 1) for obj in sorted(set(then) & set(now)) if then[obj] != now[obj]
+    ]
+
+
+def revision_details(d: pb.Deployment, history: list[pb.ReplicaSet], revision: int) -> list[str]:
+    """``rollout history --revision N``: its ReplicaSet, cause, and config per object."""
+    target = next((rs for rs in history if revision_of(rs) == revision), None)
+    if target is None:
+        raise CommandError(
+            f'unable to find the specified revision {revision} in history of "{d.metadata.name}"'
+        )
+    current = _current_rs(d, history)
+    now = _sources(current) if current is not None else {}
+    cause = target.metadata.annotations.get(CHANGE_CAUSE, "") or "<none>"
+    out = [
+        f'deployment "{d.metadata.name}" revision {revision}',
+        f"  ReplicaSet:    {target.metadata.name} ({target.spec.replicas} replicas)",
+        f"  Change-Cause:  {cause}",
+    ]
+    config_hash = target.spec.template.metadata.annotations.get(CONFIG_HASH, "")
+    if not config_hash:
+        out.append("  Config:        none counted (no ConfigMap or Secret rolls this template)")
+        return out
+    out.append(f"  Config hash:   {config_hash}")
+    for obj, digest in sorted(_sources(target).items()):
+        label = obj.replace("/", " ", 1)
+        if current is target:
+            state = "absent" if digest == ABSENT else "current"
+        elif obj not in now:
+            state = "absent then" if digest == ABSENT else "not used by the current revision"
+        elif now[obj] == digest:
+            state = "same content as the current revision"
+        elif digest == ABSENT:
+            state = "absent then; exists now"
+        else:
+            state = "other content than the current revision"
+        out.append(f"  Config:        {label}: {state}")
+    return out
 
 
 def run_undo(args: argparse.Namespace) -> int:
@@ -200,15 +292,10 @@ def run_undo(args: argparse.Namespace) -> int:
         for _ in range(UPDATE_ATTEMPTS):
             d = await client.get("deployments", name, ns)
             history = await owned_replicasets(client, d)
-            target = _undo_target(d, history, args.to_revision)
-            template = pb.PodTemplateSpec()
-            template.CopyFrom(target.spec.template)
-            template.metadata.labels.pop(HASH_LABEL, None)
-            if template == d.spec.template:
-                _out(
-                    f"deployment.mizzen/{name} skipped rollback "
-                    f"(current template already matches revision {revision_of(target)})"
-                )
+            target, template, notes = plan_undo(d, history, args.to_revision)
+            if template is None:
+                for line in notes:
+                    _out(line)
                 return 0
             d.spec.template.CopyFrom(template)
             try:
@@ -216,10 +303,53 @@ def run_undo(args: argparse.Namespace) -> int:
             except ConflictError:
                 continue
             _out(f"deployment.mizzen/{name} rolled back to revision {revision_of(target)}")
+            for line in notes:
+                _out(line)
             return 0
         raise CommandError(f"deployment/{name} kept changing; try again")
 
     return _run(args, body)
+
+
+def plan_undo(
+    d: pb.Deployment, history: list[pb.ReplicaSet], to: int
+) -> tuple[pb.ReplicaSet, pb.PodTemplateSpec | None, list[str]]:
+    """(the revision to go back to, the template to write or None, lines to print).
+
+    The template is the revision's without the labels and annotations the
+    controllers add. A revision that differs only in configuration is a
+    CommandError (a template cannot bring old ConfigMap or Secret content back).
+    """
+    target = _undo_target(d, history, to)
+    rev = revision_of(target)
+    template = pb.PodTemplateSpec()
+    template.CopyFrom(target.spec.template)
+    template.metadata.labels.pop(HASH_LABEL, None)
+    template.metadata.annotations.pop(CONFIG_HASH, None)
+    changed = config_differences(target, _current_rs(d, history))
+    if template == d.spec.template:
+        if changed:
+            raise CommandError(
+                f"revision {rev} differs from the current one only in the content of "
+                f"{', '.join(changed)}: undo restores pod templates, not ConfigMaps or "
+                f"Secrets; put the old content back (e.g. apply its old manifest) and "
+                f'deployment "{d.metadata.name}" returns to revision {rev} by itself'
+            )
+        return (
+            target,
+            None,
+            [
+                f"deployment.mizzen/{d.metadata.name} skipped rollback "
+                f"(current template already matches revision {rev})"
+            ],
+        )
+    notes = []
+    if changed:
+        notes.append(
+            f"note: ConfigMaps and Secrets are not versioned: revision {rev} ran with other "
+            f"content of {', '.join(changed)}; its pods will run with the current content"
+        )
+    return target, template, notes
 
 
 def _undo_target(d: pb.Deployment, history: list[pb.ReplicaSet], to: int) -> pb.ReplicaSet:
@@ -261,4 +391,4 @@ def run_scale(args: argparse.Namespace) -> int:
     return _run(args, body)
 
 
-__all__ = ["add_rollout_parsers", "rollout_state"]
+__all__ = ["add_rollout_parsers", "history_table", "plan_undo", "revision_details", "rollout_state"]

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -355,3 +356,197 @@ async def test_paused_leader_writes_are_fenced(
     await asyncio.sleep(1.5)
     assert len(live(await pods_of(client, ns))) == replicas - 50
     assert (await current_leader(store, ELECTION_KEY) or ("", 0))[0] == standby
+
+
+# ------------------------------------------------------------------ config rollouts (issue 16)
+
+CONFIG_HASH = "mizzen.io/config-hash"
+SECRET_VALUE = b"pw-4711-never-logged"
+
+
+def configured(ns: str, name: str, replicas: int, *, opt_out: bool = False) -> pb.Deployment:
+    """A Deployment whose process takes its env from ConfigMap web-config and Secret db."""
+    d = deployment(ns, replicas, "v1")
+    d.metadata.name = name
+    d.spec.selector.match_labels["app"] = name
+    d.spec.template.metadata.labels["app"] = name
+    proc = d.spec.template.spec.processes[0]
+    proc.env_from.add().config_map_ref.name = "web-config"
+    var = proc.env.add(name="DB_PASSWORD")
+    var.value_from.secret_key_ref.name = "db"
+    var.value_from.secret_key_ref.key = "password"
+    if opt_out:
+        d.metadata.annotations["mizzen.io/config-rollout"] = "false"
+    return d
+
+
+async def app_pods(client: ObjectsClient, ns: str, app: str) -> list[pb.Pod]:
+    return [p for p in live(await pods_of(client, ns)) if p.metadata.labels.get("app") == app]
+
+
+async def all_on(client: ObjectsClient, ns: str, app: str, n: int, config_hash: str) -> bool:
+    pods = await app_pods(client, ns, app)
+    d = await client.get("deployments", app, ns)
+    return (
+        len(pods) == n
+        and all(
+            is_ready(p) and p.metadata.annotations.get(CONFIG_HASH) == config_hash for p in pods
+        )
+        and d.status.updated_replicas == n
+        and d.status.available_replicas == n
+        and d.status.replicas == n
+    )
+
+
+def history_rows(out: str) -> list[tuple[str, bool, str]]:
+    """(revision, current, change cause) of each row of `rollout history`."""
+    rows = []
+    for line in out.splitlines()[2:]:
+        cells = re.split(r"\s{2,}", line.strip())
+        rows.append((cells[0], "*" in cells[3:-1], cells[-1]))
+    return rows
+
+
+async def set_level(client: ObjectsClient, ns: str, level: str) -> None:
+    cm = await client.get("configmaps", "web-config", ns)
+    cm.data["level"] = level
+    await client.update(cm)
+
+
+async def test_config_change_rolls_each_pod_once_and_shows_in_history(
+    cluster: MizzenCluster, client: ObjectsClient, store: StoreClient, managers: Any
+) -> None:
+    ns = "config"
+    manager = managers("solo")
+    await wait_leader(store, {"solo"})
+    cm = pb.ConfigMap(metadata=pb.ObjectMeta(name="web-config", namespace=ns))
+    cm.data["level"] = "debug"
+    await client.create(cm)
+    secret = pb.Secret(metadata=pb.ObjectMeta(name="db", namespace=ns))
+    secret.data["password"] = SECRET_VALUE
+    await client.create(secret)
+    async with SimAgent(client, ns, ready_after=0.3, stop_delay=0.1):
+        await client.create(configured(ns, "web", 5))
+        await client.create(configured(ns, "pinned", 2, opt_out=True))
+
+        async def first_hash(app: str, n: int) -> str:
+            found: list[str] = []
+
+            async def ready() -> bool:
+                pods = await app_pods(client, ns, app)
+                hashes = {p.metadata.annotations.get(CONFIG_HASH, "") for p in pods}
+                if len(pods) == n and all(is_ready(p) for p in pods) and len(hashes) == 1:
+                    found.append(hashes.pop())
+                    return bool(found[-1])
+                return False
+
+            await eventually(f"{n} ready pods of {app}", ready)
+            return found[-1]
+
+        h1 = await first_hash("web", 5)
+        pinned_h = await first_hash("pinned", 2)
+        assert pinned_h == h1  # same references, same content: same hash
+        pinned_before = {p.metadata.uid for p in await app_pods(client, ns, "pinned")}
+        web_before = {p.metadata.uid for p in await app_pods(client, ns, "web")}
+
+        # Every web pod event while the ConfigMap change rolls out.
+        samples: list[tuple[int, int]] = []
+        added: set[str] = set()
+        watcher = Informer(client, "pods", namespace=ns, label_selector="app=web")
+
+        def sample(*objs: Any) -> None:
+            if not watcher.has_synced.is_set():
+                return
+            pods = live(watcher.list())
+            samples.append((len(pods), sum(1 for p in pods if is_ready(p))))
+
+        def on_add(pod: pb.Pod) -> None:
+            if watcher.has_synced.is_set():
+                added.add(pod.metadata.uid)
+            sample()
+
+        watcher.on_add(on_add)
+        watcher.on_update(sample)
+        watcher.on_delete(sample)
+        watch_task = asyncio.create_task(watcher.run())
+        try:
+            await asyncio.wait_for(watcher.has_synced.wait(), 10)
+            await set_level(client, ns, "info")
+            h2: list[str] = []
+
+            async def rolled() -> bool:
+                pods = await app_pods(client, ns, "web")
+                hashes = {p.metadata.annotations.get(CONFIG_HASH, "") for p in pods}
+                if len(hashes) == 1 and h1 not in hashes:
+                    h2[:] = list(hashes)
+                    return await all_on(client, ns, "web", 5, h2[0])
+                return False
+
+            await eventually("web rolled to the new config", rolled, 60)
+        finally:
+            watch_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watch_task
+        web_after = {p.metadata.uid for p in await app_pods(client, ns, "web")}
+        assert not web_after & web_before  # every pod replaced ...
+        assert added == web_after, (added, web_after)  # ... exactly once: 5 new pods, no more
+        assert min(ready for _, ready in samples) >= 5 - 1, samples  # maxUnavailable 1
+        assert max(total for total, _ in samples) <= 5 + 1, samples  # maxSurge 1
+        d = await client.get("deployments", "web", ns)
+        assert d.metadata.generation == 1 and "mizzen.io/config-hash" not in str(d.spec)
+
+        # opted out: same pods, one ReplicaSet
+        assert {p.metadata.uid for p in await app_pods(client, ns, "pinned")} == pinned_before
+        pinned_rs = [
+            rs
+            for rs in (await client.list("replicasets", ns)).items
+            if rs.metadata.labels.get("app") == "pinned"
+        ]
+        assert len(pinned_rs) == 1
+
+        code, out = await cli(cluster, "rollout", "history", "deployment/web", "-n", ns)
+        assert code == 0, out
+        changed = "config: ConfigMap web-config changed"
+        assert history_rows(out) == [("1", False, "<none>"), ("2", True, changed)], out
+
+        code, out = await cli(cluster, "rollout", "undo", "deployment/web", "-n", ns)
+        assert code == 1 and "only in the content of ConfigMap web-config" in out, out
+
+        # the way back: the old content brings revision 1's ReplicaSet back, as revision 3
+        await set_level(client, ns, "debug")
+        await eventually(
+            "web back on the first config", lambda: all_on(client, ns, "web", 5, h1), 60
+        )
+        code, out = await cli(cluster, "rollout", "history", "deployment/web", "-n", ns)
+        assert history_rows(out) == [("2", False, changed), ("3", True, changed)], out
+
+        # a Secret counts too; its value shows up nowhere
+        secret = await client.get("secrets", "db", ns)
+        secret.data["password"] = b"pw-0815-never-logged"
+        await client.update(secret)
+
+        async def secret_rolled() -> bool:
+            pods = await app_pods(client, ns, "web")
+            hashes = {p.metadata.annotations.get(CONFIG_HASH, "") for p in pods}
+            return (
+                len(hashes) == 1
+                and not hashes & {h1, h2[0]}
+                and await all_on(client, ns, "web", 5, hashes.pop())
+            )
+
+        await eventually("web rolled for the Secret", secret_rolled, 60)
+        code, out = await cli(cluster, "rollout", "history", "deployment/web", "-n", ns)
+        assert history_rows(out)[-1] == ("4", True, "config: Secret db changed"), out
+        events = [
+            e for e in (await client.list("events", ns)).items if e.spec.reason == "ConfigChanged"
+        ]
+        assert {e.spec.message.split(":")[0] for e in events} >= {
+            "ConfigMap web-config changed",
+            "Secret db changed",
+        }
+        everything = (
+            manager.log_path.read_bytes()
+            + b"".join(e.SerializeToString() for e in events)
+            + b"".join(p.SerializeToString() for p in await pods_of(client, ns))
+        )
+        assert SECRET_VALUE not in everything and b"pw-0815" not in everything

@@ -264,6 +264,73 @@ async def test_daemonset_follows_nodes(cluster: MizzenCluster) -> None:
                     await client.delete("nodes", name)
 
 
+async def test_daemonset_rolls_each_node_once_when_its_config_changes(
+    cluster: MizzenCluster,
+) -> None:
+    ns = "ds-config"
+    nodes = ("dsc-n1", "dsc-n2", "dsc-n3")
+    async with running(cluster, ns) as (client, _agent):
+        for name in nodes:
+            await client.create(pb.Node(metadata=pb.ObjectMeta(name=name, labels={"pool": "dsc"})))
+        try:
+            cm = pb.ConfigMap(metadata=pb.ObjectMeta(name="logd-config", namespace=ns))
+            cm.data["level"] = "debug"
+            await client.create(cm)
+            ds = pb.DaemonSet(metadata=pb.ObjectMeta(name="logd", namespace=ns))
+            template(ds, "logd")
+            ds.spec.template.spec.node_selector["pool"] = "dsc"
+            ds.spec.template.spec.processes[0].env_from.add().config_map_ref.name = "logd-config"
+            await client.create(ds)
+
+            async def pods_with(config_hash: str | None) -> list[pb.Pod] | None:
+                pods = (await client.list("pods", ns)).items
+                live = [p for p in pods if not p.metadata.HasField("deletion_timestamp")]
+                hashes = {p.metadata.annotations.get("mizzen.io/config-hash", "") for p in live}
+                ok = (
+                    sorted(p.spec.node_name for p in live) == sorted(nodes)
+                    and all(p.status.phase == "Running" for p in live)
+                    and len(hashes) == 1
+                    and "" not in hashes
+                    and (config_hash is None or hashes == {config_hash})
+                )
+                return live if ok else None
+
+            first = await until(lambda: pods_with(None), 20, "a daemon pod on each node")
+            h1 = first[0].metadata.annotations["mizzen.io/config-hash"]
+            most_missing = 0
+
+            async def rolled() -> list[pb.Pod] | None:
+                nonlocal most_missing
+                pods = (await client.list("pods", ns)).items
+                running = {
+                    p.spec.node_name
+                    for p in pods
+                    if p.status.phase == "Running" and not p.metadata.HasField("deletion_timestamp")
+                }
+                most_missing = max(most_missing, len(set(nodes) - running))
+                live = await pods_with(None)
+                if live and live[0].metadata.annotations["mizzen.io/config-hash"] != h1:
+                    return live
+                return None
+
+            cm = await client.get("configmaps", "logd-config", ns)
+            cm.data["level"] = "info"
+            await client.update(cm)
+            after = await until(rolled, 30, "every daemon pod on the new config", interval=0.02)
+            assert not {p.metadata.uid for p in first} & {p.metadata.uid for p in after}
+            assert most_missing <= 1  # maxUnavailable 1 (the default)
+            events = (await client.list("events", ns)).items
+            assert [e.spec.message for e in events if e.spec.reason == "ConfigChanged"] == [
+                "ConfigMap logd-config changed: rolling out to 3 pod(s)"
+            ]
+            created = [e for e in events if e.spec.reason == "SuccessfulCreate"]
+            assert sum(e.spec.count or 1 for e in created) == 6  # 3, then each node once more
+        finally:
+            for name in nodes:
+                with contextlib.suppress(NotFoundError):
+                    await client.delete("nodes", name)
+
+
 # ------------------------------------------------------------------ garbage collection
 
 

@@ -440,3 +440,22 @@ def test_few_objects_or_a_crowded_namespace_or_no_list_permission_use_gets(
     assert (code, err) == (0, [])
     assert out == [f"pod/{name} unchanged" for name in NAMES]
     assert _kinds_of_calls(fake) == {"list": 1, "get": len(NAMES)}
+
+
+def test_configmap_data_is_what_changes() -> None:
+    (manifest,) = load_manifests(
+        "apiVersion: mizzen/v1\nkind: ConfigMap\nmetadata: {name: c}\ndata: {level: debug}\n",
+        "cm.yaml",
+    )
+    desired = manifest.message
+    assert isinstance(desired, pb.ConfigMap)
+    stored = pb.ConfigMap()
+    stored.CopyFrom(desired)
+    stored.metadata.namespace = "default"
+    stored.metadata.uid = "u-2"
+    stored.metadata.resource_version = "9"
+    assert not differs(desired, stored)
+    stored.data["level"] = "info"
+    assert differs(desired, stored)
+    update = merged(desired, stored)
+    assert dict(update.data) == {"level": "debug"} and update.metadata.resource_version == "9"

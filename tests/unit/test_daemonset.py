@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from controllers.base import ControllerContext
+from controllers.confighash import CONFIG_HASH, CONFIG_ROLLOUT, CONFIG_SOURCES, ConfigState
 from controllers.daemonset import (
     HASH_LABEL,
     DaemonSetController,
@@ -414,3 +415,88 @@ async def test_ended_daemon_pods_are_replaced_with_growing_backoff() -> None:
         h.clock.now += 0.5
         await h.reconcile()
         assert len(h.objects.objects("Pod", "default")) == 1
+
+
+# ------------------------------------------------------------------ config rollouts
+
+
+def config_ds(*, opt_out: bool = False) -> pb.DaemonSet:
+    ds = make_ds()
+    ds.spec.template.spec.processes[0].env_from.add().config_map_ref.name = "agent-config"
+    if opt_out:
+        ds.metadata.annotations[CONFIG_ROLLOUT] = "false"
+    return ds
+
+
+def agent_config(level: str) -> pb.ConfigMap:
+    cm = pb.ConfigMap(metadata=pb.ObjectMeta(name="agent-config", namespace="default"))
+    cm.data["level"] = level
+    return cm
+
+
+@pytest.mark.parametrize("opt_out", [False, True])
+def test_plan_treats_pods_with_other_config_as_old(opt_out: bool) -> None:
+    ds = config_ds(opt_out=opt_out)
+    now_config = ConfigState("h2", (("ConfigMap/agent-config", "d2"),))
+    pods = [make_pod(f"p{i}", f"n{i}", ds) for i in range(1, 5)]
+    for p in pods:
+        p.metadata.annotations[CONFIG_HASH] = "h1"
+    plan = plan_daemonset(ds, NODES, pods, T0, config=now_config)
+    if opt_out:
+        assert names(plan) == ([], [])
+        assert plan.status.updated_number_scheduled == 4
+    else:
+        assert names(plan) == ([], ["p1"])  # one at a time: max unavailable 1
+        assert plan.status.updated_number_scheduled == 0
+
+
+async def test_config_change_replaces_every_daemon_pod_once() -> None:
+    h = Harness()
+    h.objects.add(config_ds(), agent_config("debug"), *(make_node(f"n{i}") for i in (1, 2, 3)))
+    await h.reconcile()
+    await h.make_ready()
+    await h.reconcile()
+    first = {p.metadata.name for p in h.objects.objects("Pod", "default")}
+    [h1] = {p.metadata.annotations[CONFIG_HASH] for p in h.objects.objects("Pod", "default")}
+    assert all(
+        p.metadata.annotations[CONFIG_SOURCES].startswith("ConfigMap/agent-config=")
+        for p in h.objects.objects("Pod", "default")
+    )
+    cm = h.get("ConfigMap", "agent-config")
+    cm.data["level"] = "info"
+    await h.objects.update(cm)
+    unavailable = []
+    for _ in range(8):
+        await h.reconcile()
+        live = [
+            p
+            for p in h.objects.objects("Pod", "default")
+            if not p.metadata.HasField("deletion_timestamp")
+        ]
+        unavailable.append(3 - sum(1 for p in live if p.status.phase == "Running"))
+        await h.finish_deletions()
+        await h.make_ready()
+    pods = h.objects.objects("Pod", "default")
+    assert len(pods) == 3 and not first & {p.metadata.name for p in pods}
+    [h2] = {p.metadata.annotations[CONFIG_HASH] for p in pods}
+    assert h2 != h1
+    assert max(unavailable) <= 1
+    assert [r for r, _ in h.events.items].count("SuccessfulCreate") == 6  # 3, then 3 again
+    assert [m for r, m in h.events.items if r == "ConfigChanged"] == [
+        "ConfigMap agent-config changed: rolling out to 3 pod(s)"
+    ]
+    ds = h.get("DaemonSet", "agent")
+    assert ds.status.updated_number_scheduled == 3 and ds.metadata.generation == 3  # spec as set
+
+
+async def test_opted_out_daemonset_keeps_its_pods_on_config_change() -> None:
+    h = Harness()
+    h.objects.add(config_ds(opt_out=True), agent_config("debug"), make_node("n1"))
+    await h.reconcile()
+    await h.make_ready()
+    cm = h.get("ConfigMap", "agent-config")
+    cm.data["level"] = "info"
+    await h.objects.update(cm)
+    await h.reconcile()
+    assert [w for w in h.objects.writes if w[1] == "Pod"] == []
+    assert "ConfigChanged" not in [r for r, _ in h.events.items]

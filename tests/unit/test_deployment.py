@@ -7,6 +7,14 @@ from typing import Any
 import pytest
 
 from controllers.base import owner_reference
+from controllers.confighash import (
+    CHANGE_CAUSE,
+    CONFIG_HASH,
+    CONFIG_RELOAD,
+    CONFIG_ROLLOUT,
+    CONFIG_SOURCES,
+    without_config,
+)
 from controllers.deployment import DeploymentController
 from controllers.podutil import is_ready
 from controllers.replicaset import ReplicaSetController
@@ -16,10 +24,11 @@ from controllers.rollout import (
     max_surge_unavailable,
     new_replicas_for_rollout,
     old_scale_downs,
+    revision_of,
     template_equal,
     template_hash,
 )
-from controllers.testing import FakeObjects, drain, fake_context
+from controllers.testing import FakeObjects, RecordingEvents, drain, fake_context
 from protos import objects_pb2 as pb
 
 NOW = 2_000_000.0
@@ -278,10 +287,13 @@ async def test_rollback_reuses_the_old_replicaset_with_a_new_revision() -> None:
 class Cluster:
     """Both controllers and a fake agent that makes every live pod Running and Ready."""
 
-    def __init__(self, d: pb.Deployment) -> None:
+    def __init__(self, d: pb.Deployment, *objs: Any) -> None:
+        from controllers.manager import ManagerConfig
+
         self.objects = FakeObjects(clock=clock)
-        self.objects.add(d)
-        self.ctx = fake_context(self.objects, clock=clock)
+        self.objects.add(d, *objs)
+        config = ManagerConfig(options={"config.debounce": 0})
+        self.ctx = fake_context(self.objects, clock=clock, config=config)
         self.rs = ReplicaSetController()
         self.dc = DeploymentController()
         self.rs.setup(self.ctx)
@@ -416,3 +428,361 @@ def test_rollout_state(fields: dict[str, int], done: bool, text: str) -> None:
     got_done, message = rollout_state(_status(deployment(3), **fields))
     assert got_done is done
     assert text in message
+
+
+# ------------------------------------------------------------------ config rollouts
+
+
+def configured(
+    replicas: int = 4,
+    *,
+    surge: str = "1",
+    unavailable: str = "1",
+    env_from: tuple[str, ...] = ("web-config",),
+    env_key: tuple[str, str] | None = None,
+    secret_env: tuple[str, str] | None = None,
+    volume: str = "",
+    reload: str = "",
+    optional: bool = False,
+    opt_out: bool = False,
+    paused: bool = False,
+) -> pb.Deployment:
+    """A Deployment whose template uses ConfigMaps / Secrets."""
+    d = deployment(replicas, surge=surge, unavailable=unavailable, paused=paused)
+    proc = d.spec.template.spec.processes[0]
+    for name in env_from:
+        ref = proc.env_from.add().config_map_ref
+        ref.name = name
+        if optional:
+            ref.optional = True
+    if env_key is not None:
+        var = proc.env.add(name="LEVEL")
+        var.value_from.config_map_key_ref.name, var.value_from.config_map_key_ref.key = env_key
+    if secret_env is not None:
+        var = proc.env.add(name="PASSWORD")
+        var.value_from.secret_key_ref.name, var.value_from.secret_key_ref.key = secret_env
+    if volume:
+        d.spec.template.spec.volumes.add(name="conf").config_map.name = volume
+        proc.volume_mounts.add(name="conf", mount_path="conf")
+    if reload:
+        d.spec.template.metadata.annotations[CONFIG_RELOAD] = reload
+    if opt_out:
+        d.metadata.annotations[CONFIG_ROLLOUT] = "false"
+    return d
+
+
+def config_map(name: str = "web-config", **data: str) -> pb.ConfigMap:
+    out = pb.ConfigMap(metadata=pb.ObjectMeta(name=name, namespace="default"))
+    out.data.update(data)
+    return out
+
+
+def recorded(ctx: Any) -> RecordingEvents:
+    events = ctx.events
+    assert isinstance(events, RecordingEvents)
+    return events
+
+
+def no_debounce() -> Any:
+    from controllers.manager import ManagerConfig
+
+    return ManagerConfig(options={"config.debounce": 0})
+
+
+async def edit(objects: FakeObjects, kind: str, name: str, change: Any) -> None:
+    obj = await objects.get(kind, name, "default")
+    change(obj)
+    await objects.update(obj)
+
+
+def by_revision(objects: FakeObjects) -> list[pb.ReplicaSet]:
+    return sorted(objects.objects("replicasets"), key=revision_of)
+
+
+def set_data(**data: str) -> Any:
+    def change(obj: Any) -> None:
+        obj.data.clear()
+        obj.data.update(data)
+
+    return change
+
+
+def relabel(obj: Any) -> None:
+    obj.metadata.labels["team"] = "web"
+
+
+def set_secret(obj: Any) -> None:
+    obj.data["pw"] = b"new-password"
+
+
+async def delete_cm(objects: FakeObjects) -> None:
+    await objects.delete("configmaps", "web-config", "default")
+
+
+async def create_cm(objects: FakeObjects) -> None:
+    await objects.create(config_map("unrelated", level="debug"))
+
+
+async def create_other(objects: FakeObjects) -> None:
+    await objects.create(config_map("other", level="debug"))
+
+
+@pytest.mark.parametrize(
+    ("d", "change", "cause"),
+    [
+        (configured(), set_data(level="info"), "config: ConfigMap web-config changed"),
+        (configured(), relabel, None),
+        (configured(opt_out=True), set_data(level="info"), None),
+        (configured(env_from=(), volume="web-config", reload="signal:SIGHUP"), set_data(), None),
+        (
+            configured(env_from=(), volume="web-config"),
+            set_data(),
+            "config: ConfigMap web-config changed",
+        ),
+        (
+            configured(volume="web-config", reload="signal:SIGHUP"),
+            set_data(level="info"),
+            "config: ConfigMap web-config changed",
+        ),
+        (
+            configured(env_from=(), env_key=("web-config", "level")),
+            set_data(level="debug", x="1"),
+            None,
+        ),
+        (
+            configured(env_from=(), env_key=("web-config", "level")),
+            set_data(level="warn"),
+            "config: ConfigMap web-config changed",
+        ),
+        (configured(env_from=(), secret_env=("db", "pw")), set_secret, "config: Secret db changed"),
+        (configured(), delete_cm, "config: ConfigMap web-config deleted"),
+        (configured(), create_cm, None),
+        (
+            configured(env_from=("other",), optional=True),
+            create_other,
+            "config: ConfigMap other created",
+        ),
+    ],
+    ids=[
+        "content",
+        "metadata only",
+        "opted out",
+        "reload volume only",
+        "volume without reload",
+        "reload but also envFrom",
+        "other key than env's",
+        "env's key",
+        "secret",
+        "deleted",
+        "unrelated created",
+        "optional created",
+    ],
+)
+async def test_config_change_rolls_out_a_new_revision_or_not(
+    d: pb.Deployment, change: Any, cause: str | None
+) -> None:
+    objects = FakeObjects(clock=clock)
+    secret = pb.Secret(metadata=pb.ObjectMeta(name="db", namespace="default"))
+    secret.data["pw"] = b"old-password"
+    objects.add(d, config_map(level="debug"), secret)
+    ctx = fake_context(objects, clock=clock, config=no_debounce())
+    controller = DeploymentController()
+    controller.setup(ctx)
+    await drain(controller, ctx)
+    [first] = objects.objects("replicasets")
+    before = objects.peek("deployments", "web", "default")
+    if callable(change) and change.__name__ in ("delete_cm", "create_cm", "create_other"):
+        await change(objects)
+    else:
+        await edit(
+            objects,
+            "secrets" if change is set_secret else "configmaps",
+            "db" if change is set_secret else "web-config",
+            change,
+        )
+    await drain(controller, ctx)
+    rss = by_revision(objects)
+    if cause is None:
+        assert [rs.metadata.name for rs in rss] == [first.metadata.name]
+        assert "ConfigChanged" not in recorded(ctx).reasons()
+        return
+    assert len(rss) == 2 and rss[0].metadata.name == first.metadata.name
+    new = rss[1]
+    assert new.metadata.annotations[REVISION_ANNOTATION] == "2"
+    assert new.metadata.annotations[CHANGE_CAUSE] == cause
+    old_hash = first.spec.template.metadata.annotations[CONFIG_HASH]
+    assert new.spec.template.metadata.annotations[CONFIG_HASH] != old_hash
+    assert template_equal(without_config(new.spec.template), before.spec.template)
+    stored = objects.peek("deployments", "web", "default")
+    assert stored.spec == before.spec and stored.metadata.generation == 1  # user's spec untouched
+    assert stored.metadata.annotations[REVISION_ANNOTATION] == "2"
+    [event] = [e for e in recorded(ctx).events if e.reason == "ConfigChanged"]
+    assert event.message.startswith(cause.removeprefix("config: ") + ": rolling out revision 2")
+
+
+async def test_paused_deployment_waits_with_its_config_rollout() -> None:
+    objects = FakeObjects(clock=clock)
+    objects.add(configured(), config_map(level="debug"))
+    ctx = fake_context(objects, clock=clock, config=no_debounce())
+    controller = DeploymentController()
+    controller.setup(ctx)
+    await drain(controller, ctx)
+    await edit(objects, "deployments", "web", lambda d: setattr(d.spec, "paused", True))
+    await edit(objects, "configmaps", "web-config", set_data(level="info"))
+    await drain(controller, ctx)
+    assert len(objects.objects("replicasets")) == 1
+    await edit(objects, "deployments", "web", lambda d: setattr(d.spec, "paused", False))
+    await drain(controller, ctx)
+    assert by_revision(objects)[-1].metadata.annotations[CHANGE_CAUSE] == (
+        "config: ConfigMap web-config changed"
+    )
+
+
+async def test_plain_deployment_needs_no_hash_key() -> None:
+    objects = await run(deployment(3))
+    assert not objects.objects("secrets")
+    [rs] = objects.objects("replicasets")
+    assert CONFIG_HASH not in rs.spec.template.metadata.annotations
+    assert CONFIG_SOURCES not in rs.metadata.annotations
+
+
+async def test_first_replicaset_records_hash_and_sources_once_key_exists() -> None:
+    objects = FakeObjects(clock=clock)
+    objects.add(configured(), config_map(level="debug"))
+    ctx = fake_context(objects, clock=clock, config=no_debounce())
+    controller = DeploymentController()
+    controller.setup(ctx)
+    await drain(controller, ctx)
+    [rs] = objects.objects("replicasets")
+    [key] = objects.objects("secrets", "mizzen-system")
+    assert len(key.data["key"]) == 32
+    sources = rs.metadata.annotations[CONFIG_SOURCES]
+    assert sources.startswith("ConfigMap/web-config=") and "absent" not in sources
+    assert len(rs.spec.template.metadata.annotations[CONFIG_HASH]) == 32
+    assert CHANGE_CAUSE not in rs.metadata.annotations
+    # a second controller (a new leadership term) reads the same key: same hash, no rollout
+    objects.clear_writes()
+    ctx2 = fake_context(objects, clock=clock, config=no_debounce())
+    again = DeploymentController()
+    again.setup(ctx2)
+    await drain(again, ctx2)
+    assert [w for w in objects.writes if w[1] in ("ReplicaSet", "Secret")] == []
+
+
+async def test_unusable_hash_key_is_a_warning_not_a_rollout() -> None:
+    objects = FakeObjects(clock=clock)
+    bad = pb.Secret(metadata=pb.ObjectMeta(name="config-hash-key", namespace="mizzen-system"))
+    bad.data["key"] = b"short"
+    objects.add(configured(), config_map(level="debug"), bad)
+    ctx = fake_context(objects, clock=clock, config=no_debounce())
+    controller = DeploymentController()
+    controller.setup(ctx)
+    await drain(controller, ctx)
+    assert objects.objects("replicasets") == []
+    [event] = recorded(ctx).events
+    assert (event.type, event.reason) == ("Warning", "ConfigHashKeyInvalid")
+    assert "at least 16 bytes" in event.message
+
+
+async def test_content_going_back_reuses_the_old_replicaset() -> None:
+    objects = FakeObjects(clock=clock)
+    objects.add(configured(), config_map(level="debug"))
+    ctx = fake_context(objects, clock=clock, config=no_debounce())
+    controller = DeploymentController()
+    controller.setup(ctx)
+    await drain(controller, ctx)
+    await edit(objects, "configmaps", "web-config", set_data(level="info"))
+    await drain(controller, ctx)
+    await edit(objects, "configmaps", "web-config", set_data(level="debug"))
+    await drain(controller, ctx)
+    rss = by_revision(objects)
+    assert len(rss) == 2  # no third ReplicaSet: the first one is current again
+    first = rss[1]
+    assert first.metadata.annotations[REVISION_ANNOTATION] == "3"
+    assert first.metadata.annotations[CHANGE_CAUSE] == "config: ConfigMap web-config changed"
+    assert first.spec.replicas >= 1
+
+
+async def test_opted_out_template_change_still_rolls_and_records_current_hash() -> None:
+    objects = FakeObjects(clock=clock)
+    objects.add(configured(opt_out=True), config_map(level="debug"))
+    ctx = fake_context(objects, clock=clock, config=no_debounce())
+    controller = DeploymentController()
+    controller.setup(ctx)
+    await drain(controller, ctx)
+    await edit(objects, "configmaps", "web-config", set_data(level="info"))
+    await drain(controller, ctx)
+    assert len(objects.objects("replicasets")) == 1
+
+    def v2(d: Any) -> None:
+        d.spec.template.spec.processes[0].command[:] = ["/bin/server", "v2"]
+        d.metadata.annotations[CHANGE_CAUSE] = "server v2"
+
+    await edit(objects, "deployments", "web", v2)
+    await drain(controller, ctx)
+    first, second = by_revision(objects)
+    assert second.metadata.annotations[CHANGE_CAUSE] == "server v2"
+    assert (
+        second.spec.template.metadata.annotations[CONFIG_HASH]
+        != first.spec.template.metadata.annotations[CONFIG_HASH]
+    )  # the content edited while opted out is what the new revision runs
+    # opting back in: the current revision already has the current content, nothing rolls
+    await edit(objects, "deployments", "web", lambda d: d.metadata.annotations.pop(CONFIG_ROLLOUT))
+    await drain(controller, ctx)
+    assert len(objects.objects("replicasets")) == 2
+
+
+async def test_config_edits_in_a_row_make_one_revision() -> None:
+    from controllers.workqueue import RateLimitedQueue
+
+    now = [100.0]
+    objects = FakeObjects(clock=clock)
+    objects.add(configured(env_from=("a", "b")), config_map("a", x="1"), config_map("b", x="1"))
+    ctx = fake_context(objects, clock=clock)  # the default debounce
+    controller = DeploymentController()
+    controller.queue = RateLimitedQueue(clock=lambda: now[0])
+    controller.setup(ctx)
+    now[0] += 1
+    await drain(controller, ctx)
+    assert len(objects.objects("replicasets")) == 1
+    await edit(objects, "configmaps", "a", set_data(x="2"))
+    await edit(objects, "configmaps", "b", set_data(x="2"))
+    assert await drain(controller, ctx) == 0  # not yet: debounced
+    now[0] += 1
+    await drain(controller, ctx)
+    _, second = by_revision(objects)
+    assert second.metadata.annotations[CHANGE_CAUSE] == (
+        "config: ConfigMap a changed, ConfigMap b changed"
+    )
+
+
+async def test_config_change_rolls_every_pod_once_within_budgets() -> None:
+    d = configured(5, surge="1", unavailable="1")
+    d.spec.template.spec.node_name = "n1"  # bound pods: deletion is graceful
+    cluster = Cluster(d, config_map(level="debug"))
+    await cluster.settle(lambda c: None)
+    before = {p.metadata.name for p in cluster.live_pods()}
+    assert len(before) == 5
+    [rs1] = cluster.objects.objects("replicasets")
+    seen: list[tuple[int, int]] = []
+
+    def check(c: Cluster) -> None:
+        live = c.live_pods()
+        seen.append((len(live), sum(1 for p in live if is_ready(p))))
+
+    await edit(cluster.objects, "configmaps", "web-config", set_data(level="info"))
+    await cluster.settle(check)
+    assert max(total for total, _ in seen) <= 5 + 1
+    assert min(ready for _, ready in seen) >= 5 - 1
+    after = cluster.live_pods()
+    new_hash = after[0].metadata.annotations[CONFIG_HASH]
+    assert new_hash != rs1.spec.template.metadata.annotations[CONFIG_HASH]
+    assert all(p.metadata.annotations[CONFIG_HASH] == new_hash for p in after)
+    assert len(after) == 5 and not before & {p.metadata.name for p in after}
+    created = [k for op, kind, k in cluster.objects.writes if (op, kind) == ("create", "Pod")]
+    assert len(created) == 10  # 5 at first, then each pod replaced exactly once
+    rss = by_revision(cluster.objects)
+    assert [rs.spec.replicas for rs in rss] == [0, 5]
+    final = cluster.objects.peek("deployments", "web", "default")
+    assert final.status.updated_replicas == 5 and final.status.available_replicas == 5
+    assert final.status.observed_generation == final.metadata.generation == 1
