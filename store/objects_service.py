@@ -40,6 +40,7 @@ controller acts on dependents.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import secrets
 import string
@@ -107,6 +108,9 @@ PROPAGATION_FINALIZERS = {"Foreground": FOREGROUND_FINALIZER, "Orphan": ORPHAN_F
 CONFLICT = "the object has been modified; please apply your changes to the latest version"
 LIST_CHUNK = 500
 DELETE_ATTEMPTS = 5
+# How often the node authorizer's index follows the state once a node has asked
+# (so it stays within the watch history and never needs a rebuild while in use).
+CONFIG_INDEX_REFRESH = 1.0
 _SUFFIX_CHARS = string.ascii_lowercase + string.digits
 
 
@@ -164,6 +168,7 @@ class ObjectsService(api_grpc.ObjectsServicer):
         self.node = node
         self.codec = codec or ValueCodec()
         self.config_index = PodConfigIndex()
+        self._index_followed = False
 
     # ------------------------------------------------------------------ reads
 
@@ -411,7 +416,21 @@ class ObjectsService(api_grpc.ObjectsServicer):
             return
         index = self.config_index
         index.sync(self.node.read)
+        if not self._index_followed:
+            self._index_followed = True
+            self.node._spawn(self._follow_config_index())  # stopped with the node
         _authorize(rpc, lambda who: check_config(who, rpc, info, namespace, name, index.refers))
+
+    async def _follow_config_index(self) -> None:
+        """Keep the node authorizer's index near the state's revision: an incremental
+        sync a second costs a prefix test per write, where falling behind the watch
+        history would cost a rebuild from every pod at the next node's request."""
+        while True:
+            await asyncio.sleep(CONFIG_INDEX_REFRESH)
+            try:
+                self.config_index.sync(self.node.read)
+            except Exception:  # never let the follower die: requests sync themselves anyway
+                log.exception("config_index_sync_failed")
 
     def _decode_for(
         self, rpc: str, info: KindInfo, record: Record, key: bytes, ns: str, name: str
