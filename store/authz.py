@@ -2,8 +2,8 @@
 
 * ``admin`` — everything, including the raw etcd-compatible KV, Watch, Lease,
   Cluster and Maintenance APIs.
-* ``viewer`` — get, list and watch objects; read the leader-election keys
-  (``/mizzen/leader/``, for ``mizzen cluster status``).
+* ``viewer`` — get, list and watch objects except Secrets; read the
+  leader-election keys (``/mizzen/leader/``, for ``mizzen cluster status``).
 * ``controller`` — every Objects call; the raw KV, Watch and Lease calls only
   on keys under ``/mizzen/leader/`` (leader election and the fence key).
 * ``node`` (CN ``node:<name>``) — Kubernetes' NodeRestriction: create, read and
@@ -12,7 +12,10 @@
   read, list and watch only pods bound to it (list/watch must select
   ``spec.nodeName=<name>``); update the status of, and delete, pods bound to
   it, never any pod's spec; create and update Events it is the source of
-  (an update: both the stored and the new Event).
+  (an update: both the stored and the new Event); get, and watch one at a
+  time (field selector ``metadata.name=<name>``), the ConfigMaps and Secrets
+  that pods bound to it refer to (Kubernetes' node authorizer), nothing else
+  of those kinds.
 * ``store`` — nothing beyond what every identity may do.
 
 Every authenticated identity may call Maintenance.Status and Cluster.MemberList
@@ -30,12 +33,14 @@ Two places decide, both with the rules below as pure functions:
   decision and the effect see the same version (if the object changes in
   between, the Txn fails with a conflict and a retry decides again), never a
   lagging member's older copy. ``check_fence`` and ``check_undecodable`` are
-  the handlers' other two decisions.
+  the handlers' other two decisions; ``check_config`` decides a node's Get or
+  Watch of a ConfigMap or Secret on the pods bound to it (store/config_index.py),
+  after the handler's barrier, and again for every event of such a watch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from google.protobuf.message import Message
@@ -90,6 +95,7 @@ VERBS = {
     "Delete": "delete",
 }
 READ_VERBS = frozenset({"get", "list", "watch"})
+CONFIG_KINDS = frozenset({"ConfigMap", "Secret"})
 
 
 class StorePolicy:
@@ -137,12 +143,16 @@ class StorePolicy:
         if verb is None:
             raise Denied(f"call Objects.{rpc}", "unknown method")
         role = identity.role
-        if role == "controller" or (role == "viewer" and verb in READ_VERBS):
+        if role == "controller":
             return
         info, namespace, name = _target(request)
         what = f"{verb} {_resource(info, namespace, name)}"
         if role == "viewer":
-            raise Denied(what, "viewers may only get, list and watch")
+            if verb not in READ_VERBS:
+                raise Denied(what, "viewers may only get, list and watch")
+            if info is not None and info.kind == "Secret":
+                raise Denied(what, "viewers may not read Secrets")
+            return
         node = identity.node
         if node is None:
             raise Denied(what, f"not allowed for role {role}")
@@ -178,7 +188,27 @@ def _node_request_rule(
         return None  # Get, UpdateStatus, Delete: on the stored pod
     if kind == "Event" and rpc in ("Create", "Update"):
         return _event_source_rule(node, _unwrap(request))
+    if info is not None and kind in CONFIG_KINDS:
+        return _config_request_rule(node, rpc, request, info, ns)
     return f"nodes may not {VERBS[rpc]} {info.plural if info else 'objects of this kind'}"
+
+
+def _config_request_rule(node: str, rpc: str, request: Any, info: KindInfo, ns: str) -> str | None:
+    """A node's request on ConfigMaps or Secrets: Get, or Watch of one object by name.
+
+    Whether a pod bound to the node refers to the object is decided in the
+    handler (``check_config``), on the state after its barrier.
+    """
+    if rpc == "Get":
+        return None
+    if rpc == "Watch":
+        if ns and _selects_name(request.field_selector, info.kind):
+            return None
+        return (
+            f"a node may only watch one of the {info.plural} its pods refer to: give the "
+            "namespace and the field selector metadata.name=<name>"
+        )
+    return f"a node may only get and watch the {info.plural} its pods refer to"
 
 
 def _lease_rule(node: str, rpc: str, ns: str, name: str) -> str | None:
@@ -250,6 +280,43 @@ def stored_rule(node: str, rpc: str, stored: Any, new: Any = None) -> str | None
     return f"nodes may not {verb} {info.plural}"
 
 
+def config_rule(node: str, rpc: str, kind: str, ns: str, name: str, referred: bool) -> str | None:
+    """None when node may do rpc to a ConfigMap or Secret; else why not.
+
+    referred: whether a pod bound to node refers to it (store/config_index.py).
+    """
+    if rpc not in ("Get", "Watch"):
+        return f"a node may only get and watch the {kind}s its pods refer to"
+    if referred:
+        return None
+    return f"no pod bound to {node} refers to {kind} {ns}/{name}"
+
+
+def check_config(
+    identity: Identity,
+    rpc: str,
+    info: KindInfo,
+    namespace: str,
+    name: str,
+    refers: Callable[[str, str, str, str], bool],
+) -> None:
+    """Raise Denied unless identity may do rpc (Get, Watch) to that ConfigMap or Secret.
+
+    Only nodes have a rule here; refers(node, namespace, kind, name) answers from
+    the handler's synced index.
+    """
+    if identity.role != "node" or info.kind not in CONFIG_KINDS:
+        return
+    what = f"{VERBS.get(rpc, rpc)} {_resource(info, namespace, name)}"
+    node = identity.node
+    if node is None:
+        raise Denied(what, "not allowed for role node")
+    referred = refers(node, namespace, info.kind, name)
+    reason = config_rule(node, rpc, info.kind, namespace, name, referred)
+    if reason is not None:
+        raise Denied(what, reason)
+
+
 def check_undecodable(
     identity: Identity, rpc: str, info: KindInfo, namespace: str, name: str
 ) -> None:
@@ -313,6 +380,14 @@ def _target(request: Any) -> tuple[KindInfo | None, str, str]:
 def _resource(info: KindInfo | None, namespace: str, name: str) -> str:
     plural = info.plural if info else "objects"
     return "/".join(echo(part) for part in (plural, namespace, name) if part)
+
+
+def _selects_name(selector: str, kind: str) -> bool:
+    try:
+        matcher = parse_field_selector(selector, kind)
+    except ValueError:
+        return False
+    return bool(matcher.value_of("metadata.name"))
 
 
 def _selects_node(selector: str, node: str) -> bool:

@@ -4,6 +4,11 @@ Pure functions, no I/O. An object lives at ``/registry/<plural>/<namespace>/<nam
 (cluster-scoped kinds: ``/registry/<plural>/<name>``) as its serialized
 message with ``metadata.resource_version`` cleared: the version is the key's
 mod revision, filled in when the value is read.
+
+Secrets are the exception: ``ValueCodec`` seals their serialized message with
+the store's keyring (mizzen/security/encryption.py; the storage key is the
+associated data) and opens it again on every read path — Get, List, Watch and
+the writes' own reads all decode through it, so no caller sees an envelope.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from google.protobuf.message import DecodeError, Message
 from mizzen.api import kinds
 from mizzen.api.kinds import KindInfo
 from mizzen.echo import echo_repr
+from mizzen.security.encryption import Keyring, SealedValueError, is_sealed, key_name_of
 from protos import objects_api_pb2 as api
 
 from .errors import Code, StoreError
@@ -105,8 +111,33 @@ class UndecodableError(StoreError):
         self.key = shown
 
 
-def decode(info: KindInfo, value: bytes, mod_revision: int, key: bytes = b"") -> Message:
-    """The object stored as value at mod_revision; UndecodableError if it is not one."""
+SECRET = "Secret"
+NO_KEY = (
+    "this store member has no --encryption-key-file, and Secrets are encrypted at rest: "
+    "it stores none (mizzen pki init writes encryption.yaml)"
+)
+
+
+def decode(
+    info: KindInfo,
+    value: bytes,
+    mod_revision: int,
+    key: bytes = b"",
+    keyring: Keyring | None = None,
+) -> Message:
+    """The object stored as value at mod_revision; UndecodableError if it is not one.
+
+    A sealed Secret is opened with keyring first (no keyring: UndecodableError).
+    """
+    if info.kind == SECRET and is_sealed(value):
+        if keyring is None:
+            raise UndecodableError(
+                info, key, "it is encrypted and this store member has no --encryption-key-file"
+            )
+        try:
+            value = keyring.open(value, key).plaintext
+        except SealedValueError as err:
+            raise UndecodableError(info, key, str(err)) from None
     obj = info.message()
     try:
         obj.ParseFromString(value)
@@ -152,3 +183,36 @@ def decode_continue(token: str, prefix: bytes) -> tuple[bytes, int]:
     if not key.startswith(prefix) or not 0 < revision <= MAX_REVISION:
         raise StoreError(Code.INVALID_ARGUMENT, "continue token does not belong to this list")
     return key, revision
+
+
+class ValueCodec:
+    """Stored values of one store: Secrets sealed with its keyring, everything else plain.
+
+    Without a keyring, Secrets are stored in plain protobuf unless ``require_key``
+    (a secure store), which refuses to store any (FAILED_PRECONDITION).
+    """
+
+    def __init__(self, keyring: Keyring | None = None, *, require_key: bool = False) -> None:
+        self.keyring = keyring
+        self.require_key = require_key
+
+    def value(self, info: KindInfo, key: bytes, obj: Message) -> bytes:
+        """What to store at key for obj."""
+        plain = encode(obj)
+        if info.kind != SECRET:
+            return plain
+        if self.keyring is None:
+            if self.require_key:
+                raise StoreError(Code.FAILED_PRECONDITION, NO_KEY)
+            return plain
+        return self.keyring.seal(plain, key)
+
+    def decode(self, info: KindInfo, value: bytes, mod_revision: int, key: bytes) -> Message:
+        return decode(info, value, mod_revision, key, self.keyring)
+
+    def stale(self, info: KindInfo, value: bytes) -> bool:
+        """Whether a stored value should be written again though its content is unchanged:
+        a Secret not sealed with the primary key (an older key, or stored in plain)."""
+        if info.kind != SECRET or self.keyring is None:
+            return False
+        return key_name_of(value) != self.keyring.primary

@@ -19,6 +19,15 @@ rules that depend on the stored object on the object it acts on — a Get after
 its barrier, a write on the record whose mod_revision guards its Txn — so a
 lagging member never decides on an older copy than the one the call uses.
 
+ConfigMaps and Secrets (docs/objects.md): a Secret's ``stringData`` is merged
+into ``data`` by defaulting, so it is never stored or returned; Secrets are
+sealed with the store's keyring on every write and opened on every read
+(``ValueCodec``, store/objects_codec.py), and a write whose content is
+unchanged is still made when the stored value is not sealed with the primary
+key (that is how ``mizzen secrets reencrypt`` rewrites them). A node's Get or
+Watch of either kind is decided on the pods bound to it (``check_config``,
+store/config_index.py), after the barrier and again for each watch event.
+
 A stored value that does not decode as its kind (only the admin-only raw KV
 API can write one) is skipped by List (reported in ``undecodable_keys``, and
 logged) and Watch (treated as absent, logged); Get and updates fail with
@@ -31,6 +40,7 @@ controller acts on dependents.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import secrets
 import string
@@ -55,7 +65,15 @@ from protos import objects_api_pb2_grpc as api_grpc
 from protos import objects_pb2 as pb
 from protos import rpc_pb2
 
-from .authz import check_fence, check_stored, check_undecodable, refusal
+from .authz import (
+    CONFIG_KINDS,
+    check_config,
+    check_fence,
+    check_stored,
+    check_undecodable,
+    refusal,
+)
+from .config_index import PodConfigIndex
 from .errors import Code, StoreError
 from .grpc_errors import grpc_errors, grpc_stream_errors
 from .keyspace import prefix_end
@@ -64,7 +82,7 @@ from .node import StoreNode
 from .objects_codec import (
     MAX_REVISION,
     UndecodableError,
-    decode,
+    ValueCodec,
     decode_continue,
     encode,
     encode_continue,
@@ -90,6 +108,9 @@ PROPAGATION_FINALIZERS = {"Foreground": FOREGROUND_FINALIZER, "Orphan": ORPHAN_F
 CONFLICT = "the object has been modified; please apply your changes to the latest version"
 LIST_CHUNK = 500
 DELETE_ATTEMPTS = 5
+# How often the node authorizer's index follows the state once a node has asked
+# (so it stays within the watch history and never needs a rebuild while in use).
+CONFIG_INDEX_REFRESH = 1.0
 _SUFFIX_CHARS = string.ascii_lowercase + string.digits
 
 
@@ -143,8 +164,11 @@ def fenced_write(handler: Handler[R]) -> Handler[R]:
 
 
 class ObjectsService(api_grpc.ObjectsServicer):
-    def __init__(self, node: StoreNode) -> None:
+    def __init__(self, node: StoreNode, codec: ValueCodec | None = None) -> None:
         self.node = node
+        self.codec = codec or ValueCodec()
+        self.config_index = PodConfigIndex()
+        self._index_followed = False
 
     # ------------------------------------------------------------------ reads
 
@@ -153,8 +177,14 @@ class ObjectsService(api_grpc.ObjectsServicer):
         info = resolve_kind(request.kind)
         key = object_key(info, request.namespace, request.name)
         await self.node.barrier()
+        if info.kind in CONFIG_KINDS:
+            # decided on the pods bound to the caller, before anything is read: a node
+            # learns nothing of objects its pods do not refer to, not even whether they exist
+            self._check_config("Get", info, request.namespace, request.name)
+            record = self._get(info, key, request.name)
+            return wrap(self._decode_for("Get", info, record, key, request.namespace, request.name))
         record = self._get(info, key, request.name)
-        obj = _decode_for("Get", info, record, key, request.namespace, request.name)
+        obj = self._decode_for("Get", info, record, key, request.namespace, request.name)
         _authorize("Get", lambda who: check_stored(who, "Get", obj))
         return wrap(obj)
 
@@ -175,7 +205,7 @@ class ObjectsService(api_grpc.ObjectsServicer):
             await self.node.barrier()
             start, revision = prefix, self.node.read(lambda sm: sm.revision)
         page = self.node.read(
-            lambda sm: _list_page(sm, selection, prefix, start, revision, request.limit)
+            lambda sm: _list_page(sm, selection, prefix, start, revision, request.limit, self.codec)
         )
         for key in page.undecodable_keys:
             log.warning("undecodable_object_skipped", key=key, kind=info.kind, op="list")
@@ -203,6 +233,7 @@ class ObjectsService(api_grpc.ObjectsServicer):
         meta.generation = 1
         _check(info, obj, validate(obj))
         key = key_of(obj)
+        value = self.codec.value(info, key, obj)
         txn = rpc_pb2.TxnRequest(
             compare=[
                 rpc_pb2.Compare(
@@ -212,7 +243,7 @@ class ObjectsService(api_grpc.ObjectsServicer):
                     create_revision=0,
                 )
             ],
-            success=[rpc_pb2.RequestOp(request_put=rpc_pb2.PutRequest(key=key, value=encode(obj)))],
+            success=[rpc_pb2.RequestOp(request_put=rpc_pb2.PutRequest(key=key, value=value))],
         )
         resp = await self._txn(txn)
         if not resp.succeeded:
@@ -294,7 +325,7 @@ class ObjectsService(api_grpc.ObjectsServicer):
     ) -> api.DeleteResponse:
         record = self._get(info, key, request.name)
         try:
-            obj: Any = _decode_record(info, record, key)
+            obj: Any = self.codec.decode(info, record.value, record.mod_revision, key)
         except UndecodableError as err:
             ns, name = request.namespace, request.name
             _authorize("Delete", lambda who: check_undecodable(who, "Delete", info, ns, name))
@@ -339,10 +370,18 @@ class ObjectsService(api_grpc.ObjectsServicer):
         selection = _selection(info, request.label_selector, request.field_selector)
         after = parse_resource_version(request.resource_version)
         prefix = kind_prefix(info, request.namespace)
+        config_name = ""
+        if info.kind in CONFIG_KINDS and _is_node_caller():
+            # a node watches one object its pods refer to (the interceptor checked the
+            # selector names one): decided after a barrier, and again for every event
+            config_name = selection.fields.value_of("metadata.name") or ""
+            await self.node.barrier()
+            self._check_config("Watch", info, request.namespace, config_name)
         sink = ObjectWatchSink(
             selection,
             bookmarks=request.allow_bookmarks,
             bookmark_interval=self.node.hub.progress_interval,
+            codec=self.codec,
         )
         stream = WatchStream(sink)
         hub = self.node.hub
@@ -363,11 +402,47 @@ class ObjectsService(api_grpc.ObjectsServicer):
                     return
                 if isinstance(item, StoreError):
                     raise item
+                if config_name and item.type != api.WatchEvent.BOOKMARK:
+                    self._check_config("Watch", info, request.namespace, config_name)
                 yield item
         finally:
             hub.remove_stream(stream)
 
     # ---------------------------------------------------------------- helpers
+
+    def _check_config(self, rpc: str, info: KindInfo, namespace: str, name: str) -> None:
+        """A node's access to a ConfigMap or Secret, on the pods bound to it now."""
+        if not _is_node_caller():
+            return
+        index = self.config_index
+        index.sync(self.node.read)
+        if not self._index_followed:
+            self._index_followed = True
+            self.node._spawn(self._follow_config_index())  # stopped with the node
+        _authorize(rpc, lambda who: check_config(who, rpc, info, namespace, name, index.refers))
+
+    async def _follow_config_index(self) -> None:
+        """Keep the node authorizer's index near the state's revision: an incremental
+        sync a second costs a prefix test per write, where falling behind the watch
+        history would cost a rebuild from every pod at the next node's request."""
+        while True:
+            await asyncio.sleep(CONFIG_INDEX_REFRESH)
+            try:
+                self.config_index.sync(self.node.read)
+            except Exception:  # never let the follower die: requests sync themselves anyway
+                log.exception("config_index_sync_failed")
+
+    def _decode_for(
+        self, rpc: str, info: KindInfo, record: Record, key: bytes, ns: str, name: str
+    ) -> Any:
+        """The stored object rpc acts on; DATA_LOSS naming the key when it does not decode
+        (PERMISSION_DENIED for a caller who could not be told whether it is theirs)."""
+        try:
+            return self.codec.decode(info, record.value, record.mod_revision, key)
+        except UndecodableError as err:
+            log.warning("undecodable_object", key=err.key, kind=info.kind, op=rpc)
+            _authorize(rpc, lambda who: check_undecodable(who, rpc, info, ns, name))
+            raise
 
     def _get(self, info: KindInfo, key: bytes, name: str) -> Record:
         record = self.node.read(lambda sm: sm.get(key))
@@ -396,7 +471,7 @@ class ObjectsService(api_grpc.ObjectsServicer):
         if record.mod_revision != rev:
             raise StoreError(Code.ABORTED, CONFLICT)
         meta = obj.metadata
-        return info, key, rev, _decode_for(rpc, info, record, key, meta.namespace, meta.name)
+        return info, key, rev, self._decode_for(rpc, info, record, key, meta.namespace, meta.name)
 
     async def _replace(self, info: KindInfo, key: bytes, rev: int, old: Any, new: Any) -> Any:
         """Write new over the stored version rev; delete it instead once it may go."""
@@ -405,9 +480,9 @@ class ObjectsService(api_grpc.ObjectsServicer):
             if not (isinstance(new, pb.Pod) and grace > 0):
                 await self._delete(key, rev, new.metadata.name, info)
                 return new
-        value = encode(new)
-        if value == encode(old):
+        if encode(new) == encode(old) and not self._stale(info, key, rev):
             return old  # no change: no write, no new version
+        value = self.codec.value(info, key, new)
         txn = rpc_pb2.TxnRequest(
             compare=[_mod_equals(key, rev)],
             success=[rpc_pb2.RequestOp(request_put=rpc_pb2.PutRequest(key=key, value=value))],
@@ -418,6 +493,15 @@ class ObjectsService(api_grpc.ObjectsServicer):
             _raise_conflict(resp, info, new.metadata.name)
         new.metadata.resource_version = str(resp.header.revision)
         return new
+
+    def _stale(self, info: KindInfo, key: bytes, rev: int) -> bool:
+        """Whether the stored version rev should be rewritten even unchanged (codec.stale)."""
+        record = self.node.read(lambda sm: sm.get(key))
+        return (
+            record is not None
+            and record.mod_revision == rev
+            and self.codec.stale(info, record.value)
+        )
 
     async def _delete(self, key: bytes, rev: int, name: str, info: KindInfo) -> None:
         txn = rpc_pb2.TxnRequest(
@@ -515,19 +599,9 @@ def _grace_seconds(obj: Any, request: api.DeleteRequest) -> int:
     return int(grace)
 
 
-def _decode_record(info: KindInfo, record: Record, key: bytes) -> Any:
-    return decode(info, record.value, record.mod_revision, key)
-
-
-def _decode_for(rpc: str, info: KindInfo, record: Record, key: bytes, ns: str, name: str) -> Any:
-    """The stored object rpc acts on; DATA_LOSS naming the key when it does not decode
-    (PERMISSION_DENIED for a caller who could not be told whether it is theirs)."""
-    try:
-        return _decode_record(info, record, key)
-    except UndecodableError as err:
-        log.warning("undecodable_object", key=err.key, kind=info.kind, op=rpc)
-        _authorize(rpc, lambda who: check_undecodable(who, rpc, info, ns, name))
-        raise
+def _is_node_caller() -> bool:
+    who = current_caller()
+    return who is not None and who.role == "node"
 
 
 def _stub(info: KindInfo, namespace: str, name: str, record: Record) -> Any:
@@ -579,8 +653,10 @@ def _list_page(
     start: bytes,
     revision: int,
     limit: int,
+    codec: ValueCodec | None = None,
 ) -> api.ListResponse:
     """One page of matching objects from start, read at revision (raises if compacted)."""
+    codec = codec or ValueCodec()
     out = api.ListResponse(resource_version=str(revision))
     end = prefix_end(prefix)
     key = start
@@ -590,7 +666,7 @@ def _list_page(
         )
         for i, kv in enumerate(chunk.kvs):
             try:
-                obj = decode(selection.info, kv.value, kv.mod_revision, kv.key)
+                obj = codec.decode(selection.info, kv.value, kv.mod_revision, kv.key)
             except UndecodableError as err:
                 out.undecodable_keys.append(err.key)  # skipped: one bad value fails no list
                 continue

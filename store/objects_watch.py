@@ -8,7 +8,8 @@ selection becomes DELETED for this watcher (and into it, ADDED), as in
 Kubernetes. A progress notification becomes a BOOKMARK when asked for.
 
 A value that does not decode as the kind (written through the admin-only raw
-KV API) is treated as absent, as List skips it: logged, never sent, and never
+KV API, or a Secret sealed with a key this member does not have) is treated
+as absent, as List skips it: logged, never sent, and never
 the end of the stream. An object that becomes undecodable is DELETED for a
 watcher that had it; one that becomes valid again is ADDED.
 """
@@ -30,7 +31,7 @@ from protos import kv_pb2, rpc_pb2
 from protos import objects_api_pb2 as api
 
 from .errors import Code, StoreError
-from .objects_codec import UndecodableError, decode, wrap
+from .objects_codec import UndecodableError, ValueCodec, wrap
 
 log = structlog.get_logger("store.objects")
 
@@ -60,8 +61,10 @@ class ObjectWatchSink:
         bookmarks: bool,
         bookmark_interval: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
+        codec: ValueCodec | None = None,
     ) -> None:
         self.selection = selection
+        self.codec = codec or ValueCodec()
         self.bookmarks = bookmarks
         self.bookmark_interval = bookmark_interval
         self._clock = clock
@@ -116,7 +119,7 @@ class ObjectWatchSink:
     def _decode(self, kv: kv_pb2.KeyValue, revision: int) -> Message | None:
         """The object kv holds (at revision), or None (logged) when it does not decode."""
         try:
-            return decode(self.selection.info, kv.value, revision, kv.key)
+            return self.codec.decode(self.selection.info, kv.value, revision, kv.key)
         except UndecodableError as err:
             log.warning(
                 "undecodable_object_skipped",

@@ -19,6 +19,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from mizzen.malformed_requests import MalformedRequestInterceptor
+from mizzen.security.encryption import Keyring
 from mizzen.security.server_auth import AuthInterceptor
 from mizzen.security.settings import PLAINTEXT, ServerSecurity
 from mizzen.security.tls import add_port
@@ -31,6 +32,7 @@ from .kv_service import KVService
 from .lease_service import LeaseService
 from .metrics import MetricsHttpServer, StoreMetrics, serving
 from .node import NodeConfig, StoreNode
+from .objects_codec import ValueCodec
 from .objects_service import ObjectsService
 from .require_leader import RequireLeaderInterceptor
 from .watch_service import WatchService, add_watch_service
@@ -85,11 +87,14 @@ async def serve(
     listen: str,
     stop: asyncio.Event | None = None,
     security: ServerSecurity = PLAINTEXT,
+    keyring: Keyring | None = None,
 ) -> None:
     """Serve until ``stop`` is set or SIGTERM/SIGINT arrives.
 
     With ``security.tls`` the client port requires certificates and
     ``security.token_listen`` (if set) serves bearer-token clients over TLS.
+    ``keyring`` seals Secrets at rest; without one a secure store refuses to
+    store Secrets and a plaintext one stores them unencrypted.
     """
     node = StoreNode(cfg)
     await node.start()
@@ -123,7 +128,8 @@ async def serve(
     rpc_pb2_grpc.add_LeaseServicer_to_server(LeaseService(node), server)
     rpc_pb2_grpc.add_ClusterServicer_to_server(ClusterService(node), server)
     rpc_pb2_grpc.add_MaintenanceServicer_to_server(MaintenanceService(node), server)
-    objects_api_pb2_grpc.add_ObjectsServicer_to_server(ObjectsService(node), server)
+    codec = ValueCodec(keyring, require_key=security.secure)
+    objects_api_pb2_grpc.add_ObjectsServicer_to_server(ObjectsService(node, codec), server)
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = [rpc_pb2.DESCRIPTOR.services_by_name[s].full_name for s in SERVICES]

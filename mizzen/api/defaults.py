@@ -5,6 +5,11 @@ defaulted fields are set. Fields where zero is a meaningful value are proto3
 ``optional`` and defaulted only when absent (HasField); enumeration strings
 are defaulted when empty. apply_defaults is idempotent.
 
+A Secret's ``stringData`` is merged into ``data`` here (a stringData key wins
+over the same key in data, as in Kubernetes) and cleared: the server defaults
+before storing, so stringData is never stored or returned. Its type defaults
+to "Opaque".
+
 Departures from Kubernetes, for convenience: a Job's pod template defaults
 restartPolicy to "Never" (Kubernetes requires it to be given), and a Job with
 no selector selects its template's labels.
@@ -25,6 +30,7 @@ DEFAULT_REVISION_HISTORY_LIMIT = 10
 DEFAULT_MAX_SURGE = "25%"
 DEFAULT_MAX_UNAVAILABLE = "25%"
 DEFAULT_BACKOFF_LIMIT = 6
+DEFAULT_SECRET_TYPE = "Opaque"
 
 _PROBE_DEFAULTS = {
     "period_seconds": 10,
@@ -55,6 +61,8 @@ def apply_defaults(obj: Message) -> None:
             _default_job(obj.spec)
         case pb.Node():
             _default_node(obj)
+        case pb.Secret():
+            _default_secret(obj)
         case _:
             pass
 
@@ -140,3 +148,11 @@ def _default_job(spec: pb.JobSpec) -> None:
 def _default_node(node: pb.Node) -> None:
     if not node.status.HasField("allocatable") and node.status.HasField("capacity"):
         node.status.allocatable.CopyFrom(node.status.capacity)
+
+
+def _default_secret(secret: pb.Secret) -> None:
+    if not secret.type:
+        secret.type = DEFAULT_SECRET_TYPE
+    for key, value in secret.string_data.items():
+        secret.data[key] = value.encode()
+    secret.ClearField("string_data")

@@ -436,10 +436,24 @@ def to_manifest(msg: Message) -> dict[str, Any]:
     return {"apiVersion": API_VERSION, "kind": info.kind, **encode(msg)}
 
 
+class _Dumper(yaml.SafeDumper):
+    """SafeDumper writing multi-line strings (a ConfigMap's files) as literal blocks (``|``),
+    as kubectl does; PyYAML falls back to quotes where a block cannot hold the text."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _represent_str)
+
+
 def dump_yaml(msgs: Iterable[Message]) -> str:
     """msgs as multi-document YAML ("---" between documents)."""
-    return yaml.safe_dump_all(
+    return yaml.dump_all(
         [to_manifest(msg) for msg in msgs],
+        Dumper=_Dumper,
         sort_keys=False,
         allow_unicode=True,
         width=2**16,

@@ -14,6 +14,10 @@ as ints (the JSON mapping would write int64 as strings), quantities formatted
 ("500m", "128Mi") and unset fields omitted. A submessage that is set but empty
 is kept as ``{}``, because presence means something (a probe's handler).
 
+Secret values never appear in a problem: under a Secret's ``data`` and
+``stringData`` a wrong value is described by its type only ("expected a
+string, got an integer"), and bad base64 by the decoder's reason.
+
 Two translations make manifests read like Kubernetes': a ResourceList is
 written ``{cpu: "500m", memory: "128Mi", pids: 100}``, and int-or-percent
 fields (max_surge, max_unavailable, strings in the proto) also take integers.
@@ -22,6 +26,7 @@ fields (max_surge, max_unavailable, strings in the proto) also take integers.
 from __future__ import annotations
 
 import base64
+import binascii
 import datetime
 import difflib
 import keyword
@@ -65,6 +70,8 @@ _RESOURCE_FORMATS: dict[str, Callable[[int], str | int]] = {
 }
 _RESOURCE_UNITS = {"cpu_millis": "millicores (1m)", "memory_bytes": "bytes", "pids": "units"}
 _RESOURCE_BY_NAME = {name: field for field, name in RESOURCES}
+# Fields whose values are secret: errors name their type, never the value.
+SENSITIVE = {pb.Secret.DESCRIPTOR.full_name: frozenset({"data", "stringData"})}
 
 
 def describe(value: object) -> str:
@@ -88,6 +95,29 @@ def describe(value: object) -> str:
             return f"timestamp {value.isoformat()}"
         case datetime.date():
             return f"date {value.isoformat()}"
+        case _:
+            return type(value).__name__
+
+
+def describe_type(value: object) -> str:
+    """A value's type without the value, for fields whose values are secret."""
+    match value:
+        case None:
+            return "null"
+        case bool():
+            return "a boolean"
+        case int():
+            return "an integer"
+        case float():
+            return "a number"
+        case str():
+            return "a string"
+        case list():
+            return "a list"
+        case dict():
+            return "an object"
+        case datetime.date():
+            return "a date"
         case _:
             return type(value).__name__
 
@@ -158,6 +188,7 @@ class Decoder:
 
     def __init__(self) -> None:
         self.errors: list[FieldError] = []
+        self.describe: Callable[[object], str] = describe
 
     def error(self, path: str, message: str) -> None:
         self.errors.append(FieldError(path, message))
@@ -174,14 +205,14 @@ class Decoder:
     def message(self, value: object, desc: Descriptor, path: str) -> dict[str, Any] | None:
         """The JSON mapping of value as a desc message; None (and errors) if it is not one."""
         if not isinstance(value, dict):
-            self.error(path, f"expected an object, got {describe(value)}")
+            self.error(path, f"expected an object, got {self.describe(value)}")
             return None
         fields = _json_fields(desc)
         out: dict[str, Any] = {}
         for key, item in value.items():
             if not isinstance(key, str):
                 self.error(
-                    join(path, str(key)), f"field name must be a string, not {describe(key)}"
+                    join(path, str(key)), f"field name must be a string, not {self.describe(key)}"
                 )
                 continue
             fpath = join(path, key)
@@ -191,15 +222,26 @@ class Decoder:
                 continue
             if item is None:  # null means unset, as in Kubernetes
                 continue
-            converted = self.field(item, field, fpath)
+            if key in SENSITIVE.get(desc.full_name, ()):
+                converted = self.sensitive_field(item, field, fpath)
+            else:
+                converted = self.field(item, field, fpath)
             if converted is not None:
                 out[key] = converted
         return out
 
+    def sensitive_field(self, value: object, field: FieldDescriptor, path: str) -> Any:
+        """field, with values described by their type only in errors."""
+        before, self.describe = self.describe, describe_type
+        try:
+            return self.field(value, field, path)
+        finally:
+            self.describe = before
+
     def field(self, value: object, field: FieldDescriptor, path: str) -> Any:
         if _is_map(field):
             if not isinstance(value, dict):
-                self.error(path, f"expected an object, got {describe(value)}")
+                self.error(path, f"expected an object, got {self.describe(value)}")
                 return None
             key_field = _message_type(field).fields_by_name["key"]
             value_field = _map_value(field)
@@ -214,7 +256,7 @@ class Decoder:
             return entries
         if field.is_repeated:
             if not isinstance(value, list):
-                self.error(path, f"expected a list, got {describe(value)}")
+                self.error(path, f"expected a list, got {self.describe(value)}")
                 return None
             items = [self.single(item, field, f"{path}[{i}]") for i, item in enumerate(value)]
             return [item for item in items if item is not None]
@@ -246,14 +288,14 @@ class Decoder:
             ):
                 return str(value)
             quote = " (quote it)" if not isinstance(value, list | dict) else ""
-            self.error(path, f"expected a string, got {describe(value)}{quote}")
+            self.error(path, f"expected a string, got {self.describe(value)}{quote}")
         elif kind == _F.TYPE_BOOL:
             if isinstance(value, bool):
                 return value
-            self.error(path, f"expected a boolean, got {describe(value)}")
+            self.error(path, f"expected a boolean, got {self.describe(value)}")
         elif kind in _INT_RANGES:
             if not isinstance(value, int) or isinstance(value, bool):
-                self.error(path, f"expected an integer, got {describe(value)}")
+                self.error(path, f"expected an integer, got {self.describe(value)}")
                 return None
             low, high = _INT_RANGES[kind]
             if not low <= value <= high:
@@ -263,16 +305,23 @@ class Decoder:
         elif kind in (_F.TYPE_FLOAT, _F.TYPE_DOUBLE):
             if isinstance(value, int | float) and not isinstance(value, bool):
                 return value
-            self.error(path, f"expected a number, got {describe(value)}")
+            self.error(path, f"expected a number, got {self.describe(value)}")
         elif kind == _F.TYPE_ENUM:
             enum = field.enum_type
             if isinstance(value, str) and enum is not None and value in enum.values_by_name:
                 return value
-            self.error(path, f"unsupported value {describe(value)}")
+            self.error(path, f"unsupported value {self.describe(value)}")
         elif kind == _F.TYPE_BYTES:
-            if isinstance(value, str):
-                return value
-            self.error(path, f"expected a base64 string, got {describe(value)}")
+            if not isinstance(value, str):
+                self.error(path, f"expected a base64 string, got {self.describe(value)}")
+                return None
+            try:
+                base64.b64decode(value, validate=True)
+            except (binascii.Error, ValueError) as err:
+                reason = str(err).removeprefix("Invalid base64-encoded string: ")
+                self.error(path, f"invalid base64: {reason}")
+                return None
+            return value
         return None
 
     def timestamp(self, value: object, path: str) -> str | None:
@@ -292,13 +341,13 @@ class Decoder:
                 )
                 return None
             return value
-        self.error(path, f"expected an RFC 3339 timestamp, got {describe(value)}")
+        self.error(path, f"expected an RFC 3339 timestamp, got {self.describe(value)}")
         return None
 
     def resource_list(self, value: object, path: str) -> dict[str, int] | None:
         """{cpu: "500m", memory: "128Mi", pids: 100} -> {cpuMillis: 500, ...}; all errors."""
         if not isinstance(value, dict):
-            self.error(path, f"expected an object of quantities, got {describe(value)}")
+            self.error(path, f"expected an object of quantities, got {self.describe(value)}")
             return None
         json_names = {f.name: f.json_name for f in pb.ResourceList.DESCRIPTOR.fields}
         out: dict[str, int] = {}

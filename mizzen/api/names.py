@@ -12,10 +12,12 @@ DNS1123_LABEL_MAX = 63
 DNS1123_SUBDOMAIN_MAX = 253
 LABEL_VALUE_MAX = 63
 QUALIFIED_NAME_MAX = 63
+CONFIG_KEY_MAX = 253
 
 _DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 _QUALIFIED_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
+_CONFIG_KEY = re.compile(r"[-._a-zA-Z0-9]+")
 
 
 def dns1123_label(value: str) -> list[str]:
@@ -82,4 +84,24 @@ def label_value(value: str) -> list[str]:
             "a label value must be empty or consist of alphanumeric characters, '-', '_' "
             "or '.', and must start and end with an alphanumeric character"
         )
+    return problems
+
+
+def config_key(value: str) -> list[str]:
+    """Problems with value as a key of a ConfigMap or Secret (Kubernetes' IsConfigMapKey).
+
+    A key becomes a file name in a volume, so '.', '..' and names starting
+    with '..' (the kubelet's own entries) are refused.
+    """
+    problems = []
+    if len(value) > CONFIG_KEY_MAX:
+        problems.append(f"must be no more than {CONFIG_KEY_MAX} characters")
+    if not _CONFIG_KEY.fullmatch(value):
+        problems.append(
+            "a valid config key must consist of alphanumeric characters, '-', '_' or '.'"
+        )
+    if value in (".", ".."):
+        problems.append("must not be '.' or '..'")
+    elif value.startswith(".."):
+        problems.append("must not start with '..'")
     return problems

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import posixpath
 import re
+from collections.abc import Sequence
+from typing import Any
 
 from mizzen.api import names, quantity
 from mizzen.api.field_errors import FieldErrors
@@ -16,6 +19,8 @@ TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 _USER = re.compile(r"[a-z_][a-z0-9_-]*\$?|\d+")
 # (field in ResourceList, manifest name)
 RESOURCES = (("cpu_millis", "cpu"), ("memory_bytes", "memory"), ("pids", "pids"))
+MAX_FILE_MODE = 0o777
+_ENV_REFS = "configMapKeyRef, secretKeyRef"
 
 
 def validate_pod_spec(spec: pb.PodSpec, path: str, errs: FieldErrors) -> None:
@@ -23,6 +28,7 @@ def validate_pod_spec(spec: pb.PodSpec, path: str, errs: FieldErrors) -> None:
     if not spec.processes:
         errs.add(f"{path}.processes", "at least one process is required")
     seen: set[str] = set()
+    volumes = _volumes(spec.volumes, f"{path}.volumes", errs)
     for i, process in enumerate(spec.processes):
         ppath = f"{path}.processes[{i}]"
         if errs.required(f"{ppath}.name", process.name):
@@ -31,6 +37,7 @@ def validate_pod_spec(spec: pb.PodSpec, path: str, errs: FieldErrors) -> None:
                 errs.add(f"{ppath}.name", f'duplicate process name "{echo(process.name)}"')
             seen.add(process.name)
         _process(process, ppath, errs)
+        _volume_mounts(process.volume_mounts, volumes, f"{ppath}.volumeMounts", errs)
     errs.enum(f"{path}.restartPolicy", spec.restart_policy, RESTART_POLICIES)
     if spec.node_name:
         errs.each(f"{path}.nodeName", names.dns1123_subdomain(spec.node_name))
@@ -50,6 +57,10 @@ def _process(process: pb.Process, path: str, errs: FieldErrors) -> None:
         epath = f"{path}.env[{j}].name"
         if errs.required(epath, env.name) and ("=" in env.name or "\0" in env.name):
             errs.add(epath, "must not contain '=' or NUL")
+        if env.HasField("value_from"):
+            _env_source(env, f"{path}.env[{j}]", errs)
+    for j, env_from in enumerate(process.env_from):
+        _env_from(env_from, f"{path}.envFrom[{j}]", errs)
     if process.working_dir and not process.working_dir.startswith("/"):
         errs.add(f"{path}.workingDir", "must be an absolute path")
     if process.user and not _USER.fullmatch(process.user):
@@ -70,6 +81,139 @@ def _process(process: pb.Process, path: str, errs: FieldErrors) -> None:
         _probe(process.liveness_probe, f"{path}.livenessProbe", errs, liveness=True)
     if process.HasField("readiness_probe"):
         _probe(process.readiness_probe, f"{path}.readinessProbe", errs, liveness=False)
+
+
+# ------------------------------------------------ ConfigMap and Secret references
+
+
+def _object_name(path: str, name: str, errs: FieldErrors) -> None:
+    if errs.required(path, name):
+        errs.each(path, names.dns1123_subdomain(name))
+
+
+def _env_source(env: pb.EnvVar, path: str, errs: FieldErrors) -> None:
+    src = env.value_from
+    if env.value:
+        errs.add(f"{path}.valueFrom", "may not be specified when `value` is not empty")
+    refs = [r for r in ("config_map_key_ref", "secret_key_ref") if src.HasField(r)]
+    if not refs:
+        errs.add(f"{path}.valueFrom", f"must specify one of: {_ENV_REFS}")
+    elif len(refs) > 1:
+        errs.add(f"{path}.valueFrom", f"may not specify more than one of: {_ENV_REFS}")
+    for field, json in (
+        ("config_map_key_ref", "configMapKeyRef"),
+        ("secret_key_ref", "secretKeyRef"),
+    ):
+        if not src.HasField(field):
+            continue
+        ref = getattr(src, field)
+        rpath = f"{path}.valueFrom.{json}"
+        _object_name(f"{rpath}.name", ref.name, errs)
+        if errs.required(f"{rpath}.key", ref.key):
+            errs.each(f"{rpath}.key", names.config_key(ref.key))
+
+
+def _env_from(env_from: pb.EnvFromSource, path: str, errs: FieldErrors) -> None:
+    refs = [r for r in ("config_map_ref", "secret_ref") if env_from.HasField(r)]
+    if not refs:
+        errs.add(path, "must specify one of: configMapRef, secretRef")
+    elif len(refs) > 1:
+        errs.add(path, "may not specify more than one of: configMapRef, secretRef")
+    if "=" in env_from.prefix or "\0" in env_from.prefix:
+        errs.add(f"{path}.prefix", "must not contain '=' or NUL")
+    if env_from.HasField("config_map_ref"):
+        _object_name(f"{path}.configMapRef.name", env_from.config_map_ref.name, errs)
+    if env_from.HasField("secret_ref"):
+        _object_name(f"{path}.secretRef.name", env_from.secret_ref.name, errs)
+
+
+def _mode(path: str, message: Any, field: str, errs: FieldErrors) -> None:
+    if message.HasField(field) and not 0 <= getattr(message, field) <= MAX_FILE_MODE:
+        errs.add(path, "must be a number between 0 and 0777 (octal), both inclusive")
+
+
+def _relative_path(path: str, value: str, errs: FieldErrors) -> None:
+    """A path that stays below the directory it is relative to."""
+    if not errs.required(path, value):
+        return
+    if "\0" in value:
+        errs.add(path, "must not contain NUL")
+    elif value.startswith("/"):
+        errs.add(path, "must be a relative path")
+    elif ".." in value.split("/"):
+        errs.add(path, "must not contain '..'")
+    elif posixpath.normpath(value) == ".":
+        errs.add(path, "must name a file or directory below the volume, not the volume itself")
+
+
+def _items(items: Sequence[pb.KeyToPath], path: str, errs: FieldErrors) -> None:
+    seen: set[str] = set()
+    for k, item in enumerate(items):
+        ipath = f"{path}[{k}]"
+        if errs.required(f"{ipath}.key", item.key):
+            errs.each(f"{ipath}.key", names.config_key(item.key))
+        _relative_path(f"{ipath}.path", item.path, errs)
+        normal = posixpath.normpath(item.path) if item.path else ""
+        if normal and normal in seen:
+            errs.add(f"{ipath}.path", f'duplicate path "{echo(item.path)}"')
+        seen.add(normal)
+        _mode(f"{ipath}.mode", item, "mode", errs)
+
+
+def _volumes(volumes: Sequence[pb.Volume], path: str, errs: FieldErrors) -> set[str]:
+    """Check the pod's volumes; the names of those a volumeMount may refer to."""
+    seen: set[str] = set()
+    for i, vol in enumerate(volumes):
+        vpath = f"{path}[{i}]"
+        if errs.required(f"{vpath}.name", vol.name):
+            errs.each(f"{vpath}.name", names.dns1123_label(vol.name))
+            if vol.name in seen:
+                errs.add(f"{vpath}.name", f'duplicate volume name "{echo(vol.name)}"')
+            seen.add(vol.name)
+        sources = [s for s in ("config_map", "secret") if vol.HasField(s)]
+        if not sources:
+            errs.add(vpath, "must specify one volume source: configMap or secret")
+        elif len(sources) > 1:
+            errs.add(vpath, "may not specify more than one volume source")
+        if vol.HasField("config_map"):
+            cm = vol.config_map
+            _object_name(f"{vpath}.configMap.name", cm.name, errs)
+            _items(cm.items, f"{vpath}.configMap.items", errs)
+            _mode(f"{vpath}.configMap.defaultMode", cm, "default_mode", errs)
+        if vol.HasField("secret"):
+            sv = vol.secret
+            _object_name(f"{vpath}.secret.secretName", sv.secret_name, errs)
+            _items(sv.items, f"{vpath}.secret.items", errs)
+            _mode(f"{vpath}.secret.defaultMode", sv, "default_mode", errs)
+    return seen
+
+
+def _volume_mounts(
+    mounts: Sequence[pb.VolumeMount], volumes: set[str], path: str, errs: FieldErrors
+) -> None:
+    """Each mount names a pod volume; mount paths are distinct and never climb out ('..').
+
+    An absolute mountPath is accepted here: only the node knows the pod directory it
+    must lie in (the agent refuses one outside it).
+    """
+    seen: set[str] = set()
+    for k, mount in enumerate(mounts):
+        mpath = f"{path}[{k}]"
+        if errs.required(f"{mpath}.name", mount.name) and mount.name not in volumes:
+            errs.add(f"{mpath}.name", f'not found: no volume named "{echo(mount.name)}"')
+        target = mount.mount_path
+        if not errs.required(f"{mpath}.mountPath", target):
+            continue
+        if "\0" in target:
+            errs.add(f"{mpath}.mountPath", "must not contain NUL")
+        elif ".." in target.split("/"):
+            errs.add(f"{mpath}.mountPath", "must not contain '..'")
+        elif posixpath.normpath(target) in (".", "/"):
+            errs.add(f"{mpath}.mountPath", "must name a directory, not the working or root one")
+        normal = posixpath.normpath(target)
+        if normal in seen:
+            errs.add(f"{mpath}.mountPath", f'duplicate mount path "{echo(target)}"')
+        seen.add(normal)
 
 
 def _resources(resources: pb.ResourceRequirements, path: str, errs: FieldErrors) -> None:

@@ -36,6 +36,10 @@ MAX_EVENT_REASON_BYTES = 128
 NODE_ADDRESS_TYPES = ("Hostname", "InternalIP", "ExternalIP", "AgentGRPC")
 SELECTOR_OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
 EVENT_TYPES = ("Normal", "Warning")
+# Keys and values of a ConfigMap's data and binaryData, or a Secret's data, together
+# (Kubernetes: 1 MiB); the encoded object is capped too (kinds.CONFIG_MAX_BYTES).
+MAX_CONFIG_DATA_BYTES = 1024 * 1024
+MAX_SECRET_TYPE_BYTES = 253
 
 
 def validate(obj: Message) -> list[FieldError]:
@@ -70,6 +74,10 @@ def validate(obj: Message) -> list[FieldError]:
             if obj.spec.HasField("lease_duration_seconds"):
                 errs.at_least("spec.leaseDurationSeconds", obj.spec.lease_duration_seconds, 1)
             errs.at_least("spec.leaseTransitions", obj.spec.lease_transitions, 0)
+        case pb.ConfigMap():
+            _config_map(obj, errs)
+        case pb.Secret():
+            _secret(obj, errs)
         case _:  # pragma: no cover - kind_of accepted it, so it is one of the above
             pass
     if info.max_bytes:
@@ -267,6 +275,63 @@ def _event(spec: pb.EventSpec, errs: FieldErrors) -> None:
     errs.at_least("spec.count", spec.count, 0)
 
 
+# ---------------------------------------------------------------- config
+# Errors about a ConfigMap's or Secret's data name keys, never values.
+
+
+def _config_keys(keys: Any, path: str, errs: FieldErrors) -> None:
+    for key in sorted(keys):
+        errs.each(f"{path}[{echo(key)}]", names.config_key(key))
+
+
+def _data_size(path: str, sizes: Any, errs: FieldErrors) -> None:
+    total = sum(sizes)
+    if total > MAX_CONFIG_DATA_BYTES:
+        errs.add(
+            path,
+            f"too long: must have at most {MAX_CONFIG_DATA_BYTES} bytes of keys and values "
+            f"(has {total})",
+        )
+
+
+def _config_map(cm: pb.ConfigMap, errs: FieldErrors) -> None:
+    _config_keys(cm.data, "data", errs)
+    _config_keys(cm.binary_data, "binaryData", errs)
+    for key in sorted(set(cm.data) & set(cm.binary_data)):
+        errs.add(f"binaryData[{echo(key)}]", f"duplicate of key data[{echo(key)}]")
+    sizes = [len(k.encode()) + len(v.encode()) for k, v in cm.data.items()]
+    sizes += [len(k.encode()) + len(v) for k, v in cm.binary_data.items()]
+    _data_size("data", sizes, errs)
+
+
+def _secret(secret: pb.Secret, errs: FieldErrors) -> None:
+    _config_keys(secret.data, "data", errs)
+    # merged into data by defaulting, so only set here when defaults were not applied
+    _config_keys(secret.string_data, "stringData", errs)
+    if errs.required("type", secret.type):
+        errs.at_most_bytes("type", secret.type, MAX_SECRET_TYPE_BYTES)
+    sizes = [len(k.encode()) + len(v) for k, v in secret.data.items()]
+    sizes += [len(k.encode()) + len(v.encode()) for k, v in secret.string_data.items()]
+    _data_size("data", sizes, errs)
+
+
+def _config_update(old: Any, new: Any, errs: FieldErrors) -> None:
+    """Once ``immutable`` is true the data (and immutable) may not change; a Secret's
+    type never may."""
+    if isinstance(new, pb.Secret) and old.type != new.type:
+        errs.add("type", "field is immutable")
+    if not old.immutable:
+        return
+    why = "field is immutable when `immutable` is set"
+    data_fields = [("data", "data")]
+    data_fields += [("binary_data", "binaryData")] if isinstance(new, pb.ConfigMap) else []
+    for field, json in data_fields:
+        if dict(getattr(old, field)) != dict(getattr(new, field)):
+            errs.add(json, why)
+    if not new.immutable:
+        errs.add("immutable", why)
+
+
 # ---------------------------------------------------------------- updates
 
 _POD_MUTABLE = ("node_name", "tolerations")
@@ -278,7 +343,8 @@ def validate_update(old: Message, new: Message) -> list[FieldError]:
     Immutable: metadata name, namespace, uid and creationTimestamp; a pod's
     spec except nodeName (may be set once, when empty: binding) and
     tolerations (may only be added); the selector of Deployment, ReplicaSet,
-    DaemonSet and Job; a Job's template and completions.
+    DaemonSet and Job; a Job's template and completions; a Secret's type; the
+    data of a ConfigMap or Secret once ``immutable`` is true (which then stays).
     """
     if type(old) is not type(new):
         raise TypeError(f"cannot update a {type(old).__name__} with a {type(new).__name__}")
@@ -308,6 +374,8 @@ def validate_update(old: Message, new: Message) -> list[FieldError]:
             ):
                 if getattr(o.spec, field) != getattr(new.spec, field):
                     errs.add(f"spec.{json}", "field is immutable")
+        case pb.ConfigMap() | pb.Secret():
+            _config_update(o, new, errs)
         case _:
             pass
     return errs.items

@@ -1,6 +1,7 @@
 """`mizzen apply -f`: make the store hold what the manifests say, writing only what changed.
 
-For each object: Get it; create it when missing; when its spec, labels or
+For each object: Get it; create it when missing; when its spec (for
+ConfigMaps and Secrets: their data, binaryData, type and immutable), labels or
 annotations differ from the stored object (compared after defaulting, as the
 server would store it), Update it at the stored resource_version, carrying
 over what the server and controllers own (uid, creation timestamp, status,
@@ -61,12 +62,14 @@ def _copy(obj: Any) -> Any:
 
 
 def _content(obj: Any) -> Any:
-    """What apply compares besides labels and annotations: the spec, or for kinds
-    without one (ConfigMap, Secret) everything but metadata."""
+    """What a user's manifest sets besides metadata: the spec, or for kinds without
+    one (ConfigMap, Secret) every top-level field but metadata and status."""
     if kind_of(obj).has_spec:
         return obj.spec
     out = _copy(obj)
     out.ClearField("metadata")
+    if "status" in obj.DESCRIPTOR.fields_by_name:
+        out.ClearField("status")
     return out
 
 
@@ -74,7 +77,7 @@ def differs(desired: Any, stored: Any) -> bool:
     """Whether applying desired would change stored's spec, labels or annotations."""
     want = _copy(desired)
     want.metadata.namespace = stored.metadata.namespace
-    apply_defaults(want)
+    apply_defaults(want)  # a Secret's stringData is merged into its data here
     return (
         _content(want) != _content(stored)
         or dict(want.metadata.labels) != dict(stored.metadata.labels)
@@ -94,7 +97,7 @@ def merged(desired: Any, stored: Any) -> Any:
         meta.finalizers.extend(old.finalizers)
     if not meta.owner_references:
         meta.owner_references.extend(old.owner_references)
-    if hasattr(stored, "status"):
+    if "status" in stored.DESCRIPTOR.fields_by_name:
         new.status.CopyFrom(stored.status)
     return new
 

@@ -2,10 +2,14 @@
 
 ``describe(obj, events, now=...)`` returns the whole text. Every object starts
 with Name, Namespace, Labels, Annotations and Created; then per kind: a Pod
-its status and each process (command, resources, probes, state, restarts);
-a Deployment or ReplicaSet its replicas and conditions; a Node its capacity,
-allocatable, addresses and conditions; any other kind its spec and status
-fields. The text ends with ``Events:`` (``<none>`` when there are none).
+its status and each process (command, resources, probes, state, restarts,
+environment with the ConfigMap and Secret keys it comes from, mounts), its
+volumes and, given ``configs``, whether each ConfigMap and Secret it refers to
+resolves; a Deployment or ReplicaSet its replicas and conditions; a Node its
+capacity, allocatable, addresses and conditions; a ConfigMap its data (values
+shown, as kubectl does); a Secret its type and the size of each value, never a
+value; any other kind its spec and status fields. The text ends with
+``Events:`` (``<none>`` when there are none).
 Labels are aligned per nesting depth, like kubectl's tabwriter output.
 """
 
@@ -18,11 +22,15 @@ from typing import Any
 
 from google.protobuf.json_format import MessageToDict
 
+from mizzen.api.config_refs import ConfigRef, config_refs
 from mizzen.api.kinds import kind_of
 from mizzen.api.quantity import format_cpu, format_memory
 from mizzen.cli import event_view, tables
 
 NONE = "<none>"
+Configs = dict[tuple[str, str], Any]
+"""What describe knows of each (kind, name) a pod refers to: the object, None (not
+found), or a string saying why it could not be read (e.g. permission denied)."""
 
 
 @dataclass(frozen=True)
@@ -184,14 +192,96 @@ def _process(lines: Lines, process: Any, status: Any | None) -> None:
         text = _probe(probe)
         if text:
             lines.append(Line(2, label, text))
+    if process.env_from:
+        lines.append(Line(2, "Environment Variables from"))
+        lines.extend(Line(3, *_env_from(e)) for e in process.env_from)
     if process.env:
         lines.append(Line(2, "Environment"))
-        lines.extend(Line(3, env.name, env.value) for env in process.env)
+        lines.extend(Line(3, env.name, _env_value(env)) for env in process.env)
     else:
         lines.append(Line(2, "Environment", NONE))
+    if process.volume_mounts:
+        lines.append(Line(2, "Mounts"))
+        for m in process.volume_mounts:
+            lines.append(Line(3, m.mount_path, f"from {m.name}" + (" (ro)" if m.read_only else "")))
 
 
-def _pod(pod: Any, now: float) -> Lines:
+def _optional(ref: Any) -> str:
+    return " (optional)" if ref.HasField("optional") and ref.optional else ""
+
+
+def _env_value(env: Any) -> str:
+    """kubectl's wording for an environment variable that comes from a ConfigMap or Secret."""
+    src = env.value_from
+    if src.HasField("config_map_key_ref"):
+        r = src.config_map_key_ref
+        return f"<set to the key '{r.key}' of ConfigMap '{r.name}'>{_optional(r)}"
+    if src.HasField("secret_key_ref"):
+        r = src.secret_key_ref
+        return f"<set to the key '{r.key}' in Secret '{r.name}'>{_optional(r)}"
+    return str(env.value)
+
+
+def _env_from(env_from: Any) -> tuple[str, str]:
+    if env_from.HasField("config_map_ref"):
+        ref, kind = env_from.config_map_ref, "ConfigMap"
+    else:
+        ref, kind = env_from.secret_ref, "Secret"
+    prefix = f" with prefix '{env_from.prefix}'" if env_from.prefix else ""
+    return ref.name, f"{kind}{prefix}{_optional(ref)}"
+
+
+def _volumes(lines: Lines, volumes: Sequence[Any]) -> None:
+    if not volumes:
+        lines.append(Line(0, "Volumes", NONE))
+        return
+    lines.append(Line(0, "Volumes"))
+    for vol in volumes:
+        lines.append(Line(1, vol.name))
+        if vol.HasField("config_map"):
+            src, kind, name = vol.config_map, "ConfigMap", vol.config_map.name
+        elif vol.HasField("secret"):
+            src, kind, name = vol.secret, "Secret", vol.secret.secret_name
+        else:
+            lines.append(Line(2, "Type", NONE))
+            continue
+        lines.append(Line(2, "Type", f"{kind} (files from a {kind})"))
+        lines.append(Line(2, "Name", name))
+        if src.items:
+            lines.append(Line(2, "Items", ", ".join(f"{i.key} -> {i.path}" for i in src.items)))
+        if src.HasField("default_mode"):
+            lines.append(Line(2, "Default Mode", f"{src.default_mode:04o}"))
+        lines.append(Line(2, "Optional", str(src.HasField("optional") and src.optional).lower()))
+
+
+def resolution(ref: ConfigRef, known: Any) -> str:
+    """Whether one reference resolves, given what is known of its object (see Configs)."""
+    optional = ", optional" if ref.optional else ""
+    if isinstance(known, str):
+        return f"unknown ({known})"
+    if known is None:
+        return f"missing{optional}"
+    if ref.use == "env":
+        keys = set(known.data) | set(getattr(known, "binary_data", {}))
+        if ref.key not in keys:
+            return f"no key {ref.key}{optional}"
+    return "ok"
+
+
+def _config_references(lines: Lines, spec: Any, configs: Configs) -> None:
+    refs = config_refs(spec)
+    if not refs:
+        return
+    rows = [["KIND", "NAME", "USE", "RESOLVED"]]
+    for ref in refs:
+        use = {"env": f"env key {ref.key}", "volume": f"volume {ref.volume}"}.get(ref.use, ref.use)
+        known = configs.get((ref.kind, ref.name), "not looked up")
+        rows.append([ref.kind, ref.name, use, resolution(ref, known)])
+    lines.append(Line(0, "Config References"))
+    lines.extend(Line(1, "", text, raw=True) for text in tables.render(rows).splitlines())
+
+
+def _pod(pod: Any, now: float, configs: Configs | None = None) -> Lines:
     spec, status = pod.spec, pod.status
     lines = [
         Line(0, "Node", spec.node_name or NONE),
@@ -214,6 +304,9 @@ def _pod(pod: Any, now: float) -> Lines:
     _multi(lines, 0, "Node-Selectors", _pairs(spec.node_selector))
     tolerations = [_toleration(t) for t in spec.tolerations] or [NONE]
     _multi(lines, 0, "Tolerations", tolerations)
+    _volumes(lines, spec.volumes)
+    if configs is not None:
+        _config_references(lines, spec, configs)
     return lines
 
 
@@ -332,6 +425,37 @@ def _node(node: Any, now: float) -> Lines:
     return lines
 
 
+def _config_map(cm: Any, now: float) -> Lines:
+    lines: Lines = []
+    if cm.HasField("immutable"):
+        lines.append(Line(0, "Immutable", str(cm.immutable).lower()))
+    if cm.data:
+        lines.append(Line(0, "Data"))
+        for key in sorted(cm.data):
+            lines.append(Line(1, key))
+            value = cm.data[key].splitlines() or [""]
+            lines.extend(Line(2, "", text.rstrip(), raw=True) for text in value)
+    else:
+        lines.append(Line(0, "Data", NONE))
+    if cm.binary_data:
+        lines.append(Line(0, "BinaryData"))
+        lines.extend(Line(1, k, f"{len(cm.binary_data[k])} bytes") for k in sorted(cm.binary_data))
+    return lines
+
+
+def _secret(secret: Any, now: float) -> Lines:
+    """Type and the size of each value; never a value (kubectl does the same)."""
+    lines = [Line(0, "Type", secret.type or "Opaque")]
+    if secret.HasField("immutable"):
+        lines.append(Line(0, "Immutable", str(secret.immutable).lower()))
+    if secret.data:
+        lines.append(Line(0, "Data"))
+        lines.extend(Line(1, k, f"{len(secret.data[k])} bytes") for k in sorted(secret.data))
+    else:
+        lines.append(Line(0, "Data", NONE))
+    return lines
+
+
 def _fields(lines: Lines, depth: int, value: Any) -> None:
     for key, item in value.items():
         if isinstance(item, dict) and item:
@@ -368,6 +492,8 @@ _BY_KIND: dict[str, Callable[[Any, float], Lines]] = {
     "Deployment": _deployment,
     "ReplicaSet": _replicaset,
     "Node": _node,
+    "ConfigMap": _config_map,
+    "Secret": _secret,
 }
 
 
@@ -401,11 +527,18 @@ def render_lines(lines: Iterable[Line]) -> str:
     return "\n".join(out) + "\n"
 
 
-def describe(obj: Any, events: Sequence[Any], *, now: float) -> str:
-    """The full describe text of obj followed by its events (only those about obj are shown)."""
+def describe(obj: Any, events: Sequence[Any], *, now: float, configs: Configs | None = None) -> str:
+    """The full describe text of obj followed by its events (only those about obj are shown).
+
+    configs: for a pod, what is known of the ConfigMaps and Secrets it refers to
+    (a "Config References" table says whether each resolves).
+    """
     info = kind_of(obj)
     meta = obj.metadata
     namespace = meta.namespace if info.namespaced else ""
     mine = [e for e in events if event_view.is_about(e, info.kind, meta.name, namespace, meta.uid)]
-    body = _BY_KIND.get(info.kind, _generic)(obj, now)
+    if info.kind == "Pod":
+        body = _pod(obj, now, configs)
+    else:
+        body = _BY_KIND.get(info.kind, _generic)(obj, now)
     return render_lines([*_metadata(obj, now), *body, *_events(mine, now)])

@@ -3,7 +3,9 @@
 Errors leave like every other client command's (``objects_cmd``): exit 1 and
 one line after "mizzen: ", e.g. ``pods "web" not found``. Event selection is
 done here, on the client: the server has no field selector on the involved
-object.
+object. ``describe pod`` also reads each ConfigMap and Secret the pod refers
+to (as the caller: a viewer sees "unknown (permission denied)" for Secrets) to
+say whether each reference resolves.
 """
 
 from __future__ import annotations
@@ -11,12 +13,15 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from typing import Any
 
 from mizzen.api import kinds
+from mizzen.api.config_refs import config_refs
 from mizzen.cli import event_view, tables
-from mizzen.cli.describe import describe
+from mizzen.cli.describe import Configs, describe
 from mizzen.cli.errors import UsageError
 from mizzen.cli.objects_cmd import _client_options, _kind, _namespace, _with_client
+from mizzen.client.errors import NotFoundError, PermissionDeniedError
 from mizzen.client.objects import ObjectsClient
 
 EVENTS = kinds.lookup("events")
@@ -46,10 +51,27 @@ def run_describe(args: argparse.Namespace) -> int:
         obj = await client.get(info, args.name, namespace)
         about = f"involvedObject.kind={info.kind},involvedObject.name={args.name}"
         events = (await client.list(EVENTS, namespace, field_selector=about)).items
-        sys.stdout.write(describe(obj, events, now=time.time()))
+        configs = await pod_configs(client, obj) if info.kind == "Pod" else None
+        sys.stdout.write(describe(obj, events, now=time.time(), configs=configs))
         return 0
 
     return _with_client(args, body)
+
+
+async def pod_configs(client: ObjectsClient, pod: Any) -> Configs:
+    """Each ConfigMap and Secret pod refers to: the object, None when missing, or why it
+    could not be read."""
+    out: Configs = {}
+    for ref in config_refs(pod.spec):
+        if (ref.kind, ref.name) in out:
+            continue
+        try:
+            out[(ref.kind, ref.name)] = await client.get(ref.kind, ref.name, pod.metadata.namespace)
+        except NotFoundError:
+            out[(ref.kind, ref.name)] = None
+        except PermissionDeniedError:
+            out[(ref.kind, ref.name)] = "permission denied"
+    return out
 
 
 def _target(text: str) -> tuple[str, str]:

@@ -25,6 +25,7 @@ REGISTRY: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("up_cmd", "add_up_parser", ("up",)),
     ("objects_cmd", "add_objects_parsers", ("apply", "get", "delete", "api-resources", "version")),
     ("describe_cmd", "add_describe_parsers", ("describe", "events")),
+    ("create_cmd", "add_create_parsers", ("create", "secrets")),
     ("cluster_cmd", "add_cluster_parsers", ("cluster",)),
     ("snapshot_cmd", "add_snapshot_parsers", ("snapshot",)),
     ("logs_cmd", "add_logs_parsers", ("logs", "top")),

@@ -1,9 +1,13 @@
-"""`mizzen pki init|issue|token|show`: the cluster CA, certificates and the token file.
+"""`mizzen pki init|issue|token|show|rotate-key|retire-keys`: the cluster CA, certificates,
+the token file and the keys that encrypt Secrets at rest.
 
 ``init`` is idempotent: run it again with more hosts or nodes and it only adds
 what is missing (with ``--renew-within DAYS``, it also renews what expires
 soon or no longer fits). ``token`` prints only the token on stdout, so
 ``TOKEN=$(mizzen pki token ...)`` works; the file keeps just its hash.
+``rotate-key`` puts a new key first in ``encryption.yaml`` (it encrypts once
+the store members restart; the old keys still decrypt) and ``retire-keys``
+drops every key but the first, after ``mizzen secrets reencrypt -A``.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import sys
 from pathlib import Path
 
 from mizzen.cli.errors import UsageError
+from mizzen.security.encryption import KeyFileError, retire_keys, rotate_key
 from mizzen.security.pki import ROLES, PkiError, describe, init_pki, issue
 from mizzen.security.tokens import TOKEN_ROLES, add_token
 
@@ -59,6 +64,19 @@ def add_pki_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     s = pki_sub.add_parser("show", help="print a certificate's subject, role, SANs and validity")
     s.add_argument("file", metavar="FILE.crt")
     s.set_defaults(func=run_show, client_command=True)
+
+    s = pki_sub.add_parser(
+        "rotate-key", help="add a new first key to a Secrets encryption key file"
+    )
+    s.add_argument("--file", required=True, help="the key file, e.g. pki/encryption.yaml")
+    s.set_defaults(func=run_rotate_key, client_command=True)
+
+    s = pki_sub.add_parser(
+        "retire-keys",
+        help="keep only the first key of a key file (after mizzen secrets reencrypt -A)",
+    )
+    s.add_argument("--file", required=True, help="the key file, e.g. pki/encryption.yaml")
+    s.set_defaults(func=run_retire_keys, client_command=True)
 
 
 def _split(value: str) -> list[str]:
@@ -130,4 +148,33 @@ def run_show(args: argparse.Namespace) -> int:
     except (PkiError, OSError) as err:
         raise _usage(err) from None
     print("\n".join(lines))
+    return 0
+
+
+def run_rotate_key(args: argparse.Namespace) -> int:
+    try:
+        name = rotate_key(args.file)
+    except (KeyFileError, OSError) as err:
+        raise _usage(err) from None
+    print(f"{args.file}: new first key {name}")
+    print(
+        "mizzen: copy the file to every store member and restart them one at a time, then "
+        "run `mizzen secrets reencrypt -A`",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def run_retire_keys(args: argparse.Namespace) -> int:
+    try:
+        dropped = retire_keys(args.file)
+    except (KeyFileError, OSError) as err:
+        raise _usage(err) from None
+    print(f"{args.file}: dropped {', '.join(dropped) if dropped else 'nothing'}")
+    if dropped:
+        print(
+            "mizzen: Secrets still sealed with a dropped key cannot be read once the members "
+            "restart with this file: run `mizzen secrets reencrypt -A` first",
+            file=sys.stderr,
+        )
     return 0

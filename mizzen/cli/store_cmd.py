@@ -11,6 +11,7 @@ import structlog
 from mizzen.cli.errors import CommandError, UsageError
 from mizzen.cli.security_flags import add_server_security_flags, server_security
 from mizzen.security import raft_secret
+from mizzen.security.encryption import KeyFileError, Keyring, load_keyring, loose_mode
 
 log = structlog.get_logger("mizzen.store")
 
@@ -114,6 +115,14 @@ def add_store_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "(mizzen pki init writes raft.secret; default: $MIZZEN_RAFT_PASSWORD). Required "
         "unless the store is plaintext with every address on loopback",
     )
+    p.add_argument(
+        "--encryption-key-file",
+        default=None,
+        metavar="FILE",
+        help="keys that encrypt Secrets at rest (mizzen pki init writes encryption.yaml; the "
+        "same file on every member). Without it a TLS store refuses to store Secrets and a "
+        "plaintext loopback store stores them unencrypted (with a warning)",
+    )
     add_server_security_flags(p, tokens=True, writes=True)
     p.set_defaults(func=run_store)
 
@@ -145,6 +154,37 @@ def check_sizes(args: argparse.Namespace) -> None:
             raise UsageError(f"--{flag.replace('_', '-')}: must be at least 1")
 
 
+def load_encryption(path: str | None, secure: bool) -> Keyring | None:
+    """The keyring of --encryption-key-file (a usage error if unusable); warnings when
+    there is none, or when the file is readable by others."""
+    if path is None:
+        if secure:
+            log.warning(
+                "secret_encryption_off",
+                message="no --encryption-key-file: this TLS store refuses to store Secrets "
+                "(mizzen pki init writes encryption.yaml)",
+            )
+        else:
+            log.warning(
+                "secret_encryption_off",
+                message="no --encryption-key-file: Secrets are stored unencrypted in the data "
+                "directory, its snapshots and backups (allowed only on a plaintext store)",
+            )
+        return None
+    try:
+        keyring = load_keyring(path)
+        mode = loose_mode(path)
+    except (KeyFileError, OSError) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else err
+        raise UsageError(f"--encryption-key-file: {reason}") from None
+    if mode is not None:
+        log.warning("encryption_key_file_mode_loose", path=path, mode=f"{mode:04o}")
+    log.info(
+        "secret_encryption_on", key_file=path, primary=keyring.primary, keys=len(keyring.names)
+    )
+    return keyring
+
+
 def run_store(args: argparse.Namespace) -> int:
     os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
     from store.node import NodeConfig
@@ -168,6 +208,7 @@ def run_store(args: argparse.Namespace) -> int:
             raft=args.listen_raft,
             message=raft_secret.NO_SECRET_WARNING.format(raft=args.listen_raft),
         )
+    keyring = load_encryption(args.encryption_key_file, security.secure)
     scheme = "https" if security.secure else "http"
     if args.initial_cluster_state == "existing" and len(cluster) < 2:
         raise UsageError(
@@ -207,7 +248,7 @@ def run_store(args: argparse.Namespace) -> int:
     from store.server import AddressInUse
 
     try:
-        asyncio.run(serve(cfg, args.listen_client, security=security))
+        asyncio.run(serve(cfg, args.listen_client, security=security, keyring=keyring))
     except (StoreError, AddressInUse) as err:
         raise UsageError(str(err)) from None
     except (JournalError, UnsupportedPysyncobj) as err:

@@ -2,7 +2,9 @@
 
 Columns follow kubectl: pods NAME READY STATUS RESTARTS NODE AGE; deployments
 NAME READY UP-TO-DATE AVAILABLE AGE; nodes NAME STATUS AGE; replicasets,
-daemonsets and jobs their usual counters; any other kind NAME AGE. ``wide``
+daemonsets and jobs their usual counters; configmaps NAME DATA AGE and
+secrets NAME TYPE DATA AGE (DATA counts keys, never shows values); any other
+kind NAME AGE. ``wide``
 adds a kind's extra columns after AGE (pods IP, workloads SELECTOR); a listing across
 namespaces starts with NAMESPACE. Time is passed in, so tests need no clock.
 """
@@ -138,6 +140,8 @@ _COLUMNS: dict[str, Columns] = {
     "DaemonSet": (["DESIRED", "CURRENT", "READY", "UP-TO-DATE", "AVAILABLE"], _daemonset),
     "Job": (["COMPLETIONS"], _job),
     "Node": (["STATUS"], lambda o: [node_status(o)]),
+    "ConfigMap": (["DATA"], lambda o: [str(len(o.data) + len(o.binary_data))]),
+    "Secret": (["TYPE", "DATA"], lambda o: [o.type or "Opaque", str(len(o.data))]),
 }
 """Per kind: the columns between NAME and AGE."""
 

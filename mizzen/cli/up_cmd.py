@@ -15,6 +15,9 @@ client certificates, Raft traffic is encrypted with ``raft.secret``, and the
 admin's client config is written to ``<data-dir>/config`` (mode 0600, paths
 relative to it) so that ``mizzen`` commands run next to ``./.mizzen`` find it.
 ``--insecure`` keeps the old plaintext mode, on loopback addresses only.
+Either way Secrets are encrypted at rest with the keys in
+``<data-dir>/pki/encryption.yaml`` (``<data-dir>/encryption.yaml`` with
+``--insecure``), created once and kept.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from mizzen.cli.config import FILE_SETTINGS, LOCAL_CONFIG
 from mizzen.cli.errors import UsageError
 from mizzen.parent_death import PARENT_ENV
+from mizzen.security.encryption import KEY_FILE_NAME, ensure_key_file
 from mizzen.security.pki import PkiError, init_pki
 from mizzen.security.renewal import RENEW_WITHIN
 from mizzen.security.tls import INSECURE, ClientCredentials, host_of, is_loopback
@@ -102,6 +106,10 @@ class UpTLS:
         secret = ["--peer-secret-file", self.path("raft.secret")]
         return [*self._pair(f"store-{self.store_host}"), *secret]
 
+    @property
+    def key_file(self) -> str:
+        return self.path(KEY_FILE_NAME)
+
     def controller_flags(self) -> list[str]:
         return self._pair("controller")
 
@@ -146,6 +154,19 @@ def prepare_security(args: argparse.Namespace) -> UpTLS | None:
     except (PkiError, OSError) as err:
         raise UsageError(f"up: {pki}: {err}") from None
     return UpTLS(pki, store_host, args.node_name)
+
+
+def prepare_encryption(args: argparse.Namespace, tls: UpTLS | None) -> str:
+    """The key file that encrypts Secrets at rest: the PKI's (init_pki made it), or with
+    --insecure one in the data directory, created on the first run and kept after."""
+    if tls is not None:
+        return tls.key_file
+    path = os.path.join(os.path.abspath(args.data_dir), KEY_FILE_NAME)
+    try:
+        ensure_key_file(path)
+    except OSError as err:
+        raise UsageError(f"up: {path}: {err.strerror or err}") from None
+    return path
 
 
 def _cert_host(address: str, flag: str) -> str:
@@ -233,7 +254,10 @@ def child_env(config: str) -> dict[str, str]:
 
 
 def components(
-    args: argparse.Namespace, tls: UpTLS | None = None, env: dict[str, str] | None = None
+    args: argparse.Namespace,
+    tls: UpTLS | None = None,
+    env: dict[str, str] | None = None,
+    key_file: str | None = None,
 ) -> list[Component]:
     py = [sys.executable, "-m", "mizzen", "--log-format", "json"]
     data = os.path.abspath(args.data_dir)
@@ -256,6 +280,7 @@ def components(
                     "--listen-raft", raft,
                     "--initial-cluster", initial,
                     *(tls.store_flags() if tls else []),
+                    *(["--encryption-key-file", key_file] if key_file else []),
                     *_metrics(args, 9379 + 2 * i),
                 ],
                 os.path.join(logs, "store.log" if single else f"store-{name}.log"),
@@ -354,10 +379,11 @@ def run_up(args: argparse.Namespace) -> int:
         )
         args.no_agent = True
     tls = prepare_security(args)
+    key_file = prepare_encryption(args, tls)
     credentials = tls.admin() if tls else INSECURE
     stores = [c for _, c, _ in store_members(args.listen_client, args.listen_raft, args.nodes)]
     config = write_client_config(args.data_dir, stores, tls)
-    parts = components(args, tls, child_env(config))
+    parts = components(args, tls, child_env(config), key_file)
     # SIGINT explicitly too: a shell may have started us with it ignored
     signal.signal(signal.SIGTERM, _raise_stop)
     signal.signal(signal.SIGINT, _raise_stop)

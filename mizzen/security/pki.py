@@ -2,14 +2,18 @@
 
 Identity comes from the certificate: CN is the identity name, O is
 ``mizzen:<role>``. One directory holds the CA (``ca.crt``/``ca.key``), every
-issued pair (``<stem>.crt``/``<stem>.key``) and ``raft.secret``. Keys are ECDSA
-P-256 in unencrypted PKCS#8 PEM, mode 0600; certificates are PEM, mode 0644.
+issued pair (``<stem>.crt``/``<stem>.key``), ``raft.secret`` and
+``encryption.yaml`` (the keys that encrypt Secrets at rest,
+mizzen/security/encryption.py). Keys are ECDSA P-256 in unencrypted PKCS#8
+PEM, mode 0600; certificates are PEM, mode 0644.
 Every file is written to a temporary name and renamed, so a crash leaves
 either the old file or the new one.
 
 ``init_pki`` is idempotent: with an existing CA it only creates missing files
 and a second run writes nothing; ``force`` regenerates every file it names
-(other files in the directory are left alone).
+(other files in the directory are left alone) except ``encryption.yaml``,
+which is never replaced: the stored Secrets need its keys (rotate them with
+``mizzen pki rotate-key``).
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from mizzen.security.encryption import KEY_FILE_NAME, ensure_key_file
 
 ROLES = ("admin", "viewer", "controller", "node", "store")
 ROLE_PREFIX = "mizzen:"
@@ -324,7 +330,8 @@ def init_pki(
 
     Issues a store certificate per host, one ``controller`` (valid on every
     host, as the managers run there and serve their metrics) and one ``admin``
-    certificate, a node certificate per node and ``raft.secret``. Without
+    certificate, a node certificate per node, ``raft.secret`` and ``encryption.yaml``
+    (created once, never replaced, not even with ``force``). Without
     ``force`` an existing CA is kept and only missing files are created — and,
     with ``renew_within``, certificates that expire within it or no longer fit
     (``renewal.reissue_reason``) are issued again, each reported to ``renewed``.
@@ -358,6 +365,8 @@ def init_pki(
     if force or not secret.exists():
         _write(secret, (secrets.token_urlsafe(32) + "\n").encode(), 0o600)
         written.append(secret)
+    if ensure_key_file(d / KEY_FILE_NAME):
+        written.append(d / KEY_FILE_NAME)
     return written
 
 

@@ -62,7 +62,8 @@ class HostPki:
     def store_flags(self, host: TestHost) -> list[str]:
         ca, cert, key = self._files(f"store-{host.address}")
         secret = str(self.dir / "raft.secret")
-        return ["--cacert", ca, "--cert", cert, "--key", key, "--peer-secret-file", secret]
+        keys = ["--encryption-key-file", str(self.dir / "encryption.yaml")]
+        return ["--cacert", ca, "--cert", cert, "--key", key, "--peer-secret-file", secret, *keys]
 
     def client_flags(self, name: str) -> list[str]:
         """--cacert/--cert/--key of identity name: "controller", "node-<host name>", "admin"."""

@@ -51,6 +51,7 @@ class Pki:
             "--cert", str(d / "store-127.0.0.1.crt"),
             "--key", str(d / "store-127.0.0.1.key"),
             "--peer-secret-file", str(d / "raft.secret"),
+            "--encryption-key-file", str(d / "encryption.yaml"),
         ]  # fmt: skip
 
 

@@ -118,3 +118,50 @@ async def test_node_authorization_is_decided_on_fresh_state(pki: Pki, secure3: S
     # (the Get of nb's pod, na's uncordon, whether na is still cordoned) per try
     denied = grpc.StatusCode.PERMISSION_DENIED
     assert outcomes == [(denied, denied, True)] * TRIES
+
+
+async def test_a_nodes_secret_get_is_decided_on_fresh_pods(pki: Pki, secure3: Secure3) -> None:
+    """The node authorizer on a lagging follower: while it is paused, an admin deletes the
+    pod bound to na that referred to a Secret and binds another pod referring to a second
+    Secret. na's Gets, sent to that follower, must see the pods as they are now."""
+    cluster = secure3.cluster
+    leader_ep = cluster.endpoints[secure3.leader]
+    follower_ep = cluster.endpoints[secure3.follower]
+    ns = "lag-secrets"
+    async with (
+        ObjectsClient([leader_ep], credentials=pki.creds("admin")) as admin,
+        pki.creds("node-na").aio_channel(follower_ep) as channel,
+    ):
+        na = api_grpc.ObjectsStub(channel)
+
+        def get(name: str) -> Any:
+            return na.Get(api.GetRequest(kind="secrets", namespace=ns, name=name), timeout=20)
+
+        outcomes = []
+        for attempt in range(TRIES):
+            old, new = f"old-{attempt}", f"new-{attempt}"
+            for name in (old, new):
+                s = pb.Secret(metadata=pb.ObjectMeta(name=name, namespace=ns))
+                s.data["password"] = b"pw"
+                await admin.create(s)
+            holder = pod(f"holder-{attempt}", node="na")
+            holder.metadata.namespace = ns
+            holder.spec.processes[0].env_from.add(secret_ref=pb.SecretEnvSource(name=old))
+            await admin.create(holder)
+            assert await _status_of(get(old)) == "OK (Object)"  # the follower has it all
+            assert await _status_of(get(new)) == grpc.StatusCode.PERMISSION_DENIED
+
+            cluster.kill(secure3.follower, signal.SIGSTOP, wait=False)
+            try:
+                await admin.delete("pods", holder.metadata.name, ns, grace_period_seconds=0)
+                taker = pod(f"taker-{attempt}", node="na")
+                taker.metadata.namespace = ns
+                taker.spec.processes[0].env_from.add(secret_ref=pb.SecretEnvSource(name=new))
+                await admin.create(taker)
+                gets = [asyncio.ensure_future(_status_of(get(n))) for n in (old, new)]
+                await asyncio.sleep(PAUSE)
+            finally:
+                cluster.kill(secure3.follower, signal.SIGCONT, wait=False)
+            outcomes.append((await gets[0], await gets[1]))
+
+    assert outcomes == [(grpc.StatusCode.PERMISSION_DENIED, "OK (Object)")] * TRIES

@@ -38,6 +38,7 @@ from protos import objects_pb2 as pb
 from protos import rpc_pb2
 from store.authz import (
     StorePolicy,
+    check_config,
     check_fence,
     check_stored,
     check_undecodable,
@@ -76,6 +77,8 @@ def obj(message: Message) -> api.Object:
         "Lease": "lease",
         "Event": "event",
         "Deployment": "deployment",
+        "ConfigMap": "config_map",
+        "Secret": "secret",
     }[type(message).__name__]
     getattr(out, field).CopyFrom(message)
     return out
@@ -389,6 +392,117 @@ CASES: list[tuple[str, Identity, str, Any, str | None]] = [
         rpc_pb2.RangeRequest(key=b"/mizzen/leader/x"),
         "admin-only",
     ),
+    # ConfigMaps and Secrets
+    (
+        "viewer get cm",
+        VIEWER,
+        OBJ + "Get",
+        api.GetRequest(kind="cm", namespace="d", name="c"),
+        None,
+    ),
+    ("viewer list cm", VIEWER, OBJ + "List", api.ListRequest(kind="configmaps"), None),
+    ("viewer watch cm", VIEWER, OBJ + "Watch", api.WatchRequest(kind="configmaps"), None),
+    (
+        "viewer get secret",
+        VIEWER,
+        OBJ + "Get",
+        api.GetRequest(kind="secret", namespace="d", name="s"),
+        "may not read Secrets",
+    ),
+    (
+        "viewer list secrets",
+        VIEWER,
+        OBJ + "List",
+        api.ListRequest(kind="secrets"),
+        "may not read Secrets",
+    ),
+    (
+        "viewer watch secrets",
+        VIEWER,
+        OBJ + "Watch",
+        api.WatchRequest(kind="Secret"),
+        "may not read Secrets",
+    ),
+    (
+        "viewer create cm",
+        VIEWER,
+        OBJ + "Create",
+        api.CreateRequest(object=obj(pb.ConfigMap())),
+        "viewers may only",
+    ),
+    ("controller secrets", CONTROLLER, OBJ + "List", api.ListRequest(kind="secrets"), None),
+    (
+        "admin secrets",
+        ADMIN,
+        OBJ + "Get",
+        api.GetRequest(kind="secrets", namespace="d", name="s"),
+        None,
+    ),
+    # a node's Get: decided on the pods bound to it, in the handler (check_config)
+    (
+        "node get secret",
+        NODE_A,
+        OBJ + "Get",
+        api.GetRequest(kind="secrets", namespace="d", name="s"),
+        None,
+    ),
+    ("node get cm", NODE_A, OBJ + "Get", api.GetRequest(kind="cm", namespace="d", name="c"), None),
+    (
+        "node watch one secret",
+        NODE_A,
+        OBJ + "Watch",
+        api.WatchRequest(kind="secrets", namespace="d", field_selector="metadata.name=s"),
+        None,
+    ),
+    (
+        "node watch every secret",
+        NODE_A,
+        OBJ + "Watch",
+        api.WatchRequest(kind="secrets", namespace="d"),
+        "metadata.name=<name>",
+    ),
+    (
+        "node watch across namespaces",
+        NODE_A,
+        OBJ + "Watch",
+        api.WatchRequest(kind="cm", field_selector="metadata.name=c"),
+        "namespace",
+    ),
+    (
+        "node watch negated",
+        NODE_A,
+        OBJ + "Watch",
+        api.WatchRequest(kind="secrets", namespace="d", field_selector="metadata.name!=s"),
+        "metadata.name=<name>",
+    ),
+    (
+        "node list secrets",
+        NODE_A,
+        OBJ + "List",
+        api.ListRequest(kind="secrets", namespace="d", field_selector="metadata.name=s"),
+        "only get and watch",
+    ),
+    (
+        "node create secret",
+        NODE_A,
+        OBJ + "Create",
+        api.CreateRequest(object=obj(pb.Secret(metadata=pb.ObjectMeta(name="s")))),
+        "only get and watch",
+    ),
+    (
+        "node update cm",
+        NODE_A,
+        OBJ + "Update",
+        api.UpdateRequest(object=obj(pb.ConfigMap(metadata=pb.ObjectMeta(name="c")))),
+        "only get and watch",
+    ),
+    (
+        "node delete secret",
+        NODE_A,
+        OBJ + "Delete",
+        api.DeleteRequest(kind="secrets", namespace="d", name="s"),
+        "only get and watch",
+    ),
 ]
 
 
@@ -615,3 +729,65 @@ async def test_the_interceptor_hands_each_call_its_own_caller() -> None:
         await server.stop(None)
     assert sorted(seen) == [("tok-a", "alice"), ("tok-a", "alice"), ("tok-b", "bob")]
     assert current_caller() is None
+
+
+# ------------------------------------------------------------------ the node authorizer
+
+SECRETS, CONFIGMAPS = lookup("secrets"), lookup("configmaps")
+# what pods bound to each node refer to: (node, namespace, kind, name)
+REFERRED = {
+    ("na", "d", "Secret", "mine"),
+    ("na", "d", "ConfigMap", "conf"),
+    ("nb", "d", "Secret", "b"),
+}
+
+
+def _refers(node: str, ns: str, kind: str, name: str) -> bool:
+    return (node, ns, kind, name) in REFERRED
+
+
+CONFIG_CASES: list[tuple[str, Identity, str, Any, str, str | None]] = [
+    # (case, identity, rpc, kind, name, None if allowed else a fragment of the reason)
+    ("own pod's secret", NODE_A, "Get", SECRETS, "mine", None),
+    ("own pod's secret watched", NODE_A, "Watch", SECRETS, "mine", None),
+    ("own pod's config map", NODE_A, "Get", CONFIGMAPS, "conf", None),
+    (
+        "another node's pod's secret",
+        NODE_A,
+        "Get",
+        SECRETS,
+        "b",
+        "no pod bound to na refers to Secret d/b",
+    ),
+    ("another node's secret watched", NODE_A, "Watch", SECRETS, "b", "no pod bound to na"),
+    ("nobody's secret", NODE_A, "Get", SECRETS, "missing", "no pod bound to na"),
+    (
+        "same name, other kind",
+        NODE_A,
+        "Get",
+        CONFIGMAPS,
+        "mine",
+        "no pod bound to na refers to ConfigMap",
+    ),
+    ("own but a write", NODE_A, "Update", SECRETS, "mine", "only get and watch"),
+    ("admin any", ADMIN, "Get", SECRETS, "b", None),
+    ("controller any", CONTROLLER, "Watch", SECRETS, "b", None),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "who", "rpc", "info", "name", "denied"),
+    CONFIG_CASES,
+    ids=[c[0] for c in CONFIG_CASES],
+)
+def test_node_authorizer_for_config_objects(
+    case: str, who: Identity, rpc: str, info: Any, name: str, denied: str | None
+) -> None:
+    if denied is None:
+        check_config(who, rpc, info, "d", name, _refers)
+        return
+    with pytest.raises(Denied) as err:
+        check_config(who, rpc, info, "d", name, _refers)
+    assert denied in str(err.value), case
+    message = refusal(who, rpc, err.value).message
+    assert message.startswith(f"mizzen: node:na (role node) may not {rpc.lower()} ")

@@ -57,7 +57,7 @@ def _init(d: Path, force: bool = False) -> list[Path]:
 
 def test_init_creates_ca_and_every_profile(tmp_path: Path) -> None:
     written = _init(tmp_path)
-    expected = {"ca.crt", "ca.key", "raft.secret"}
+    expected = {"ca.crt", "ca.key", "raft.secret", "encryption.yaml"}
     expected |= {f"{leaf}.{ext}" for leaf in LEAVES for ext in ("crt", "key")}
     assert {p.name for p in written} == expected
     assert {p.name for p in tmp_path.iterdir()} == expected
@@ -152,9 +152,13 @@ def test_force_regenerates_everything(tmp_path: Path) -> None:
     _init(tmp_path)
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     written = _init(tmp_path, force=True)
-    assert {p.name for p in written} == set(before)
+    # every file but the Secrets' encryption keys, which the stored Secrets need
+    assert {p.name for p in written} == set(before) - {"encryption.yaml"}
     for name, data in before.items():
-        assert (tmp_path / name).read_bytes() != data, name
+        if name == "encryption.yaml":
+            assert (tmp_path / name).read_bytes() == data
+        else:
+            assert (tmp_path / name).read_bytes() != data, name
     ca = _cert(tmp_path / "ca.crt")
     _cert(tmp_path / "admin.crt").verify_directly_issued_by(ca)
 
