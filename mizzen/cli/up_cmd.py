@@ -402,9 +402,32 @@ def run_up(args: argparse.Namespace) -> int:
     except (KeyboardInterrupt, _Stop):
         pass
     finally:
+        _shutting_down()
         for part in reversed(started):
             part.stop()
+        # everything is stopped: a late Ctrl-C must not kill the interpreter's exit
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     return 0
+
+
+def _shutting_down() -> None:
+    """From here on a second Ctrl-C (or SIGTERM) must not interrupt the stop: the agent
+    is stopping the pods, each within its grace period. Say so once, then wait."""
+    said = False
+
+    def again(signum: int, frame: FrameType | None) -> None:
+        nonlocal said
+        if not said:
+            said = True
+            print(
+                "mizzen up: stopping (the agent stops the pods, each within its grace "
+                "period); wait a moment",
+                file=sys.stderr,
+            )
+
+    signal.signal(signal.SIGTERM, again)
+    signal.signal(signal.SIGINT, again)
 
 
 def banner(args: argparse.Namespace, stores: list[str], config: str, *, secure: bool) -> str:

@@ -110,6 +110,29 @@ def test_up_survives_ctrl_c_and_resumes_with_its_data(tmp_path: Path) -> None:
                 proc.wait()
 
 
+def test_a_second_ctrl_c_while_up_stops_is_no_traceback(tmp_path: Path) -> None:
+    client, raft = free_ports(2)
+    endpoint = f"127.0.0.1:{client}"
+    argv = mizzen("up", "--data-dir", str(tmp_path), "--listen-client", endpoint,
+                  "--listen-raft", f"127.0.0.1:{raft}", "--no-agent")  # fmt: skip
+    proc = subprocess.Popen(argv, cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_put(endpoint, b"k", b"v", credentials=admin(tmp_path))
+        deadline = time.monotonic() + 30
+        while proc.poll() is None and time.monotonic() < deadline:
+            proc.send_signal(signal.SIGINT)  # an impatient user: Ctrl-C, Ctrl-C, ...
+            time.sleep(0.02)
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err[-2000:]
+        assert "Traceback" not in err
+        assert "mizzen up: stopping" in err
+        assert _closed(endpoint) and not _daemons(endpoint), "a daemon survived"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def test_up_insecure_is_plaintext_and_its_data_dir_can_turn_secure(tmp_path: Path) -> None:
     """`up --insecure` as before (no PKI, plaintext); a later `up` adds the PKI to its data."""
     client, raft = free_ports(2)
