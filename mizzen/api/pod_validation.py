@@ -191,10 +191,12 @@ def _volumes(volumes: Sequence[pb.Volume], path: str, errs: FieldErrors) -> set[
 def _volume_mounts(
     mounts: Sequence[pb.VolumeMount], volumes: set[str], path: str, errs: FieldErrors
 ) -> None:
-    """Each mount names a pod volume; mount paths are distinct and never climb out ('..').
+    """Each mount names a pod volume; mount paths are relative, distinct and never climb
+    out ('..').
 
-    An absolute mountPath is accepted here: only the node knows the pod directory it
-    must lie in (the agent refuses one outside it).
+    A mount lies inside the pod directory, whose absolute path only the node knows
+    (``$MIZZEN_POD_DIR`` at run time), so an absolute mountPath cannot be known to
+    lie inside it and is refused (the agent refuses one outside it all the same).
     """
     seen: set[str] = set()
     for k, mount in enumerate(mounts):
@@ -206,6 +208,13 @@ def _volume_mounts(
             continue
         if "\0" in target:
             errs.add(f"{mpath}.mountPath", "must not contain NUL")
+        elif target.startswith("/"):
+            errs.add(
+                f"{mpath}.mountPath",
+                "must be relative (to the process's workingDir when that is inside the pod "
+                "directory, else to the pod directory, $MIZZEN_POD_DIR): an absolute path "
+                "cannot be known to lie inside the pod directory",
+            )
         elif ".." in target.split("/"):
             errs.add(f"{mpath}.mountPath", "must not contain '..'")
         elif posixpath.normpath(target) in (".", "/"):

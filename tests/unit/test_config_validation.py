@@ -355,11 +355,14 @@ def test_pod_references(case: str, mutate: Callable[[Any], object], paths: list[
     assert sorted(_paths(p)) == sorted(paths), case
 
 
-def test_absolute_mount_paths_are_left_to_the_node() -> None:
-    """Only the agent knows the pod directory an absolute mountPath must lie in."""
+def test_absolute_mount_paths_are_refused() -> None:
+    """Only the node knows the pod directory (MIZZEN_POD_DIR): an absolute mountPath
+    cannot be known to lie inside it."""
     p = pod()
     p.spec.processes[0].volume_mounts[0].mount_path = "/var/lib/mizzen/pods/x/conf"
-    assert validate(p) == []
+    (err,) = validate(p)
+    assert err.path == "spec.processes[0].volumeMounts[0].mountPath"
+    assert "must be relative" in err.message
 
 
 def test_template_references_are_validated_too() -> None:
