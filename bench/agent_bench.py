@@ -29,9 +29,6 @@ import contextlib
 import json
 import os
 import platform
-import secrets
-import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -45,28 +42,13 @@ if str(REPO_ROOT) not in sys.path:
 
 from mizzen.client import ObjectsClient  # noqa: E402
 from mizzen.log_config import configure_logging  # noqa: E402
-from mizzen.testing.local_cluster import MizzenCluster, free_ports  # noqa: E402
-from nodeagent.cgroups import detect  # noqa: E402
+from mizzen.testing.bench_node import local_node  # noqa: E402
+from mizzen.testing.bench_node import summary_ms as summary  # noqa: E402
 from protos import objects_pb2 as pb  # noqa: E402
 
 NODE = "bench-node"
 NS = "agent-bench"
 TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def summary(values: list[float]) -> dict[str, float]:
-    ms = [v * 1000 for v in values]
-    return {
-        "n": len(ms),
-        "p50_ms": round(statistics.median(ms), 1),
-        "p99_ms": round(pct(ms, 0.99), 1),
-        "max_ms": round(max(ms), 1),
-    }
 
 
 def cpu_seconds(pid: int) -> float:
@@ -233,46 +215,10 @@ def main() -> int:
         print("agent_bench: needs root (the agent creates cgroups)", file=sys.stderr)
         return 2
     configure_logging("warning", "console")
-    base = Path(tempfile.mkdtemp(prefix="agent-bench-"))
-    parent = f"mizzen-bench-{secrets.token_hex(3)}"
-    agent: subprocess.Popen[bytes] | None = None
-    report: dict[str, Any] = {}
-    try:
-        report["baseline_popen"] = summary(baseline(args.pods))
-        with MizzenCluster(1, base / "store") as cluster:
-            (port,) = free_ports(1)
-            log = open(base / "agent.log", "wb")  # noqa: SIM115
-            agent = subprocess.Popen(
-                [
-                    sys.executable, "-m", "mizzen", "agent",
-                    "--name", NODE,
-                    "--endpoints", ",".join(cluster.endpoints),
-                    "--data-dir", str(base / "agent"),
-                    "--listen", f"127.0.0.1:{port}",
-                    "--cgroup-parent", parent,
-                ],
-                stdout=log, stderr=log, cwd=REPO_ROOT,
-            )  # fmt: skip
-            report.update(asyncio.run(measure(cluster.endpoints, args, agent.pid)))
-            time.sleep(2)
-    finally:
-        if agent is not None:
-            agent.terminate()
-            try:
-                agent.wait(10)
-            except subprocess.TimeoutExpired:
-                agent.kill()
-                agent.wait()
-        driver = detect(parent=parent)
-        for child in driver.children():
-            group = driver.open(child)
-            if group is not None:
-                group.kill_all()
-                group.remove()
-        root = driver.open("")
-        if root is not None:
-            root.remove()
-        shutil.rmtree(base, ignore_errors=True)
+    report: dict[str, Any] = {"baseline_popen": summary(baseline(args.pods))}
+    with local_node(Path(tempfile.mkdtemp(prefix="agent-bench-")), NODE) as node:
+        report.update(asyncio.run(measure(node.endpoints, args, node.agent.pid)))
+        time.sleep(2)
     report["machine"] = f"{platform.node()} {os.cpu_count()} cpus, {platform.release()}"
     print(json.dumps(report, indent=2))
     return 0

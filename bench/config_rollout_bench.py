@@ -29,10 +29,7 @@ import asyncio
 import json
 import os
 import platform
-import secrets
-import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,8 +42,7 @@ if str(REPO_ROOT) not in sys.path:
 
 from mizzen.client import ObjectsClient  # noqa: E402
 from mizzen.log_config import configure_logging  # noqa: E402
-from mizzen.testing.local_cluster import MizzenCluster, free_ports  # noqa: E402
-from nodeagent.cgroups import detect  # noqa: E402
+from mizzen.testing.bench_node import local_node  # noqa: E402
 from protos import objects_pb2 as pb  # noqa: E402
 
 NODE = "bench-node"
@@ -196,76 +192,11 @@ def main() -> int:
         print("config_rollout_bench: needs root (the agent creates cgroups)", file=sys.stderr)
         return 2
     configure_logging("warning", "console")
-    base = Path(tempfile.mkdtemp(prefix="config-bench-"))
-    parent = f"mizzen-bench-{secrets.token_hex(3)}"
-    daemons: list[subprocess.Popen[bytes]] = []
     report: dict[str, Any] = {}
-    try:
-        with MizzenCluster(1, base / "store") as cluster:
-            endpoints = ",".join(cluster.endpoints)
-            (port,) = free_ports(1)
-            agent_log = open(base / "agent.log", "wb")  # noqa: SIM115
-            daemons.append(
-                subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "mizzen",
-                        "agent",
-                        "--name",
-                        NODE,
-                        "--endpoints",
-                        endpoints,
-                        "--data-dir",
-                        str(base / "agent"),
-                        "--listen",
-                        f"127.0.0.1:{port}",
-                        "--cgroup-parent",
-                        parent,
-                    ],
-                    stdout=agent_log,
-                    stderr=agent_log,
-                    cwd=REPO_ROOT,
-                )
-            )
-            manager_log = open(base / "controllers.log", "wb")  # noqa: SIM115
-            daemons.append(
-                subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "mizzen",
-                        "controllers",
-                        "--endpoints",
-                        endpoints,
-                        "--id",
-                        "bench",
-                    ],
-                    stdout=manager_log,
-                    stderr=manager_log,
-                    cwd=REPO_ROOT,
-                )
-            )
-            report.update(asyncio.run(measure(cluster.endpoints, args)))
-            time.sleep(2)
-    finally:
-        for proc in reversed(daemons):
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        driver = detect(parent=parent)
-        for child in driver.children():
-            group = driver.open(child)
-            if group is not None:
-                group.kill_all()
-                group.remove()
-        root = driver.open("")
-        if root is not None:
-            root.remove()
-        shutil.rmtree(base, ignore_errors=True)
+    base = Path(tempfile.mkdtemp(prefix="config-bench-"))
+    with local_node(base, NODE, controllers=True) as node:
+        report.update(asyncio.run(measure(node.endpoints, args)))
+        time.sleep(2)
     report["machine"] = f"{platform.node()} {os.cpu_count()} cpus, {platform.release()}"
     print(json.dumps(report, indent=2))
     return 0
