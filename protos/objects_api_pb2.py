@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from protos import objects_pb2 as protos_dot_objects__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18protos/objects_api.proto\x12\tmizzen.v1\x1a\x14protos/objects.proto\"\x8f\x03\n\x06Object\x12\x1f\n\x04node\x18\x01 \x01(\x0b\x32\x0f.mizzen.v1.NodeH\x00\x12\x1d\n\x03pod\x18\x02 \x01(\x0b\x32\x0e.mizzen.v1.PodH\x00\x12,\n\x0breplica_set\x18\x03 \x01(\x0b\x32\x15.mizzen.v1.ReplicaSetH\x00\x12+\n\ndeployment\x18\x04 \x01(\x0b\x32\x15.mizzen.v1.DeploymentH\x00\x12*\n\ndaemon_set\x18\x05 \x01(\x0b\x32\x14.mizzen.v1.DaemonSetH\x00\x12\x1d\n\x03job\x18\x06 \x01(\x0b\x32\x0e.mizzen.v1.JobH\x00\x12!\n\x05\x65vent\x18\x07 \x01(\x0b\x32\x10.mizzen.v1.EventH\x00\x12!\n\x05lease\x18\x08 \x01(\x0b\x32\x10.mizzen.v1.LeaseH\x00\x12*\n\nconfig_map\x18\t \x01(\x0b\x32\x14.mizzen.v1.ConfigMapH\x00\x12#\n\x06secret\x18\n \x01(\x0b\x32\x11.mizzen.v1.SecretH\x00\x42\x08\n\x06object\"2\n\rCreateRequest\x12!\n\x06object\x18\x01 \x01(\x0b\x32\x11.mizzen.v1.Object\";\n\nGetRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\"\x85\x01\n\x0bListRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x16\n\x0elabel_selector\x18\x03 \x01(\t\x12\x16\n\x0e\x66ield_selector\x18\x04 \x01(\t\x12\r\n\x05limit\x18\x05 \x01(\x03\x12\x16\n\x0e\x63ontinue_token\x18\x06 \x01(\t\"|\n\x0cListResponse\x12 \n\x05items\x18\x01 \x03(\x0b\x32\x11.mizzen.v1.Object\x12\x18\n\x10resource_version\x18\x02 \x01(\t\x12\x16\n\x0e\x63ontinue_token\x18\x03 \x01(\t\x12\x18\n\x10undecodable_keys\x18\x04 \x03(\t\"2\n\rUpdateRequest\x12!\n\x06object\x18\x01 \x01(\x0b\x32\x11.mizzen.v1.Object\"\xb0\x01\n\rDeleteRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12!\n\x14grace_period_seconds\x18\x04 \x01(\x03H\x00\x88\x01\x01\x12\x18\n\x10resource_version\x18\x05 \x01(\t\x12\x1a\n\x12propagation_policy\x18\x06 \x01(\tB\x17\n\x15_grace_period_seconds\"D\n\x0e\x44\x65leteResponse\x12!\n\x06object\x18\x01 \x01(\x0b\x32\x11.mizzen.v1.Object\x12\x0f\n\x07\x64\x65leted\x18\x02 \x01(\x08\"\x92\x01\n\x0cWatchRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x16\n\x0elabel_selector\x18\x03 \x01(\t\x12\x16\n\x0e\x66ield_selector\x18\x04 \x01(\t\x12\x18\n\x10resource_version\x18\x05 \x01(\t\x12\x17\n\x0f\x61llow_bookmarks\x18\x06 \x01(\x08\"\xab\x01\n\nWatchEvent\x12(\n\x04type\x18\x01 \x01(\x0e\x32\x1a.mizzen.v1.WatchEvent.Type\x12!\n\x06object\x18\x02 \x01(\x0b\x32\x11.mizzen.v1.Object\"P\n\x04Type\x12\x14\n\x10TYPE_UNSPECIFIED\x10\x00\x12\t\n\x05\x41\x44\x44\x45\x44\x10\x01\x12\x0c\n\x08MODIFIED\x10\x02\x12\x0b\n\x07\x44\x45LETED\x10\x03\x12\x0c\n\x08\x42OOKMARK\x10\x04\x32\x98\x03\n\x07Objects\x12\x35\n\x06\x43reate\x12\x18.mizzen.v1.CreateRequest\x1a\x11.mizzen.v1.Object\x12/\n\x03Get\x12\x15.mizzen.v1.GetRequest\x1a\x11.mizzen.v1.Object\x12\x37\n\x04List\x12\x16.mizzen.v1.ListRequest\x1a\x17.mizzen.v1.ListResponse\x12\x35\n\x06Update\x12\x18.mizzen.v1.UpdateRequest\x1a\x11.mizzen.v1.Object\x12;\n\x0cUpdateStatus\x12\x18.mizzen.v1.UpdateRequest\x1a\x11.mizzen.v1.Object\x12=\n\x06\x44\x65lete\x12\x18.mizzen.v1.DeleteRequest\x1a\x19.mizzen.v1.DeleteResponse\x12\x39\n\x05Watch\x12\x17.mizzen.v1.WatchRequest\x1a\x15.mizzen.v1.WatchEvent0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18protos/objects_api.proto\x12\tmizzen.v1\x1a\x14protos/objects.proto\"\xe1\x03\n\x06Object\x12\x1f\n\x04node\x18\x01 \x01(\x0b\x32\x0f.mizzen.v1.NodeH\x00\x12\x1d\n\x03pod\x18\x02 \x01(\x0b\x32\x0e.mizzen.v1.PodH\x00\x12,\n\x0breplica_set\x18\x03 \x01(\x0b\x32\x15.mizzen.v1.ReplicaSetH\x00\x12+\n\ndeployment\x18\x04 \x01(\x0b\x32\x15.mizzen.v1.DeploymentH\x00\x12*\n\ndaemon_set\x18\x05 \x01(\x0b\x32\x14.mizzen.v1.DaemonSetH\x00\x12\x1d\n\x03job\x18\x06 \x01(\x0b\x32\x0e.mizzen.v1.JobH\x00\x12!\n\x05\x65vent\x18\x07 \x01(\x0b\x32\x10.mizzen.v1.EventH\x00\x12!\n\x05lease\x18\x08 \x01(\x0b\x32\x10.mizzen.v1.LeaseH\x00\x12*\n\nconfig_map\x18\t \x01(\x0b\x32\x14.mizzen.v1.ConfigMapH\x00\x12#\n\x06secret\x18\n \x01(\x0b\x32\x11.mizzen.v1.SecretH\x00\x12%\n\x07service\x18\x0b \x01(\x0b\x32\x12.mizzen.v1.ServiceH\x00\x12)\n\tendpoints\x18\x0c \x01(\x0b\x32\x14.mizzen.v1.EndpointsH\x00\x42\x08\n\x06object\"2\n\rCreateRequest\x12!\n\x06object\x18\x01 \x01(\x0b\x32\x11.mizzen.v1.Object\";\n\nGetRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\"\x85\x01\n\x0bListRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x16\n\x0elabel_selector\x18\x03 \x01(\t\x12\x16\n\x0e\x66ield_selector\x18\x04 \x01(\t\x12\r\n\x05limit\x18\x05 \x01(\x03\x12\x16\n\x0e\x63ontinue_token\x18\x06 \x01(\t\"|\n\x0cListResponse\x12 \n\x05items\x18\x01 \x03(\x0b\x32\x11.mizzen.v1.Object\x12\x18\n\x10resource_version\x18\x02 \x01(\t\x12\x16\n\x0e\x63ontinue_token\x18\x03 \x01(\t\x12\x18\n\x10undecodable_keys\x18\x04 \x03(\t\"2\n\rUpdateRequest\x12!\n\x06object\x18\x01 \x01(\x0b\x32\x11.mizzen.v1.Object\"\xb0\x01\n\rDeleteRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12!\n\x14grace_period_seconds\x18\x04 \x01(\x03H\x00\x88\x01\x01\x12\x18\n\x10resource_version\x18\x05 \x01(\t\x12\x1a\n\x12propagation_policy\x18\x06 \x01(\tB\x17\n\x15_grace_period_seconds\"D\n\x0e\x44\x65leteResponse\x12!\n\x06object\x18\x01 \x01(\x0b\x32\x11.mizzen.v1.Object\x12\x0f\n\x07\x64\x65leted\x18\x02 \x01(\x08\"\x92\x01\n\x0cWatchRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x16\n\x0elabel_selector\x18\x03 \x01(\t\x12\x16\n\x0e\x66ield_selector\x18\x04 \x01(\t\x12\x18\n\x10resource_version\x18\x05 \x01(\t\x12\x17\n\x0f\x61llow_bookmarks\x18\x06 \x01(\x08\"\xab\x01\n\nWatchEvent\x12(\n\x04type\x18\x01 \x01(\x0e\x32\x1a.mizzen.v1.WatchEvent.Type\x12!\n\x06object\x18\x02 \x01(\x0b\x32\x11.mizzen.v1.Object\"P\n\x04Type\x12\x14\n\x10TYPE_UNSPECIFIED\x10\x00\x12\t\n\x05\x41\x44\x44\x45\x44\x10\x01\x12\x0c\n\x08MODIFIED\x10\x02\x12\x0b\n\x07\x44\x45LETED\x10\x03\x12\x0c\n\x08\x42OOKMARK\x10\x04\x32\x98\x03\n\x07Objects\x12\x35\n\x06\x43reate\x12\x18.mizzen.v1.CreateRequest\x1a\x11.mizzen.v1.Object\x12/\n\x03Get\x12\x15.mizzen.v1.GetRequest\x1a\x11.mizzen.v1.Object\x12\x37\n\x04List\x12\x16.mizzen.v1.ListRequest\x1a\x17.mizzen.v1.ListResponse\x12\x35\n\x06Update\x12\x18.mizzen.v1.UpdateRequest\x1a\x11.mizzen.v1.Object\x12;\n\x0cUpdateStatus\x12\x18.mizzen.v1.UpdateRequest\x1a\x11.mizzen.v1.Object\x12=\n\x06\x44\x65lete\x12\x18.mizzen.v1.DeleteRequest\x1a\x19.mizzen.v1.DeleteResponse\x12\x39\n\x05Watch\x12\x17.mizzen.v1.WatchRequest\x1a\x15.mizzen.v1.WatchEvent0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,27 +33,27 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.objects_api_pb2', _g
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_OBJECT']._serialized_start=62
-  _globals['_OBJECT']._serialized_end=461
-  _globals['_CREATEREQUEST']._serialized_start=463
-  _globals['_CREATEREQUEST']._serialized_end=513
-  _globals['_GETREQUEST']._serialized_start=515
-  _globals['_GETREQUEST']._serialized_end=574
-  _globals['_LISTREQUEST']._serialized_start=577
-  _globals['_LISTREQUEST']._serialized_end=710
-  _globals['_LISTRESPONSE']._serialized_start=712
-  _globals['_LISTRESPONSE']._serialized_end=836
-  _globals['_UPDATEREQUEST']._serialized_start=838
-  _globals['_UPDATEREQUEST']._serialized_end=888
-  _globals['_DELETEREQUEST']._serialized_start=891
-  _globals['_DELETEREQUEST']._serialized_end=1067
-  _globals['_DELETERESPONSE']._serialized_start=1069
-  _globals['_DELETERESPONSE']._serialized_end=1137
-  _globals['_WATCHREQUEST']._serialized_start=1140
-  _globals['_WATCHREQUEST']._serialized_end=1286
-  _globals['_WATCHEVENT']._serialized_start=1289
-  _globals['_WATCHEVENT']._serialized_end=1460
-  _globals['_WATCHEVENT_TYPE']._serialized_start=1380
-  _globals['_WATCHEVENT_TYPE']._serialized_end=1460
-  _globals['_OBJECTS']._serialized_start=1463
-  _globals['_OBJECTS']._serialized_end=1871
+  _globals['_OBJECT']._serialized_end=543
+  _globals['_CREATEREQUEST']._serialized_start=545
+  _globals['_CREATEREQUEST']._serialized_end=595
+  _globals['_GETREQUEST']._serialized_start=597
+  _globals['_GETREQUEST']._serialized_end=656
+  _globals['_LISTREQUEST']._serialized_start=659
+  _globals['_LISTREQUEST']._serialized_end=792
+  _globals['_LISTRESPONSE']._serialized_start=794
+  _globals['_LISTRESPONSE']._serialized_end=918
+  _globals['_UPDATEREQUEST']._serialized_start=920
+  _globals['_UPDATEREQUEST']._serialized_end=970
+  _globals['_DELETEREQUEST']._serialized_start=973
+  _globals['_DELETEREQUEST']._serialized_end=1149
+  _globals['_DELETERESPONSE']._serialized_start=1151
+  _globals['_DELETERESPONSE']._serialized_end=1219
+  _globals['_WATCHREQUEST']._serialized_start=1222
+  _globals['_WATCHREQUEST']._serialized_end=1368
+  _globals['_WATCHEVENT']._serialized_start=1371
+  _globals['_WATCHEVENT']._serialized_end=1542
+  _globals['_WATCHEVENT_TYPE']._serialized_start=1462
+  _globals['_WATCHEVENT_TYPE']._serialized_end=1542
+  _globals['_OBJECTS']._serialized_start=1545
+  _globals['_OBJECTS']._serialized_end=1953
 # @@protoc_insertion_point(module_scope)

@@ -9,7 +9,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Object(_message.Message):
-    __slots__ = ("node", "pod", "replica_set", "deployment", "daemon_set", "job", "event", "lease", "config_map", "secret")
+    __slots__ = ("node", "pod", "replica_set", "deployment", "daemon_set", "job", "event", "lease", "config_map", "secret", "service", "endpoints")
     NODE_FIELD_NUMBER: _ClassVar[int]
     POD_FIELD_NUMBER: _ClassVar[int]
     REPLICA_SET_FIELD_NUMBER: _ClassVar[int]
@@ -20,6 +20,8 @@ class Object(_message.Message):
     LEASE_FIELD_NUMBER: _ClassVar[int]
     CONFIG_MAP_FIELD_NUMBER: _ClassVar[int]
     SECRET_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
     node: _objects_pb2.Node
     pod: _objects_pb2.Pod
     replica_set: _objects_pb2.ReplicaSet
@@ -30,7 +32,9 @@ class Object(_message.Message):
     lease: _objects_pb2.Lease
     config_map: _objects_pb2.ConfigMap
     secret: _objects_pb2.Secret
-    def __init__(self, node: _Optional[_Union[_objects_pb2.Node, _Mapping]] = ..., pod: _Optional[_Union[_objects_pb2.Pod, _Mapping]] = ..., replica_set: _Optional[_Union[_objects_pb2.ReplicaSet, _Mapping]] = ..., deployment: _Optional[_Union[_objects_pb2.Deployment, _Mapping]] = ..., daemon_set: _Optional[_Union[_objects_pb2.DaemonSet, _Mapping]] = ..., job: _Optional[_Union[_objects_pb2.Job, _Mapping]] = ..., event: _Optional[_Union[_objects_pb2.Event, _Mapping]] = ..., lease: _Optional[_Union[_objects_pb2.Lease, _Mapping]] = ..., config_map: _Optional[_Union[_objects_pb2.ConfigMap, _Mapping]] = ..., secret: _Optional[_Union[_objects_pb2.Secret, _Mapping]] = ...) -> None: ...
+    service: _objects_pb2.Service
+    endpoints: _objects_pb2.Endpoints
+    def __init__(self, node: _Optional[_Union[_objects_pb2.Node, _Mapping]] = ..., pod: _Optional[_Union[_objects_pb2.Pod, _Mapping]] = ..., replica_set: _Optional[_Union[_objects_pb2.ReplicaSet, _Mapping]] = ..., deployment: _Optional[_Union[_objects_pb2.Deployment, _Mapping]] = ..., daemon_set: _Optional[_Union[_objects_pb2.DaemonSet, _Mapping]] = ..., job: _Optional[_Union[_objects_pb2.Job, _Mapping]] = ..., event: _Optional[_Union[_objects_pb2.Event, _Mapping]] = ..., lease: _Optional[_Union[_objects_pb2.Lease, _Mapping]] = ..., config_map: _Optional[_Union[_objects_pb2.ConfigMap, _Mapping]] = ..., secret: _Optional[_Union[_objects_pb2.Secret, _Mapping]] = ..., service: _Optional[_Union[_objects_pb2.Service, _Mapping]] = ..., endpoints: _Optional[_Union[_objects_pb2.Endpoints, _Mapping]] = ...) -> None: ...
 
 class CreateRequest(_message.Message):
     __slots__ = ("object",)

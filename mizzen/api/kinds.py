@@ -95,6 +95,20 @@ KINDS: tuple[KindInfo, ...] = (
         has_status=False,
         max_bytes=CONFIG_MAX_BYTES,
     ),
+    # A Service's name becomes part of environment variable names and a label
+    # of DNS names, so it must fit 63 characters.
+    KindInfo(
+        "Service", "services", ("svc",), namespaced=True, message=pb.Service, name_rule="label"
+    ),
+    KindInfo(
+        "Endpoints",
+        "endpoints",
+        ("ep",),
+        namespaced=True,
+        message=pb.Endpoints,
+        has_status=False,
+        name_rule="label",
+    ),
 )
 
 _BY_NAME: dict[str, KindInfo] = {}

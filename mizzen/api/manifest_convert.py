@@ -46,7 +46,7 @@ from protos import objects_pb2 as pb
 RESOURCE_LIST = pb.ResourceList.DESCRIPTOR.full_name
 TIMESTAMP = Timestamp.DESCRIPTOR.full_name
 # String fields that also accept an integer (Kubernetes' IntOrString).
-INT_OR_STRING = frozenset({"max_surge", "max_unavailable"})
+INT_OR_STRING = frozenset({"max_surge", "max_unavailable", "target_port"})
 
 _F = FieldDescriptor
 _INT_RANGES: dict[int, tuple[int, int]] = {

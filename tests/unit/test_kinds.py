@@ -36,7 +36,7 @@ def test_lookup(name: str, kind: str) -> None:
     assert kinds.lookup(name).kind == kind
 
 
-@pytest.mark.parametrize("name", ["", "pd", "services", "volumes"])
+@pytest.mark.parametrize("name", ["", "pd", "ingresses", "volumes"])
 def test_lookup_unknown(name: str) -> None:
     with pytest.raises(kinds.UnknownKindError, match="known kinds: nodes, pods"):
         kinds.lookup(name)
@@ -80,7 +80,7 @@ def test_every_kind_has_metadata_spec_and_declared_status() -> None:
         fields = info.message.DESCRIPTOR.fields_by_name
         assert "metadata" in fields
         # ConfigMap and Secret carry their data at the top, as in Kubernetes
-        assert ("spec" in fields) is (info.kind not in ("ConfigMap", "Secret"))
+        assert ("spec" in fields) is (info.kind not in ("ConfigMap", "Secret", "Endpoints"))
         assert ("status" in fields) is info.has_status
 
 

@@ -209,6 +209,22 @@ MANIFESTS = {
         data: {DB_PASSWORD: czNjcjN0}
         immutable: true
     """,
+    "Service": """
+        apiVersion: mizzen/v1
+        kind: Service
+        metadata: {name: db}
+        spec:
+          selector: {app: db}
+          ports: [{name: http, targetPort: http}, {name: admin, targetPort: 9000}]
+    """,
+    "Endpoints": """
+        apiVersion: mizzen/v1
+        kind: Endpoints
+        metadata: {name: db}
+        subsets:
+        - addresses: [{ip: 198.18.0.2, nodeName: n1, targetRef: {kind: Pod, name: db-1}}]
+          ports: [{name: http, port: 20001, protocol: TCP}]
+    """,
 }
 
 
@@ -500,9 +516,10 @@ def test_json_syntax_error() -> None:
         ),
         ("apiVersion: mizzen/v1", "document 1 (p): kind: required"),
         (
-            "apiVersion: mizzen/v1\nkind: Service",
-            'document 1 (Service p): kind: unknown kind "Service"; known kinds: '
-            "Node, Pod, ReplicaSet, Deployment, DaemonSet, Job, Event, Lease, ConfigMap, Secret",
+            "apiVersion: mizzen/v1\nkind: Ingress",
+            'document 1 (Ingress p): kind: unknown kind "Ingress"; known kinds: '
+            "Node, Pod, ReplicaSet, Deployment, DaemonSet, Job, Event, Lease, ConfigMap, Secret, "
+            "Service, Endpoints",
         ),
         (
             "apiVersion: mizzen/v1\nkind: deploy",
@@ -663,7 +680,8 @@ def test_load_paths_reports_every_bad_source(tmp_path: Path) -> None:
     assert str(info.value).splitlines() == [
         f"{missing}: cannot read: No such file or directory",
         f'{bad}: document 1 (Nope): kind: unknown kind "Nope"; known kinds: '
-        "Node, Pod, ReplicaSet, Deployment, DaemonSet, Job, Event, Lease, ConfigMap, Secret",
+        "Node, Pod, ReplicaSet, Deployment, DaemonSet, Job, Event, Lease, ConfigMap, Secret, "
+        "Service, Endpoints",
     ]
 
 
