@@ -24,7 +24,6 @@ import os
 import re
 import secrets
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
@@ -33,9 +32,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from mizzen.security.encryption import KEY_FILE_NAME, ensure_key_file
+from mizzen.security.identities import ROLE_PREFIX, ROLES, Profile, role_of
+from mizzen.security.renewal import reissue_reason
 
-ROLES = ("admin", "viewer", "controller", "node", "store")
-ROLE_PREFIX = "mizzen:"
 CA_NAME = "mizzen-ca"
 CA_DAYS = 3650
 BACKDATE = dt.timedelta(minutes=5)
@@ -54,17 +53,6 @@ the handshake."""
 
 class PkiError(Exception):
     """A PKI operation cannot be done; the text names the file or value at fault."""
-
-
-@dataclass(frozen=True)
-class Profile:
-    """What one issued certificate holds and where it is stored."""
-
-    stem: str
-    common_name: str
-    role: str
-    sans: tuple[str, ...]
-    server: bool
 
 
 def is_ip(value: str) -> bool:
@@ -336,8 +324,6 @@ def init_pki(
     with ``renew_within``, certificates that expire within it or no longer fit
     (``renewal.reissue_reason``) are issued again, each reported to ``renewed``.
     """
-    from mizzen.security.renewal import reissue_reason
-
     plan: list[tuple[str, str, tuple[str, ...]]] = [(h, "store", ()) for h in hosts]
     plan += [("controller", "controller", tuple(hosts)), ("admin", "admin", ())]
     plan += [(name, "node", extra) for name, extra in map(parse_node, nodes)]
@@ -368,15 +354,6 @@ def init_pki(
     if ensure_key_file(d / KEY_FILE_NAME):
         written.append(d / KEY_FILE_NAME)
     return written
-
-
-def role_of(cert: x509.Certificate) -> str | None:
-    """The Mizzen role in the certificate's O (``mizzen:<role>``), or None."""
-    for attr in cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME):
-        value = attr.value if isinstance(attr.value, str) else attr.value.decode()
-        if value.startswith(ROLE_PREFIX) and value[len(ROLE_PREFIX) :] in ROLES:
-            return value[len(ROLE_PREFIX) :]
-    return None
 
 
 def describe(path: str | os.PathLike[str]) -> list[str]:

@@ -17,7 +17,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from mizzen.security.pki import Profile, role_of
+from mizzen.security.identities import Profile, role_of
 
 RENEW_WITHIN = dt.timedelta(days=90)
 

@@ -46,13 +46,12 @@ from cryptography.x509.oid import NameOID
 from mizzen import retry_after
 from mizzen.echo import bounded_status
 from mizzen.grpc_intercept import CachingInterceptor
+from mizzen.security.identities import ROLE_PREFIX, ROLES
 from mizzen.security.tls import AUTHORIZATION, BEARER
 from mizzen.security.tokens import lookup
 
 log = structlog.get_logger("mizzen.auth")
 
-ROLES = ("admin", "viewer", "controller", "node", "store")
-ROLE_PREFIX = "mizzen:"
 NODE_PREFIX = "node:"
 PUBLIC_SERVICES = ("grpc.health.v1.Health",)
 

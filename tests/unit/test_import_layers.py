@@ -34,7 +34,6 @@ TOP = ("mizzen.cli", "mizzen.testing", "mizzen.__main__")
 
 KNOWN_CYCLES: list[frozenset[str]] = [
     frozenset({"store.membership", "store.metrics", "store.node"}),
-    frozenset({"mizzen.security.pki", "mizzen.security.renewal"}),
     frozenset({"nodeagent.agent", "nodeagent.metrics"}),
     frozenset({"mizzen.testing.host_cluster", "mizzen.testing.hosts"}),
     frozenset(
