@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -40,6 +39,7 @@ from prometheus_client.registry import Collector
 from mizzen.metrics_http import MetricsHttpServer as MetricsHttpServer  # re-exported
 
 from .interceptors import UnaryWrappingInterceptor, unary_handler
+from .raft_node import RaftFacts as RaftFacts  # re-exported
 
 if TYPE_CHECKING:
     from .node import StoreNode
@@ -50,20 +50,6 @@ PREFIX = "mizzen_store_"
 HEALTH_APPLY_SLACK = 100  # log entries a member may be behind the leader's commit and serve
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 SNAPSHOT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
-
-
-@dataclass(frozen=True)
-class RaftFacts:
-    """One member's view of Raft, read without locks from pysyncobj's tick thread state."""
-
-    term: int
-    is_leader: bool
-    has_leader: bool
-    has_quorum: bool
-    commit_index: int
-    applied_index: int
-    leader_commit_index: int | None  # the leader's commit index as last heard; None before
-    log_entries: int  # entries in the journal since the last snapshot
 
 
 def serving(facts: RaftFacts, slack: int = HEALTH_APPLY_SLACK) -> bool:

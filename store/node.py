@@ -26,8 +26,7 @@ from protos import rpc_pb2
 from .batcher import Batcher
 from .errors import Code, StoreError
 from .membership import REMOVED, Membership, member_id
-from .metrics import RaftFacts
-from .raft_node import RaftConfig, ReplicatedState, make_syncobj
+from .raft_node import RaftConfig, RaftFacts, ReplicatedState, make_syncobj
 from .state_machine import Event, KeepAliveResult, StateMachine
 from .watch_hub import WatchHub
 

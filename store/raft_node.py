@@ -72,6 +72,20 @@ class ReplicatedState(SyncObjConsumer):
 
 
 @dataclass(frozen=True)
+class RaftFacts:
+    """One member's view of Raft, read without locks from pysyncobj's tick thread state."""
+
+    term: int
+    is_leader: bool
+    has_leader: bool
+    has_quorum: bool
+    commit_index: int
+    applied_index: int
+    leader_commit_index: int | None  # the leader's commit index as last heard; None before
+    log_entries: int  # entries in the journal since the last snapshot
+
+
+@dataclass(frozen=True)
 class RaftConfig:
     self_addr: str
     peers: list[str]

@@ -493,8 +493,3 @@ def _stop_all() -> None:
     for hosts in list(_instances):
         with contextlib.suppress(Exception):
             hosts.stop()
-
-
-# The store-on-hosts helpers live in host_cluster; still importable from here.
-from mizzen.testing.host_cluster import HostStoreCluster as HostStoreCluster  # noqa: E402
-from mizzen.testing.host_cluster import store_on_hosts as store_on_hosts  # noqa: E402

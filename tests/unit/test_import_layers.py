@@ -33,9 +33,8 @@ DAEMONS = ("store", "controllers", "nodeagent")
 TOP = ("mizzen.cli", "mizzen.testing", "mizzen.__main__")
 
 KNOWN_CYCLES: list[frozenset[str]] = [
-    frozenset({"store.membership", "store.metrics", "store.node"}),
+    frozenset({"store.membership", "store.node"}),
     frozenset({"nodeagent.agent", "nodeagent.metrics"}),
-    frozenset({"mizzen.testing.host_cluster", "mizzen.testing.hosts"}),
     frozenset(
         f"controllers.{name}"
         for name in [
