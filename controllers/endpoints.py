@@ -82,7 +82,7 @@ def node_address(node: pb.Node | None) -> str:
     """The address clients reach a node at: its InternalIP, else its Hostname ("" if none)."""
     if node is None:
         return ""
-    by_type = {}
+    by_type: dict[str, str] = {}
     for address in node.status.addresses:
         by_type.setdefault(address.type, address.address)
     return by_type.get("InternalIP") or by_type.get("Hostname") or ""
@@ -170,10 +170,9 @@ def compute_endpoints(
     subsets = []
     for key in sorted(groups):
         ready, not_ready = groups[key]
-        subset = pb.EndpointSubset(
-            addresses=sorted(ready, key=_address_order),
-            not_ready_addresses=sorted(not_ready, key=_address_order),
-        )
+        subset = pb.EndpointSubset()
+        subset.addresses.extend(sorted(ready, key=_address_order))
+        subset.not_ready_addresses.extend(sorted(not_ready, key=_address_order))
         for name, port, protocol in key:
             subset.ports.add(name=name, port=port, protocol=protocol)
         subsets.append(subset)
