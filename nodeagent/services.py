@@ -30,8 +30,10 @@ gives it two views:
                       "ports": {"http": 20417}}, ...],
        "notReady": [...the same, for pods not ready...]}
 
-  ``ports`` maps each Service port's name ("" for an unnamed single port) to
-  its ready ``host:port`` endpoints; ``endpoints`` and ``notReady`` list pods.
+  ``ports`` maps each Service port's name ("" for an unnamed single port), in
+  the Service's order, to its ready ``host:port`` endpoints; ``endpoints`` and
+  ``notReady`` list pods. ``mizzen.client.resolve`` / ``watch_endpoints`` read
+  it for Python programs.
 
 How: ``ServiceDirectory`` (one per agent) follows each namespace its pods run
 in once, however many pods: an Informer (list, then watch) of the namespace's
@@ -59,12 +61,12 @@ import os
 import shutil
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
 from mizzen.client.informer import Informer
+from mizzen.client.services import Endpoint, endpoints_of, host_port
 from nodeagent.config_inject import ConfigError
 from nodeagent.volumes import ensure_link, make_dir
 from protos import objects_pb2 as pb
@@ -79,39 +81,9 @@ LINK_NAME = "services"
 # ------------------------------------------------------------------ pure helpers
 
 
-@dataclass(frozen=True)
-class Endpoint:
-    """One pod behind a Service: where it is and its port per Service port name."""
-
-    host: str
-    ports: tuple[tuple[str, int], ...]
-    node: str
-    pod: str
-
-    def port(self, name: str) -> int | None:
-        return dict(self.ports).get(name)
-
-
 def env_prefix(service: str) -> str:
     """SVC of ``SVC_SERVICE_...``: the name upper-cased, ``-`` → ``_``."""
     return service.upper().replace("-", "_")
-
-
-def host_port(host: str, port: int) -> str:
-    """host:port, with brackets around an IPv6 address."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def endpoints_of(ep: pb.Endpoints | None, *, ready: bool = True) -> list[Endpoint]:
-    """The pods in ep, ready ones (or the others), sorted by host and ports."""
-    if ep is None:
-        return []
-    out = []
-    for subset in ep.subsets:
-        ports = tuple((p.name, int(p.port)) for p in subset.ports)
-        for address in subset.addresses if ready else subset.not_ready_addresses:
-            out.append(Endpoint(address.ip, ports, address.node_name, address.target_ref.name))
-    return sorted(out, key=lambda e: (e.host, e.ports, e.pod))
 
 
 def _pick(endpoints: Sequence[Endpoint], pod_uid: str, service: str) -> Endpoint:
@@ -168,7 +140,8 @@ def service_document(svc: pb.Service, ep: pb.Endpoints | None) -> dict[str, Any]
 
 
 def encode_document(doc: Mapping[str, Any]) -> bytes:
-    return (json.dumps(doc, sort_keys=True, indent=1) + "\n").encode()
+    """JSON, keys in the document's order (``ports`` in the Service's order)."""
+    return (json.dumps(doc, indent=1) + "\n").encode()
 
 
 def write_atomically(directory: str, name: str, data: bytes) -> None:

@@ -17,15 +17,14 @@ import pytest
 from test_pod_worker import FakePods, FileDriver, main_status, until
 
 from mizzen.client.objects import ListResult
+from mizzen.client.services import endpoints_of, host_port
 from nodeagent.logs import PodLogs
 from nodeagent.pod_config import PodPaths
 from nodeagent.pod_worker import PodWorker, WorkerDeps
 from nodeagent.services import (
     NamespaceServices,
     ServiceDirectory,
-    endpoints_of,
     env_prefix,
-    host_port,
     service_document,
     service_env,
 )
