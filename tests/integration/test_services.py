@@ -363,3 +363,49 @@ async def test_bad_services_give_conditions_not_errors(
 
     await eventually(gone, bool, what="Endpoints deleted with the Service")
     assert os.path.isdir(agent.data_dir / "services" / NS)
+
+
+def cli(cluster: MizzenCluster, *args: str, stdin: str | None = None) -> str:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MIZZEN_")}
+    argv = [sys.executable, "-m", "mizzen", *args, "--endpoints", ",".join(cluster.endpoints)]
+    out = subprocess.run(
+        argv, input=stdin, capture_output=True, text=True, timeout=60, cwd=REPO_ROOT, env=env
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+SERVICE_MANIFEST = """\
+apiVersion: mizzen/v1
+kind: Service
+metadata: {name: cli-web, namespace: svc}
+spec:
+  selector: {app: cli-web}
+  ports: [{name: http, targetPort: http}]
+"""
+
+
+async def test_cli_apply_get_describe(
+    cluster: MizzenCluster, client: ObjectsClient, agent: AgentProcess, base: Path
+) -> None:
+    (port,) = free_ports(1)
+    await client.create(server_pod(agent, "cli-web-1", docroot(base, "cli"), port, "cli-web"))
+    out = await asyncio.to_thread(cli, cluster, "apply", "-f", "-", stdin=SERVICE_MANIFEST)
+    assert out == "service/cli-web created\n"
+    await eventually(
+        lambda: get_endpoints(client, "cli-web"),
+        lambda e: ready_of(e) == {(HOST, port, "cli-web-1")},
+        timeout=30,
+        what="cli-web's endpoint",
+    )
+    again = await asyncio.to_thread(cli, cluster, "apply", "-f", "-", stdin=SERVICE_MANIFEST)
+    assert again == "service/cli-web unchanged\n"
+    table = await asyncio.to_thread(cli, cluster, "get", "svc", "cli-web", "-n", NS, "-o", "wide")
+    assert table.splitlines()[1].split()[:2] == ["cli-web", "http:http/TCP"]
+    assert table.splitlines()[1].split()[-1] == "app=cli-web"
+    eps = await asyncio.to_thread(cli, cluster, "get", "endpoints", "cli-web", "-n", NS)
+    assert eps.splitlines()[1].split()[:2] == ["cli-web", f"{HOST}:{port}"]
+    text = await asyncio.to_thread(cli, cluster, "describe", "service", "cli-web", "-n", NS)
+    words = [" ".join(line.split()) for line in text.splitlines()]
+    assert f"Endpoints: {HOST}:{port} (cli-web-1)" in words
+    assert "TargetPortsResolved True TargetPortsFound" in words
