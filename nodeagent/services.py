@@ -179,6 +179,7 @@ class NamespaceServices:
         self._written: dict[str, bytes] = {}
         self._flush_pending = False
         self._timed_out = False
+        self._stopped = False
         self.task: asyncio.Task[None] | None = None
         self._log = log.bind(namespace=namespace)
 
@@ -200,11 +201,11 @@ class NamespaceServices:
             self._changed()  # files of an empty namespace, or of Services deleted meanwhile
 
     async def stop(self) -> None:
+        """Stop following (the directory stays: ``ServiceDirectory`` decides)."""
+        self._stopped = True
         if self.task is not None:
             self.task.cancel()
             await asyncio.gather(self.task, return_exceptions=True)
-        if self.dir:
-            await asyncio.to_thread(shutil.rmtree, self.dir, True)
 
     # -- changes ---------------------------------------------------------------------
 
@@ -258,7 +259,7 @@ class NamespaceServices:
 
     def _flush(self) -> None:
         self._flush_pending = False
-        if not self.synced or not self.dir:
+        if not self.synced or not self.dir or self._stopped:
             return
         try:
             self.write_files()
@@ -300,6 +301,7 @@ class ServiceDirectory:
         self.client = client
         self.root = root
         self.entries: dict[str, NamespaceServices] = {}
+        self._retiring: set[asyncio.Task[None]] = set()
 
     def follow(self, namespace: str) -> NamespaceServices:
         entry = self.entries.get(namespace)
@@ -315,8 +317,17 @@ class ServiceDirectory:
         if entry.users > 0 or self.entries.get(entry.namespace) is not entry:
             return
         del self.entries[entry.namespace]
-        asyncio.get_running_loop().create_task(entry.stop())
+        task = asyncio.get_running_loop().create_task(self._retire(entry))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
         log.info("services_unfollow", namespace=entry.namespace)
+
+    async def _retire(self, entry: NamespaceServices) -> None:
+        await entry.stop()
+        if entry.dir and entry.namespace not in self.entries:
+            # on the loop, so a pod of the namespace starting meanwhile (it follows the
+            # namespace again first, on the loop) never finds its directory removed
+            shutil.rmtree(entry.dir, ignore_errors=True)
 
     def remove_unused(self) -> list[str]:
         """Remove the directories of namespaces nobody follows (blocking); the namespaces."""
@@ -332,10 +343,7 @@ class ServiceDirectory:
     async def close(self) -> None:
         entries = list(self.entries.values())
         self.entries.clear()
-        for entry in entries:
-            if entry.task is not None:
-                entry.task.cancel()
-        await asyncio.gather(*(e.task for e in entries if e.task), return_exceptions=True)
+        await asyncio.gather(*(e.stop() for e in entries), *self._retiring, return_exceptions=True)
 
 
 # ------------------------------------------------------------------ one pod

@@ -336,3 +336,18 @@ async def test_a_process_sees_the_variables_and_the_live_file(
         await asyncio.wait_for(task, 10)
     await until(lambda: not (data / "services" / NS).exists(), "unfollowed when the pod is gone")
     await directory.close()
+
+
+async def test_a_namespace_followed_again_at_once_keeps_its_files(tmp_path: Path) -> None:
+    store = FakeDiscovery()
+    store.put(service("db"))
+    directory = ServiceDirectory(store, str(tmp_path / "services"))
+    files = tmp_path / "services" / NS
+    entry = directory.follow(NS)
+    await until(lambda: (files / "db.json").exists(), "written")
+    directory.release(entry)  # the last pod of the namespace went ...
+    again = directory.follow(NS)  # ... and another one starts right away
+    await asyncio.sleep(0.1)
+    await until(lambda: (files / "db.json").exists(), "still there")
+    assert again.synced
+    await directory.close()
