@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from mizzen.api.defaults import apply_defaults
-from mizzen.api.manifest import load_manifests
+from mizzen.api.manifest import load_manifests, load_paths
 from mizzen.api.service_validation import parse_target_port, target_port_problems
 from mizzen.api.validation import validate
 from protos import objects_pb2 as pb
@@ -174,3 +175,15 @@ def test_manifest_target_port_int_or_string() -> None:
     assert [p.target_port for p in svc.spec.ports] == ["http", "9000"]
     apply_defaults(svc)
     assert validate(svc) == []
+
+
+def test_web_service_example() -> None:
+    path = Path(__file__).resolve().parents[2] / "examples" / "web-service.yaml"
+    (manifest,) = load_paths([str(path)])
+    svc: Any = manifest.message
+    apply_defaults(svc)
+    assert validate(svc) == []
+    assert dict(svc.spec.selector) == {"app": "web"}
+    assert [(p.name, p.target_port, p.protocol) for p in svc.spec.ports] == [
+        ("http", "http", "TCP")
+    ]
