@@ -52,6 +52,8 @@ WARM_KINDS = (
     "leases",
     "configmaps",  # cached as digests: config rollouts (controllers.confighash)
     "secrets",
+    "services",  # the endpoints controller
+    "endpoints",
 )
 
 
@@ -391,6 +393,7 @@ async def run_manager(config: ManagerConfig, stop: asyncio.Event | None = None) 
 
 from controllers.daemonset import daemonset_controller_from_config  # noqa: E402
 from controllers.deployment import DeploymentController  # noqa: E402
+from controllers.endpoints import endpoints_controller_from_config  # noqa: E402
 from controllers.event_ttl import event_ttl_from_config  # noqa: E402
 from controllers.gc import garbage_collector_from_config  # noqa: E402
 from controllers.job import job_controller_from_config  # noqa: E402
@@ -409,6 +412,7 @@ CONTROLLERS: list[Callable[[ManagerConfig], Controller]] = [
     DeploymentController,
     job_controller_from_config,
     daemonset_controller_from_config,
+    endpoints_controller_from_config,
     garbage_collector_from_config,
     event_ttl_from_config,
 ]

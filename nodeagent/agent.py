@@ -61,6 +61,7 @@ from nodeagent.node_status import (
 )
 from nodeagent.pod_config import PodPaths
 from nodeagent.pod_worker import PodWorker, WorkerDeps
+from nodeagent.services import ServiceDirectory
 from nodeagent.state import PodRecord, StateDir, read_boot_id
 from nodeagent.stats import PodRef, UsageSampler
 from protos import agent_pb2, agent_pb2_grpc
@@ -114,6 +115,7 @@ class Agent:
         _make_traversable(config.data_dir)
         self.paths = PodPaths.under(config.data_dir)
         self.config_objects = ConfigObjects(client)
+        self.services = ServiceDirectory(client, os.path.join(config.data_dir, "services"))
         self.address = config.address or outbound_ip(config.endpoints[0])
         self.start_pool = ThreadPoolExecutor(START_WORKERS, thread_name_prefix="pod-start")
         self.deps = WorkerDeps(
@@ -129,6 +131,7 @@ class Agent:
             start_pool=self.start_pool,
             config_objects=self.config_objects,
             pod_paths=self.paths,
+            services=self.services,
         )
         self.events = EventRecorder(client, "agent", host=config.name)
         self.workers: dict[str, PodWorker] = {}
@@ -217,6 +220,8 @@ class Agent:
         with no worker."""
         for uid in self.paths.remove_orphans(self.workers):
             self._log.info("orphan_pod_files_removed", uid=uid)
+        for namespace in self.services.remove_unused():
+            self._log.info("orphan_service_files_removed", namespace=namespace)
         try:
             names = os.listdir(self.config.logs_dir)
         except OSError:
@@ -253,6 +258,8 @@ class Agent:
         if parent is not None:
             self._destroy(parent)
         self.paths.remove_orphans(())
+        await self.services.close()
+        self.services.remove_unused()
         self.paths.secrets.unmount()
 
     def _destroy(self, cgroup: Cgroup) -> None:
@@ -431,6 +438,7 @@ async def run_agent(config: AgentConfig, stop: asyncio.Event | None = None) -> N
                 await agent.stop_all_pods()
             await server.stop(grace=1.0)
             await agent.config_objects.close()
+            await agent.services.close()
             agent.start_pool.shutdown(wait=True)
             log.info("agent_stopped", node=config.name)
         if work.done() and not work.cancelled() and work.exception() is not None:

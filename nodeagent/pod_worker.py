@@ -36,6 +36,7 @@ from nodeagent.config_objects import ConfigObjects
 from nodeagent.logs import PodLogs
 from nodeagent.pod_config import PodConfig, PodPaths, run_as_of
 from nodeagent.pod_status import compute_status, status_differs
+from nodeagent.services import PodServices, ServiceDirectory
 from nodeagent.state import PodRecord, ProcessRecord, StateDir
 from nodeagent.supervisor import PodContext, ProcessSupervisor
 from protos import objects_pb2 as pb
@@ -71,6 +72,8 @@ class WorkerDeps:
     config_objects: ConfigObjects | None = None
     # Pod directories and volumes; None: no MIZZEN_POD_DIR and no volume mounts.
     pod_paths: PodPaths | None = None
+    # The Services of the pods' namespaces (discovery variables and files); None: none.
+    services: ServiceDirectory | None = None
 
 
 def _rv(pod: pb.Pod) -> int:
@@ -123,6 +126,8 @@ class PodWorker:
             executor=deps.start_pool,
         )
         self.ctx.config = self.config
+        self.services = PodServices(deps.services, pod)
+        self.ctx.services = self.services
         self.supervisors: list[ProcessSupervisor] = []
         for spec in pod.spec.processes:
             rec = self.record.processes.setdefault(spec.name, ProcessRecord(name=spec.name))
@@ -206,6 +211,7 @@ class PodWorker:
     async def _run_pod(self) -> None:
         loop = asyncio.get_running_loop()
         self.config.start()  # the first reads overlap the cgroup's creation
+        self.services.start()
         try:
             await loop.run_in_executor(self.deps.start_pool, self._setup_pod_dir)
             create = self._create_pod_cgroup
@@ -250,6 +256,8 @@ class PodWorker:
             self.config.setup_dir(run_as_of(s.spec) for s in self.supervisors)
         except OSError as err:
             self._log.error("pod_dir_failed", error=str(err))
+            return
+        self.services.link(self.config.pod_dir)
 
     async def _release_config(
         self, tasks: list[asyncio.Task[None]], volumes: asyncio.Task[None]
@@ -259,6 +267,7 @@ class PodWorker:
             await asyncio.wait(tasks)
         volumes.cancel()
         self.config.close()
+        self.services.close()
 
     def _create_pod_cgroup(self) -> tuple[Cgroup, bool]:
         """The pod's cgroup and whether it did not exist before (runs in a pool thread)."""

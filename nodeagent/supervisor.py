@@ -37,6 +37,7 @@ from nodeagent.pod_config import PodConfig
 from nodeagent.pod_status import ProcessView, Running, State, Waiting
 from nodeagent.probes import ProbeTracker, run_probe
 from nodeagent.runtime import ProcessRun
+from nodeagent.services import PodServices
 from nodeagent.state import ProcessRecord, Terminated
 from protos import objects_pb2 as pb
 
@@ -76,6 +77,8 @@ class PodContext:
     event: Callable[[str, str, str], None] = lambda _type, _reason, _message: None
     # The pod's ConfigMaps and Secrets (variables and volumes); None: literal env only.
     config: PodConfig | None = None
+    # The Services of the pod's namespace (discovery variables); None: none.
+    services: PodServices | None = None
 
     @property
     def pod_cgroup_path(self) -> str:
@@ -137,6 +140,8 @@ class ProcessSupervisor:
             (e.name, e.value) for e in spec.env if not e.HasField("value_from")
         ]
         self.config_error = ""
+        # Service discovery variables of the current run (before self.env: the pod's win).
+        self.service_env: list[tuple[str, str]] = []
         self._log = log.bind(pod=f"{ctx.namespace}/{ctx.pod}", process=spec.name)
         if record.final is not None:
             self.state, self.final, self.started_once = record.final, True, True
@@ -266,7 +271,21 @@ class ProcessSupervisor:
         )
 
     async def _prepare(self) -> bool:
-        """Resolve the run's variables and write its volumes; False when the pod is stopping.
+        """Resolve the run's variables (configuration, then Services) and write its volumes;
+        False when the pod is stopping."""
+        if not await self._prepare_config():
+            return False
+        services = self.ctx.services
+        if services is not None:
+            env = await self._unless_stopping(services.env())
+            if env is None:
+                return False
+            self.service_env = env
+        return True
+
+    async def _prepare_config(self) -> bool:
+        """Resolve the run's configuration variables and write its volumes; False when the
+        pod is stopping.
 
         A reference that cannot be satisfied leaves the process Waiting with
         reason ConfigError (one Event per distinct message) until one of the
@@ -395,7 +414,7 @@ class ProcessSupervisor:
     def launch_spec(self, cgroup: Cgroup) -> LaunchSpec:
         config = self.ctx.config
         env = process_env(
-            self.env,
+            [*self.service_env, *self.env],
             namespace=self.ctx.namespace,
             pod=self.ctx.pod,
             uid=self.ctx.uid,

@@ -15,7 +15,9 @@
   (an update: both the stored and the new Event); get, and watch one at a
   time (field selector ``metadata.name=<name>``), the ConfigMaps and Secrets
   that pods bound to it refer to (Kubernetes' node authorizer), nothing else
-  of those kinds.
+  of those kinds; get, list and watch Services and Endpoints in a namespace
+  (given: never across namespaces) where a pod is bound to it, for the
+  processes' service discovery; no write of either kind.
 * ``store`` — nothing beyond what every identity may do.
 
 Every authenticated identity may call Maintenance.Status and Cluster.MemberList
@@ -96,6 +98,7 @@ VERBS = {
 }
 READ_VERBS = frozenset({"get", "list", "watch"})
 CONFIG_KINDS = frozenset({"ConfigMap", "Secret"})
+DISCOVERY_KINDS = frozenset({"Service", "Endpoints"})
 
 
 class StorePolicy:
@@ -190,6 +193,8 @@ def _node_request_rule(
         return _event_source_rule(node, _unwrap(request))
     if info is not None and kind in CONFIG_KINDS:
         return _config_request_rule(node, rpc, request, info, ns)
+    if info is not None and kind in DISCOVERY_KINDS:
+        return _discovery_request_rule(rpc, info, request)
     return f"nodes may not {VERBS[rpc]} {info.plural if info else 'objects of this kind'}"
 
 
@@ -209,6 +214,19 @@ def _config_request_rule(node: str, rpc: str, request: Any, info: KindInfo, ns: 
             "namespace and the field selector metadata.name=<name>"
         )
     return f"a node may only get and watch the {info.plural} its pods refer to"
+
+
+def _discovery_request_rule(rpc: str, info: KindInfo, request: Any) -> str | None:
+    """A node's request on Services or Endpoints: Get, List or Watch in one namespace.
+
+    Whether a pod of that namespace is bound to the node is decided in the
+    handler (``check_discovery``), on the state after its barrier.
+    """
+    if rpc not in ("Get", "List", "Watch"):
+        return f"a node may only get, list and watch the {info.plural} of its pods' namespaces"
+    if not getattr(request, "namespace", ""):
+        return f"a node may only {VERBS[rpc]} {info.plural} in one namespace: give the namespace"
+    return None
 
 
 def _lease_rule(node: str, rpc: str, ns: str, name: str) -> str | None:
@@ -313,6 +331,43 @@ def check_config(
         raise Denied(what, "not allowed for role node")
     referred = refers(node, namespace, info.kind, name)
     reason = config_rule(node, rpc, info.kind, namespace, name, referred)
+    if reason is not None:
+        raise Denied(what, reason)
+
+
+def discovery_rule(node: str, rpc: str, plural: str, ns: str, has_pods: bool) -> str | None:
+    """None when node may do rpc to Services or Endpoints of namespace ns; else why not.
+
+    has_pods: whether a pod of ns is bound to node (store/config_index.py).
+    """
+    if rpc not in ("Get", "List", "Watch"):
+        return f"a node may only get, list and watch the {plural} of its pods' namespaces"
+    if has_pods:
+        return None
+    return f"no pod of namespace {ns} is bound to {node}"
+
+
+def check_discovery(
+    identity: Identity,
+    rpc: str,
+    info: KindInfo,
+    namespace: str,
+    name: str,
+    has_pods: Callable[[str, str], bool],
+) -> None:
+    """Raise Denied unless identity may do rpc (Get, List, Watch) to Services or Endpoints
+    of namespace.
+
+    Only nodes have a rule here; has_pods(node, namespace) answers from the
+    handler's synced index.
+    """
+    if identity.role != "node" or info.kind not in DISCOVERY_KINDS:
+        return
+    what = f"{VERBS.get(rpc, rpc)} {_resource(info, namespace, name)}"
+    node = identity.node
+    if node is None:
+        raise Denied(what, "not allowed for role node")
+    reason = discovery_rule(node, rpc, info.plural, namespace, has_pods(node, namespace))
     if reason is not None:
         raise Denied(what, reason)
 

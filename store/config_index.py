@@ -1,11 +1,13 @@
-"""Which ConfigMaps and Secrets the pods bound to each node refer to: the node authorizer's index.
+"""Which ConfigMaps and Secrets the pods bound to each node refer to, and which namespaces
+each node has pods in: the node authorizer's index.
 
 A node identity may read a ConfigMap or Secret only while a pod bound to it
 (``spec.nodeName``) refers to it (``mizzen.api.config_refs``), as Kubernetes'
-node authorizer allows. Deciding that by scanning every pod on each Get would
+node authorizer allows, and Services and Endpoints only in namespaces where a
+pod is bound to it. Deciding that by scanning every pod on each Get would
 cost a decode per pod (10,000 pods: a good part of a second), so this index
-keeps, per node, a count of references per (namespace, kind, name), and
-follows the state machine by revision:
+keeps, per node, a count of references per (namespace, kind, name) and a
+count of pods per namespace, and follows the state machine by revision:
 
 * ``sync(read)`` brings it to the state machine's current revision: the events
   after the revision it was built at (the state's own watch history), or a
@@ -13,7 +15,8 @@ follows the state machine by revision:
   replaced the state). Only the copying of event or record references happens
   under the state's lock; decoding pods happens outside it. Events and records
   are immutable, so what was copied stays what it was.
-* ``refers(node, namespace, kind, name)`` answers from the index as synced.
+* ``refers(node, namespace, kind, name)`` and ``has_pods(node, namespace)``
+  answer from the index as synced.
 
 The handler calls ``sync`` after its read barrier, so the answer is decided on
 state at least as new as every write acknowledged before the request, never on
@@ -49,6 +52,7 @@ MAX_SYNC_ROUNDS = 5
 @dataclass(frozen=True)
 class _PodRefs:
     node: str
+    namespace: str
     targets: frozenset[Target]
 
 
@@ -63,7 +67,8 @@ class _Catch:
 
 
 def pod_refs(value: bytes) -> _PodRefs | None:
-    """The node a stored pod is bound to and what it refers to; None if unbound or undecodable."""
+    """The node a stored pod is bound to, its namespace and what it refers to; None if
+    unbound or undecodable."""
     pod = pb.Pod()
     try:
         pod.ParseFromString(value)
@@ -74,7 +79,7 @@ def pod_refs(value: bytes) -> _PodRefs | None:
         return None
     ns = pod.metadata.namespace
     targets = frozenset((ns, ref.kind, ref.name) for ref in config_refs(pod.spec))
-    return _PodRefs(node, targets) if targets else None
+    return _PodRefs(node, ns, targets)
 
 
 class PodConfigIndex:
@@ -83,12 +88,18 @@ class PodConfigIndex:
         self._state: weakref.ref[StateMachine] | None = None
         self._pods: dict[bytes, _PodRefs] = {}
         self._by_node: dict[str, Counter[Target]] = {}
+        self._namespaces: dict[str, Counter[str]] = {}
         self.rebuilds = 0
 
     def refers(self, node: str, namespace: str, kind: str, name: str) -> bool:
         """Whether a pod bound to node refers to that object (as of the last sync)."""
         counts = self._by_node.get(node)
         return bool(counts and counts[(namespace, kind, name)] > 0)
+
+    def has_pods(self, node: str, namespace: str) -> bool:
+        """Whether a pod of namespace is bound to node (as of the last sync)."""
+        counts = self._namespaces.get(node)
+        return bool(counts and counts[namespace] > 0)
 
     def sync(self, read: Read) -> None:
         """Bring the index to the state machine's revision (read runs a function under its lock)."""
@@ -122,6 +133,7 @@ class PodConfigIndex:
         if catch.records is not None:
             self._pods.clear()
             self._by_node.clear()
+            self._namespaces.clear()
             self.rebuilds += 1
             self._put_all((r.key, r.value) for r in catch.records)
             log.debug("config_index_rebuilt", revision=catch.revision, pods=len(self._pods))
@@ -142,11 +154,21 @@ class PodConfigIndex:
             if refs is None:
                 continue
             self._pods[key] = refs
-            self._by_node.setdefault(refs.node, Counter()).update(refs.targets)
+            self._namespaces.setdefault(refs.node, Counter())[refs.namespace] += 1
+            if refs.targets:
+                self._by_node.setdefault(refs.node, Counter()).update(refs.targets)
 
     def _drop(self, key: bytes) -> None:
         refs = self._pods.pop(key, None)
         if refs is None:
+            return
+        namespaces = self._namespaces[refs.node]
+        namespaces[refs.namespace] -= 1
+        if namespaces[refs.namespace] <= 0:
+            del namespaces[refs.namespace]
+        if not namespaces:
+            del self._namespaces[refs.node]
+        if not refs.targets:
             return
         counts = self._by_node[refs.node]
         counts.subtract(refs.targets)

@@ -26,7 +26,9 @@ sealed with the store's keyring on every write and opened on every read
 unchanged is still made when the stored value is not sealed with the primary
 key (that is how ``mizzen secrets reencrypt`` rewrites them). A node's Get or
 Watch of either kind is decided on the pods bound to it (``check_config``,
-store/config_index.py), after the barrier and again for each watch event.
+store/config_index.py), after the barrier and again for each watch event; so is
+a node's Get, List or Watch of Services and Endpoints, on the namespaces of the
+pods bound to it (``check_discovery``).
 
 A stored value that does not decode as its kind (only the admin-only raw KV
 API can write one) is skipped by List (reported in ``undecodable_keys``, and
@@ -67,7 +69,9 @@ from protos import rpc_pb2
 
 from .authz import (
     CONFIG_KINDS,
+    DISCOVERY_KINDS,
     check_config,
+    check_discovery,
     check_fence,
     check_stored,
     check_undecodable,
@@ -183,6 +187,10 @@ class ObjectsService(api_grpc.ObjectsServicer):
             self._check_config("Get", info, request.namespace, request.name)
             record = self._get(info, key, request.name)
             return wrap(self._decode_for("Get", info, record, key, request.namespace, request.name))
+        if info.kind in DISCOVERY_KINDS:
+            self._check_discovery("Get", info, request.namespace, request.name)
+            record = self._get(info, key, request.name)
+            return wrap(self._decode_for("Get", info, record, key, request.namespace, request.name))
         record = self._get(info, key, request.name)
         obj = self._decode_for("Get", info, record, key, request.namespace, request.name)
         _authorize("Get", lambda who: check_stored(who, "Get", obj))
@@ -204,6 +212,8 @@ class ObjectsService(api_grpc.ObjectsServicer):
         else:
             await self.node.barrier()
             start, revision = prefix, self.node.read(lambda sm: sm.revision)
+        if info.kind in DISCOVERY_KINDS:
+            self._check_discovery("List", info, request.namespace, "")
         page = self.node.read(
             lambda sm: _list_page(sm, selection, prefix, start, revision, request.limit, self.codec)
         )
@@ -371,6 +381,12 @@ class ObjectsService(api_grpc.ObjectsServicer):
         after = parse_resource_version(request.resource_version)
         prefix = kind_prefix(info, request.namespace)
         config_name = ""
+        discovery = info.kind in DISCOVERY_KINDS and _is_node_caller()
+        if discovery:
+            # a node watches Services or Endpoints of a namespace where it has pods:
+            # decided after a barrier, and again for every event
+            await self.node.barrier()
+            self._check_discovery("Watch", info, request.namespace, "")
         if info.kind in CONFIG_KINDS and _is_node_caller():
             # a node watches one object its pods refer to (the interceptor checked the
             # selector names one): decided after a barrier, and again for every event
@@ -404,6 +420,8 @@ class ObjectsService(api_grpc.ObjectsServicer):
                     raise item
                 if config_name and item.type != api.WatchEvent.BOOKMARK:
                     self._check_config("Watch", info, request.namespace, config_name)
+                if discovery and item.type != api.WatchEvent.BOOKMARK:
+                    self._check_discovery("Watch", info, request.namespace, "")
                 yield item
         finally:
             hub.remove_stream(stream)
@@ -414,12 +432,25 @@ class ObjectsService(api_grpc.ObjectsServicer):
         """A node's access to a ConfigMap or Secret, on the pods bound to it now."""
         if not _is_node_caller():
             return
+        index = self._synced_index()
+        _authorize(rpc, lambda who: check_config(who, rpc, info, namespace, name, index.refers))
+
+    def _check_discovery(self, rpc: str, info: KindInfo, namespace: str, name: str) -> None:
+        """A node's access to Services or Endpoints, on the namespaces of its pods now."""
+        if not _is_node_caller():
+            return
+        index = self._synced_index()
+        _authorize(
+            rpc, lambda who: check_discovery(who, rpc, info, namespace, name, index.has_pods)
+        )
+
+    def _synced_index(self) -> PodConfigIndex:
         index = self.config_index
         index.sync(self.node.read)
         if not self._index_followed:
             self._index_followed = True
             self.node._spawn(self._follow_config_index())  # stopped with the node
-        _authorize(rpc, lambda who: check_config(who, rpc, info, namespace, name, index.refers))
+        return index
 
     async def _follow_config_index(self) -> None:
         """Keep the node authorizer's index near the state's revision: an incremental

@@ -8,7 +8,7 @@ are defaulted when empty. apply_defaults is idempotent.
 A Secret's ``stringData`` is merged into ``data`` here (a stringData key wins
 over the same key in data, as in Kubernetes) and cleared: the server defaults
 before storing, so stringData is never stored or returned. Its type defaults
-to "Opaque".
+to "Opaque". Service and Endpoints ports default their protocol to "TCP".
 
 Departures from Kubernetes, for convenience: a Job's pod template defaults
 restartPolicy to "Never" (Kubernetes requires it to be given), and a Job with
@@ -63,6 +63,13 @@ def apply_defaults(obj: Message) -> None:
             _default_node(obj)
         case pb.Secret():
             _default_secret(obj)
+        case pb.Service():
+            for port in obj.spec.ports:
+                port.protocol = port.protocol or "TCP"
+        case pb.Endpoints():
+            for subset in obj.subsets:
+                for ep_port in subset.ports:
+                    ep_port.protocol = ep_port.protocol or "TCP"
         case _:
             pass
 

@@ -24,6 +24,7 @@ from mizzen.api.pod_validation import (
     validate_pod_spec,
     validate_pod_status,
 )
+from mizzen.api.service_validation import validate_endpoints, validate_service
 from mizzen.echo import echo
 from protos import objects_pb2 as pb
 
@@ -78,6 +79,10 @@ def validate(obj: Message) -> list[FieldError]:
             _config_map(obj, errs)
         case pb.Secret():
             _secret(obj, errs)
+        case pb.Service():
+            validate_service(obj, errs)
+        case pb.Endpoints():
+            validate_endpoints(obj, errs)
         case _:  # pragma: no cover - kind_of accepted it, so it is one of the above
             pass
     if info.max_bytes:

@@ -456,6 +456,59 @@ def _secret(secret: Any, now: float) -> Lines:
     return lines
 
 
+def _endpoint_pairs(ep: Any, port_name: str, ready: bool) -> list[str]:
+    """host:port (pod) of every address of ep for the port named port_name."""
+    out = []
+    for subset in ep.subsets:
+        for port in subset.ports:
+            if port.name != port_name:
+                continue
+            addresses = subset.addresses if ready else subset.not_ready_addresses
+            out += [f"{a.ip}:{port.port} ({a.target_ref.name or a.node_name})" for a in addresses]
+    return out
+
+
+def _service(svc: Any, now: float, endpoints: Any = None) -> Lines:
+    lines = [Line(0, "Selector", tables.map_selector_text(svc.spec.selector))]
+    if not svc.spec.selector:
+        lines.append(Line(0, "", "(no selector: its Endpoints are written by hand)"))
+    lines.append(Line(0, "Ports"))
+    for port in svc.spec.ports:
+        label = port.name or "<unnamed>"
+        lines.append(Line(1, label, f"targetPort {port.target_port}/{port.protocol or 'TCP'}"))
+        if endpoints is None:
+            continue
+        for title, ready in (("Endpoints", True), ("Not Ready", False)):
+            pairs = _endpoint_pairs(endpoints, port.name, ready)
+            if pairs or ready:
+                _multi(lines, 2, title, pairs or [NONE])
+    if endpoints is None:
+        lines.append(Line(0, "Endpoints", "<no Endpoints object>"))
+    _conditions(lines, svc.status.conditions)
+    return lines
+
+
+def _endpoints(ep: Any, now: float) -> Lines:
+    if not ep.subsets:
+        return [Line(0, "Subsets", NONE)]
+    lines = [Line(0, "Subsets")]
+    for subset in ep.subsets:
+        ports = [f"{p.name or '<unnamed>'} {p.port}/{p.protocol or 'TCP'}" for p in subset.ports]
+        lines.append(Line(1, "Ports", ", ".join(ports) or NONE))
+        for title, addresses in (
+            ("Addresses", subset.addresses),
+            ("NotReadyAddresses", subset.not_ready_addresses),
+        ):
+            shown = [
+                f"{a.ip} ({a.target_ref.kind}/{a.target_ref.name} on {a.node_name})"
+                if a.target_ref.name
+                else a.ip
+                for a in addresses
+            ]
+            _multi(lines, 2, title, shown or [NONE])
+    return lines
+
+
 def _fields(lines: Lines, depth: int, value: Any) -> None:
     for key, item in value.items():
         if isinstance(item, dict) and item:
@@ -494,6 +547,7 @@ _BY_KIND: dict[str, Callable[[Any, float], Lines]] = {
     "Node": _node,
     "ConfigMap": _config_map,
     "Secret": _secret,
+    "Endpoints": _endpoints,
 }
 
 
@@ -527,11 +581,19 @@ def render_lines(lines: Iterable[Line]) -> str:
     return "\n".join(out) + "\n"
 
 
-def describe(obj: Any, events: Sequence[Any], *, now: float, configs: Configs | None = None) -> str:
+def describe(
+    obj: Any,
+    events: Sequence[Any],
+    *,
+    now: float,
+    configs: Configs | None = None,
+    endpoints: Any = None,
+) -> str:
     """The full describe text of obj followed by its events (only those about obj are shown).
 
     configs: for a pod, what is known of the ConfigMaps and Secrets it refers to
-    (a "Config References" table says whether each resolves).
+    (a "Config References" table says whether each resolves). endpoints: for a
+    Service, its Endpoints object (None: there is none).
     """
     info = kind_of(obj)
     meta = obj.metadata
@@ -539,6 +601,8 @@ def describe(obj: Any, events: Sequence[Any], *, now: float, configs: Configs | 
     mine = [e for e in events if event_view.is_about(e, info.kind, meta.name, namespace, meta.uid)]
     if info.kind == "Pod":
         body = _pod(obj, now, configs)
+    elif info.kind == "Service":
+        body = _service(obj, now, endpoints)
     else:
         body = _BY_KIND.get(info.kind, _generic)(obj, now)
     return render_lines([*_metadata(obj, now), *body, *_events(mine, now)])

@@ -52,7 +52,9 @@ def run_describe(args: argparse.Namespace) -> int:
         about = f"involvedObject.kind={info.kind},involvedObject.name={args.name}"
         events = (await client.list(EVENTS, namespace, field_selector=about)).items
         configs = await pod_configs(client, obj) if info.kind == "Pod" else None
-        sys.stdout.write(describe(obj, events, now=time.time(), configs=configs))
+        endpoints = await service_endpoints(client, obj) if info.kind == "Service" else None
+        text = describe(obj, events, now=time.time(), configs=configs, endpoints=endpoints)
+        sys.stdout.write(text)
         return 0
 
     return _with_client(args, body)
@@ -72,6 +74,14 @@ async def pod_configs(client: ObjectsClient, pod: Any) -> Configs:
         except PermissionDeniedError:
             out[(ref.kind, ref.name)] = "permission denied"
     return out
+
+
+async def service_endpoints(client: ObjectsClient, svc: Any) -> Any:
+    """The Endpoints object of a Service, None when there is none."""
+    try:
+        return await client.get("endpoints", svc.metadata.name, svc.metadata.namespace)
+    except NotFoundError:
+        return None
 
 
 def _target(text: str) -> tuple[str, str]:

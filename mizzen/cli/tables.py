@@ -3,9 +3,11 @@
 Columns follow kubectl: pods NAME READY STATUS RESTARTS NODE AGE; deployments
 NAME READY UP-TO-DATE AVAILABLE AGE; nodes NAME STATUS AGE; replicasets,
 daemonsets and jobs their usual counters; configmaps NAME DATA AGE and
-secrets NAME TYPE DATA AGE (DATA counts keys, never shows values); any other
-kind NAME AGE. ``wide``
-adds a kind's extra columns after AGE (pods IP, workloads SELECTOR); a listing across
+secrets NAME TYPE DATA AGE (DATA counts keys, never shows values); services
+NAME PORT(S) AGE (``name:targetPort/protocol``); endpoints NAME ENDPOINTS AGE
+(the ready ``host:port`` pairs, three at most, then ``+ N more...``, as
+kubectl); any other kind NAME AGE. ``wide``
+adds a kind's extra columns after AGE (pods IP, workloads and services SELECTOR); a listing across
 namespaces starts with NAMESPACE. Time is passed in, so tests need no clock.
 """
 
@@ -94,6 +96,38 @@ def selector_text(obj: Any) -> str:
     return ",".join(parts) or "<none>"
 
 
+def service_ports(svc: Any) -> str:
+    """A Service's ports: ``name:targetPort/protocol`` (``targetPort/protocol`` when unnamed)."""
+    parts = [
+        (f"{p.name}:" if p.name else "") + f"{p.target_port}/{p.protocol or 'TCP'}"
+        for p in svc.spec.ports
+    ]
+    return ",".join(parts) or "<none>"
+
+
+def map_selector_text(selector: Any) -> str:
+    return ",".join(f"{key}={selector[key]}" for key in sorted(selector)) or "<none>"
+
+
+ENDPOINTS_SHOWN = 3
+
+
+def endpoints_text(ep: Any, shown: int = ENDPOINTS_SHOWN) -> str:
+    """kubectl's ENDPOINTS column: ready host:port pairs, ``shown`` at most, then a count."""
+    pairs = [
+        f"{address.ip}:{port.port}"
+        for subset in ep.subsets
+        for port in subset.ports
+        for address in subset.addresses
+    ]
+    if not pairs:
+        return "<none>"
+    text = ",".join(pairs[:shown])
+    if len(pairs) > shown:
+        text += f" + {len(pairs) - shown} more..."
+    return text
+
+
 def _replicas(obj: Any) -> int:
     return int(obj.spec.replicas) if obj.spec.HasField("replicas") else 1
 
@@ -142,6 +176,8 @@ _COLUMNS: dict[str, Columns] = {
     "Node": (["STATUS"], lambda o: [node_status(o)]),
     "ConfigMap": (["DATA"], lambda o: [str(len(o.data) + len(o.binary_data))]),
     "Secret": (["TYPE", "DATA"], lambda o: [o.type or "Opaque", str(len(o.data))]),
+    "Service": (["PORT(S)"], lambda o: [service_ports(o)]),
+    "Endpoints": (["ENDPOINTS"], lambda o: [endpoints_text(o)]),
 }
 """Per kind: the columns between NAME and AGE."""
 
@@ -152,6 +188,7 @@ _WIDE: dict[str, Columns] = {
     "ReplicaSet": _SELECTOR,
     "DaemonSet": _SELECTOR,
     "Job": _SELECTOR,
+    "Service": (["SELECTOR"], lambda o: [map_selector_text(o.spec.selector)]),
 }
 """Per kind: the columns -o wide adds after AGE."""
 

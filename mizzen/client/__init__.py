@@ -19,6 +19,8 @@ never connected, gRPC failed while picking a connection ("failed to connect",
 requests"). Any other transport failure of a write raises
 ``AmbiguousWriteError``: the write may or may not have happened.
 
+Service discovery (``resolve``, ``watch_endpoints``): ``mizzen.client.services``.
+
 Writes go to the leader first, learned from Maintenance.Status (the endpoint
 whose header.member_id equals StatusResponse.leader); on failure the client
 fails over to the next endpoint and re-learns the leader.
@@ -59,6 +61,7 @@ from mizzen.client.records import (
     WatchBatch,
     WatchEvent,
 )
+from mizzen.client.services import DiscoveryError, resolve, watch_endpoints
 from mizzen.client.store_client import StoreClient
 from mizzen.client.watch import Watcher
 
@@ -69,6 +72,7 @@ __all__ = [
     "Compare",
     "ConflictError",
     "DeleteResult",
+    "DiscoveryError",
     "EventType",
     "FailedPreconditionError",
     "FencedError",
@@ -98,4 +102,6 @@ __all__ = [
     "WatchBatch",
     "WatchEvent",
     "Watcher",
+    "resolve",
+    "watch_endpoints",
 ]
