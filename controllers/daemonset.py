@@ -53,16 +53,14 @@ from controllers.base import (
     key_of,
     owner_key,
 )
+from controllers.config_watch import debounce_of, hasher_for, watch_config
 from controllers.confighash import (
     CONFIG_HASH,
     CONFIG_SOURCES,
     ConfigState,
-    debounce_of,
     describe_change,
-    hasher_for,
     opted_out,
     parse_sources,
-    watch_config,
 )
 from controllers.expectations import Expectations
 from controllers.job import CREATE_BURST
@@ -74,7 +72,7 @@ from mizzen.client.errors import NotFoundError
 from protos import objects_pb2 as pb
 
 if TYPE_CHECKING:
-    from controllers.manager import ManagerConfig
+    from controllers.config import ManagerConfig
 
 log = structlog.get_logger(__name__)
 

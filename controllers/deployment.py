@@ -58,16 +58,14 @@ from controllers.base import (
     split_key,
 )
 from controllers.claim import claim, selects
+from controllers.config_watch import debounce_of, hasher_for, watch_config
 from controllers.confighash import (
     CHANGE_CAUSE,
     CONFIG_SOURCES,
     ConfigState,
-    debounce_of,
     describe_change,
-    hasher_for,
     opted_out,
     parse_sources,
-    watch_config,
     with_config,
     without_config,
 )
@@ -87,7 +85,7 @@ from mizzen.client.errors import AlreadyExistsError, ConflictError, NotFoundErro
 from protos import objects_pb2 as pb
 
 if TYPE_CHECKING:
-    from controllers.manager import ManagerConfig
+    from controllers.config import ManagerConfig
 
 log = structlog.get_logger(__name__)
 

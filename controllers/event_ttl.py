@@ -28,7 +28,7 @@ from mizzen.client.errors import ConflictError, NotFoundError
 from protos import objects_pb2 as pb
 
 if TYPE_CHECKING:
-    from controllers.manager import ManagerConfig
+    from controllers.config import ManagerConfig
 
 log = structlog.get_logger(__name__)
 

@@ -43,7 +43,7 @@ from mizzen.api.kinds import KINDS, KindInfo, UnknownKindError, kind_of, lookup
 from mizzen.client.errors import ConflictError, NotFoundError
 
 if TYPE_CHECKING:
-    from controllers.manager import ManagerConfig
+    from controllers.config import ManagerConfig
 
 log = structlog.get_logger(__name__)
 

@@ -20,8 +20,9 @@ Everything is on a dedicated ``CollectorRegistry``; names start with
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import structlog
 from prometheus_client import (
@@ -34,10 +35,9 @@ from prometheus_client import (
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from controllers.base import Controller, SharedInformers
+from controllers.runner import RunnerStats
 from mizzen.metrics_http import MetricsHttpServer, TlsFiles, parse_listen
-
-if TYPE_CHECKING:
-    from controllers.manager import ControllerManager
 
 log = structlog.get_logger(__name__)
 
@@ -46,6 +46,19 @@ RECONCILE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1,
 BINDING_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 RESULTS = ("success", "error", "requeue")
 SCHEDULING_RESULTS = ("scheduled", "unschedulable", "error")
+
+
+class ControllerManager(Protocol):
+    """What the metrics read of a ``controllers.manager.ControllerManager`` (and set:
+    the two observers)."""
+
+    stats: RunnerStats
+    scheduling_observer: Any
+    informers: SharedInformers | None
+    leading: asyncio.Event
+    fenced_writes: int
+    terms: int
+    controllers: list[Controller]
 
 
 class MetricsListenError(Exception):

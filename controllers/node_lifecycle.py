@@ -34,7 +34,7 @@ from mizzen.client.errors import NotFoundError
 from protos import objects_pb2 as pb
 
 if TYPE_CHECKING:
-    from controllers.manager import ManagerConfig
+    from controllers.config import ManagerConfig
 
 EVICTION_CONCURRENCY = 16
 

@@ -44,7 +44,7 @@ from mizzen.client.errors import (
 from protos import objects_pb2 as pb
 
 if TYPE_CHECKING:
-    from controllers.manager import ManagerConfig
+    from controllers.config import ManagerConfig
 
 log = structlog.get_logger(__name__)
 

@@ -55,7 +55,7 @@ def fake_context(
     auto_sync: bool = True,
 ) -> ControllerContext:
     """A ControllerContext over objects with FakeInformers and RecordingEvents."""
-    from controllers.manager import ManagerConfig
+    from controllers.config import ManagerConfig
 
     return ControllerContext(
         client=objects,

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from controllers.base import BY_CONFIG_REF
+from controllers.config_watch import watch_config
 from controllers.confighash import (
     ABSENT,
     CACHED_AS,
@@ -21,7 +22,6 @@ from controllers.confighash import (
     parse_sources,
     ref_value,
     same_content,
-    watch_config,
 )
 from controllers.testing import FakeObjects, fake_context
 from protos import objects_pb2 as pb
@@ -304,7 +304,7 @@ async def test_index_follows_template_edits() -> None:
 
 async def test_no_hash_from_a_cache_that_has_not_listed_yet() -> None:
     from controllers.base import TemporaryError
-    from controllers.confighash import hasher_for
+    from controllers.config_watch import hasher_for
 
     objects = FakeObjects()
     objects.add(cm(x="1"))

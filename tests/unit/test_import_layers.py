@@ -35,28 +35,6 @@ TOP = ("mizzen.cli", "mizzen.testing", "mizzen.__main__")
 KNOWN_CYCLES: list[frozenset[str]] = [
     frozenset({"store.membership", "store.node"}),
     frozenset({"nodeagent.agent", "nodeagent.metrics"}),
-    frozenset(
-        f"controllers.{name}"
-        for name in [
-            "base",
-            "claim",
-            "confighash",
-            "daemonset",
-            "deployment",
-            "event_ttl",
-            "gc",
-            "job",
-            "manager",
-            "metrics",
-            "node_lifecycle",
-            "podutil",
-            "replicaset",
-            "rollout",
-            "runner",
-            "scheduler",
-            "status",
-        ]
-    ),
 ]
 
 
