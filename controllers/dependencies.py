@@ -17,6 +17,14 @@ Pods that finished or are being deleted are left alone. A pod whose
 dependencies go away after its processes started keeps running (its condition
 turns False and says why; docs/controllers.md).
 
+A pod is immutable, so when its owner's dependencies change (a Deployment's
+spec.dependsOn, written into its ReplicaSets' templates; a DaemonSet's; a
+Job's) the pods made before keep theirs. Those that are still waiting — no
+process ever started, condition not True — are deleted (Event
+``DependenciesChanged``, with a resource_version precondition so a pod the
+agent may be starting is never touched) and their owner makes new ones with
+the new dependencies; pods that started are left alone.
+
 Deployments, DaemonSets and Jobs with ``spec.dependsOn`` get the same
 condition in their status, evaluated the same way (``describe`` shows what
 they wait for), and ``DependencyCycle`` when they are in a cycle, with a
@@ -462,6 +470,13 @@ class DependenciesController(Controller):
     def _rs_updated(self, old: pb.ReplicaSet, new: pb.ReplicaSet) -> None:
         if _shape(old) != _shape(new) or controller_ref(old) != controller_ref(new):
             self._graph_changed(new.metadata.namespace)
+        self._owner_dependencies_changed(old, new)
+
+    def _owner_dependencies_changed(self, old: Any, new: Any) -> None:
+        """The dependencies an owner gives new pods changed: look at its waiting pods."""
+        if list(deps.own_dependencies(old)) != list(deps.own_dependencies(new)):
+            for pod in self.pods.by_owner(new.metadata.uid):
+                self.enqueue(pod)
 
     def _workload_changed(self, obj: Any) -> None:
         kind = type(obj).DESCRIPTOR.name
@@ -480,6 +495,8 @@ class DependenciesController(Controller):
             self.queue.add(_workload_key(kind, new))
         if kind in deps.DEFAULT_CONDITION and _readiness(old) != _readiness(new):
             self._dependents(namespace, Target(kind, new.metadata.name))
+        if kind != "Deployment":  # a Deployment's pods follow its ReplicaSets
+            self._owner_dependencies_changed(old, new)
 
     def _service_changed(self, svc: pb.Service) -> None:
         self._graph_changed(svc.metadata.namespace)
@@ -521,11 +538,61 @@ class DependenciesController(Controller):
         pod: pb.Pod | None = self.pods.get_key(key)
         if pod is None or not pod.spec.depends_on or not _live(pod):
             return
+        current = self._owner_dependencies(pod)
+        if (
+            current is not None
+            and list(current) != list(pod.spec.depends_on)
+            and not_started(pod)
+            and not condition_true(pod, CONDITION)
+        ):
+            await self._replace(pod)
+            return
         namespace = pod.metadata.namespace
         missing = unmet(pod.spec.depends_on, self._targets(namespace))
         cycle = self.cycles(namespace).get(self.node_of(pod))
         want = verdict(missing, cycle)
         await self._write_condition(pod, want)
+
+    def _owner_dependencies(self, pod: pb.Pod) -> Sequence[pb.Dependency] | None:
+        """What the pod's owner (ReplicaSet, DaemonSet, Job) gives new pods now; None: no owner."""
+        ref = controller_ref(pod)
+        informer = {
+            "ReplicaSet": self.replicasets,
+            "DaemonSet": self.daemonsets,
+            "Job": self.jobs,
+        }.get(ref.kind if ref is not None else "")
+        if ref is None or informer is None:
+            return None
+        owner = informer.get(pod.metadata.namespace, ref.name)
+        if owner is None or owner.metadata.uid != ref.uid:
+            return None
+        return deps.own_dependencies(owner)
+
+    async def _replace(self, pod: pb.Pod) -> None:
+        """Delete a pod that waits for dependencies its owner no longer gives (it makes anew).
+
+        Only while its condition is not True in the version read (the agent starts
+        nothing before), and only that version (resource_version precondition).
+        """
+        meta = pod.metadata
+        try:
+            await self.ctx.client.delete(
+                "Pod", meta.name, meta.namespace, resource_version=meta.resource_version
+            )
+        except ConflictError as err:
+            raise TemporaryError(f"pod {meta.name} changed: {err}") from None
+        except NotFoundError:
+            return
+        ref = controller_ref(pod)
+        owner = f"{ref.kind} {ref.name}" if ref is not None else "its owner"
+        self.ctx.events.record(
+            pod,
+            "Normal",
+            "DependenciesChanged",
+            f"Deleted: it waited for dependencies that {owner} no longer gives its pods; "
+            "a new pod replaces it",
+        )
+        log.info("waiting_pod_replaced", pod=f"{meta.namespace}/{meta.name}", owner=owner)
 
     async def _reconcile_workload(self, kind: str, key: str) -> None:
         plural = WORKLOAD_PLURALS.get(kind)
@@ -652,6 +719,18 @@ class DependenciesController(Controller):
         if obj is not None:
             message = f"dependency cycle: {cycle_text(cycle)}"
             self.ctx.events.record(obj, "Warning", CYCLE, message)
+
+
+def not_started(pod: pb.Pod) -> bool:
+    """No process of the pod has run (or been tried) yet, as its status says."""
+    if pod.status.phase not in ("", "Pending"):
+        return False
+    for ps in pod.status.process_statuses:
+        if ps.restart_count or ps.HasField("last_state") or not ps.state.HasField("waiting"):
+            return False
+        if ps.state.waiting.reason != deps.NOT_READY:
+            return False
+    return True
 
 
 def _live(pod: pb.Pod) -> bool:

@@ -571,3 +571,44 @@ async def test_only_the_dependents_of_a_changed_target_are_reconciled() -> None:
     ep.subsets[0].addresses.add(ip="198.18.0.2", node_name="n2")
     await w.objects.update(ep)
     assert w.controller.queue.adds == before
+
+
+def waiting_status(p: pb.Pod) -> pb.Pod:
+    p.status.process_statuses.add(name="main").state.waiting.reason = NOT_READY
+    return p
+
+
+async def test_pods_waiting_for_dependencies_their_owner_dropped_are_replaced() -> None:
+    d = deployment("right", svc_dep("left"))
+    rs = replicaset_of(d)
+    waiting_pod = waiting_status(pod("right-1", svc_dep("left"), owner=rs))
+    started = pod("right-2", svc_dep("left"), owner=rs, phase="Running")
+    started.status.process_statuses.add(name="main").state.running.started_at.seconds = 1
+    w = World(service("left"), d, rs, waiting_pod, started)
+    await w.settle()
+    assert w.objects.peek("pods", "right-1", NS) is not None
+    # the Deployment controller writes the new dependsOn into the ReplicaSet's template
+    changed = w.objects.peek("replicasets", rs.metadata.name, NS)
+    del changed.spec.template.spec.depends_on[:]
+    await w.objects.update(changed)
+    await w.settle()
+    # deleted (gracefully: it is bound; its agent finishes it), its owner makes a new one
+    assert w.objects.peek("pods", "right-1", NS).metadata.HasField("deletion_timestamp")
+    assert not w.objects.peek("pods", "right-2", NS).metadata.HasField("deletion_timestamp")
+    assert [(e.name, e.reason) for e in w.events.events if e.kind == "Pod"] == [
+        ("right-1", "DependenciesChanged")
+    ]
+
+
+async def test_a_waiting_pod_whose_condition_is_true_is_not_replaced() -> None:
+    j = job("migrate")
+    j.spec.depends_on.append(svc_dep("db"))
+    p = waiting_status(pod("migrate-1", svc_dep("db"), owner=j))
+    with_condition(p, CONDITION, "True")
+    w = World(service("db"), endpoints("db", ready=1), j, p)
+    await w.settle()
+    stored = w.objects.peek("jobs", "migrate", NS)
+    del stored.spec.depends_on[:]
+    await w.objects.update(stored)
+    await w.settle()
+    assert not w.objects.peek("pods", "migrate-1", NS).metadata.HasField("deletion_timestamp")
