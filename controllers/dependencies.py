@@ -158,12 +158,24 @@ MAX_SHOWN = 12
 """Refs of a cycle shown in a message; a longer one is cut (its length is said)."""
 
 
-def cycle_text(cycle: Sequence[str]) -> str:
-    """``Deployment/a -> Service/b -> Deployment/b -> Service/a -> Deployment/a``."""
-    if len(cycle) <= MAX_SHOWN:
-        return ARROW.join(cycle)
-    shown = ARROW.join(cycle[: MAX_SHOWN - 1])
-    return f"{shown}{ARROW}... ({len(cycle) - MAX_SHOWN} more){ARROW}{cycle[-1]}"
+@dataclass(frozen=True)
+class Cycle:
+    """A dependency cycle seen from one workload: its first refs and its length.
+
+    ``head`` is the whole path (first == last) when it has at most MAX_SHOWN
+    refs, else its first MAX_SHOWN - 1; ``length`` counts the refs of the whole
+    path. Kept short so that a namespace-wide cycle costs no quadratic memory.
+    """
+
+    head: tuple[str, ...]
+    length: int
+
+    def text(self) -> str:
+        """``Deployment/a -> Service/b -> Deployment/b -> Service/a -> Deployment/a``."""
+        shown = ARROW.join(self.head)
+        if self.length <= MAX_SHOWN:
+            return shown
+        return f"{shown}{ARROW}... ({self.length - MAX_SHOWN} more){ARROW}{self.head[0]}"
 
 
 @dataclass(frozen=True)
@@ -175,9 +187,7 @@ class Verdict:
     message: str
 
 
-def verdict(
-    missing: Sequence[str], cycle: Sequence[str] | None, *, workload: bool = False
-) -> Verdict:
+def verdict(missing: Sequence[str], cycle: Cycle | None, *, workload: bool = False) -> Verdict:
     """From the unmet dependencies and the cycle the object's workload is in (None: none).
 
     A pod whose dependencies are all met is ready even when its workload is in
@@ -187,7 +197,7 @@ def verdict(
     """
     waiting = "; ".join(missing)
     if cycle and (missing or workload):
-        message = f"dependency cycle: {cycle_text(cycle)}"
+        message = f"dependency cycle: {cycle.text()}"
         return Verdict("False", CYCLE, f"{message}; {waiting}" if waiting else message)
     if not missing:
         return Verdict("True", MET, "")
@@ -217,8 +227,8 @@ def selects(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
 
 def find_cycles(
     nodes: Sequence[Node], services: Mapping[str, Mapping[str, str]]
-) -> dict[str, tuple[str, ...]]:
-    """ref → a cycle through it (refs, first == last) for every workload in a cycle.
+) -> dict[str, Cycle]:
+    """ref → a cycle through it (``Cycle``) for every workload in a cycle.
 
     services maps each Service's name to its selector. See the module doc for
     what counts (dependencies that can never be met).
@@ -289,7 +299,7 @@ def find_cycles(
             if t.kind == SERVICE:
                 edges[t.ref()] = list(members[t.name])
         edges[n.ref] = out
-    cyclic: dict[str, tuple[str, ...]] = {}
+    cyclic: dict[str, Cycle] = {}
     for component in _components(edges):
         if len(component) == 1:
             (only,) = component
@@ -300,9 +310,14 @@ def find_cycles(
                 continue
             body = _shortest_cycle(ref, edges, component)[:-1]
             # the same cycle, seen from each workload on it
+            size = len(body)
             for i, member in enumerate(body):
                 if member in by_ref and member not in cyclic:
-                    cyclic[member] = (*body[i:], *body[:i], member)
+                    if size + 1 <= MAX_SHOWN:
+                        head = (*body[i:], *body[:i], member)
+                    else:
+                        head = tuple(body[(i + j) % size] for j in range(MAX_SHOWN - 1))
+                    cyclic[member] = Cycle(head, size + 1)
     return cyclic
 
 
@@ -382,14 +397,14 @@ def _labels(obj: Any) -> Mapping[str, str]:
 
 @dataclass
 class _Graph:
-    cycles: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    cycles: dict[str, Cycle] = field(default_factory=dict)
 
 
 class DependenciesController(Controller):
     """Writes DependenciesReady on pods and workloads; see the module doc."""
 
     name = "dependencies"
-    workers = 2
+    workers = 8
     primary_kind = "Pod"
 
     def __init__(self, config: ManagerConfig | None = None) -> None:
@@ -397,7 +412,7 @@ class DependenciesController(Controller):
         self._graphs: dict[str, _Graph] = {}
         self._dirty: set[str] = set()
         # what graph:<ns> last compared (the cycles the pods and workloads were told about)
-        self._announced: dict[str, dict[str, tuple[str, ...]]] = {}
+        self._announced: dict[str, dict[str, Cycle]] = {}
 
     # -- handlers -------------------------------------------------------------------
 
@@ -612,9 +627,9 @@ class DependenciesController(Controller):
         before = condition_of(obj, CONDITION)
         written = await self._write_condition(obj, want)
         if written and cycle and not _reported(before, cycle):
-            message = f"dependency cycle: {cycle_text(cycle)}"
+            message = f"dependency cycle: {cycle.text()}"
             self.ctx.events.record(obj, "Warning", CYCLE, message)
-            log.warning("dependency_cycle", object=f"{kind}/{namespace}/{name}", cycle=cycle)
+            log.warning("dependency_cycle", object=f"{kind}/{namespace}/{name}", cycle=cycle.text())
 
     async def _write_condition(self, obj: Any, want: Verdict) -> bool:
         """Set DependenciesReady on obj's status; whether a write was made."""
@@ -671,7 +686,7 @@ class DependenciesController(Controller):
                 out.append(_node("Pod", pod))
         return out
 
-    def cycles(self, namespace: str) -> dict[str, tuple[str, ...]]:
+    def cycles(self, namespace: str) -> dict[str, Cycle]:
         """The namespace's cycles (find_cycles), recomputed from the caches when dirty."""
         graph = self._graphs.get(namespace)
         if graph is None or namespace in self._dirty:
@@ -712,12 +727,12 @@ class DependenciesController(Controller):
             for informer in (self.deployments, self.daemonsets, self.jobs, self.replicasets)
         ) or bool(self.pods.orphans(namespace))
 
-    def _report_bare(self, kind: str, namespace: str, name: str, cycle: Sequence[str]) -> None:
+    def _report_bare(self, kind: str, namespace: str, name: str, cycle: Cycle) -> None:
         """A bare ReplicaSet or Pod entered a cycle: a Warning Event (no workload status)."""
         informer = self.replicasets if kind == "ReplicaSet" else self.pods
         obj = informer.get(namespace, name)
         if obj is not None:
-            message = f"dependency cycle: {cycle_text(cycle)}"
+            message = f"dependency cycle: {cycle.text()}"
             self.ctx.events.record(obj, "Warning", CYCLE, message)
 
 
@@ -738,11 +753,11 @@ def _live(pod: pb.Pod) -> bool:
     return not is_terminating(pod) and pod.status.phase not in ("Succeeded", "Failed")
 
 
-def _reported(before: pb.Condition | None, cycle: Sequence[str]) -> bool:
+def _reported(before: pb.Condition | None, cycle: Cycle) -> bool:
     """Whether a condition already reported this cycle (its Event was recorded then)."""
     if before is None or before.reason != CYCLE:
         return False
-    return before.message.startswith(f"dependency cycle: {cycle_text(cycle)}")
+    return before.message.startswith(f"dependency cycle: {cycle.text()}")
 
 
 def _workload_key(kind: str, obj: Any) -> str:

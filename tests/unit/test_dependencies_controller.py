@@ -9,6 +9,7 @@ import pytest
 
 from controllers.base import owner_reference
 from controllers.dependencies import (
+    Cycle,
     DependenciesController,
     Node,
     Targets,
@@ -201,7 +202,7 @@ def test_unmet_says_why_for_every_kind_of_target() -> None:
 
 
 def test_verdict() -> None:
-    assert verdict([], None) == verdict([], ("Deployment/a", "Deployment/a"))
+    assert verdict([], None) == verdict([], Cycle(("Deployment/a", "Deployment/a"), 2))
     assert verdict([], None).status == "True"
     assert verdict([], None).reason == MET
     v = verdict(['service "db" has no ready endpoints', "x"], None)
@@ -210,7 +211,7 @@ def test_verdict() -> None:
         NOT_READY,
         'service "db" has no ready endpoints; x',
     )
-    cyc = ("Deployment/a", "Service/b", "Deployment/b", "Service/a", "Deployment/a")
+    cyc = Cycle(("Deployment/a", "Service/b", "Deployment/b", "Service/a", "Deployment/a"), 5)
     v = verdict(["y"], cyc)
     assert (v.reason, v.message) == (
         CYCLE,
@@ -370,7 +371,9 @@ SVC = {"a": {"app": "a"}, "b": {"app": "b"}, "c": {"app": "c"}, "db": {"app": "d
 def test_find_cycles(
     nodes: list[Node], services: dict[str, dict[str, str]], expected: dict[str, tuple[str, ...]]
 ) -> None:
-    assert find_cycles(nodes, services) == expected
+    found = find_cycles(nodes, services)
+    assert {ref: c.head for ref, c in found.items()} == expected
+    assert all(c.length == len(c.head) for c in found.values())
 
 
 def test_find_cycles_scales_to_a_long_chain() -> None:
@@ -379,7 +382,7 @@ def test_find_cycles_scales_to_a_long_chain() -> None:
     nodes.append(node("Deployment/w2000", "Deployment/w0"))
     found = find_cycles(nodes, {})
     assert len(found) == 2001
-    assert len(found["Deployment/w7"]) == 2002
+    assert found["Deployment/w7"].length == 2002
     message = verdict(["x"], found["Deployment/w7"]).message
     assert message == (
         "dependency cycle: "
