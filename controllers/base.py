@@ -35,6 +35,7 @@ import structlog
 
 from controllers.confighash import BY_CONFIG_REF, config_ref_index, digested
 from controllers.workqueue import RateLimitedQueue
+from mizzen.api.dependencies import index_keys as dependency_index_keys
 from mizzen.api.kinds import API_VERSION, KindInfo, kind_of, lookup
 from mizzen.client.informer import AddHandler, DeleteHandler, Delta, Informer, UpdateHandler
 from mizzen.client.objects import ListResult
@@ -53,6 +54,10 @@ BY_NAMESPACE = "by_namespace"
 """Index of every kind: metadata.namespace ("" for cluster-scoped kinds)."""
 BY_NODE = "by_node"
 """Index of pods: spec.node_name ("" for pods not bound yet)."""
+BY_DEPENDENCY = "by_dependency"
+"""Index of pods, ReplicaSets, Deployments, DaemonSets and Jobs: what they depend on
+(``mizzen.api.dependencies.index_key``, e.g. "Service/default/db")."""
+DEPENDENT_KINDS = ("Pod", "ReplicaSet", "Deployment", "DaemonSet", "Job")
 DIGESTED_KINDS = ("ConfigMap", "Secret")
 """Kinds the shared informers cache as digests (see the module doc)."""
 
@@ -199,6 +204,8 @@ class SharedInformer(Informer):
             self.add_indexer(BY_NODE, lambda o: [o.spec.node_name])
         if kind.kind in ("Deployment", "DaemonSet"):
             self.add_indexer(BY_CONFIG_REF, config_ref_index)
+        if kind.kind in DEPENDENT_KINDS:
+            self.add_indexer(BY_DEPENDENCY, dependency_index_keys)
         self._digests = kind.kind in DIGESTED_KINDS
 
     def replace(self, items: Iterable[Any], resource_version: str) -> builtins.list[Delta]:
@@ -269,7 +276,8 @@ class SharedInformers:
     """One SharedInformer per kind, created on first ``get`` and run by ``run``.
 
     An informer created while ``run`` is running starts at once. Every kind
-    has the BY_OWNER, BY_ANY_OWNER and BY_NAMESPACE indexes; pods also BY_NODE.
+    has the BY_OWNER, BY_ANY_OWNER and BY_NAMESPACE indexes; pods also BY_NODE;
+    pods and workloads BY_DEPENDENCY.
     """
 
     def __init__(self, client: Any, *, resync_period: float | None = None) -> None:

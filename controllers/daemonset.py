@@ -32,7 +32,10 @@ out. What is guaranteed:
   same RollingUpdate (a ``ConfigChanged`` Event names the objects that
   changed). The ``controller-revision-hash`` label stays a hash of the
   template alone. With ``mizzen.io/config-rollout: "false"`` on the DaemonSet
-  the pods' config hash is not compared (new pods still record it).
+  the pods' config hash is not compared (new pods still record it);
+* every pod carries the DaemonSet's ``spec.dependsOn`` (its processes start
+  once they are met); it is not part of the template's hash, so a change of
+  it replaces no pod and applies to the pods created afterwards.
 """
 
 from __future__ import annotations
@@ -305,6 +308,7 @@ def new_pod(
 ) -> pb.Pod:
     """A pod of ds's template bound to node_name, owned by ds, with config's hash."""
     pod = pod_from_template(ds, ds.spec.template)
+    pod.spec.depends_on.extend(ds.spec.depends_on)
     pod.metadata.labels[HASH_LABEL] = revision
     annotations = pod.metadata.annotations
     annotations.pop(CONFIG_HASH, None)

@@ -39,6 +39,13 @@ old ReplicaSet recorded, that one is scaled up again (a rollback, with a new
 revision). With ``mizzen.io/config-rollout: "false"`` the current ReplicaSet is
 the newest whose template equals the Deployment's ignoring the hash: config
 changes never roll, template changes still do.
+
+Dependencies (``spec.dependsOn``, docs/controllers.md): a ReplicaSet's
+template carries the Deployment's dependsOn, so every pod does. It is not part
+of the template's identity (``template_equal`` and ``template_hash`` ignore
+it): a change of dependsOn is written in place into the current ReplicaSet
+and those that still have replicas, and rolls nothing — dependencies only gate
+the start of pods, and running pods are never stopped for them.
 """
 
 from __future__ import annotations
@@ -147,6 +154,12 @@ class DeploymentController(Controller):
         candidates = self.ctx.informers.get("replicasets").in_namespace(namespace)
         owned = await claim(self.ctx.client, d, candidates)
         new = current_replicaset(d, want, owned)
+        if not is_terminating(d):
+            owned = [
+                await self._sync_dependencies(d, rs) if rs is new or rs.spec.replicas else rs
+                for rs in owned
+            ]
+            new = current_replicaset(d, want, owned)
         old = [rs for rs in owned if rs is not new]
         if is_terminating(d):
             return await self._sync_status(d, new, owned)
@@ -248,6 +261,7 @@ class DeploymentController(Controller):
         rs.spec.selector.match_labels[HASH_LABEL] = h
         rs.spec.template.CopyFrom(template)
         rs.spec.template.metadata.labels[HASH_LABEL] = h
+        rs.spec.template.spec.depends_on.extend(d.spec.depends_on)
         try:
             created: pb.ReplicaSet = await self.ctx.client.create(rs)
         except AlreadyExistsError:
@@ -287,6 +301,19 @@ class DeploymentController(Controller):
             change=change,
             revision=revision,
         )
+
+    async def _sync_dependencies(self, d: pb.Deployment, rs: pb.ReplicaSet) -> pb.ReplicaSet:
+        """rs with d's dependsOn in its template (written in place when it differs)."""
+        if list(rs.spec.template.spec.depends_on) == list(d.spec.depends_on):
+            return rs
+        changed = _copy(rs)
+        del changed.spec.template.spec.depends_on[:]
+        changed.spec.template.spec.depends_on.extend(d.spec.depends_on)
+        stored: pb.ReplicaSet = await self._write(
+            self.ctx.client.update(changed), f"dependencies of {rs.metadata.name}"
+        )
+        log.info("replicaset_dependencies_updated", deployment=d.metadata.name, rs=rs.metadata.name)
+        return stored
 
     async def _scale(self, d: pb.Deployment, rs: pb.ReplicaSet, replicas: int) -> pb.ReplicaSet:
         if rs.spec.replicas == replicas:

@@ -235,8 +235,9 @@ def _ttl_wait(job: pb.Job, finished: float, now: float) -> float | None:
 
 
 def new_pod(job: pb.Job) -> pb.Pod:
-    """A pod of job's template, owned by it (the name comes from generate_name)."""
+    """A pod of job's template and dependsOn, owned by it (the name comes from generate_name)."""
     pod = pod_from_template(job, job.spec.template)
+    pod.spec.depends_on.extend(job.spec.depends_on)
     pod.metadata.labels[JOB_NAME_LABEL] = job.metadata.name
     return pod
 

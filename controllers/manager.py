@@ -336,6 +336,7 @@ async def run_manager(config: ManagerConfig, stop: asyncio.Event | None = None) 
 
 
 from controllers.daemonset import daemonset_controller_from_config  # noqa: E402
+from controllers.dependencies import dependencies_controller_from_config  # noqa: E402
 from controllers.deployment import DeploymentController  # noqa: E402
 from controllers.endpoints import endpoints_controller_from_config  # noqa: E402
 from controllers.event_ttl import event_ttl_from_config  # noqa: E402
@@ -359,5 +360,6 @@ CONTROLLERS: list[Callable[[ManagerConfig], Controller]] = [
     endpoints_controller_from_config,
     garbage_collector_from_config,
     event_ttl_from_config,
+    dependencies_controller_from_config,
 ]
 """Factories of every controller the manager runs (add yours here)."""

@@ -17,7 +17,8 @@ _HASH_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
 
 
 def template_hash(template: pb.PodTemplateSpec, collision_count: int = 0) -> str:
-    """A stable short digest of the template (without its hash label) and collision count."""
+    """A stable short digest of the template (without its hash label and dependsOn) and
+    collision count."""
     t = _without_hash(template)
     data = t.SerializeToString(deterministic=True)
     if collision_count:
@@ -37,11 +38,18 @@ def _without_hash(template: pb.PodTemplateSpec) -> pb.PodTemplateSpec:
     t = pb.PodTemplateSpec()
     t.CopyFrom(template)
     t.metadata.labels.pop(HASH_LABEL, None)
+    t.spec.ClearField("depends_on")
     return t
 
 
 def template_equal(a: pb.PodTemplateSpec, b: pb.PodTemplateSpec) -> bool:
-    """Equal ignoring the pod-template-hash label (how the new ReplicaSet is recognised)."""
+    """Equal ignoring the pod-template-hash label and dependsOn (how the new ReplicaSet is
+    recognised).
+
+    A ReplicaSet's template carries its Deployment's spec.dependsOn, which is
+    kept equal in place (``controllers.deployment``): a change of dependencies
+    gates the start of new pods and is no new revision.
+    """
     return _without_hash(a) == _without_hash(b)
 
 

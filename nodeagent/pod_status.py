@@ -126,10 +126,16 @@ def _condition(
     return out
 
 
+AGENT_CONDITIONS = ("PodScheduled", "Initialized", "ProcessesReady", "Ready")
+"""The conditions compute_status writes; any other (e.g. DependenciesReady, written by the
+dependencies controller) is kept as the pod has it."""
+
+
 def compute_status(
     pod: pb.Pod, views: Sequence[ProcessView], now: float, host_ip: str = ""
 ) -> pb.PodStatus:
-    """The status the pod should have given views, keeping what others own (PodScheduled)."""
+    """The status the pod should have given views, keeping what others own (PodScheduled,
+    and conditions other than AGENT_CONDITIONS)."""
     old = pod.status
     phase, reason, message = phase_of(views)
     out = pb.PodStatus(phase=phase, reason=reason, message=message, host_ip=host_ip)
@@ -152,6 +158,7 @@ def compute_status(
     out.conditions.append(_condition(old.conditions, "Initialized", True, now))
     out.conditions.append(_condition(old.conditions, "ProcessesReady", all_ready, now, not_ready))
     out.conditions.append(_condition(old.conditions, "Ready", all_ready, now, not_ready))
+    out.conditions.extend(c for c in old.conditions if c.type not in AGENT_CONDITIONS)
     out.process_statuses.extend(process_status(v) for v in views)
     return out
 

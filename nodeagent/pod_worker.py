@@ -33,6 +33,7 @@ import structlog
 from mizzen.client.errors import ConflictError, NotFoundError, StoreClientError
 from nodeagent.cgroups.base import Cgroup, CgroupDriver, CgroupError
 from nodeagent.config_objects import ConfigObjects
+from nodeagent.dependencies import DependencyGate
 from nodeagent.logs import PodLogs
 from nodeagent.pod_config import PodConfig, PodPaths, run_as_of
 from nodeagent.pod_status import compute_status, status_differs
@@ -132,6 +133,9 @@ class PodWorker:
         for spec in pod.spec.processes:
             rec = self.record.processes.setdefault(spec.name, ProcessRecord(name=spec.name))
             self.supervisors.append(ProcessSupervisor(self.ctx, spec, rec))
+        started = any(s.started_once for s in self.supervisors)
+        self.dependencies = DependencyGate(pod, started=started)
+        self.ctx.dependencies = self.dependencies
         self.pod_cgroup: Cgroup | None = None
         self.done = asyncio.Event()
         if self._deleting(pod):
@@ -144,6 +148,7 @@ class PodWorker:
             return
         if _rv(pod) >= _rv(self.pod):
             self.pod = pod
+            self.dependencies.update(pod)
             if pod.status != self._synced_status:
                 self._changed.set()
         if self._deleting(pod):

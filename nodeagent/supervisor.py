@@ -31,6 +31,7 @@ from nodeagent import runtime
 from nodeagent.backoff import RestartBackoff
 from nodeagent.cgroups.base import Cgroup, CgroupDriver, CgroupError, Limits
 from nodeagent.config_inject import ConfigError
+from nodeagent.dependencies import DependencyGate
 from nodeagent.launch import LaunchError, LaunchSpec, process_env, resolve_user, wrap_argv
 from nodeagent.logs import PodLogs
 from nodeagent.pod_config import PodConfig
@@ -45,6 +46,7 @@ log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
 START_ERROR_EXIT_CODE = 128
+REASON_DEPENDENCIES = "DependenciesNotReady"
 
 
 @dataclass
@@ -79,6 +81,8 @@ class PodContext:
     config: PodConfig | None = None
     # The Services of the pod's namespace (discovery variables); None: none.
     services: PodServices | None = None
+    # Whether the pod's dependencies allow its processes to start; None: always.
+    dependencies: DependencyGate | None = None
 
     @property
     def pod_cgroup_path(self) -> str:
@@ -203,6 +207,8 @@ class ProcessSupervisor:
                 exited = self._lost()
             else:
                 if run is None:
+                    if not await self._wait_dependencies():
+                        return  # terminating while waiting for its dependencies
                     if not await self._prepare():
                         return  # terminating while waiting for its configuration
                     run = await self._start()
@@ -269,6 +275,26 @@ class ProcessSupervisor:
             started_at=now,
             finished_at=now,
         )
+
+    async def _wait_dependencies(self) -> bool:
+        """Wait until the pod's dependencies are met; False when the pod is stopping.
+
+        Meanwhile the process is Waiting with reason DependenciesNotReady and
+        the pod condition's message (nodeagent.dependencies).
+        """
+        gate = self.ctx.dependencies
+        while gate is not None and not gate.is_open:
+            version = gate.version
+            state = Waiting(REASON_DEPENDENCIES, gate.message)
+            if state != self.state:
+                self.state = state
+                self._commit()
+                self._log.info("process_waiting_for_dependencies", message=gate.message)
+            self.settled.set()
+            await self._unless_stopping(gate.wait_change(version))
+            if self.ctx.stopping.is_set():
+                return False
+        return True
 
     async def _prepare(self) -> bool:
         """Resolve the run's variables (configuration, then Services) and write its volumes;

@@ -22,6 +22,7 @@ from typing import Any
 from google.protobuf.message import Message
 
 from mizzen.api import kinds
+from mizzen.api.dependencies import default_dependencies
 from protos import objects_pb2 as pb
 
 DEFAULT_NAMESPACE = "default"
@@ -90,6 +91,7 @@ def default_pod_spec(spec: pb.PodSpec) -> None:
     for toleration in spec.tolerations:
         if not toleration.operator:
             toleration.operator = "Equal"
+    default_dependencies(spec.depends_on)
 
 
 def _default_probe(probe: pb.Probe) -> None:
@@ -121,6 +123,7 @@ def _default_deployment(spec: pb.DeploymentSpec) -> None:
         if not strategy.rolling_update.max_unavailable:
             strategy.rolling_update.max_unavailable = DEFAULT_MAX_UNAVAILABLE
     default_pod_spec(spec.template.spec)
+    default_dependencies(spec.depends_on)
 
 
 def _default_daemonset(spec: pb.DaemonSetSpec) -> None:
@@ -135,6 +138,7 @@ def _default_daemonset(spec: pb.DaemonSetSpec) -> None:
         if not strategy.rolling_update.max_surge:
             strategy.rolling_update.max_surge = "0"
     default_pod_spec(spec.template.spec)
+    default_dependencies(spec.depends_on)
 
 
 def _default_job(spec: pb.JobSpec) -> None:
@@ -150,6 +154,7 @@ def _default_job(spec: pb.JobSpec) -> None:
     if not selector.match_labels and not selector.match_expressions:
         selector.match_labels.update(spec.template.metadata.labels)
     default_pod_spec(spec.template.spec)
+    default_dependencies(spec.depends_on)
 
 
 def _default_node(node: pb.Node) -> None:

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from mizzen.api import names, quantity
+from mizzen.api.dependencies import validate_dependencies
 from mizzen.api.field_errors import FieldErrors
 from mizzen.echo import echo
 from protos import objects_pb2 as pb
@@ -48,6 +49,7 @@ def validate_pod_spec(spec: pb.PodSpec, path: str, errs: FieldErrors) -> None:
         errs.at_least(
             f"{path}.terminationGracePeriodSeconds", spec.termination_grace_period_seconds, 0
         )
+    validate_dependencies(spec.depends_on, f"{path}.dependsOn", errs)
 
 
 def _process(process: pb.Process, path: str, errs: FieldErrors) -> None:

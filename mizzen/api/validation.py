@@ -16,6 +16,7 @@ from typing import Any
 from google.protobuf.message import Message
 
 from mizzen.api import kinds, names, quantity, selectors
+from mizzen.api.dependencies import forbid_template_dependencies, validate_dependencies
 from mizzen.api.field_errors import FieldError, FieldErrors
 from mizzen.api.pod_validation import (
     RESOURCES,
@@ -213,6 +214,14 @@ def _deployment(spec: pb.DeploymentSpec, errs: FieldErrors) -> None:
             rolling.max_surge, rolling.max_unavailable, "spec.strategy.rollingUpdate", errs
         )
     _selector_and_template(spec.selector, spec.template, ("Always",), errs)
+    _workload_dependencies("Deployment", spec, errs)
+
+
+def _workload_dependencies(
+    kind: str, spec: pb.DeploymentSpec | pb.DaemonSetSpec | pb.JobSpec, errs: FieldErrors
+) -> None:
+    validate_dependencies(spec.depends_on, "spec.dependsOn", errs)
+    forbid_template_dependencies(kind, spec.template, errs)
 
 
 def _daemonset(spec: pb.DaemonSetSpec, errs: FieldErrors) -> None:
@@ -229,6 +238,7 @@ def _daemonset(spec: pb.DaemonSetSpec, errs: FieldErrors) -> None:
             rolling.max_surge, rolling.max_unavailable, "spec.updateStrategy.rollingUpdate", errs
         )
     _selector_and_template(spec.selector, spec.template, ("Always",), errs)
+    _workload_dependencies("DaemonSet", spec, errs)
 
 
 def _job(spec: pb.JobSpec, errs: FieldErrors) -> None:
@@ -243,6 +253,7 @@ def _job(spec: pb.JobSpec, errs: FieldErrors) -> None:
     if spec.HasField("active_deadline_seconds"):
         errs.at_least("spec.activeDeadlineSeconds", spec.active_deadline_seconds, 1)
     _selector_and_template(spec.selector, spec.template, ("OnFailure", "Never"), errs)
+    _workload_dependencies("Job", spec, errs)
 
 
 # ---------------------------------------------------------------- nodes, events

@@ -22,6 +22,7 @@ from typing import Any
 
 from google.protobuf.json_format import MessageToDict
 
+from mizzen.api import dependencies
 from mizzen.api.config_refs import ConfigRef, config_refs
 from mizzen.api.kinds import kind_of
 from mizzen.api.quantity import format_cpu, format_memory
@@ -293,6 +294,7 @@ def _pod(pod: Any, now: float, configs: Configs | None = None) -> Lines:
         lines.append(Line(0, "Message", event_view.one_line(status.message)))
     lines.append(Line(0, "Host IP", status.host_ip or NONE))
     lines.append(Line(0, "Start Time", _time_or_none(status, "start_time")))
+    _dependencies(lines, spec.depends_on)
     lines.append(Line(0, "Processes"))
     statuses = {s.name: s for s in status.process_statuses}
     for process in spec.processes:
@@ -352,6 +354,7 @@ def _deployment(dep: Any, now: float) -> Lines:
     lines.append(
         Line(0, "Observed Generation", f"{s.observed_generation} of {dep.metadata.generation}")
     )
+    _dependencies(lines, spec.depends_on)
     _template(lines, spec.template)
     _conditions(lines, s.conditions)
     return lines
@@ -364,9 +367,16 @@ def _replicaset(rs: Any, now: float) -> Lines:
         Line(0, "Replicas", f"{s.replicas} current / {_replicas(rs)} desired"),
         Line(0, "Pods Status", f"{s.ready_replicas} ready / {s.available_replicas} available"),
     ]
+    _dependencies(lines, rs.spec.template.spec.depends_on)
     _template(lines, rs.spec.template)
     _conditions(lines, s.conditions)
     return lines
+
+
+def _dependencies(lines: Lines, depends_on: Sequence[Any]) -> None:
+    """What the pods wait for (spec.dependsOn), one per line; nothing when there is none."""
+    if depends_on:
+        _multi(lines, 0, "Depends On", [dependencies.describe(d) for d in depends_on])
 
 
 def _template(lines: Lines, template: Any) -> None:

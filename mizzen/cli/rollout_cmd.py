@@ -316,8 +316,8 @@ def plan_undo(
 ) -> tuple[pb.ReplicaSet, pb.PodTemplateSpec | None, list[str]]:
     """(the revision to go back to, the template to write or None, lines to print).
 
-    The template is the revision's without the labels and annotations the
-    controllers add. A revision that differs only in configuration is a
+    The template is the revision's without the labels, annotations and
+    dependsOn the controllers add. A revision that differs only in configuration is a
     CommandError (a template cannot bring old ConfigMap or Secret content back).
     """
     target = _undo_target(d, history, to)
@@ -326,6 +326,7 @@ def plan_undo(
     template.CopyFrom(target.spec.template)
     template.metadata.labels.pop(HASH_LABEL, None)
     template.metadata.annotations.pop(CONFIG_HASH, None)
+    template.spec.ClearField("depends_on")  # the Deployment's spec.dependsOn, copied
     changed = config_differences(target, _current_rs(d, history))
     if template == d.spec.template:
         if changed:

@@ -294,6 +294,9 @@ async def test_a_process_sees_the_variables_and_the_live_file(
     pod.spec.restart_policy = "Always"
     pod.spec.termination_grace_period_seconds = 1
     pod.spec.depends_on.add(service="db")
+    # the dependencies controller has seen db ready; the agent's own copy of db's
+    # Endpoints has not yet (they come on another watch)
+    pod.status.conditions.add(type="DependenciesReady", status="True")
     out = open_dir / "env.out"
     script = (
         f'echo "$DB_SERVICE_ENDPOINTS|$DB_SERVICE_PORT|$MINE" > {out}; '
