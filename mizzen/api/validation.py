@@ -408,8 +408,8 @@ def _pod_update(old: pb.PodSpec, new: pb.PodSpec, errs: FieldErrors) -> None:
         if old_fields.get(field.name) != new_fields.get(field.name):
             errs.add(
                 f"spec.{field.json_name}",
-                "field is immutable: a pod's spec may change only nodeName (once) "
-                "and tolerations (additions)",
+                "field is immutable: a pod's spec may change only nodeName (once, with "
+                "the dynamic ports the binding assigns) and tolerations (additions)",
             )
 
 

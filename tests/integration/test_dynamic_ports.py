@@ -125,10 +125,10 @@ async def test_five_replicas_on_one_node_serve_on_distinct_ports(
     assert {p.spec.node_name for p in pods} == {daemons.name}
     ports = {}
     for pod in pods:
-        (port,) = pod.spec.processes[0].ports
-        assert port.assigned and port.name == "http", port
-        assert FIRST <= port.port <= LAST, port
-        ports[pod.metadata.name] = port.port
+        (declared,) = pod.spec.processes[0].ports
+        assert declared.assigned and declared.name == "http", declared
+        assert FIRST <= declared.port <= LAST, declared
+        ports[pod.metadata.name] = declared.port
     assert len(set(ports.values())) == 5, ports
     # every process serves on its own port: $PORT, which its probes found by name
     for name, port in ports.items():

@@ -43,6 +43,11 @@ def _errors(obj: Any) -> list[FieldError]:
     return validate(obj)
 
 
+def _set(obj: Any, name: str, value: Any) -> object:
+    setattr(obj, name, value)
+    return obj
+
+
 def _p(o: pb.Pod, i: int = 0) -> pb.Process:
     return o.spec.processes[i]
 
@@ -72,13 +77,13 @@ CASES: list[tuple[Callable[[pb.Pod], object], list[str]]] = [
     (lambda o: (_p(o).ports.add(port=53), _p(o, 1).ports.add(port=53, protocol="UDP")), []),
     # a bound pod's dynamic ports are assigned
     (
-        lambda o: (_p(o).ports.add(name="http"), setattr(o.spec, "node_name", "n1")),
+        lambda o: (_p(o).ports.add(name="http"), _set(o.spec, "node_name", "n1")),
         [f"{P0}.ports[0].port"],
     ),
     (
         lambda o: (
             _p(o).ports.add(name="http", port=20001, assigned=True),
-            setattr(o.spec, "node_name", "n1"),
+            _set(o.spec, "node_name", "n1"),
         ),
         [],
     ),
@@ -139,24 +144,24 @@ def _http(o: pb.Pod) -> pb.HTTPGetAction:
 
 
 PROBE_CASES: list[tuple[Callable[[pb.Pod], object], list[str]]] = [
-    (lambda o: (_p(o).ports.add(name="http"), setattr(_tcp(o), "port_name", "http")), []),
-    (lambda o: (_p(o).ports.add(name="http"), setattr(_http(o), "port_name", "http")), []),
+    (lambda o: (_p(o).ports.add(name="http"), _set(_tcp(o), "port_name", "http")), []),
+    (lambda o: (_p(o).ports.add(name="http"), _set(_http(o), "port_name", "http")), []),
     (
-        lambda o: (_p(o).ports.add(port=8080, name="web"), setattr(_http(o), "port_name", "web")),
+        lambda o: (_p(o).ports.add(port=8080, name="web"), _set(_http(o), "port_name", "web")),
         [],
     ),
     # no such port in this process (the sidecar's port does not count)
-    (lambda o: setattr(_tcp(o), "port_name", "http"), [f"{P0}.livenessProbe.tcpSocket.port"]),
+    (lambda o: _set(_tcp(o), "port_name", "http"), [f"{P0}.livenessProbe.tcpSocket.port"]),
     (
-        lambda o: (_p(o, 1).ports.add(name="http"), setattr(_http(o), "port_name", "http")),
+        lambda o: (_p(o, 1).ports.add(name="http"), _set(_http(o), "port_name", "http")),
         [f"{P0}.readinessProbe.httpGet.port"],
     ),
     # both a number and a name
     (
         lambda o: (
             _p(o).ports.add(name="http"),
-            setattr(_tcp(o), "port_name", "http"),
-            setattr(_tcp(o), "port", 80),
+            _set(_tcp(o), "port_name", "http"),
+            _set(_tcp(o), "port", 80),
         ),
         [f"{P0}.livenessProbe.tcpSocket.port"],
     ),
