@@ -299,8 +299,11 @@ class NodeInfo:
     def has_dynamic_room(self, pod: PodInfo) -> bool:
         """Whether the node's range has a free port for every dynamic port of pod."""
         size = self.dynamic_last - self.dynamic_first + 1
-        if not self.blocked and not pod.ports:
-            return all(size - self.dynamic_used[p] >= wanted for p, wanted in pod.dynamic_counts)
+        if not self.blocked and not pod.ports:  # the usual case, kept short
+            for protocol, wanted in pod.dynamic_counts:
+                if size - self.dynamic_used[protocol] < wanted:
+                    return False
+            return True
         for protocol, wanted in pod.dynamic_counts:
             also = {
                 port
