@@ -211,14 +211,13 @@ class Scheduler(Controller):
                 self.metrics.attempt("error")
             raise
 
-    async def _bind(self, wanted: pb.Pod, node_name: str) -> Result:
-        """Write wanted: the pending pod with nodeName (and its dynamic ports) set."""
-        pod = wanted
+    async def _bind(self, pod: pb.Pod, node_name: str) -> Result:
+        """Write pod: the pending pod with nodeName (and its dynamic ports) set."""
         key = key_of(pod)
         client = self.ctx.client
         started = time.perf_counter()
         try:
-            stored = await client.update(wanted)
+            stored = await client.update(pod)
         except ConflictError:
             self.state.unassume(key)
             return await self._after_conflict(pod)
@@ -298,11 +297,9 @@ class Scheduler(Controller):
 
 
 def _failed_port_in_use(pod: pb.Pod) -> bool:
-    return (
-        bool(pod.spec.node_name)
-        and pod.status.phase == "Failed"
-        and (pod.status.reason == PORT_IN_USE)
-    )
+    """The agent refused the pod: another program holds one of its ports on its node."""
+    status = pod.status
+    return bool(pod.spec.node_name) and status.phase == "Failed" and status.reason == PORT_IN_USE
 
 
 def scheduler_from_config(config: ManagerConfig) -> Scheduler:
