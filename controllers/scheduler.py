@@ -14,6 +14,14 @@ dropped, the pod re-read and, if still pending, retried later with backoff —
 never bound twice (the store also refuses to change a set nodeName). Then
 ``PodScheduled=True`` is written with ``update_status``.
 
+Dynamic ports (a named port without a number) are picked with the node
+(``controllers.scheduling``) and written into the pod's spec in the same
+Update that binds it (``port`` and ``assigned``); the assumption counts them,
+so the next decision never picks them again. A pod the agent failed with
+``PortInUse`` (another program holds one of its ports) blocks its ports on
+that node for ``PORT_IN_USE_BLOCK`` seconds: its replacement gets other
+dynamic ports, and a fixed port waits instead of failing again at once.
+
 A pod that fits nowhere gets ``PodScheduled=False`` / ``Unschedulable`` with
 Kubernetes' reason string and a Warning Event ``FailedScheduling``; it is
 retried with exponential backoff and at once when a node appears or changes
@@ -34,7 +42,14 @@ import structlog
 
 from controllers.base import Controller, ControllerContext, Result, TemporaryError, key_of
 from controllers.podutil import mark_condition
-from controllers.scheduling import ClusterState, is_pending, is_terminal, node_allocatable
+from controllers.scheduling import (
+    ClusterState,
+    is_pending,
+    is_terminal,
+    node_allocatable,
+    pod_ports,
+    with_assigned_ports,
+)
 from controllers.scheduling import node_is_ready as _ready
 from mizzen.client.errors import (
     AmbiguousWriteError,
@@ -49,6 +64,9 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 POD_SCHEDULED = "PodScheduled"
+PORT_IN_USE = "PortInUse"
+# How long ports another program held stay blocked on that node.
+PORT_IN_USE_BLOCK = 30.0
 
 
 class SchedulingObserver(Protocol):
@@ -70,6 +88,7 @@ def _placement_view(node: pb.Node) -> tuple[Any, ...]:
         tuple(sorted(node.metadata.labels.items())),
         node_allocatable(node),
         _ready(node),
+        node.status.dynamic_ports.SerializeToString(deterministic=True),
     )
 
 
@@ -132,6 +151,8 @@ class Scheduler(Controller):
 
     def _pod_changed(self, pod: pb.Pod, old: pb.Pod | None = None) -> None:
         self.state.observe_pod(pod)
+        if _failed_port_in_use(pod) and (old is None or not _failed_port_in_use(old)):
+            self._block_ports(pod)
         key = key_of(pod)
         if is_pending(pod):
             if old is None or old.spec != pod.spec or not is_pending(old):
@@ -148,6 +169,20 @@ class Scheduler(Controller):
         if pod.spec.node_name and not is_terminal(pod):
             self._retry_unschedulable()
 
+    def _block_ports(self, pod: pb.Pod) -> None:
+        """The agent found one of pod's ports held by another program: block them all there
+        for a while, from when the pod started (the agent checks before starting)."""
+        now = self._clock()
+        start = (
+            pod.status.start_time.ToNanoseconds() / 1e9
+            if pod.status.HasField("start_time")
+            else now
+        )
+        until = min(start, now) + PORT_IN_USE_BLOCK
+        if until > now:
+            self.state.block_ports(pod.spec.node_name, pod_ports(pod), until)
+            log.info("ports_blocked", node=pod.spec.node_name, pod=key_of(pod), until=until)
+
     def _retry_unschedulable(self) -> None:
         for key in list(self.unschedulable):
             self.queue.add(key)
@@ -162,27 +197,27 @@ class Scheduler(Controller):
             return Result()
         if self.state.is_assumed(key):
             return Result()  # a bind is in flight, or done and not yet echoed by the watch
-        decision = self.state.decide(pod)
+        decision = self.state.decide(pod, self._clock())
         if not decision.node_name:
             if self.metrics is not None:
                 self.metrics.attempt("unschedulable")
             return await self._unschedulable(pod, decision.message)
-        self.state.assume(pod, decision.node_name)
+        wanted = with_assigned_ports(pod, decision.node_name, decision.ports)
+        self.state.assume(wanted, decision.node_name)
         try:
-            return await self._bind(pod, decision.node_name)
+            return await self._bind(wanted, decision.node_name)
         except Exception:
             if self.metrics is not None:
                 self.metrics.attempt("error")
             raise
 
     async def _bind(self, pod: pb.Pod, node_name: str) -> Result:
+        """Write pod: the pending pod with nodeName (and its dynamic ports) set."""
         key = key_of(pod)
         client = self.ctx.client
-        wanted = _copy(pod)
-        wanted.spec.node_name = node_name
         started = time.perf_counter()
         try:
-            stored = await client.update(wanted)
+            stored = await client.update(pod)
         except ConflictError:
             self.state.unassume(key)
             return await self._after_conflict(pod)
@@ -255,7 +290,16 @@ class Scheduler(Controller):
         self.ctx.events.record(pod, "Warning", "FailedScheduling", message)
         log.info("pod_unschedulable", pod=key, reason=message, attempt=attempts)
         delay = min(self.backoff_initial * 2 ** (attempts - 1), self.backoff_max)
+        expiry = self.state.block_expiry()
+        if expiry is not None and expiry > self._clock():
+            delay = min(delay, expiry - self._clock() + 0.1)  # retry when a block ends
         return Result(requeue_after=delay)
+
+
+def _failed_port_in_use(pod: pb.Pod) -> bool:
+    """The agent refused the pod: another program holds one of its ports on its node."""
+    status = pod.status
+    return bool(pod.spec.node_name) and status.phase == "Failed" and status.reason == PORT_IN_USE
 
 
 def scheduler_from_config(config: ManagerConfig) -> Scheduler:

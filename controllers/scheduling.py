@@ -12,6 +12,17 @@ resources which lists every insufficient resource); scoring is lexicographic:
 fewer untolerated PreferNoSchedule taints, then fewer pods of the same
 controller owner (spread), then least (or most) allocated cpu+memory, then
 fewer pods, then a stable hash of (pod, node) so ties spread deterministically.
+
+Host ports: a declared port number is exclusive per node and protocol (fixed
+ports, as Kubernetes' hostPort). A named port without a number is dynamic
+(Nomad's dynamic ports): the node must have enough free ports in its dynamic
+range (``NodeStatus.dynamic_ports``, the agent's ``--port-range``; a node that
+publishes none has ``DEFAULT_DYNAMIC_PORTS``), and once a node is chosen the
+ports are picked there, probing from a point given by a hash of the pod, so
+consecutive pods do not all try the same low ports and a pod replacing one that
+failed on a port another program holds starts elsewhere. Ports used by another
+program (a pod failed with ``PortInUse``) are blocked on that node for a
+while (``block_ports``): neither assigned nor granted to a fixed port.
 """
 
 from __future__ import annotations
@@ -31,6 +42,12 @@ REASON_NOT_READY = "node(s) were not ready"
 REASON_UNSCHEDULABLE = "node(s) were unschedulable"
 REASON_SELECTOR = "node(s) didn't match node selector"
 REASON_PORTS = "node(s) didn't have free ports for the requested pod ports"
+REASON_DYNAMIC_PORTS = "node(s) didn't have enough free ports in their dynamic port range"
+REASON_PORTS_IN_USE = "node(s) had a requested port in use by another program (PortInUse)"
+
+# Nomad's default dynamic range: below Linux's ephemeral ports (32768-60999), so
+# outgoing connections of the host do not take the ports pods are given.
+DEFAULT_DYNAMIC_PORTS = (20000, 32000)
 
 Port = tuple[str, int]  # (protocol, port)
 
@@ -83,14 +100,52 @@ def pod_requests(pod: pb.Pod) -> Resources:
 
 
 def pod_ports(pod: pb.Pod) -> frozenset[Port]:
-    """The host ports the pod's processes declare: processes share the host's network,
-    so two pods declaring the same port cannot share a node (Kubernetes' hostPort)."""
+    """The host ports the pod's processes declare or were assigned: processes share the
+    host's network, so two pods with the same port cannot share a node (Kubernetes'
+    hostPort)."""
     return frozenset(
         (port.protocol or "TCP", port.port)
         for process in pod.spec.processes
         for port in process.ports
         if port.port > 0
     )
+
+
+def _is_dynamic(port: pb.ProcessPort) -> bool:
+    return port.port == 0 and not port.assigned
+
+
+def dynamic_port_protocols(pod: pb.Pod) -> tuple[str, ...]:
+    """The protocol of each dynamic port not assigned yet, processes and ports in order."""
+    return tuple(
+        port.protocol or "TCP"
+        for process in pod.spec.processes
+        for port in process.ports
+        if _is_dynamic(port)
+    )
+
+
+def with_assigned_ports(pod: pb.Pod, node_name: str, ports: Sequence[int]) -> pb.Pod:
+    """A copy of pod bound to node_name, its dynamic ports (in dynamic_port_protocols'
+    order) given the numbers in ports and marked assigned: the binding Update."""
+    out = pb.Pod()
+    out.CopyFrom(pod)
+    out.spec.node_name = node_name
+    numbers = iter(ports)
+    for process in out.spec.processes:
+        for port in process.ports:
+            if _is_dynamic(port):
+                port.port = next(numbers)
+                port.assigned = True
+    return out
+
+
+def dynamic_range(node: pb.Node) -> tuple[int, int]:
+    """The node's dynamic port range (first, last), or the default when it has none."""
+    published = node.status.dynamic_ports
+    if 0 < published.first <= published.last <= 65535:
+        return int(published.first), int(published.last)
+    return DEFAULT_DYNAMIC_PORTS
 
 
 def controller_owner(obj: Any) -> str:
@@ -162,10 +217,14 @@ class PodInfo:
     node_selector: tuple[tuple[str, str], ...]
     hash: int
     ports: frozenset[Port] = frozenset()
+    # protocols of the dynamic ports to assign, in order, and how many per protocol
+    dynamic: tuple[str, ...] = ()
+    dynamic_counts: tuple[tuple[str, int], ...] = ()
 
     @classmethod
     def of(cls, pod: pb.Pod) -> PodInfo:
         key = pod_key(pod)
+        dynamic = dynamic_port_protocols(pod)
         return cls(
             key,
             pod_requests(pod),
@@ -174,6 +233,8 @@ class PodInfo:
             tuple(pod.spec.node_selector.items()),
             zlib.crc32(key.encode()),
             pod_ports(pod),
+            dynamic,
+            tuple(Counter(dynamic).items()),
         )
 
 
@@ -197,6 +258,11 @@ class NodeInfo:
         self.pod_count = 0
         self.owner_counts: Counter[str] = Counter()
         self.ports_used: Counter[Port] = Counter()
+        self.dynamic_first, self.dynamic_last = dynamic_range(node)
+        # distinct used ports inside the dynamic range, per protocol
+        self.dynamic_used: Counter[str] = Counter()
+        # ports another program holds (a pod failed with PortInUse) -> blocked until
+        self.blocked: dict[Port, float] = {}
 
     @classmethod
     def of(cls, node: pb.Node) -> NodeInfo:
@@ -216,6 +282,58 @@ class NodeInfo:
         self.pod_count = other.pod_count
         self.owner_counts = other.owner_counts
         self.ports_used = other.ports_used
+        self.blocked = other.blocked
+        if (self.dynamic_first, self.dynamic_last) == (other.dynamic_first, other.dynamic_last):
+            self.dynamic_used = other.dynamic_used
+        else:
+            self.dynamic_used = Counter(
+                protocol for protocol, port in self.ports_used if self.in_range(port)
+            )
+
+    def in_range(self, port: int) -> bool:
+        return self.dynamic_first <= port <= self.dynamic_last
+
+    def _taken(self, port: Port, own: frozenset[Port]) -> bool:
+        return port in self.ports_used or port in self.blocked or port in own
+
+    def has_dynamic_room(self, pod: PodInfo) -> bool:
+        """Whether the node's range has a free port for every dynamic port of pod."""
+        size = self.dynamic_last - self.dynamic_first + 1
+        if not self.blocked and not pod.ports:  # the usual case, kept short
+            for protocol, wanted in pod.dynamic_counts:
+                if size - self.dynamic_used[protocol] < wanted:
+                    return False
+            return True
+        for protocol, wanted in pod.dynamic_counts:
+            also = {
+                port
+                for port in (*self.blocked, *pod.ports)
+                if port[0] == protocol and self.in_range(port[1]) and port not in self.ports_used
+            }
+            taken = self.dynamic_used[protocol] + len(also)
+            if size - taken < wanted:
+                return False
+        return True
+
+    def pick_dynamic(self, pod: PodInfo) -> tuple[int, ...]:
+        """Free ports of the range for pod's dynamic ports (has_dynamic_room was True).
+
+        Linear probing from a point given by the pod's hash: deterministic for a pod,
+        spread across pods."""
+        size = self.dynamic_last - self.dynamic_first + 1
+        chosen: set[Port] = set()
+        out = []
+        for k, protocol in enumerate(pod.dynamic):
+            start = ((pod.hash + k * 40503) * 2654435761) % size
+            for step in range(size):
+                port = (protocol, self.dynamic_first + (start + step) % size)
+                if not self._taken(port, pod.ports) and port not in chosen:
+                    chosen.add(port)
+                    out.append(port[1])
+                    break
+            else:
+                raise ValueError(f"no free {protocol} port left in the dynamic range")
+        return tuple(out)
 
     def add(self, requests: Resources, owner: str, ports: frozenset[Port] = frozenset()) -> None:
         self.cpu_used += requests.cpu_millis
@@ -224,7 +342,10 @@ class NodeInfo:
         self.pod_count += 1
         if owner:
             self.owner_counts[owner] += 1
-        self.ports_used.update(ports)
+        for port in ports:
+            self.ports_used[port] += 1
+            if self.ports_used[port] == 1 and self.in_range(port[1]):
+                self.dynamic_used[port[0]] += 1
 
     def remove(self, requests: Resources, owner: str, ports: frozenset[Port] = frozenset()) -> None:
         self.cpu_used -= requests.cpu_millis
@@ -235,10 +356,12 @@ class NodeInfo:
             self.owner_counts[owner] -= 1
             if self.owner_counts[owner] <= 0:
                 del self.owner_counts[owner]
-        self.ports_used.subtract(ports)
         for port in ports:
+            self.ports_used[port] -= 1
             if self.ports_used[port] <= 0:
                 del self.ports_used[port]
+                if self.in_range(port[1]):
+                    self.dynamic_used[port[0]] -= 1
 
 
 def _insufficient(info: NodeInfo, req: Resources) -> list[str]:
@@ -269,8 +392,13 @@ def filter_node(info: NodeInfo, pod: PodInfo) -> list[str]:
         for key, value in pod.node_selector:
             if labels.get(key) != value:
                 return [REASON_SELECTOR]
-    if pod.ports and any(port in info.ports_used for port in pod.ports):
-        return [REASON_PORTS]
+    if pod.ports:
+        if any(port in info.ports_used for port in pod.ports):
+            return [REASON_PORTS]
+        if info.blocked and any(port in info.blocked for port in pod.ports):
+            return [REASON_PORTS_IN_USE]
+    if pod.dynamic and not info.has_dynamic_room(pod):
+        return [REASON_DYNAMIC_PORTS]
     return _insufficient(info, pod.requests)
 
 
@@ -314,10 +442,12 @@ def unschedulable_message(total_nodes: int, reasons: Counter[str]) -> str:
 
 @dataclass(frozen=True)
 class Decision:
-    """node_name is the chosen node, or "" with message saying why none fits."""
+    """node_name is the chosen node, or "" with message saying why none fits; ports are
+    the numbers picked there for the pod's dynamic ports (dynamic_port_protocols' order)."""
 
     node_name: str
     message: str = ""
+    ports: tuple[int, ...] = ()
 
 
 def choose_node(
@@ -326,7 +456,7 @@ def choose_node(
     """The best feasible node for pod among nodes, or why there is none."""
     info_of_pod = pod if isinstance(pod, PodInfo) else PodInfo.of(pod)
     reasons: Counter[str] = Counter()
-    best: tuple[ScoreKey, str] | None = None
+    best: tuple[ScoreKey, str, NodeInfo] | None = None
     total = 0
     for info in nodes:
         total += 1
@@ -334,12 +464,14 @@ def choose_node(
         if failed:
             reasons.update(failed)
             continue
-        candidate = (score_key(info, info_of_pod, most_allocated=most_allocated), info.name)
-        if best is None or candidate < best:
-            best = candidate
+        score = score_key(info, info_of_pod, most_allocated=most_allocated)
+        if best is None or (score, info.name) < best[:2]:
+            best = (score, info.name, info)
     if best is None:
         return Decision("", unschedulable_message(total, reasons))
-    return Decision(best[1])
+    chosen = best[2]
+    ports = chosen.pick_dynamic(info_of_pod) if info_of_pod.dynamic else ()
+    return Decision(chosen.name, ports=ports)
 
 
 @dataclass(frozen=True)
@@ -365,6 +497,8 @@ class ClusterState:
         self.most_allocated = most_allocated
         self._nodes: dict[str, NodeInfo] = {}
         self._placed: dict[str, _Placed] = {}
+        # (node, port) -> until: ports another program holds, see block_ports
+        self._blocks: dict[tuple[str, Port], float] = {}
 
     # -- nodes ---------------------------------------------------------------------
 
@@ -378,6 +512,7 @@ class ClusterState:
             for placed in self._placed.values():
                 if placed.node_name == name:
                     info.add(placed.requests, placed.owner, placed.ports)
+            info.blocked = {p: t for (n, p), t in self._blocks.items() if n == name}
         self._nodes[name] = info
 
     def remove_node(self, name: str) -> None:
@@ -427,8 +562,37 @@ class ClusterState:
         placed = self._placed.get(key)
         return placed is not None and placed.assumed
 
-    def decide(self, pod: pb.Pod) -> Decision:
+    def decide(self, pod: pb.Pod, now: float | None = None) -> Decision:
+        """Where pod goes (and its dynamic ports); blocks ended by now are lifted first."""
+        if now is not None:
+            self._unblock(now)
         return choose_node(self._nodes.values(), pod, most_allocated=self.most_allocated)
+
+    # -- ports held by other programs -------------------------------------------------
+
+    def block_ports(self, node_name: str, ports: Iterable[Port], until: float) -> None:
+        """Ports found in use on node_name by something other than a pod (the agent failed
+        a pod with PortInUse): not assigned, nor granted to a fixed port, until then."""
+        info = self._nodes.get(node_name)
+        for port in ports:
+            key = (node_name, port)
+            self._blocks[key] = max(until, self._blocks.get(key, until))
+            if info is not None:
+                info.blocked[port] = self._blocks[key]
+
+    def block_expiry(self) -> float | None:
+        """When the next block ends (None: nothing is blocked)."""
+        return min(self._blocks.values(), default=None)
+
+    def _unblock(self, now: float) -> None:
+        if not self._blocks:
+            return
+        for key, until in list(self._blocks.items()):
+            if until <= now:
+                del self._blocks[key]
+                info = self._nodes.get(key[0])
+                if info is not None:
+                    info.blocked.pop(key[1], None)
 
     def _place(self, key: str, placed: _Placed) -> None:
         self._placed[key] = placed

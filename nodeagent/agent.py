@@ -313,6 +313,7 @@ class Agent:
                 ("AgentGRPC", self.grpc_address()),
             ],
             info=system_info(self.boot_id, self.driver.version),
+            dynamic_ports=cfg.port_range,
         )
         heartbeat = _TimedHeartbeat(self.client, facts, status_interval=cfg.status_interval)
         self.heartbeat = heartbeat

@@ -16,7 +16,12 @@ from typing import Any
 from mizzen.metrics_http import parse_listen
 from mizzen.security.settings import PLAINTEXT, ServerSecurity
 from mizzen.security.tls import ClientCredentials
-from nodeagent.node_status import parse_labels, parse_reserved
+from nodeagent.node_status import (
+    DEFAULT_PORT_RANGE,
+    parse_labels,
+    parse_port_range,
+    parse_reserved,
+)
 
 
 class ConfigError(ValueError):
@@ -32,6 +37,8 @@ class AgentConfig:
     address: str = ""
     labels: Mapping[str, str] = field(default_factory=dict)
     reserved: str = ""
+    # Host ports the scheduler assigns to this node's dynamic ports (first, last).
+    port_range: tuple[int, int] = DEFAULT_PORT_RANGE
     cgroup_root: str = "/sys/fs/cgroup"
     cgroup_parent: str = "mizzen"
     cgroup_version: str = "auto"
@@ -84,6 +91,10 @@ def config_from_args(
         parse_reserved(args.reserved)
     except ValueError as err:
         raise ConfigError(str(err)) from None
+    try:
+        port_range = parse_port_range(getattr(args, "port_range", None) or "20000-32000")
+    except ValueError as err:
+        raise ConfigError(f"--port-range: {err}") from None
     if args.heartbeat_interval <= 0:
         raise ConfigError("--heartbeat-interval must be positive")
     if not 0 < args.backoff_initial <= args.backoff_cap:
@@ -106,6 +117,7 @@ def config_from_args(
         address=args.address,
         labels=labels,
         reserved=args.reserved,
+        port_range=port_range,
         cgroup_root=args.cgroup_root,
         cgroup_parent=args.cgroup_parent,
         cgroup_version=args.cgroup_version,

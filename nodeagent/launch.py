@@ -92,9 +92,16 @@ def resolve_command(command: str, env: Mapping[str, str], cwd: str | None) -> st
 
 
 def process_env(
-    env: Sequence[tuple[str, str]], *, namespace: str, pod: str, uid: str, pod_dir: str = ""
+    env: Sequence[tuple[str, str]],
+    *,
+    namespace: str,
+    pod: str,
+    uid: str,
+    pod_dir: str = "",
+    ports: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
-    """The pod's variables, a default PATH, and the pod's identity (user values win)."""
+    """The pod's variables, a default PATH, the pod's identity and its ports
+    (``MIZZEN_PORT_<NAME>``, ``PORT``); user values win."""
     out = {
         "PATH": DEFAULT_PATH,
         "MIZZEN_POD_NAMESPACE": namespace,
@@ -103,6 +110,8 @@ def process_env(
     }
     if pod_dir:
         out["MIZZEN_POD_DIR"] = pod_dir
+    if ports:
+        out.update(ports)
     out.update(env)
     return out
 

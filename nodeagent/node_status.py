@@ -63,6 +63,21 @@ def parse_reserved(text: str) -> pb.ResourceList:
     return out
 
 
+DEFAULT_PORT_RANGE = (20000, 32000)
+
+
+def parse_port_range(text: str) -> tuple[int, int]:
+    """``20000-32000`` → (20000, 32000); ValueError saying what is wrong."""
+    first, sep, last = text.strip().partition("-")
+    try:
+        low, high = int(first), int(last)
+    except ValueError:
+        raise ValueError(f"expected FIRST-LAST (e.g. 20000-32000), got {text!r}") from None
+    if not sep or not 1 <= low <= high <= 65535:
+        raise ValueError(f"expected FIRST-LAST with 1 <= FIRST <= LAST <= 65535, got {text!r}")
+    return low, high
+
+
 def _read_int(path: str) -> int | None:
     try:
         with open(path) as f:
@@ -153,6 +168,8 @@ class NodeFacts:
     addresses: list[tuple[str, str]]
     info: pb.NodeSystemInfo
     extra: dict[str, Any] = field(default_factory=dict)
+    # Where the scheduler picks this node's dynamic ports (--port-range).
+    dynamic_ports: tuple[int, int] = DEFAULT_PORT_RANGE
 
     def all_labels(self) -> dict[str, str]:
         out = {
@@ -186,6 +203,7 @@ class NodeHeartbeat:
         now = self.clock()
         f = self.facts
         out = pb.NodeStatus(capacity=f.capacity, allocatable=f.allocatable, node_info=f.info)
+        out.dynamic_ports.first, out.dynamic_ports.last = f.dynamic_ports
         out.addresses.extend(pb.NodeAddress(type=t, address=a) for t, a in f.addresses)
         ready = pb.Condition(
             type="Ready", status="True", reason="AgentReady", message="the node agent is running"

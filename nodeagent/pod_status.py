@@ -7,7 +7,8 @@ previous value comes from ``pod.status``), so recomputing an unchanged pod
 yields an equal status and ``status_differs`` lets the worker skip the write.
 
 Phase rules (Kubernetes' for containers): Pending until every process has
-started once; Failed when a process cannot be started and will not be retried,
+started once; Failed when the pod cannot start at all (``failure``: e.g.
+``PortInUse``), when a process cannot be started and will not be retried,
 or when every process has terminated for good with at least one failure;
 Succeeded when every process has terminated for good with exit code 0;
 Running otherwise (something runs or will be restarted).
@@ -132,12 +133,18 @@ dependencies controller) is kept as the pod has it."""
 
 
 def compute_status(
-    pod: pb.Pod, views: Sequence[ProcessView], now: float, host_ip: str = ""
+    pod: pb.Pod,
+    views: Sequence[ProcessView],
+    now: float,
+    host_ip: str = "",
+    failure: tuple[str, str] | None = None,
 ) -> pb.PodStatus:
     """The status the pod should have given views, keeping what others own (PodScheduled,
-    and conditions other than AGENT_CONDITIONS)."""
+    and conditions other than AGENT_CONDITIONS).
+
+    failure (reason, message): the pod was refused before any process started."""
     old = pod.status
-    phase, reason, message = phase_of(views)
+    phase, reason, message = ("Failed", *failure) if failure else phase_of(views)
     out = pb.PodStatus(phase=phase, reason=reason, message=message, host_ip=host_ip)
     if old.HasField("start_time"):
         out.start_time.CopyFrom(old.start_time)

@@ -34,9 +34,10 @@ from mizzen.client.errors import ConflictError, NotFoundError, StoreClientError
 from nodeagent.cgroups.base import Cgroup, CgroupDriver, CgroupError
 from nodeagent.config_objects import ConfigObjects
 from nodeagent.dependencies import DependencyGate
+from nodeagent.host_ports import PORT_IN_USE, port_env, ports_in_use
 from nodeagent.logs import PodLogs
 from nodeagent.pod_config import PodConfig, PodPaths, run_as_of
-from nodeagent.pod_status import compute_status, status_differs
+from nodeagent.pod_status import Waiting, compute_status, status_differs
 from nodeagent.services import PodServices, ServiceDirectory
 from nodeagent.state import PodRecord, ProcessRecord, StateDir
 from nodeagent.supervisor import PodContext, ProcessSupervisor
@@ -116,6 +117,7 @@ class PodWorker:
             backoff_cap=deps.backoff_cap,
             event=self._event,
             start_pool=deps.start_pool,
+            port_env=port_env(pod.spec),
         )
         self.config = PodConfig(
             pod,
@@ -137,6 +139,8 @@ class PodWorker:
         self.dependencies = DependencyGate(pod, started=started)
         self.ctx.dependencies = self.dependencies
         self.pod_cgroup: Cgroup | None = None
+        # (reason, message) when the pod was refused before any process started
+        self.failure: tuple[str, str] | None = None
         self.done = asyncio.Event()
         if self._deleting(pod):
             self._terminate.set()
@@ -215,6 +219,11 @@ class PodWorker:
 
     async def _run_pod(self) -> None:
         loop = asyncio.get_running_loop()
+        if not self._readopting and not any(s.started_once for s in self.supervisors):
+            taken = await loop.run_in_executor(self.deps.start_pool, ports_in_use, self.pod.spec)
+            if taken:
+                await self._refuse(PORT_IN_USE, "; ".join(taken))
+                return
         self.config.start()  # the first reads overlap the cgroup's creation
         self.services.start()
         try:
@@ -254,6 +263,24 @@ class PodWorker:
             await loop.run_in_executor(self.deps.start_pool, self.config.remove_files)
         except OSError as err:
             self._log.error("pod_files_remove_failed", error=str(err))
+
+    async def _refuse(self, reason: str, message: str) -> None:
+        """Fail the pod before any of its processes starts (nothing was created for it),
+        and keep its status so until it is deleted (its ReplicaSet replaces it)."""
+        self.failure = (reason, message)
+        self._log.warning("pod_refused", reason=reason, message=message)
+        self._event("Warning", reason, message)
+        for s in self.supervisors:
+            s.state = Waiting(reason, message)
+            s.settled.set()
+        self._changed.set()
+        status = asyncio.create_task(self._status_loop())
+        try:
+            await self._terminate.wait()
+        finally:
+            status.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await status
 
     def _setup_pod_dir(self) -> None:
         """The pod's directory (runs in a pool thread, before any process starts)."""
@@ -365,7 +392,7 @@ class PodWorker:
         meta = self.pod.metadata
         for _ in range(STATUS_ATTEMPTS):
             pod = self.pod
-            status = compute_status(pod, self.views(), time.time(), self.deps.host_ip)
+            status = compute_status(pod, self.views(), time.time(), self.deps.host_ip, self.failure)
             if not status_differs(pod.status, status):
                 self._synced_status = pod.status
                 return

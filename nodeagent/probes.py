@@ -7,8 +7,10 @@ then every ``period_seconds``; the verdict flips to unhealthy after
 ``success_threshold`` consecutive successes.
 
 ``run_probe`` performs one check (exec, TCP connect or HTTP GET) bounded by
-``timeout_seconds``. It never raises: every failure, including a probe that
-cannot be started or a malformed spec, is ``ProbeResult(False, reason)``.
+``timeout_seconds``; a port given by name must have been replaced by its
+number (``nodeagent.host_ports.with_port_numbers``). It never raises: every
+failure, including a probe that cannot be started or a malformed spec, is
+``ProbeResult(False, reason)``.
 """
 
 from __future__ import annotations
@@ -116,10 +118,15 @@ async def run_probe(
         if spec.HasField("exec"):
             return await _run_exec(list(spec.exec.command), env, cwd, wrap_argv, timeout)
         if spec.HasField("tcp_socket"):
-            host = spec.tcp_socket.host or default_host
-            return await _run_tcp(host, spec.tcp_socket.port, timeout)
+            tcp = spec.tcp_socket
+            if tcp.port_name and not tcp.port:
+                return ProbeResult(False, f"tcp probe: the process has no port {tcp.port_name!r}")
+            return await _run_tcp(tcp.host or default_host, tcp.port, timeout)
         if spec.HasField("http_get"):
-            return await _run_http(spec.http_get, default_host, timeout)
+            http = spec.http_get
+            if http.port_name and not http.port:
+                return ProbeResult(False, f"http probe: the process has no port {http.port_name!r}")
+            return await _run_http(http, default_host, timeout)
         return ProbeResult(False, "probe has no exec, tcp_socket or http_get action")
     except asyncio.CancelledError:
         raise

@@ -20,7 +20,7 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -32,6 +32,7 @@ from nodeagent.backoff import RestartBackoff
 from nodeagent.cgroups.base import Cgroup, CgroupDriver, CgroupError, Limits
 from nodeagent.config_inject import ConfigError
 from nodeagent.dependencies import DependencyGate
+from nodeagent.host_ports import named_ports, with_port_numbers
 from nodeagent.launch import LaunchError, LaunchSpec, process_env, resolve_user, wrap_argv
 from nodeagent.logs import PodLogs
 from nodeagent.pod_config import PodConfig
@@ -83,6 +84,8 @@ class PodContext:
     services: PodServices | None = None
     # Whether the pod's dependencies allow its processes to start; None: always.
     dependencies: DependencyGate | None = None
+    # MIZZEN_PORT_<NAME> and PORT (nodeagent.host_ports.port_env), the same for every run.
+    port_env: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def pod_cgroup_path(self) -> str:
@@ -445,6 +448,7 @@ class ProcessSupervisor:
             pod=self.ctx.pod,
             uid=self.ctx.uid,
             pod_dir=config.pod_dir if config is not None else "",
+            ports=self.ctx.port_env,
         )
         return LaunchSpec(
             argv=(*self.spec.command, *self.spec.args),
@@ -485,11 +489,12 @@ class ProcessSupervisor:
         ctx = self.ctx
         now = ctx.monotonic()
         trackers: dict[str, tuple[pb.Probe, ProbeTracker]] = {}
+        ports = named_ports(self.spec)
         if self.spec.HasField("liveness_probe"):
-            spec = self.spec.liveness_probe
+            spec = with_port_numbers(self.spec.liveness_probe, ports)
             trackers["liveness"] = (spec, ProbeTracker(spec, started_at=now, initial_state=True))
         if self.spec.HasField("readiness_probe"):
-            spec = self.spec.readiness_probe
+            spec = with_port_numbers(self.spec.readiness_probe, ports)
             trackers["readiness"] = (
                 spec,
                 ProbeTracker(spec, started_at=now, initial_state=initially_ready),

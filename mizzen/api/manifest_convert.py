@@ -18,9 +18,11 @@ Secret values never appear in a problem: under a Secret's ``data`` and
 ``stringData`` a wrong value is described by its type only ("expected a
 string, got an integer"), and bad base64 by the decoder's reason.
 
-Two translations make manifests read like Kubernetes': a ResourceList is
-written ``{cpu: "500m", memory: "128Mi", pids: 100}``, and int-or-percent
-fields (max_surge, max_unavailable, strings in the proto) also take integers.
+Three translations make manifests read like Kubernetes': a ResourceList is
+written ``{cpu: "500m", memory: "128Mi", pids: 100}``, int-or-percent
+fields (max_surge, max_unavailable, strings in the proto) also take integers,
+and a probe's ``port`` (tcpSocket, httpGet) also takes a port's name, which is
+stored in ``port_name`` (and written back as ``portName``).
 """
 
 from __future__ import annotations
@@ -47,6 +49,11 @@ RESOURCE_LIST = pb.ResourceList.DESCRIPTOR.full_name
 TIMESTAMP = Timestamp.DESCRIPTOR.full_name
 # String fields that also accept an integer (Kubernetes' IntOrString).
 INT_OR_STRING = frozenset({"max_surge", "max_unavailable", "target_port"})
+# Probe actions whose int ``port`` also takes a port's name (`port: http`), stored in
+# ``port_name`` (written back as ``portName``).
+NAMED_PORT = frozenset(
+    {pb.TCPSocketAction.DESCRIPTOR.full_name, pb.HTTPGetAction.DESCRIPTOR.full_name}
+)
 
 _F = FieldDescriptor
 _INT_RANGES: dict[int, tuple[int, int]] = {
@@ -222,6 +229,14 @@ class Decoder:
                 continue
             if item is None:  # null means unset, as in Kubernetes
                 continue
+            if key == "port" and isinstance(item, str) and desc.full_name in NAMED_PORT:
+                if item.isascii() and item.isdigit():
+                    item = int(item)
+                elif "portName" in value:
+                    self.error(fpath, "a port name here and portName too: give one of them")
+                    continue
+                else:
+                    key, field, fpath = "portName", fields["portName"], join(path, "portName")
             if key in SENSITIVE.get(desc.full_name, ()):
                 converted = self.sensitive_field(item, field, fpath)
             else:

@@ -39,6 +39,7 @@ def validate_pod_spec(spec: pb.PodSpec, path: str, errs: FieldErrors) -> None:
             seen.add(process.name)
         _process(process, ppath, errs)
         _volume_mounts(process.volume_mounts, volumes, f"{ppath}.volumeMounts", errs)
+    _pod_ports(spec, path, errs)
     errs.enum(f"{path}.restartPolicy", spec.restart_policy, RESTART_POLICIES)
     if spec.node_name:
         errs.each(f"{path}.nodeName", names.dns1123_subdomain(spec.node_name))
@@ -67,22 +68,64 @@ def _process(process: pb.Process, path: str, errs: FieldErrors) -> None:
         errs.add(f"{path}.workingDir", "must be an absolute path")
     if process.user and not _USER.fullmatch(process.user):
         errs.add(f"{path}.user", "must be a user name or a numeric uid")
-    port_names: set[str] = set()
     for j, port in enumerate(process.ports):
         ppath = f"{path}.ports[{j}]"
-        errs.port(f"{ppath}.port", port.port)
+        if port.port == 0 and port.name:
+            if port.assigned:
+                errs.add(f"{ppath}.assigned", "only a port with a number can be assigned")
+        elif port.port == 0:
+            errs.add(
+                f"{ppath}.port",
+                "required: a number (1-65535), or a name to get a dynamic port "
+                "(port 0: the scheduler assigns a free one from the node's range)",
+            )
+        else:
+            errs.port(f"{ppath}.port", port.port)
         if port.protocol:
             errs.enum(f"{ppath}.protocol", port.protocol, ("TCP", "UDP"))
         if port.name:
             errs.each(f"{ppath}.name", names.dns1123_label(port.name))
-            if port.name in port_names:
-                errs.add(f"{ppath}.name", f'duplicate port name "{echo(port.name)}"')
-            port_names.add(port.name)
     _resources(process.resources, f"{path}.resources", errs)
+    port_names = [p.name for p in process.ports if p.name]
     if process.HasField("liveness_probe"):
-        _probe(process.liveness_probe, f"{path}.livenessProbe", errs, liveness=True)
+        _probe(process.liveness_probe, f"{path}.livenessProbe", port_names, errs, liveness=True)
     if process.HasField("readiness_probe"):
-        _probe(process.readiness_probe, f"{path}.readinessProbe", errs, liveness=False)
+        _probe(process.readiness_probe, f"{path}.readinessProbe", port_names, errs, liveness=False)
+
+
+def is_dynamic(port: pb.ProcessPort) -> bool:
+    """A named port without a number, not assigned yet: the scheduler picks it."""
+    return port.port == 0 and not port.assigned and bool(port.name)
+
+
+def _pod_ports(spec: pb.PodSpec, path: str, errs: FieldErrors) -> None:
+    """Across the pod: port names are unique (every process gets $MIZZEN_PORT_<NAME> of
+    each), two processes never declare one host port, and a bound pod (spec.nodeName set)
+    has every dynamic port assigned."""
+    names_at: dict[str, str] = {}
+    numbers_at: dict[tuple[str, int], str] = {}
+    for i, process in enumerate(spec.processes):
+        for j, port in enumerate(process.ports):
+            ppath = f"{path}.processes[{i}].ports[{j}]"
+            if port.name:
+                first = names_at.setdefault(port.name, ppath)
+                if first != ppath:
+                    errs.add(
+                        f"{ppath}.name", f'duplicate port name "{echo(port.name)}" (also {first})'
+                    )
+            if 0 < port.port <= 65535:
+                key = (port.protocol or "TCP", port.port)
+                first = numbers_at.setdefault(key, ppath)
+                if first != ppath:
+                    errs.add(
+                        f"{ppath}.port", f"duplicate host port {key[1]}/{key[0]} (also {first})"
+                    )
+            if spec.node_name and is_dynamic(port):
+                errs.add(
+                    f"{ppath}.port",
+                    "a dynamic port is assigned by the scheduler when it binds the pod: "
+                    "a pod created with spec.nodeName must give the port a number",
+                )
 
 
 # ------------------------------------------------ ConfigMap and Secret references
@@ -253,7 +296,21 @@ def _format(field: str, value: int) -> str:
     return str(value)
 
 
-def _probe(probe: pb.Probe, path: str, errs: FieldErrors, *, liveness: bool) -> None:
+def _probe_port(path: str, port: int, port_name: str, names: list[str], errs: FieldErrors) -> None:
+    """A probe's port: a number, or (``port: http`` in a manifest) one of the process's
+    port names."""
+    if not port_name:
+        errs.port(path, port)
+    elif port:
+        errs.add(path, "may not specify both a port number and a port name")
+    elif port_name not in names:
+        known = ", ".join(names) or "none"
+        errs.add(path, f'no port named "{echo(port_name)}" in this process\'s ports ({known})')
+
+
+def _probe(
+    probe: pb.Probe, path: str, port_names: list[str], errs: FieldErrors, *, liveness: bool
+) -> None:
     handlers = [h for h in ("exec", "tcp_socket", "http_get") if probe.HasField(h)]
     if not handlers:
         errs.add(path, "must specify a handler: exec, tcpSocket or httpGet")
@@ -262,10 +319,11 @@ def _probe(probe: pb.Probe, path: str, errs: FieldErrors, *, liveness: bool) -> 
     if probe.HasField("exec"):
         errs.required(f"{path}.exec.command", list(probe.exec.command))
     if probe.HasField("tcp_socket"):
-        errs.port(f"{path}.tcpSocket.port", probe.tcp_socket.port)
+        tcp = probe.tcp_socket
+        _probe_port(f"{path}.tcpSocket.port", tcp.port, tcp.port_name, port_names, errs)
     if probe.HasField("http_get"):
         http = probe.http_get
-        errs.port(f"{path}.httpGet.port", http.port)
+        _probe_port(f"{path}.httpGet.port", http.port, http.port_name, port_names, errs)
         if http.path and not http.path.startswith("/"):
             errs.add(f"{path}.httpGet.path", "must start with '/'")
         if http.scheme:

@@ -22,6 +22,7 @@ from mizzen.api.pod_validation import (
     RESOURCES,
     RESTART_POLICIES,
     TAINT_EFFECTS,
+    is_dynamic,
     validate_pod_spec,
     validate_pod_status,
 )
@@ -239,6 +240,15 @@ def _daemonset(spec: pb.DaemonSetSpec, errs: FieldErrors) -> None:
         )
     _selector_and_template(spec.selector, spec.template, ("Always",), errs)
     _workload_dependencies("DaemonSet", spec, errs)
+    for i, process in enumerate(spec.template.spec.processes):
+        for j, port in enumerate(process.ports):
+            if is_dynamic(port):
+                errs.add(
+                    f"spec.template.spec.processes[{i}].ports[{j}].port",
+                    "a DaemonSet's pods are bound to their nodes by the DaemonSet controller, "
+                    "not the scheduler, so a dynamic port cannot be assigned: give the port a "
+                    "number (one pod per node, so a fixed port never collides with a sibling)",
+                )
 
 
 def _job(spec: pb.JobSpec, errs: FieldErrors) -> None:
@@ -357,8 +367,9 @@ def validate_update(old: Message, new: Message) -> list[FieldError]:
     """validate(new) plus the rules on what an update may change.
 
     Immutable: metadata name, namespace, uid and creationTimestamp; a pod's
-    spec except nodeName (may be set once, when empty: binding) and
-    tolerations (may only be added); the selector of Deployment, ReplicaSet,
+    spec except nodeName (may be set once, when empty: binding, which also
+    fills every dynamic port: its number and ``assigned``) and tolerations
+    (may only be added); the selector of Deployment, ReplicaSet,
     DaemonSet and Job; a Job's template and completions; a Secret's type; the
     data of a ConfigMap or Secret once ``immutable`` is true (which then stays).
     """
@@ -403,6 +414,8 @@ def _pod_update(old: pb.PodSpec, new: pb.PodSpec, errs: FieldErrors) -> None:
     old_tolerations = list(old.tolerations)
     if list(new.tolerations)[: len(old_tolerations)] != old_tolerations:
         errs.add("spec.tolerations", "existing tolerations may not be changed; only additions")
+    if not old.node_name and new.node_name:
+        new = _without_assignments(old, new)
     old_fields = {f.name: v for f, v in old.ListFields()}
     new_fields = {f.name: v for f, v in new.ListFields()}
     for field in pb.PodSpec.DESCRIPTOR.fields:
@@ -411,9 +424,21 @@ def _pod_update(old: pb.PodSpec, new: pb.PodSpec, errs: FieldErrors) -> None:
         if old_fields.get(field.name) != new_fields.get(field.name):
             errs.add(
                 f"spec.{field.json_name}",
-                "field is immutable: a pod's spec may change only nodeName (once) "
-                "and tolerations (additions)",
+                "field is immutable: a pod's spec may change only nodeName (once, with "
+                "the dynamic ports the binding assigns) and tolerations (additions)",
             )
+
+
+def _without_assignments(old: pb.PodSpec, new: pb.PodSpec) -> pb.PodSpec:
+    """new with the ports the binding assigned put back as they were in old (dynamic):
+    what remains to compare is what the binding may not change."""
+    out = pb.PodSpec()
+    out.CopyFrom(new)
+    for old_process, process in zip(old.processes, out.processes, strict=False):
+        for old_port, port in zip(old_process.ports, process.ports, strict=False):
+            if is_dynamic(old_port) and port.assigned and port.port > 0:
+                port.port, port.assigned = 0, False
+    return out
 
 
 __all__ = ["FieldError", "validate", "validate_update"]

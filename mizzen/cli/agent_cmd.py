@@ -31,6 +31,13 @@ def add_agent_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", default="", help="InternalIP to report (default: detected)")
     p.add_argument("--labels", default="", help="node labels k=v,...")
     p.add_argument("--reserved", default="", help="kept from pods: cpu=500m,memory=512Mi,pids=1000")
+    p.add_argument(
+        "--port-range",
+        default="20000-32000",
+        metavar="FIRST-LAST",
+        help="host ports the scheduler gives this node's pods for their dynamic ports "
+        "(published in the Node's status; default 20000-32000)",
+    )
     p.add_argument("--cgroup-root", default="/sys/fs/cgroup")
     p.add_argument("--cgroup-parent", default="mizzen", help="cgroup under which pods live")
     p.add_argument("--cgroup-version", default="auto", choices=["auto", "v1", "v2"])

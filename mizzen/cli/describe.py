@@ -111,15 +111,26 @@ def _resources(values: Any) -> list[tuple[str, str]]:
     return out
 
 
+def _port(port: Any) -> str:
+    """``8080/TCP (http)``; a dynamic port: ``20001/TCP (http, dynamic)`` once the
+    scheduler assigned it, ``<dynamic>/TCP (http)`` before."""
+    protocol = port.protocol or "TCP"
+    if port.port == 0:
+        return f"<dynamic>/{protocol} ({port.name})"
+    notes = [n for n in (port.name, "dynamic" if port.assigned else "") if n]
+    return f"{port.port}/{protocol}" + (f" ({', '.join(notes)})" if notes else "")
+
+
 def _probe(probe: Any) -> str | None:
     if probe.exec.command:
         action = f"exec [{' '.join(probe.exec.command)}]"
-    elif probe.tcp_socket.port:
-        action = f"tcp-socket {probe.tcp_socket.host}:{probe.tcp_socket.port}"
-    elif probe.http_get.port:
+    elif probe.tcp_socket.port or probe.tcp_socket.port_name:
+        tcp = probe.tcp_socket
+        action = f"tcp-socket {tcp.host}:{tcp.port or tcp.port_name}"
+    elif probe.http_get.port or probe.http_get.port_name:
         get = probe.http_get
         scheme = (get.scheme or "HTTP").lower()
-        action = f"http-get {scheme}://{get.host}:{get.port}{get.path or '/'}"
+        action = f"http-get {scheme}://{get.host}:{get.port or get.port_name}{get.path or '/'}"
     else:
         return None
     return (
@@ -163,11 +174,7 @@ def _process(lines: Lines, process: Any, status: Any | None) -> None:
     if process.user:
         lines.append(Line(2, "User", process.user))
     if process.ports:
-        ports = [
-            f"{p.port}/{p.protocol or 'TCP'}" + (f" ({p.name})" if p.name else "")
-            for p in process.ports
-        ]
-        lines.append(Line(2, "Ports", ", ".join(ports)))
+        lines.append(Line(2, "Ports", ", ".join(_port(p) for p in process.ports)))
     if status is not None:
         _state(lines, 2, "State", status.state)
         if status.HasField("last_state") and status.last_state.ListFields():

@@ -181,9 +181,21 @@ _COLUMNS: dict[str, Columns] = {
 }
 """Per kind: the columns between NAME and AGE."""
 
+
+def pod_ports_text(pod: Any) -> str:
+    """The pod's host ports as kubectl writes a Service's: ``20001/TCP,9000/TCP``; a dynamic
+    port the scheduler has not assigned yet is ``<dynamic>/TCP``."""
+    ports = [
+        f"{p.port or '<dynamic>'}/{p.protocol or 'TCP'}"
+        for process in pod.spec.processes
+        for p in process.ports
+    ]
+    return ",".join(ports) or "<none>"
+
+
 _SELECTOR: Columns = (["SELECTOR"], lambda o: [selector_text(o)])
 _WIDE: dict[str, Columns] = {
-    "Pod": (["IP"], lambda o: [o.status.host_ip or "<none>"]),
+    "Pod": (["IP", "PORTS"], lambda o: [o.status.host_ip or "<none>", pod_ports_text(o)]),
     "Deployment": _SELECTOR,
     "ReplicaSet": _SELECTOR,
     "DaemonSet": _SELECTOR,

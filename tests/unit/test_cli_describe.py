@@ -123,6 +123,27 @@ def test_pod_without_events() -> None:
     assert text.endswith("\n") and not any(line != line.rstrip() for line in lines)
 
 
+def test_pod_ports_and_probes_by_port_name() -> None:
+    pod = _pod()
+    main = pod.spec.processes[0]
+    main.ports.add(name="http", port=20001, protocol="TCP", assigned=True)
+    main.ports.add(name="admin", port=9000, protocol="TCP")
+    main.ports.add(name="dns", protocol="UDP")
+    main.readiness_probe.tcp_socket.port = 0
+    main.readiness_probe.tcp_socket.port_name = "http"
+    main.liveness_probe.http_get.port_name = "admin"
+    main.liveness_probe.http_get.path = "/healthz"
+    lines = _lines(describe(pod, [], now=NOW))
+    assert (
+        "    Ports:          20001/TCP (http, dynamic), 9000/TCP (admin), <dynamic>/UDP (dns)"
+        in (lines)
+    )
+    assert any(line.split()[:3] == ["Readiness:", "tcp-socket", ":http"] for line in lines)
+    assert any(
+        line.split()[:3] == ["Liveness:", "http-get", "http://:admin/healthz"] for line in lines
+    )
+
+
 def test_pod_with_events_shows_only_its_own_oldest_first() -> None:
     events = [
         _event(

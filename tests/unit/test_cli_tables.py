@@ -60,8 +60,19 @@ def test_pods_table() -> None:
 
 def test_pods_wide_and_all_namespaces() -> None:
     rows = tables.table(kinds.lookup("pods"), [_pod()], now=NOW, wide=True, with_namespace=True)
-    assert rows[0] == ["NAMESPACE", "NAME", "READY", "STATUS", "RESTARTS", "NODE", "AGE", "IP"]
-    assert rows[1] == ["default", "web-1", "1/2", "Running", "3", "n1", "30s", "10.0.0.5"]
+    assert rows[0] == [
+        "NAMESPACE", "NAME", "READY", "STATUS", "RESTARTS", "NODE", "AGE", "IP", "PORTS"
+    ]  # fmt: skip
+    assert rows[1] == ["default", "web-1", "1/2", "Running", "3", "n1", "30s", "10.0.0.5", "<none>"]
+
+
+def test_pods_wide_shows_host_ports() -> None:
+    pod = _pod()
+    pod.spec.processes[0].ports.add(name="http", port=20001, protocol="TCP", assigned=True)
+    pod.spec.processes[1].ports.add(name="dns", protocol="UDP")
+    pod.spec.processes[1].ports.add(name="admin", port=9000)
+    rows = tables.table(kinds.lookup("pods"), [pod], now=NOW, wide=True)
+    assert rows[1][-1] == "20001/TCP,<dynamic>/UDP,9000/TCP"
 
 
 def test_pod_status_prefers_terminating_then_waiting_reason() -> None:
