@@ -1,23 +1,29 @@
 """dependsOn end to end (root): a real store, `mizzen controllers` and a real agent.
 
 * api depends on the db Service: its processes wait (DependenciesNotReady, the
-  message naming the Service) and start by themselves once db's Endpoints list a
-  ready address. This branch has no endpoints controller (another part of issue
-  17), so the test writes the Endpoints itself, from db's ready pod, as that
-  controller would.
+  message naming the Service) and start by themselves once the endpoints
+  controller lists a ready db pod in db's Endpoints.
 * a chain through a Job and a Deployment (no Endpoints involved): migrate (Job)
   → db (Deployment, Available) → api starts in that order; start times prove it.
 * a cycle between two Deployments through their Services is reported (condition
   DependencyCycle on both and on their pods, a Warning Event), nothing starts,
   and breaking the cycle lets both start.
 * bad input: a dependency with both service and kind is refused with the field.
+* the example application (examples/app/app.yaml, applied at once): db, then
+  api, then web start (start times), every web replica answers through an api
+  and a db replica on dynamic ports, and when every db pod is deleted api's
+  live file for db changes and everything answers again once db is back.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
+import re
 import subprocess
 import sys
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -349,3 +355,96 @@ def test_a_bad_dependency_is_refused_naming_the_field(
     assert out.stderr.count("\n") == 1, out.stderr
     assert "spec.dependsOn[0]: may not specify kind or name together with service" in out.stderr
     assert 'spec.dependsOn[1].kind: unsupported value "Pod"' in out.stderr
+
+
+APP = REPO_ROOT / "examples" / "app" / "app.yaml"
+APP_NS = "app"
+ANSWER = re.compile(r"^web (web-\S+): visit \d+ \(api (api-\S+), db (db-\S+|\(new\))\)$")
+
+
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as reply:
+        return str(reply.read().decode().strip())
+
+
+async def _answers(client: ObjectsClient) -> list[str]:
+    """One GET to every ready web endpoint."""
+    endpoints = await client.get("endpoints", "web", APP_NS)
+    urls = [
+        f"http://{a.ip}:{port.port}/"
+        for s in endpoints.subsets
+        for a in s.addresses
+        for port in s.ports
+    ]
+    return [await asyncio.to_thread(_get, url) for url in urls]
+
+
+async def test_the_example_app_starts_in_order_and_answers_through_api_and_db(
+    cluster: MizzenCluster, daemons: AgentProcess, client: ObjectsClient
+) -> None:
+    mizzen(cluster, "apply", "-f", str(APP), "-n", APP_NS)
+    parts = ("db", "api", "web")
+
+    async def all_pods() -> list[pb.Pod]:
+        return (await client.list("pods", APP_NS)).items
+
+    pods = await eventually(
+        all_pods,
+        lambda ps: len(ps) == 8 and all(ready(p) for p in ps),
+        timeout=120,
+        what="2 db, 3 api and 3 web replicas ready",
+    )
+    of = {part: [p for p in pods if p.metadata.labels["app"] == part] for part in parts}
+
+    def first_ready(part: str) -> float:
+        conds = [condition(p, "Ready") for p in of[part]]
+        return min(c.last_transition_time.ToNanoseconds() / 1e9 for c in conds if c)
+
+    first_start = {part: min(started_at(p) for p in of[part]) for part in parts}
+    # each part starts only once the part it depends on has a ready replica
+    assert first_start["db"] < first_ready("db") <= first_start["api"], first_start
+    assert first_ready("api") <= first_start["web"], first_start
+    ports = {p.spec.processes[0].ports[0].port for p in pods}
+    assert len(ports) == 8 and all(20000 <= port <= 32000 for port in ports), ports
+
+    seen = await eventually(
+        lambda: _answers(client), lambda answers: len(answers) == 3, timeout=30, what="3 web"
+    )
+    webs = {p.metadata.name for p in pods if p.metadata.labels["app"] == "web"}
+    apis = {p.metadata.name for p in pods if p.metadata.labels["app"] == "api"}
+    matched = [ANSWER.match(a) for a in seen]
+    assert all(matched), seen
+    assert {m.group(1) for m in matched if m} == webs
+    assert {m.group(2) for m in matched if m} <= apis
+
+    # every db pod goes: api's live file for db changes, and all answers again once db is back
+    api = next(p for p in pods if p.metadata.labels["app"] == "api")
+    live = (
+        daemons.data_dir / "poddirs" / f"{APP_NS}_{api.metadata.name}_{api.metadata.uid}"
+        / "services" / "db.json"
+    )  # fmt: skip
+    before = json.loads(live.read_text())
+    old_db = {e["pod"] for e in before["endpoints"]}
+    assert len(old_db) == 2, before
+    for p in pods:
+        if p.metadata.labels["app"] == "db":
+            await client.delete("pods", p.metadata.name, APP_NS)
+    await eventually(
+        lambda: asyncio.to_thread(lambda: json.loads(live.read_text())),
+        lambda now: (
+            {e["pod"] for e in now["endpoints"]}.isdisjoint(old_db) and len(now["endpoints"]) == 2
+        ),
+        timeout=60,
+        what="api's live file listing the 2 new db pods",
+    )
+    again = await eventually(
+        lambda: _answers(client),
+        lambda answers: (
+            len(answers) == 3
+            and all((m := ANSWER.match(a)) and m.group(3) not in old_db for a in answers)
+        ),
+        timeout=60,
+        what="every web answering through a new db pod",
+    )
+    assert len(again) == 3
+    mizzen(cluster, "delete", "-f", str(APP), "-n", APP_NS)
