@@ -101,6 +101,21 @@ def encode_record(command: bytes, idx: int, term: int) -> bytes:
     return _RECORD.pack(len(payload), zlib.crc32(payload)) + payload
 
 
+def read_record(f: Any, what: str) -> Entry:
+    """One record from the binary file f (JournalError naming ``what`` when it is damaged)."""
+    head = f.read(_RECORD.size)
+    if len(head) < _RECORD.size:
+        raise JournalError(f"{what}: truncated")
+    length, crc = _RECORD.unpack(head)
+    if length < _PAYLOAD.size or length > MAX_RECORD:
+        raise JournalError(f"{what}: damaged (record length {length})")
+    payload = f.read(length)
+    if len(payload) < length or zlib.crc32(payload) != crc:
+        raise JournalError(f"{what}: damaged (checksum)")
+    idx, term = _PAYLOAD.unpack_from(payload)
+    return (bytes(payload[_PAYLOAD.size :]), idx, term)
+
+
 def decode_records(data: bytes, start: int) -> tuple[list[Entry], list[int], int]:
     """Entries from ``start``, their offsets, and where the valid records end."""
     entries: list[Entry] = []

@@ -205,6 +205,9 @@ def template(info: KindInfo, name: str) -> Any:
         obj.spec.involved_object.name = "p"
         obj.spec.reason = "Fuzz"
         obj.spec.type = "Normal"
+    elif info.kind == "Service":
+        obj.spec.selector["app"] = name
+        obj.spec.ports.add(name="http", target_port="http")
     return obj
 
 

@@ -12,6 +12,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pysyncobj.config import SERIALIZER_STATE
@@ -191,31 +192,77 @@ def test_an_older_local_snapshot_never_replaces_a_newer_one(tmp_path: Path) -> N
     assert read_head(str(tmp_path / "raft.snapshot")) == head(20)
 
 
+def leader_parts(tmp_path: Path, s: int, batch: int = 64, name: str = "leader") -> list[Any]:
+    """Every part a leader holding a snapshot at s sends one follower, in order."""
+    folder = tmp_path / name
+    folder.mkdir(exist_ok=True)
+    (folder / "raft.snapshot").write_bytes(encode_dump(dump_tuple(s)))
+    leader = ForkingDumper(str(folder / "raft.snapshot"), batch)
+    parts = []
+    while True:
+        part = leader.getTransmissionData("follower")
+        parts.append(part)
+        if part[2]:
+            return parts
+
+
+def receive(follower: ForkingDumper, parts: list[Any]) -> list[bool]:
+    return [follower.setTransmissionData(part) for part in parts]
+
+
 def test_a_snapshot_received_from_the_leader_cancels_a_local_one(tmp_path: Path) -> None:
     d = ForkingDumper(str(tmp_path / "raft.snapshot"), 1024)
     d.serialize(dump_tuple(5), 4)
     child = d.pid
-    sent = encode_dump(dump_tuple(30))
-    assert d.setTransmissionData((sent[:100], True, False)) is False
-    assert d.setTransmissionData((sent[100:], False, True)) is True
+    assert receive(d, leader_parts(tmp_path, 30))[-1] is True
     assert not pid_alive(child)
     assert d.checkSerializing()[0] == SERIALIZER_STATE.NOT_SERIALIZING
     assert read_head(str(tmp_path / "raft.snapshot")) == head(30)
 
 
-def test_transmission_sends_the_file_in_chunks(tmp_path: Path) -> None:
+def test_transmission_sends_the_file_in_parts_with_token_and_offset(tmp_path: Path) -> None:
+    parts = leader_parts(tmp_path, 10)
+    assert [p[1] for p in parts] == [True] + [False] * (len(parts) - 1)
+    tokens = {p[0][:8] for p in parts}
+    assert len(tokens) == 1
+    offsets = [int.from_bytes(p[0][8:16], "little") for p in parts]
+    whole = (tmp_path / "leader" / "raft.snapshot").read_bytes()
+    assert offsets == [64 * i for i in range(len(parts) - 1)] + [len(whole)]
+    assert parts[-1][0][16:] == b""  # the last part only says "done"
+    assert b"".join(p[0][16:] for p in parts) == whole
+
+
+def test_parts_of_two_transmissions_are_never_spliced(tmp_path: Path) -> None:
+    # a leader regaining leadership continues an old transmission where it left off,
+    # while the follower has started another one since
+    old, new = leader_parts(tmp_path, 10, name="a"), leader_parts(tmp_path, 20, name="b")
+    follower = ForkingDumper(str(tmp_path / "raft.snapshot"), 64)
+    assert receive(follower, [new[0], *old[1:]]) == [False] * len(old)
+    assert not (tmp_path / "raft.snapshot").exists()  # nothing installed
+    assert receive(follower, new)[-1] is True  # a whole transmission then goes through
+    assert read_head(str(tmp_path / "raft.snapshot")) == head(20)
+
+
+def test_a_damaged_snapshot_is_never_installed(tmp_path: Path) -> None:
+    follower = ForkingDumper(str(tmp_path / "raft.snapshot"), 64)
+    assert receive(follower, leader_parts(tmp_path, 10, name="a"))[-1] is True
+    parts = leader_parts(tmp_path, 20, name="b")
+    framed, first, last = parts[len(parts) // 2]
+    parts[len(parts) // 2] = (framed[:-1] + bytes([framed[-1] ^ 1]), first, last)
+    assert receive(follower, parts)[-1] is False
+    assert read_head(str(tmp_path / "raft.snapshot")) == head(10)  # the old one stays
+    assert load_dump(str(tmp_path / "raft.snapshot")) == dump_tuple(10)
+
+
+def test_a_member_with_a_damaged_snapshot_refuses_to_start(tmp_path: Path) -> None:
     path = tmp_path / "raft.snapshot"
-    path.write_bytes(encode_dump(dump_tuple(10)))
-    d = ForkingDumper(str(path), 64)
-    got, first = b"", True
-    while True:
-        chunk, is_first, is_last = d.getTransmissionData("n2")
-        assert is_first is first
-        first = False
-        got += chunk
-        if is_last:
-            break
-    assert got == path.read_bytes()
+    data = bytearray(encode_dump(dump_tuple(10)))
+    data[-5] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(JournalError, match="damaged"):
+        prepare_data_dir(str(tmp_path / "raft.journal"), str(path), fsync=False)
+    with pytest.raises(JournalError, match="damaged"):
+        load_dump(str(path))
 
 
 _MEMBER = textwrap.dedent(
