@@ -35,8 +35,8 @@ lost. The rules here:
    body; a snapshot received from the leader is checked before it is
    installed (parts of a transmission carry its token and offset, so parts of
    two transmissions are never spliced), and a member whose own snapshot does
-   not check refuses to start. (A spliced transmission was installed once in
-   the crash test; its member then started with an empty state.)
+   not check refuses to start. (The crash test once installed a damaged
+   received snapshot; at its next start that member had an empty state.)
 
 File format, version 1::
 
