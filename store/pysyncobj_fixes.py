@@ -45,7 +45,23 @@ for ``PYSYNCOBJ_VERSION`` only: ``install`` refuses any other version.
    50 ms period for every write. When a leader without other members appended
    entries, it now wakes its own poller (pysyncobj's pipe notifier), so the
    next tick commits and applies them right away.
-6. **Log noise**: pysyncobj logs "truncating already-applied log entries" as
+6. **Snapshot transmissions answered** (same wrapper as 3): a follower
+   receiving a snapshot sends nothing back until the last part, and the
+   leader closes a connection it has read nothing on for ``connectionTimeout``
+   (2 s) and starts the transmission again on the next one. A snapshot that
+   takes longer than that to send never arrived: a follower that needed one
+   (behind the leader's log start after a pause or a crash) never caught up,
+   and linearizable reads on it timed out (found by the snapshot crash test;
+   a 60 MB state behind a 2 s timeout reproduces it every time). The follower
+   now answers every part with a ``next_node_idx`` that changes nothing on the
+   leader (neither ``success`` nor ``reset``) but keeps the connection alive.
+   On the leader (``ForkingDumper``), a transmission goes on while a newer
+   snapshot is written and installed, and a compaction keeps the entries after
+   the snapshot being sent (wraps ``SyncObj.__deleteEntriesTo``): pysyncobj
+   restarted every transmission at each local snapshot and then trimmed the
+   entries the follower would need after it, so under steady writes a follower
+   could need snapshot after snapshot.
+7. **Log noise**: pysyncobj logs "truncating already-applied log entries" as
    critical before calling ``deleteEntriesFrom``, which (fix 1) no longer
    truncates matching entries; a real conflict is logged by the journal.
 """
@@ -89,6 +105,7 @@ def install() -> None:
     pysyncobj_syncobj.Serializer = _create_dumper
     _patch_follower_commit()
     _patch_single_member_commit()
+    _patch_compaction_keeps_transmitted()
     logging.getLogger("pysyncobj.syncobj").addFilter(_drop_truncation_warning)
     _installed = True
 
@@ -121,7 +138,7 @@ def _create_dumper(*args: Any) -> ForkingDumper:
     return dumper
 
 
-# ------------------------------------------- 3. follower commit, 4. parted entries
+# ------------------------- 3. follower commit, 4. parted entries, 6. snapshot parts
 
 
 def new_entries_end(message: Any) -> int | None:
@@ -165,6 +182,14 @@ def is_early_finish(received: Any, message: Any) -> bool:
     return False
 
 
+def is_snapshot_part(message: Any) -> bool:
+    """Whether ``message`` is a part of a snapshot transmission other than the last."""
+    if not isinstance(message, dict) or message.get("type") != "append_entries":
+        return False
+    part = message.get("serialized")
+    return isinstance(part, tuple) and len(part) == 3 and not part[2]
+
+
 def _patch_follower_commit() -> None:
     handler_name = "_SyncObj__onMessageReceived"
     original = getattr(pysyncobj.SyncObj, handler_name)
@@ -178,6 +203,8 @@ def _patch_follower_commit() -> None:
         if clamped is not None:
             self._SyncObj__raftCommitIndex = clamped
             self._SyncObj__raftLog.setRaftCommitIndex(clamped)
+        if is_snapshot_part(message) and self._SyncObj__raftLeader == node:
+            self._SyncObj__sendNextNodeIdx(node, reset=False, success=False)
 
     setattr(pysyncobj.SyncObj, handler_name, on_message)
 
@@ -201,6 +228,18 @@ def _patch_single_member_commit() -> None:
                 notifier.notify()
 
     pysyncobj.SyncObj._checkCommandsToApply = check_commands
+
+
+def _patch_compaction_keeps_transmitted() -> None:
+    name = "_SyncObj__deleteEntriesTo"
+    original = getattr(pysyncobj.SyncObj, name)
+
+    def delete_entries_to(self: Any, to_index: int) -> None:
+        serializer = self._SyncObj__serializer
+        keep = serializer.retained_from() if isinstance(serializer, ForkingDumper) else None
+        original(self, to_index if keep is None else min(to_index, keep))
+
+    setattr(pysyncobj.SyncObj, name, delete_entries_to)
 
 
 def _drop_truncation_warning(record: logging.LogRecord) -> bool:

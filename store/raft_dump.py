@@ -374,7 +374,6 @@ class ForkingDumper:
             log.exception("snapshot_install_failed")
             return SERIALIZER_STATE.FAILED, self.current_id
         self.installed_index = self.pending_index
-        self._close_transmissions()
         return SERIALIZER_STATE.SUCCESS, self.current_id
 
     def _install(self, tmp: str) -> None:
@@ -410,16 +409,29 @@ class ForkingDumper:
         Every part carries the transmission's random token and its offset (``_FRAME``),
         so a follower never splices parts of two transmissions (a leader that lost and
         regained leadership would otherwise continue an old one where it left off).
+
+        A transmission goes on while this member writes a newer snapshot and after it
+        installs one (it reads the file it opened): restarting it at every local
+        snapshot meant a state that takes longer to send than the time between two
+        snapshots never reached a follower. ``retained_from`` keeps the entries after
+        the snapshot being sent in the log until it has arrived.
         """
-        if self.pid:
-            return None
         t = self._transmissions.get(transmissionID)
         if t is None:
             try:
-                t = {"file": open(self.path, "rb"), "sent": 0, "token": secrets.token_bytes(8)}  # noqa: SIM115
+                f = open(self.path, "rb")  # noqa: SIM115 (closed by _drop_transmission)
             except OSError:
                 log.exception("snapshot_open_for_transmission_failed")
                 return None
+            try:
+                opened = _open_head(f, self.path)
+                f.seek(0)
+            except (OSError, JournalError):
+                log.exception("snapshot_open_for_transmission_failed")
+                f.close()
+                return None
+            prev = int(opened[0].prev[1]) if opened is not None else None
+            t = {"file": f, "sent": 0, "token": secrets.token_bytes(8), "prev": prev}
             self._transmissions[transmissionID] = t
         first = t["sent"] == 0
         try:
@@ -434,6 +446,17 @@ class ForkingDumper:
         if last:
             self._drop_transmission(transmissionID)
         return framed, first, last
+
+    def retained_from(self) -> int | None:
+        """The lowest log index a compaction may keep while snapshots are being sent:
+        the ``prev`` entry of the oldest snapshot in transmission (None: no limit).
+
+        When a follower has received a snapshot, pysyncobj sends it the entries after
+        the *log's* first two; trimming past the snapshot in transmission would make
+        the follower need yet another snapshot, for ever under steady writes.
+        """
+        prevs = [t["prev"] for t in self._transmissions.values() if t["prev"] is not None]
+        return min(prevs) if prevs else None
 
     def setTransmissionData(self, data: Any) -> bool:
         """Take one part from the leader; True once a whole snapshot was received, checked
@@ -503,10 +526,6 @@ class ForkingDumper:
         t = self._transmissions.pop(tid, None)
         if t is not None:
             t["file"].close()
-
-    def _close_transmissions(self) -> None:
-        for tid in list(self._transmissions):
-            self._drop_transmission(tid)
 
 
 def _unlink(path: str) -> None:

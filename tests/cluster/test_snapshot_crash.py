@@ -145,19 +145,34 @@ def test_kill_9_during_snapshots_loses_no_acknowledged_write(
             cluster.leader_index(timeout=30)
             for i in range(len(cluster)):
                 stored: dict[bytes, bytes] = {}
+                unread: list[grpc.RpcError] = []
 
-                def holds_all(i: int = i, stored: dict[bytes, bytes] = stored) -> bool:
+                def holds_all(
+                    i: int = i, stored: dict[bytes, bytes] = stored, unread: list = unread
+                ) -> bool:
+                    unread.clear()
+                    try:
+                        got = read_all(cluster.endpoint(i), b"r")
+                    except grpc.RpcError as e:
+                        unread.append(e)
+                        return False
                     stored.clear()
-                    stored.update(read_all(cluster.endpoint(i), b"r"))
+                    stored.update(got)
                     return not missing_writes(stored, acked)
 
                 try:
                     wait_until(holds_all, 30, f"member {i} to hold every acknowledged write")
                 except AssertionError:
+                    where = f"round {n} (killed at {point or 'a snapshot in progress'}): member {i}"
+                    if unread:  # not a loss (yet): the member does not answer reads
+                        raise AssertionError(
+                            f"{where} answered no linearizable read for 30 s "
+                            f"({unread[0].code().name}: {unread[0].details()})\n"
+                            f"{cluster.log_tail(i, 40)}"
+                        ) from None
                     lost = missing_writes(stored, acked)
                     raise AssertionError(
-                        f"round {n} (killed at {point or 'a snapshot in progress'}): "
-                        f"member {i} lost {len(lost)} of {len(acked)} acknowledged writes, "
+                        f"{where} lost {len(lost)} of {len(acked)} acknowledged writes, "
                         f"e.g. {lost[:3]}\n{cluster.log_tail(i, 40)}"
                     ) from None
             assert bulk_count(cluster.endpoint(0)) == BULK_KEYS

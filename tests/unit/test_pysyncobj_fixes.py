@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from store import pysyncobj_fixes
-from store.pysyncobj_fixes import clamp_commit, is_early_finish, new_entries_end
+from store.pysyncobj_fixes import clamp_commit, is_early_finish, is_snapshot_part, new_entries_end
 from store.raft_dump import prepare_data_dir
 
 BATCH = 2**16  # pysyncobj's appendEntriesBatchSizeBytes
@@ -115,6 +115,18 @@ def test_new_entries_end() -> None:
 )
 def test_clamp_commit(before: int, after: int, end: int | None, expected: int | None) -> None:
     assert clamp_commit(before, after, end) == expected
+
+
+def test_every_snapshot_part_but_the_last_is_answered() -> None:
+    def msg(**kw: Any) -> dict[str, Any]:
+        return {"type": "append_entries", "term": 3, "commit_index": 9, **kw}
+
+    assert is_snapshot_part(msg(serialized=(b"x", True, False)))
+    assert is_snapshot_part(msg(serialized=(b"x", False, False)))
+    assert not is_snapshot_part(msg(serialized=(b"", False, True)))  # pysyncobj answers it
+    assert not is_snapshot_part(msg(serialized=None))
+    assert not is_snapshot_part(msg(entries=[], prevLogIdx=3, prevLogTerm=1))
+    assert not is_snapshot_part({"type": "next_node_idx", "serialized": (b"x", True, False)})
 
 
 def test_a_member_alone_wakes_itself_to_commit_what_it_appended(tmp_path: Path) -> None:

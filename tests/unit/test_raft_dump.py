@@ -243,6 +243,28 @@ def test_parts_of_two_transmissions_are_never_spliced(tmp_path: Path) -> None:
     assert read_head(str(tmp_path / "raft.snapshot")) == head(20)
 
 
+def test_a_transmission_goes_on_across_local_snapshots_and_holds_back_compaction(
+    tmp_path: Path,
+) -> None:
+    # restarting it at every local snapshot meant a big state never reached a follower
+    path = tmp_path / "raft.snapshot"
+    path.write_bytes(encode_dump(dump_tuple(10)))
+    leader = ForkingDumper(str(path), 64)
+    assert leader.retained_from() is None
+    parts = [leader.getTransmissionData("follower")]
+    assert leader.retained_from() == 9  # the entries after snapshot 10 stay in the log
+    leader.serialize(dump_tuple(20), 19)
+    parts.append(leader.getTransmissionData("follower"))  # while the child writes
+    assert wait_state(leader) == SERIALIZER_STATE.SUCCESS
+    assert read_head(str(path)) == head(20)
+    while not parts[-1][2]:
+        parts.append(leader.getTransmissionData("follower"))
+    assert leader.retained_from() is None
+    follower = ForkingDumper(str(tmp_path / "f.snapshot"), 64)
+    assert receive(follower, parts)[-1] is True
+    assert read_head(str(tmp_path / "f.snapshot")) == head(10)  # whole, not spliced with 20
+
+
 def test_a_damaged_snapshot_is_never_installed(tmp_path: Path) -> None:
     follower = ForkingDumper(str(tmp_path / "raft.snapshot"), 64)
     assert receive(follower, leader_parts(tmp_path, 10, name="a"))[-1] is True
