@@ -26,7 +26,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import (
     CollectorRegistry,
@@ -42,8 +42,9 @@ from nodeagent.pod_status import Running, Waiting
 from protos import objects_pb2 as pb
 
 if TYPE_CHECKING:
-    from nodeagent.agent import Agent
+    from nodeagent.config import AgentConfig
     from nodeagent.pod_worker import EventSink, PodWorker
+    from nodeagent.stats import UsageSampler
 
 PREFIX = "mizzen_agent_"
 HEALTH_HEARTBEATS = 5
@@ -72,13 +73,23 @@ def state_name(state: object) -> str:
     return "terminated"
 
 
+class MeteredAgent(Protocol):
+    """What the metrics read of the agent (``nodeagent.agent.Agent``)."""
+
+    config: AgentConfig
+    workers: dict[str, PodWorker]
+    sampler: UsageSampler
+
+    def lease_renewed_at(self) -> float | None: ...
+
+
 class AgentMetrics:
     """The metrics of one agent. Called from the event loop (workers, events) and read
     from the HTTP thread (scrapes); the restart bookkeeping is under a lock."""
 
     def __init__(
         self,
-        agent: Agent,
+        agent: MeteredAgent,
         registry: CollectorRegistry | None = None,
         wall: Callable[[], float] = time.time,
     ) -> None:

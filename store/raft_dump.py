@@ -38,6 +38,12 @@ lost. The rules here:
    not check refuses to start. (The crash test once installed a damaged
    received snapshot; at its next start that member had an empty state.)
 
+6. **A transmission always gets through.** It goes on from the file it opened
+   while this member writes and installs newer snapshots, and compaction
+   keeps the entries after the snapshot being sent (``retained_from``), so a
+   follower never needs snapshot after snapshot (see pysyncobj_fixes, fix 6,
+   for the follower's side).
+
 File format, version 1::
 
     b"MZRSNAP1" | u32 version (1) | sha256 of the body (32 bytes)

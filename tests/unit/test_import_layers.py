@@ -34,7 +34,6 @@ TOP = ("mizzen.cli", "mizzen.testing", "mizzen.__main__")
 
 KNOWN_CYCLES: list[frozenset[str]] = [
     frozenset({"store.membership", "store.node"}),
-    frozenset({"nodeagent.agent", "nodeagent.metrics"}),
 ]
 
 
