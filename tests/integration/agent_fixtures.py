@@ -10,13 +10,14 @@ parent.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -128,6 +129,32 @@ class AgentProcess:
             root.kill_all()
             root.remove()
         SecretsRoot(str(self.data_dir / "secrets")).unmount()
+
+
+@contextlib.contextmanager
+def agent_and_controllers(
+    base: Path, endpoints: list[str], name: str, agent_args: list[str] | None = None
+) -> Iterator[AgentProcess]:
+    """A started ``AgentProcess`` and a ``mizzen controllers`` (id ``<name>-cm``, log in
+    ``base/controllers.log``) on ``endpoints``; both killed and cleaned up on exit."""
+    agent = AgentProcess(base, endpoints, extra=agent_args or [])
+    log = open(base / "controllers.log", "wb")  # noqa: SIM115
+    controllers = subprocess.Popen(
+        [
+            sys.executable, "-m", "mizzen", "--log-format", "json", "controllers",
+            "--endpoints", ",".join(endpoints), "--id", f"{name}-cm",
+        ],
+        stdout=log, stderr=log, cwd=REPO_ROOT, start_new_session=True,
+    )  # fmt: skip
+    try:
+        agent.start()
+        yield agent
+    finally:
+        controllers.kill()
+        controllers.wait()
+        log.close()
+        print(agent.log_tail(60))
+        agent.destroy()
 
 
 async def eventually(

@@ -28,7 +28,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from agent_fixtures import AgentProcess, cgroups_unavailable, eventually
+from agent_fixtures import AgentProcess, agent_and_controllers, cgroups_unavailable, eventually
 
 from mizzen.client import ObjectsClient
 from mizzen.testing.local_cluster import REPO_ROOT, MizzenCluster
@@ -67,24 +67,8 @@ def daemons(
     cluster: MizzenCluster, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[AgentProcess]:
     base: Path = tmp_path_factory.mktemp("deps")
-    agent = AgentProcess(base, cluster.endpoints)
-    log = open(base / "controllers.log", "wb")  # noqa: SIM115
-    controllers = subprocess.Popen(
-        [
-            sys.executable, "-m", "mizzen", "--log-format", "json", "controllers",
-            "--endpoints", ",".join(cluster.endpoints), "--id", "deps-cm",
-        ],
-        stdout=log, stderr=log, cwd=REPO_ROOT, start_new_session=True,
-    )  # fmt: skip
-    try:
-        agent.start()
+    with agent_and_controllers(base, cluster.endpoints, "deps") as agent:
         yield agent
-    finally:
-        controllers.kill()
-        controllers.wait()
-        log.close()
-        print(agent.log_tail(60))
-        agent.destroy()
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from agent_fixtures import AgentProcess, cgroups_unavailable, eventually
+from agent_fixtures import AgentProcess, agent_and_controllers, cgroups_unavailable, eventually
 
 from mizzen.client import ObjectsClient
 from mizzen.testing.local_cluster import REPO_ROOT, MizzenCluster, free_ports
@@ -65,24 +65,10 @@ def daemons(
     cluster: MizzenCluster, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[AgentProcess]:
     base: Path = tmp_path_factory.mktemp("ports")
-    agent = AgentProcess(base, cluster.endpoints, extra=["--port-range", f"{FIRST}-{LAST}"])
-    log = open(base / "controllers.log", "wb")  # noqa: SIM115
-    controllers = subprocess.Popen(
-        [
-            sys.executable, "-m", "mizzen", "--log-format", "json", "controllers",
-            "--endpoints", ",".join(cluster.endpoints), "--id", "ports-cm",
-        ],
-        stdout=log, stderr=log, cwd=REPO_ROOT, start_new_session=True,
-    )  # fmt: skip
-    try:
-        agent.start()
+    with agent_and_controllers(
+        base, cluster.endpoints, "ports", ["--port-range", f"{FIRST}-{LAST}"]
+    ) as agent:
         yield agent
-    finally:
-        controllers.kill()
-        controllers.wait()
-        log.close()
-        print(agent.log_tail(60))
-        agent.destroy()
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agent_fixtures import AgentProcess, cgroups_unavailable, eventually
+from agent_fixtures import AgentProcess, agent_and_controllers, cgroups_unavailable, eventually
 
 from controllers.endpoints import CONDITION
 from mizzen.client import ObjectsClient
@@ -63,24 +63,8 @@ def base() -> Iterator[Path]:
 
 @pytest.fixture(scope="module")
 def agent(cluster: MizzenCluster, base: Path) -> Iterator[AgentProcess]:
-    a = AgentProcess(base, cluster.endpoints)
-    log = open(base / "controllers.log", "wb")  # noqa: SIM115
-    controllers = subprocess.Popen(
-        [
-            sys.executable, "-m", "mizzen", "--log-format", "json", "controllers",
-            "--endpoints", ",".join(cluster.endpoints), "--id", "svc-cm",
-        ],
-        stdout=log, stderr=log, cwd=REPO_ROOT, start_new_session=True,
-    )  # fmt: skip
-    a.start()
-    try:
+    with agent_and_controllers(base, cluster.endpoints, "svc") as a:
         yield a
-    finally:
-        controllers.kill()
-        controllers.wait()
-        log.close()
-        print(a.log_tail(60))
-        a.destroy()
 
 
 @pytest.fixture
