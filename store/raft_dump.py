@@ -97,6 +97,7 @@ _HEADER = struct.Struct("<8sI32s")  # magic, version, sha256 of the body
 _DIGEST_AT = 12
 GZIP_LEVEL = 1  # level 9 (pysyncobj's) took seconds per 100 MB for a few % of size
 _BLOCK = 1 << 20
+STALE_TRANSMISSION = 10.0  # seconds; a leader sends a part every heartbeat (0.1 s)
 _FRAME = struct.Struct("<8sQ")  # a snapshot transmission's token, the part's offset
 
 
@@ -439,6 +440,7 @@ class ForkingDumper:
             prev = int(opened[0].prev[1]) if opened is not None else None
             t = {"file": f, "sent": 0, "token": secrets.token_bytes(8), "prev": prev}
             self._transmissions[transmissionID] = t
+        t["touched"] = time.monotonic()
         first = t["sent"] == 0
         try:
             chunk = t["file"].read(self.batch)
@@ -460,7 +462,14 @@ class ForkingDumper:
         When a follower has received a snapshot, pysyncobj sends it the entries after
         the *log's* first two; trimming past the snapshot in transmission would make
         the follower need yet another snapshot, for ever under steady writes.
+        A transmission no part of which was sent for ``STALE_TRANSMISSION`` seconds
+        (this member stopped leading; pysyncobj forgets only those of disconnected
+        followers) is dropped here, so it never holds compaction back for good.
         """
+        now = time.monotonic()
+        for tid, t in list(self._transmissions.items()):
+            if now - t["touched"] > STALE_TRANSMISSION:
+                self._drop_transmission(tid)
         prevs = [t["prev"] for t in self._transmissions.values() if t["prev"] is not None]
         return min(prevs) if prevs else None
 

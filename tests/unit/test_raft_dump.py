@@ -18,6 +18,7 @@ import pytest
 from pysyncobj.config import SERIALIZER_STATE
 
 from mizzen.testing.waits import pid_alive
+from store import raft_dump
 from store.raft_dump import (
     DumpHead,
     ForkingDumper,
@@ -263,6 +264,21 @@ def test_a_transmission_goes_on_across_local_snapshots_and_holds_back_compaction
     follower = ForkingDumper(str(tmp_path / "f.snapshot"), 64)
     assert receive(follower, parts)[-1] is True
     assert read_head(str(tmp_path / "f.snapshot")) == head(10)  # whole, not spliced with 20
+
+
+def test_a_transmission_nobody_continues_stops_holding_back_compaction(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a member that stopped leading never calls getTransmissionData again
+    path = tmp_path / "raft.snapshot"
+    path.write_bytes(encode_dump(dump_tuple(10)))
+    d = ForkingDumper(str(path), 64)
+    d.getTransmissionData("follower")
+    assert d.retained_from() == 9
+    later = time.monotonic() + raft_dump.STALE_TRANSMISSION + 1
+    monkeypatch.setattr(raft_dump.time, "monotonic", lambda: later)
+    assert d.retained_from() is None
+    assert d.getTransmissionData("follower")[1] is True  # a new one, from the start
 
 
 def test_a_damaged_snapshot_is_never_installed(tmp_path: Path) -> None:
