@@ -22,8 +22,10 @@ def prefix_end(prefix: bytes) -> bytes:
 
 
 def read_all(endpoint: str, prefix: bytes, timeout: float = 5.0) -> dict[bytes, bytes]:
-    """Every key under prefix with its value (a linearizable Range)."""
-    with grpc.insecure_channel(endpoint) as channel:
+    """Every key under prefix with its value (a linearizable Range; a soak's writes pass
+    gRPC's default 4 MiB message limit)."""
+    options = [("grpc.max_receive_message_length", 256 << 20)]
+    with grpc.insecure_channel(endpoint, options=options) as channel:
         resp = rpc_pb2_grpc.KVStub(channel).Range(
             rpc_pb2.RangeRequest(key=prefix, range_end=prefix_end(prefix)), timeout=timeout
         )
