@@ -35,6 +35,7 @@ REGISTRY: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("node_cmd", "add_node_parsers", ("cordon", "uncordon", "drain")),
     ("pki_cmd", "add_pki_parsers", ("pki",)),
     ("run_cmd", "add_run_parser", ("run",)),
+    ("label_cmd", "add_label_parsers", ("label", "annotate", "edit")),
 )
 
 
