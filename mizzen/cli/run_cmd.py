@@ -7,7 +7,8 @@ process, the process's output is streamed from that node's agent (the Logs
 RPC, as ``mizzen logs -f``; a restart under OnFailure follows the next
 instance). When the pod ends (Succeeded or Failed) the rest of the output is
 read and the command exits with the process's exit code (128 + signal if a
-signal ended it). A pod not bound within ``--schedule-timeout`` seconds fails
+signal ended it); what the agent said beyond the code (StartError, OOMKilled,
+a signal) is one line on stderr. A pod not bound within ``--schedule-timeout`` seconds fails
 the command with the scheduler's reason (its PodScheduled condition); a bound
 pod whose process has not started within ``--pod-running-timeout`` fails with
 the process's waiting reason.
@@ -185,6 +186,17 @@ def not_started_reason(pod: pb.Pod, waited: float) -> str:
     return f'{where} did not start within {waited:g}s on node "{pod.spec.node_name}"'
 
 
+def ended_note(pod: pb.Pod) -> str:
+    """Why the process ended, when the agent said more than its exit code (it could not
+    start, the OOM killer, a signal); "" for a plain exit."""
+    for ps in pod.status.process_statuses:
+        t = ps.state.terminated
+        if ps.state.HasField("terminated") and t.message:
+            where = f'pod "{pod.metadata.namespace}/{pod.metadata.name}"'
+            return f"{where}: process {ps.name}: {t.reason}: {t.message}"
+    return ""
+
+
 def exit_code(pod: pb.Pod) -> int:
     """The process's exit code (128 + signal when a signal ended it); 1 if unknown."""
     for ps in pod.status.process_statuses:
@@ -326,6 +338,10 @@ async def follow_pod(client: ObjectsClient, pod: pb.Pod, args: argparse.Namespac
         if watch.deleted:
             raise CommandError(f'pod "{pod.metadata.namespace}/{pod.metadata.name}" was deleted')
         await output.rest(watch.pod)
+        note = ended_note(watch.pod)
+        if note:
+            sys.stdout.flush()
+            print(f"mizzen: {note}", file=sys.stderr, flush=True)
         return exit_code(watch.pod)
     finally:
         for task in (watcher, follower):

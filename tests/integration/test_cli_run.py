@@ -156,9 +156,34 @@ async def test_run_unschedulable_fails_with_the_schedulers_reason(
     await gone(client, "nowhere")
 
 
+@pytest.mark.timeout(60)
+async def test_on_failure_output_of_every_instance_and_the_last_exit_code(
+    cluster: MizzenCluster, daemons: AgentProcess, client: ObjectsClient, tmp_path: Path
+) -> None:
+    marker = tmp_path / "failed-once"
+    script = f"echo try; if [ -e {marker} ]; then exit 0; fi; touch {marker}; exit 1"
+    code, out, err = run(
+        cluster, "run", "retry", "-n", NS, "--rm", "--restart", "OnFailure", "--",
+        "sh", "-c", script,
+    )  # fmt: skip
+    assert (code, out) == (0, "try\ntry\n"), err
+    await gone(client, "retry")
+
+    code, out, err = run(cluster, "run", "missing", "-n", NS, "--rm", "--", "/no/such/program")
+    assert (code, out) == (128, ""), err
+    assert err.startswith('mizzen: pod "runs/missing": process missing: StartError: '), err
+    assert err.count("\n") == 1
+    await gone(client, "missing")
+
+
 @pytest.mark.timeout(90)
+@pytest.mark.parametrize(("sig", "expected"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 async def test_ctrl_c_deletes_the_pod_and_leaves_no_process(
-    cluster: MizzenCluster, daemons: AgentProcess, client: ObjectsClient
+    cluster: MizzenCluster,
+    daemons: AgentProcess,
+    client: ObjectsClient,
+    sig: signal.Signals,
+    expected: int,
 ) -> None:
     proc = mizzen(cluster, "run", "sleepy", "-n", NS, "--rm", "--", "sleep", "100")
     try:
@@ -171,9 +196,9 @@ async def test_ctrl_c_deletes_the_pod_and_leaves_no_process(
         pid = next(ps.pid for ps in pod.status.process_statuses if ps.pid > 0)
         assert pid_alive(pid)
         await asyncio.sleep(0.5)  # the CLI sees it running and follows its output
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         _, err = await asyncio.to_thread(proc.communicate, None, 60)
-        assert proc.returncode == 130, err
+        assert proc.returncode == expected, err
         assert err == ""
         # the CLI waited for the pod to be gone: nothing left
         with pytest.raises(Exception, match="not found"):
