@@ -38,7 +38,7 @@ from mizzen.api.defaults import DEFAULT_NAMESPACE
 from mizzen.api.kinds import KindInfo
 from mizzen.api.manifest import ManifestError, dump_yaml, load_manifests
 from mizzen.cli.errors import CommandError, UsageError
-from mizzen.cli.logs_cmd import _run
+from mizzen.cli.logs_cmd import with_client
 from mizzen.cli.objects_cmd import _client_options, error_message
 from mizzen.client.errors import ConflictError, InvalidArgumentError, StoreClientError
 from mizzen.client.objects import ObjectsClient
@@ -244,7 +244,7 @@ def run_label(args: argparse.Namespace) -> int:
             print(f"{info.singular}/{name} {verb if changed else 'not ' + verb}", flush=True)
         return 1 if failed else 0
 
-    return _run(args, body)
+    return with_client(args, body)
 
 
 # ------------------------------------------------------------------ edit
@@ -365,7 +365,7 @@ def run_edit(args: argparse.Namespace) -> int:
         finally:
             os.unlink(path)
 
-    return _run(args, body)
+    return with_client(args, body)
 
 
 __all__ = ["add_label_parsers", "apply_changes", "parse_changes", "strip_comments", "with_errors"]

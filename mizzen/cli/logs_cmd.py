@@ -74,7 +74,8 @@ def agent_address(node: Any) -> str | None:
     return None
 
 
-def _run(args: argparse.Namespace, body: Callable[[ObjectsClient], Awaitable[int]]) -> int:
+def with_client(args: argparse.Namespace, body: Callable[[ObjectsClient], Awaitable[int]]) -> int:
+    """body(client) with the store's client from args; store errors as one-line CommandErrors."""
     cfg = resolve_client(args)
     endpoints = cfg.endpoints
 
@@ -143,7 +144,7 @@ def run_logs(args: argparse.Namespace) -> int:
         await stream_logs(address, node_name, request, args.request_timeout, client.credentials)
         return 0
 
-    return _run(args, body)
+    return with_client(args, body)
 
 
 async def pod_agent(client: ObjectsClient, pod: Any) -> tuple[str, str]:
@@ -284,7 +285,7 @@ def run_top_nodes(args: argparse.Namespace) -> int:
         sys.stdout.write(tables.render(node_rows(list(results))))
         return 0
 
-    return _run(args, body)
+    return with_client(args, body)
 
 
 def pod_rows(
@@ -344,4 +345,4 @@ def run_top_pods(args: argparse.Namespace) -> int:
         sys.stdout.write(tables.render(rows))
         return 0
 
-    return _run(args, body)
+    return with_client(args, body)

@@ -34,7 +34,7 @@ from collections.abc import Callable
 from mizzen.api import quantity
 from mizzen.api.defaults import DEFAULT_NAMESPACE
 from mizzen.cli.errors import CommandError, UsageError
-from mizzen.cli.logs_cmd import _run, pod_agent, stream_logs
+from mizzen.cli.logs_cmd import pod_agent, stream_logs, with_client
 from mizzen.cli.objects_cmd import _client_options
 from mizzen.client.errors import AlreadyExistsError, NotFoundError
 from mizzen.client.objects import ObjectsClient
@@ -422,7 +422,7 @@ def run_run(args: argparse.Namespace) -> int:
             for sig in _EXIT_ON:
                 loop.remove_signal_handler(sig)
 
-    code = _run(args, body)
+    code = with_client(args, body)
     sys.stdout.flush()
     return code
 

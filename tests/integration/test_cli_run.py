@@ -280,3 +280,47 @@ async def test_rollout_restart_replaces_every_pod_exactly_once(
     assert last.split()[0] == "2" and "restart: mizzen rollout restart at " in last, out
     code, _, err = run(cluster, "delete", "deployment", "restarted", "-n", NS)
     assert code == 0, err
+
+
+DAEMONSET = """\
+apiVersion: mizzen/v1
+kind: DaemonSet
+metadata: {name: daemon, namespace: runs}
+spec:
+  selector: {matchLabels: {app: daemon}}
+  template:
+    metadata: {labels: {app: daemon}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      processes: [{name: main, command: [sleep, "3600"]}]
+"""
+
+
+@pytest.mark.timeout(60)
+async def test_rollout_restart_of_a_daemonset_replaces_its_pod(
+    cluster: MizzenCluster, daemons: AgentProcess, client: ObjectsClient
+) -> None:
+    code, _, err = run(cluster, "apply", "-f", "-", stdin=DAEMONSET)
+    assert code == 0, err
+
+    async def pods() -> list[pb.Pod]:
+        return list((await client.list("pods", NS, label_selector="app=daemon")).items)
+
+    def one_running(ps: list[pb.Pod]) -> bool:
+        return len(ps) == 1 and any(s.pid > 0 for s in ps[0].status.process_statuses)
+
+    (before,) = await eventually(pods, one_running, timeout=30, what="the daemon pod running")
+    code, out, err = run(cluster, "rollout", "restart", "ds/daemon", "-n", NS)
+    assert (code, out) == (0, "daemonset.mizzen/daemon restarted\n"), err
+    (after,) = await eventually(
+        pods,
+        lambda ps: one_running(ps) and ps[0].metadata.uid != before.metadata.uid,
+        timeout=30,
+        what="a new daemon pod running",
+    )
+    assert "mizzen.io/restartedAt" in after.metadata.annotations
+    code, _, err = run(cluster, "delete", "daemonset", "daemon", "-n", NS)
+    assert code == 0, err
+
+    code, _, err = run(cluster, "rollout", "restart", "job/x", "-n", NS)
+    assert code == 1 and "expected one of deployment, daemonset" in err, err
