@@ -215,30 +215,37 @@ class PodWatch:
     def __init__(self, pod: pb.Pod) -> None:
         self.pod = pod
         self.deleted = False
+        self.error: BaseException | None = None  # the watch failed: until() raises it
         self._changed = asyncio.Event()
 
     async def run(self, client: ObjectsClient) -> None:
         meta = self.pod.metadata
-        async for kind, obj in client.watch(
-            "Pod",
-            meta.namespace,
-            field_selector=f"metadata.name={meta.name}",
-            resource_version=meta.resource_version,
-            resume_timeout=30.0,
-        ):
-            if kind == "BOOKMARK" or obj.metadata.uid != meta.uid:
-                continue
-            self.pod = obj
-            self.deleted = kind == "DELETED"
+        try:
+            async for kind, obj in client.watch(
+                "Pod",
+                meta.namespace,
+                field_selector=f"metadata.name={meta.name}",
+                resource_version=meta.resource_version,
+                resume_timeout=30.0,
+            ):
+                if kind == "BOOKMARK" or obj.metadata.uid != meta.uid:
+                    continue
+                self.pod = obj
+                self.deleted = kind == "DELETED"
+                self._changed.set()
+                if self.deleted:
+                    return
+        except Exception as err:  # handed to the waiter, raised there
+            self.error = err
             self._changed.set()
-            if self.deleted:
-                return
 
     async def until(self, check: Callable[[pb.Pod], bool], timeout: float | None) -> bool:
         """True once check(pod) (or the pod is deleted), False at the timeout."""
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         while not (self.deleted or check(self.pod)):
+            if self.error is not None:
+                raise self.error
             self._changed.clear()
             remaining = None if deadline is None else deadline - loop.time()
             if remaining is not None and remaining <= 0:

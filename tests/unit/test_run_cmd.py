@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
 import pytest
 
 from mizzen.cli.errors import UsageError
 from mizzen.cli.main import build_parser
-from mizzen.cli.run_cmd import build_pod, command_of, exit_code, unscheduled_reason
+from mizzen.cli.run_cmd import PodWatch, build_pod, command_of, exit_code, unscheduled_reason
+from mizzen.client.errors import UnavailableError
 from protos import objects_pb2 as pb
 
 
@@ -69,3 +74,16 @@ def test_unscheduled_reason_quotes_the_scheduler() -> None:
     assert unscheduled_reason(pod, 2) == (
         'pod "default/x" was not scheduled within 2s: Unschedulable: 0/1 nodes ...'
     )
+
+
+async def test_a_failed_watch_ends_the_wait_with_its_error() -> None:
+    class Broken:
+        async def watch(self, *args: object, **kwargs: object) -> AsyncIterator[tuple[str, Any]]:
+            raise UnavailableError("watch: no stream within 30s")
+            yield  # an async generator
+
+    watch = PodWatch(pb.Pod(metadata=pb.ObjectMeta(name="x", namespace="default", uid="u")))
+    task = asyncio.create_task(watch.run(Broken()))  # type: ignore[arg-type]
+    with pytest.raises(UnavailableError, match="no stream"):
+        await watch.until(lambda p: bool(p.spec.node_name), None)
+    await task
