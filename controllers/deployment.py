@@ -83,6 +83,7 @@ from controllers.rollout import (
     max_surge_unavailable,
     new_replicas_for_rollout,
     old_scale_downs,
+    restarted_only,
     revision_of,
     template_equal,
     template_hash,
@@ -409,7 +410,9 @@ def change_cause(
     """(the change-cause of a revision that follows previous, the config change or "").
 
     A template change takes the Deployment's own ``mizzen.io/change-cause``
-    (as kubectl's annotation, set by the user); a config change (same template
+    (as kubectl's annotation, set by the user), except a change of only the
+    ``mizzen.io/restartedAt`` annotation (``mizzen rollout restart``), which is
+    "restart: mizzen rollout restart at <time>"; a config change (same template
     otherwise) is "config: ConfigMap web changed, ...", from the per-object
     digests previous recorded.
     """
@@ -417,6 +420,9 @@ def change_cause(
         return d.metadata.annotations.get(CHANGE_CAUSE, ""), ""
     bare = without_config(d.spec.template)
     if not template_equal(without_config(previous.spec.template), bare):
+        restarted = restarted_only(bare, without_config(previous.spec.template))
+        if restarted:
+            return f"restart: mizzen rollout restart at {restarted}", ""
         return d.metadata.annotations.get(CHANGE_CAUSE, ""), ""
     before = parse_sources(previous.metadata.annotations.get(CONFIG_SOURCES, ""))
     change = describe_change(before, dict(config.sources))

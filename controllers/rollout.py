@@ -13,6 +13,8 @@ from protos import objects_pb2 as pb
 
 HASH_LABEL = "pod-template-hash"
 REVISION_ANNOTATION = "deployment.mizzen.io/revision"
+RESTARTED_AT = "mizzen.io/restartedAt"
+"""Pod template annotation written by ``mizzen rollout restart`` (RFC 3339)."""
 _HASH_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
 
 
@@ -51,6 +53,19 @@ def template_equal(a: pb.PodTemplateSpec, b: pb.PodTemplateSpec) -> bool:
     gates the start of new pods and is no new revision.
     """
     return _without_hash(a) == _without_hash(b)
+
+
+def restarted_only(new: pb.PodTemplateSpec, old: pb.PodTemplateSpec) -> str:
+    """new's restartedAt annotation when that is all new changes from old, else ""."""
+    stamp = new.metadata.annotations.get(RESTARTED_AT, "")
+    if not stamp or stamp == old.metadata.annotations.get(RESTARTED_AT, ""):
+        return ""
+    a, b = pb.PodTemplateSpec(), pb.PodTemplateSpec()
+    a.CopyFrom(new)
+    b.CopyFrom(old)
+    a.metadata.annotations.pop(RESTARTED_AT, None)
+    b.metadata.annotations.pop(RESTARTED_AT, None)
+    return stamp if template_equal(a, b) else ""
 
 
 def revision_of(rs: pb.ReplicaSet) -> int:

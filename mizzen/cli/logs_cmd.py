@@ -74,7 +74,8 @@ def agent_address(node: Any) -> str | None:
     return None
 
 
-def _run(args: argparse.Namespace, body: Callable[[ObjectsClient], Awaitable[int]]) -> int:
+def with_client(args: argparse.Namespace, body: Callable[[ObjectsClient], Awaitable[int]]) -> int:
+    """body(client) with the store's client from args; store errors as one-line CommandErrors."""
     cfg = resolve_client(args)
     endpoints = cfg.endpoints
 
@@ -130,20 +131,7 @@ def run_logs(args: argparse.Namespace) -> int:
             pod = await client.get("Pod", args.pod, namespace)
         except NotFoundError:
             raise CommandError(f'pods "{args.pod}" not found in namespace "{namespace}"') from None
-        node_name = pod.spec.node_name
-        if not node_name:
-            raise CommandError(f'pod "{namespace}/{args.pod}" is not scheduled to a node yet')
-        try:
-            node = await client.get("Node", node_name)
-        except NotFoundError:
-            raise CommandError(
-                f'node "{node_name}" of pod "{namespace}/{args.pod}" not found'
-            ) from None
-        address = agent_address(node)
-        if address is None:
-            raise CommandError(
-                f'node "{node_name}" has no {AGENT_ADDRESS_TYPE} address (is its agent running?)'
-            )
+        node_name, address = await pod_agent(client, pod)
         request = agent_pb2.LogsRequest(
             namespace=namespace,
             pod=args.pod,
@@ -153,30 +141,63 @@ def run_logs(args: argparse.Namespace) -> int:
         )
         if args.tail >= 0:
             request.tail_lines = args.tail
-        await _stream_logs(address, node_name, request, args.request_timeout, client.credentials)
+        await stream_logs(address, node_name, request, args.request_timeout, client.credentials)
         return 0
 
-    return _run(args, body)
+    return with_client(args, body)
 
 
-async def _stream_logs(
+async def pod_agent(client: ObjectsClient, pod: Any) -> tuple[str, str]:
+    """(node name, its agent's host:port) of a pod; CommandError saying why there is none."""
+    where = f"{pod.metadata.namespace}/{pod.metadata.name}"
+    node_name = str(pod.spec.node_name)
+    if not node_name:
+        raise CommandError(f'pod "{where}" is not scheduled to a node yet')
+    try:
+        node = await client.get("Node", node_name)
+    except NotFoundError:
+        raise CommandError(f'node "{node_name}" of pod "{where}" not found') from None
+    address = agent_address(node)
+    if address is None:
+        raise CommandError(
+            f'node "{node_name}" has no {AGENT_ADDRESS_TYPE} address (is its agent running?)'
+        )
+    return node_name, address
+
+
+async def stream_logs(
     address: str,
     node: str,
     request: agent_pb2.LogsRequest,
     timeout: float,
     credentials: ClientCredentials,
+    *,
+    skip: int = 0,
+    written: Callable[[int], None] | None = None,
 ) -> None:
+    """Write the output the agent streams for request to stdout, as it comes.
+
+    The first ``skip`` bytes are left out (already shown); ``written(n)`` is
+    told of every n bytes written. A reader that went away (`| head`) ends it
+    quietly, like cat.
+    """
     channel = await _connect(address, node, timeout, credentials)
     out = sys.stdout.buffer
     try:
         stub = agent_pb2_grpc.NodeAgentStub(channel)
         async for chunk in stub.Logs(request):
-            out.write(chunk.data)
+            data = chunk.data
+            if skip:
+                data, skip = data[skip:], max(0, skip - len(data))
+            if not data:
+                continue
+            out.write(data)
             out.flush()
+            if written is not None:
+                written(len(data))
     except grpc.aio.AioRpcError as err:
         raise _agent_error(err, node, address) from None
     except BrokenPipeError:
-        # The reader went away (`mizzen logs web | head`): stop quietly, like cat.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
@@ -264,7 +285,7 @@ def run_top_nodes(args: argparse.Namespace) -> int:
         sys.stdout.write(tables.render(node_rows(list(results))))
         return 0
 
-    return _run(args, body)
+    return with_client(args, body)
 
 
 def pod_rows(
@@ -324,4 +345,4 @@ def run_top_pods(args: argparse.Namespace) -> int:
         sys.stdout.write(tables.render(rows))
         return 0
 
-    return _run(args, body)
+    return with_client(args, body)

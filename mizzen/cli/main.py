@@ -34,6 +34,8 @@ REGISTRY: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("rollout_cmd", "add_rollout_parsers", ("rollout", "scale")),
     ("node_cmd", "add_node_parsers", ("cordon", "uncordon", "drain")),
     ("pki_cmd", "add_pki_parsers", ("pki",)),
+    ("run_cmd", "add_run_parser", ("run",)),
+    ("label_cmd", "add_label_parsers", ("label", "annotate", "edit")),
 )
 
 

@@ -1,4 +1,10 @@
-"""`mizzen rollout status|history|undo` for Deployments, and `mizzen scale`.
+"""`mizzen rollout status|history|undo|restart` for Deployments, and `mizzen scale`.
+
+``restart`` (Deployments and DaemonSets) writes the pod template annotation
+``mizzen.io/restartedAt`` (RFC 3339, now), as kubectl writes
+``kubectl.kubernetes.io/restartedAt``: the template changes, so the normal
+rolling update replaces every pod once (a Deployment gets a new revision whose
+change cause says it was a restart).
 
 Rollback is a spec change: ``undo`` copies the pod template of an older
 ReplicaSet (the previous revision, or ``--to-revision N``) into the
@@ -19,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -38,6 +45,8 @@ REVISION_ANNOTATION = "deployment.mizzen.io/revision"
 CONFIG_HASH = "mizzen.io/config-hash"
 CONFIG_SOURCES = "mizzen.io/config-sources"
 CHANGE_CAUSE = "mizzen.io/change-cause"
+RESTARTED_AT = "mizzen.io/restartedAt"  # as controllers.rollout.RESTARTED_AT
+RESTARTABLE = ("Deployment", "DaemonSet")
 ABSENT = "absent"
 SCALABLE = ("Deployment", "ReplicaSet")
 UPDATE_ATTEMPTS = 5
@@ -68,6 +77,12 @@ def add_rollout_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     p.add_argument("target", nargs="+", metavar="deployment/NAME")
     p.add_argument("--to-revision", type=int, default=0, help="default: the previous one")
     p.set_defaults(func=run_undo, client_command=True)
+
+    p = rsub.add_parser(
+        "restart", parents=[common], help="replace every pod of a deployment or daemonset"
+    )
+    p.add_argument("target", nargs="+", metavar="deploy/NAME|ds/NAME")
+    p.set_defaults(func=run_restart, client_command=True)
 
     p = sub.add_parser("scale", parents=[common], help="set the replicas of a workload")
     p.add_argument("target", nargs="+", metavar="KIND/NAME")
@@ -368,6 +383,45 @@ def _undo_target(d: pb.Deployment, history: list[pb.ReplicaSet], to: int) -> pb.
     return older[-1]
 
 
+# ------------------------------------------------------------------ restart
+
+
+def restart_stamp(now: datetime.datetime, previous: str = "") -> str:
+    """now in RFC 3339 (UTC, seconds); with microseconds when that equals previous, so that
+    two restarts within one second still change the template."""
+    stamp = now.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    if stamp == previous:
+        stamp = now.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return stamp
+
+
+def run_restart(args: argparse.Namespace) -> int:
+    info, name = _target(args.target, RESTARTABLE)
+    ns = args.namespace or DEFAULT_NAMESPACE
+
+    async def body(client: ObjectsClient) -> int:
+        for _ in range(UPDATE_ATTEMPTS):
+            obj = await client.get(info, name, ns)
+            if info.kind == "Deployment" and obj.spec.paused:
+                raise CommandError(
+                    f"deployment/{name} is paused: a restart would not roll out until it is "
+                    f"resumed (set spec.paused to false first)"
+                )
+            annotations = obj.spec.template.metadata.annotations
+            annotations[RESTARTED_AT] = restart_stamp(
+                datetime.datetime.now(datetime.UTC), annotations.get(RESTARTED_AT, "")
+            )
+            try:
+                await client.update(obj)
+            except ConflictError:
+                continue
+            _out(f"{info.singular}.mizzen/{name} restarted")
+            return 0
+        raise CommandError(f"{info.singular}/{name} kept changing; try again")
+
+    return _run(args, body)
+
+
 # ------------------------------------------------------------------ scale
 
 
@@ -392,4 +446,11 @@ def run_scale(args: argparse.Namespace) -> int:
     return _run(args, body)
 
 
-__all__ = ["add_rollout_parsers", "history_table", "plan_undo", "revision_details", "rollout_state"]
+__all__ = [
+    "add_rollout_parsers",
+    "history_table",
+    "plan_undo",
+    "restart_stamp",
+    "revision_details",
+    "rollout_state",
+]

@@ -6,6 +6,7 @@ CLI's pure parts (history_table, revision_details, plan_undo) read them.
 
 from __future__ import annotations
 
+import datetime
 from typing import Any
 
 import pytest
@@ -15,7 +16,13 @@ from controllers.manager import ManagerConfig
 from controllers.rollout import revision_of
 from controllers.testing import FakeObjects, drain, fake_context
 from mizzen.cli.errors import CommandError
-from mizzen.cli.rollout_cmd import history_table, plan_undo, revision_details
+from mizzen.cli.rollout_cmd import (
+    RESTARTED_AT,
+    history_table,
+    plan_undo,
+    restart_stamp,
+    revision_details,
+)
 from protos import objects_pb2 as pb
 
 
@@ -51,6 +58,13 @@ class Revisions:
         d.spec.template.spec.processes[0].command[1] = version
         if cause:
             d.metadata.annotations["mizzen.io/change-cause"] = cause
+        await self.objects.update(d)
+        await self.settle()
+
+    async def restart(self, stamp: str) -> None:
+        """What `mizzen rollout restart` writes."""
+        d = await self.objects.get("deployments", "web", "default")
+        d.spec.template.metadata.annotations[RESTARTED_AT] = stamp
         await self.objects.update(d)
         await self.settle()
 
@@ -160,3 +174,33 @@ async def test_undo_with_unchanged_config_goes_back_to_the_old_replicaset() -> N
     assert newest.metadata.name == first and revision_of(newest) == 3
     skipped: Any = plan_undo(r.deployment(), r.history(), 3)
     assert skipped[1] is None and "skipped rollback" in skipped[2][0]
+
+
+def test_restart_stamp_is_rfc3339_and_always_new() -> None:
+    now = datetime.datetime(2026, 12, 7, 23, 59, 1, 250000, tzinfo=datetime.UTC)
+    assert restart_stamp(now) == "2026-12-07T23:59:01Z"
+    assert restart_stamp(now, "2026-12-07T23:59:01Z") == "2026-12-07T23:59:01.250000Z"
+    assert datetime.datetime.fromisoformat(restart_stamp(now)) == now.replace(microsecond=0)
+
+
+async def test_restart_is_a_new_revision_whose_cause_says_restart() -> None:
+    r = await revisions()
+    await r.set_version("v2", cause="server v2")
+    await r.restart("2026-12-07T23:59:01Z")
+    history = r.history()
+    assert [revision_of(rs) for rs in history] == [1, 2, 3]
+    assert history[-1].spec.template.metadata.annotations[RESTARTED_AT] == "2026-12-07T23:59:01Z"
+    rows = [cells(line) for line in history_table(r.deployment(), history)[2:]]
+    assert [(row[0], row[-1]) for row in rows] == [
+        ("1", "<none>"),
+        ("2", "server v2"),
+        ("3", "restart: mizzen rollout restart at 2026-12-07T23:59:01Z"),
+    ]
+    # a template change together with a new stamp is the user's change, not a restart
+    d = await r.objects.get("deployments", "web", "default")
+    d.spec.template.metadata.annotations[RESTARTED_AT] = "2026-12-08T00:00:00Z"
+    d.spec.template.spec.processes[0].command[1] = "v3"
+    d.metadata.annotations["mizzen.io/change-cause"] = "server v3"
+    await r.objects.update(d)
+    await r.settle()
+    assert r.history()[-1].metadata.annotations["mizzen.io/change-cause"] == "server v3"

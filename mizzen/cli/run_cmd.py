@@ -1,0 +1,437 @@
+"""`mizzen run NAME [--rm] -- CMD ARGS...`: a one-off Pod, its output as it runs, its exit code.
+
+The command creates a Pod named NAME with one process named NAME
+(restartPolicy Never unless ``--restart OnFailure``), then follows it with a
+watch (no polling): once the scheduler bound it and the agent started the
+process, the process's output is streamed from that node's agent (the Logs
+RPC, as ``mizzen logs -f``; a restart under OnFailure follows the next
+instance). When the pod ends (Succeeded or Failed) the rest of the output is
+read and the command exits with the process's exit code (128 + signal if a
+signal ended it); what the agent said beyond the code (StartError, OOMKilled,
+a signal) is one line on stderr. A pod not bound within ``--schedule-timeout`` seconds fails
+the command with the scheduler's reason (its PodScheduled condition); a bound
+pod whose process has not started within ``--pod-running-timeout`` fails with
+the process's waiting reason.
+
+``--rm`` deletes the pod afterwards, whatever the outcome: also on Ctrl-C
+(SIGINT, exit 130) and SIGTERM (exit 143), after which the command waits until
+the store has removed the pod (the agent has stopped its processes).
+
+``-i`` (stdin) is refused: the node agent has no path that feeds a process's
+stdin yet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import functools
+import signal
+import sys
+from collections.abc import Callable
+
+from mizzen.api import quantity
+from mizzen.api.defaults import DEFAULT_NAMESPACE
+from mizzen.cli.errors import CommandError, UsageError
+from mizzen.cli.logs_cmd import pod_agent, stream_logs, with_client
+from mizzen.cli.objects_cmd import _client_options
+from mizzen.client.errors import AlreadyExistsError, NotFoundError
+from mizzen.client.objects import ObjectsClient
+from protos import agent_pb2
+from protos import objects_pb2 as pb
+
+ENDED = ("Succeeded", "Failed")
+RUN_LABEL = "run"
+DELETE_WAIT = 60.0
+"""Seconds --rm waits, beyond the pod's grace period, for the store to remove the pod."""
+STDIN_REFUSED = (
+    "run -i: attaching stdin is not supported yet (the node agent has no stdin path for "
+    "processes); run without -i"
+)
+_EXIT_ON = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
+def add_run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "run",
+        parents=[_client_options()],
+        help="run a command once in a new pod and show its output",
+        description="Create a one-off pod running CMD ARGS, stream its output, exit with its "
+        "exit code; --rm deletes the pod afterwards (also on Ctrl-C).",
+    )
+    p.add_argument("name", metavar="NAME", help="the pod's name and its process's")
+    p.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD ARGS...")
+    p.add_argument("-n", "--namespace", default=None)
+    p.add_argument("--rm", action="store_true", help="delete the pod when it ends or on Ctrl-C")
+    p.add_argument("-i", "--stdin", action="store_true", help="not supported yet")
+    p.add_argument("--restart", default="Never", choices=["Never", "OnFailure"])
+    p.add_argument("--env", action="append", default=[], metavar="K=V")
+    p.add_argument("--cpu", default="", metavar="Q", help="CPU request and limit, e.g. 500m")
+    p.add_argument("--memory", default="", metavar="Q", help="memory request and limit")
+    p.add_argument("--node-selector", action="append", default=[], metavar="k=v")
+    p.add_argument("--labels", action="append", default=[], metavar="k=v[,k=v]")
+    p.add_argument(
+        "--schedule-timeout",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="seconds the pod may stay unscheduled before the command fails (default 10)",
+    )
+    p.add_argument(
+        "--pod-running-timeout",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="seconds a scheduled pod may take to start its process (default 60)",
+    )
+    p.set_defaults(func=run_run, client_command=True, run_parser=p)
+
+
+# ------------------------------------------------------------------ the pod
+
+
+def _pairs(values: list[str], flag: str, *, split_commas: bool = False) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for value in values:
+        for item in value.split(",") if split_commas else [value]:
+            key, sep, val = item.partition("=")
+            if not sep or not key:
+                raise UsageError(f"{flag}: expected KEY=VALUE, got {item!r}")
+            out[key] = val
+    return out
+
+
+def command_of(args: argparse.Namespace) -> list[str]:
+    """CMD ARGS: what follows "--"; options between NAME and "--" are parsed into args.
+
+    argparse stops at NAME (the command's own words may look like options), so
+    ``run NAME --rm -- CMD`` leaves "--rm --" to parse here. Without "--",
+    everything after NAME is the command.
+    """
+    words = list(args.argv)
+    if getattr(args, "command_parsed", False) or "--" not in words:
+        return words
+    args.command_parsed = True
+    cut = words.index("--")
+    options, command = words[:cut], words[cut + 1 :]
+    if options:
+        parser: argparse.ArgumentParser = args.run_parser
+        parser.parse_args([*options, args.name], namespace=args)
+    args.argv = command
+    return command
+
+
+def build_pod(args: argparse.Namespace, namespace: str) -> pb.Pod:
+    """The Pod of a `mizzen run` command line (validated by the store, not here)."""
+    argv = command_of(args)
+    if not argv:
+        raise UsageError("run: give the command after --, e.g. mizzen run NAME -- echo hi")
+    pod = pb.Pod()
+    pod.metadata.name = args.name
+    pod.metadata.namespace = namespace
+    pod.metadata.labels[RUN_LABEL] = args.name
+    pod.metadata.labels.update(_pairs(args.labels, "--labels", split_commas=True))
+    pod.spec.restart_policy = args.restart
+    pod.spec.node_selector.update(_pairs(args.node_selector, "--node-selector"))
+    proc = pod.spec.processes.add(name=args.name, command=argv[:1], args=argv[1:])
+    for key, value in _pairs(args.env, "--env").items():
+        proc.env.add(name=key, value=value)
+    try:
+        if args.cpu:
+            millis = quantity.parse_cpu(args.cpu)
+            proc.resources.requests.cpu_millis = millis
+            proc.resources.limits.cpu_millis = millis
+        if args.memory:
+            nbytes = quantity.parse_memory(args.memory)
+            proc.resources.requests.memory_bytes = nbytes
+            proc.resources.limits.memory_bytes = nbytes
+    except ValueError as err:
+        raise UsageError(f"--cpu/--memory: {err}") from None
+    return pod
+
+
+def condition(pod: pb.Pod, type_: str) -> pb.Condition | None:
+    return next((c for c in pod.status.conditions if c.type == type_), None)
+
+
+def unscheduled_reason(pod: pb.Pod, waited: float) -> str:
+    """Why pod is not bound, from the scheduler's PodScheduled condition."""
+    where = f'pod "{pod.metadata.namespace}/{pod.metadata.name}"'
+    cond = condition(pod, "PodScheduled")
+    if cond is not None and cond.status == "False":
+        why = f"{cond.reason}: {cond.message}" if cond.message else cond.reason
+        return f"{where} was not scheduled within {waited:g}s: {why}"
+    return (
+        f"{where} was not scheduled within {waited:g}s and no scheduler said why "
+        f"(is `mizzen controllers` running?)"
+    )
+
+
+def started(pod: pb.Pod) -> bool:
+    """Whether the process ever ran (running, ended, or restarted)."""
+    return any(
+        ps.state.HasField("running") or ps.state.HasField("terminated") or ps.restart_count
+        for ps in pod.status.process_statuses
+    )
+
+
+def not_started_reason(pod: pb.Pod, waited: float) -> str:
+    where = f'pod "{pod.metadata.namespace}/{pod.metadata.name}"'
+    for ps in pod.status.process_statuses:
+        if ps.state.HasField("waiting"):
+            w = ps.state.waiting
+            why = f"{w.reason}: {w.message}" if w.message else w.reason
+            return f"{where} did not start within {waited:g}s: {why}"
+    return f'{where} did not start within {waited:g}s on node "{pod.spec.node_name}"'
+
+
+def ended_note(pod: pb.Pod) -> str:
+    """Why the process ended, when the agent said more than its exit code (it could not
+    start, the OOM killer, a signal); "" for a plain exit."""
+    for ps in pod.status.process_statuses:
+        t = ps.state.terminated
+        if ps.state.HasField("terminated") and t.message:
+            where = f'pod "{pod.metadata.namespace}/{pod.metadata.name}"'
+            return f"{where}: process {ps.name}: {t.reason}: {t.message}"
+    return ""
+
+
+def exit_code(pod: pb.Pod) -> int:
+    """The process's exit code (128 + signal when a signal ended it); 1 if unknown."""
+    for ps in pod.status.process_statuses:
+        if ps.state.HasField("terminated"):
+            t = ps.state.terminated
+            return 128 + t.signal if t.signal else int(t.exit_code)
+    return 0 if pod.status.phase == "Succeeded" else 1
+
+
+# ------------------------------------------------------------------ following it
+
+
+class PodWatch:
+    """The pod as last seen through a watch; ``until`` waits for a predicate."""
+
+    def __init__(self, pod: pb.Pod) -> None:
+        self.pod = pod
+        self.deleted = False
+        self.error: BaseException | None = None  # the watch failed: until() raises it
+        self._changed = asyncio.Event()
+
+    async def run(self, client: ObjectsClient) -> None:
+        meta = self.pod.metadata
+        try:
+            async for kind, obj in client.watch(
+                "Pod",
+                meta.namespace,
+                field_selector=f"metadata.name={meta.name}",
+                resource_version=meta.resource_version,
+                resume_timeout=30.0,
+            ):
+                if kind == "BOOKMARK" or obj.metadata.uid != meta.uid:
+                    continue
+                self.pod = obj
+                self.deleted = kind == "DELETED"
+                self._changed.set()
+                if self.deleted:
+                    return
+        except Exception as err:  # handed to the waiter, raised there
+            self.error = err
+            self._changed.set()
+
+    async def until(self, check: Callable[[pb.Pod], bool], timeout: float | None) -> bool:
+        """True once check(pod) (or the pod is deleted), False at the timeout."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while not (self.deleted or check(self.pod)):
+            if self.error is not None:
+                raise self.error
+            self._changed.clear()
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                return False
+            try:
+                async with asyncio.timeout(remaining):
+                    await self._changed.wait()
+            except TimeoutError:
+                return check(self.pod)
+        return True
+
+
+class Output:
+    """The process's output from its agent: followed while it runs, the rest read at the end."""
+
+    def __init__(self, client: ObjectsClient, pod: pb.Pod, timeout: float) -> None:
+        self.client = client
+        self.namespace = str(pod.metadata.namespace)
+        self.name = str(pod.metadata.name)
+        self.process = str(pod.spec.processes[0].name)
+        self.timeout = timeout
+        self.shown = 0  # bytes of the instance being followed
+        self.instance = -1
+        self.agent: tuple[str, str] | None = None
+
+    def _count(self, n: int) -> None:
+        self.shown += n
+
+    async def _stream(self, follow: bool) -> None:
+        if self.agent is None:
+            pod = await self.client.get("Pod", self.name, self.namespace)
+            self.agent = await pod_agent(self.client, pod)
+        node, address = self.agent
+        request = agent_pb2.LogsRequest(
+            namespace=self.namespace, pod=self.name, process=self.process, follow=follow
+        )
+        skip, self.shown = self.shown, 0
+        await stream_logs(
+            address,
+            node,
+            request,
+            self.timeout,
+            self.client.credentials,
+            skip=skip,
+            written=self._count,
+        )
+        self.shown += skip
+
+    async def follow(self, watch: PodWatch) -> None:
+        """Follow each instance in turn until cancelled (a restart ends a follow)."""
+        while True:
+            restarts = _restarts(watch.pod)
+            if restarts != self.instance:
+                self.instance, self.shown = restarts, 0
+            await self._stream(follow=True)
+            # The instance ended: wait for the next one (or for cancellation).
+            await watch.until(functools.partial(_restarted_since, restarts), None)
+
+    async def rest(self, pod: pb.Pod) -> None:
+        """What the last instance wrote that has not been shown yet."""
+        restarts = _restarts(pod)
+        if restarts != self.instance:
+            self.instance, self.shown = restarts, 0
+        await self._stream(follow=False)
+
+
+def _restarts(pod: pb.Pod) -> int:
+    return max((ps.restart_count for ps in pod.status.process_statuses), default=0)
+
+
+def _restarted_since(restarts: int, pod: pb.Pod) -> bool:
+    return _restarts(pod) > restarts
+
+
+async def follow_pod(client: ObjectsClient, pod: pb.Pod, args: argparse.Namespace) -> int:
+    """Wait for pod to be scheduled and started, show its output, return its exit code."""
+    watch = PodWatch(pod)
+    watcher = asyncio.create_task(watch.run(client))
+    follower: asyncio.Task[None] | None = None
+    try:
+        if not await watch.until(lambda p: bool(p.spec.node_name), args.schedule_timeout):
+            raise CommandError(unscheduled_reason(watch.pod, args.schedule_timeout))
+        running = lambda p: started(p) or p.status.phase in ENDED  # noqa: E731
+        if not await watch.until(running, args.pod_running_timeout):
+            raise CommandError(not_started_reason(watch.pod, args.pod_running_timeout))
+        output = Output(client, watch.pod, args.request_timeout)
+        if watch.pod.status.phase not in ENDED and not watch.deleted:
+            follower = asyncio.create_task(output.follow(watch))
+            ended = asyncio.create_task(watch.until(lambda p: p.status.phase in ENDED, None))
+            await asyncio.wait({follower, ended}, return_when=asyncio.FIRST_COMPLETED)
+            if follower.done():
+                ended.cancel()
+                follower.result()  # raises the agent's error
+            follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await follower
+        if watch.deleted:
+            raise CommandError(f'pod "{pod.metadata.namespace}/{pod.metadata.name}" was deleted')
+        await output.rest(watch.pod)
+        note = ended_note(watch.pod)
+        if note:
+            sys.stdout.flush()
+            print(f"mizzen: {note}", file=sys.stderr, flush=True)
+        return exit_code(watch.pod)
+    finally:
+        for task in (watcher, follower):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+
+
+async def delete_and_wait(client: ObjectsClient, pod: pb.Pod) -> None:
+    """Delete pod and wait (watch) until the store has removed it."""
+    ns, name = str(pod.metadata.namespace), str(pod.metadata.name)
+    try:
+        stored, gone = await client.delete("Pod", name, ns)
+    except NotFoundError:
+        return
+    if gone:
+        return
+    grace = stored.metadata.deletion_grace_period_seconds or 0
+    watch = PodWatch(stored)
+    watcher = asyncio.create_task(watch.run(client))
+    try:
+        if not await watch.until(lambda p: False, grace + DELETE_WAIT):
+            raise CommandError(f'pod "{ns}/{name}" is still being deleted')
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await watcher
+
+
+# ------------------------------------------------------------------ the command
+
+
+def run_run(args: argparse.Namespace) -> int:
+    command_of(args)  # options given after NAME, before "--"
+    if args.stdin:
+        raise UsageError(STDIN_REFUSED)
+    namespace = args.namespace or DEFAULT_NAMESPACE
+    pod = build_pod(args, namespace)
+
+    async def body(client: ObjectsClient) -> int:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        received: list[int] = []
+
+        created: pb.Pod | None = None
+
+        def interrupt(sig: int) -> None:
+            # While the pod is being created the signal is only noted (acted on right
+            # after), so that a pod created meanwhile is still removed with --rm.
+            if not received:
+                received.append(sig)
+                if created is not None:
+                    task.cancel()
+
+        for sig in _EXIT_ON:
+            loop.add_signal_handler(sig, interrupt, sig)
+        try:
+            try:
+                created = await client.create(pod)
+            except AlreadyExistsError:
+                raise CommandError(
+                    f'pods "{args.name}" already exists in namespace "{namespace}"'
+                ) from None
+            if received:
+                return _EXIT_ON[signal.Signals(received[0])]
+            return await follow_pod(client, created, args)
+        except asyncio.CancelledError:
+            if not received:
+                raise
+            task.uncancel()
+            return _EXIT_ON[signal.Signals(received[0])]
+        finally:
+            if args.rm and created is not None:
+                # Further signals must not cut the cleanup short.
+                await asyncio.shield(delete_and_wait(client, created))
+            for sig in _EXIT_ON:
+                loop.remove_signal_handler(sig)
+
+    code = with_client(args, body)
+    sys.stdout.flush()
+    return code
+
+
+__all__ = ["add_run_parser", "build_pod", "exit_code", "unscheduled_reason"]
