@@ -74,6 +74,29 @@ def agent_address(node: Any) -> str | None:
     return None
 
 
+async def locate_agent(client: ObjectsClient, namespace: str, pod_name: str) -> tuple[str, str]:
+    """(node name, agent address) of the node the pod is bound to; CommandError why not."""
+    try:
+        pod = await client.get("Pod", pod_name, namespace)
+    except NotFoundError:
+        raise CommandError(f'pods "{pod_name}" not found in namespace "{namespace}"') from None
+    node_name = pod.spec.node_name
+    if not node_name:
+        raise CommandError(f'pod "{namespace}/{pod_name}" is not scheduled to a node yet')
+    try:
+        node = await client.get("Node", node_name)
+    except NotFoundError:
+        raise CommandError(
+            f'node "{node_name}" of pod "{namespace}/{pod_name}" not found'
+        ) from None
+    address = agent_address(node)
+    if address is None:
+        raise CommandError(
+            f'node "{node_name}" has no {AGENT_ADDRESS_TYPE} address (is its agent running?)'
+        )
+    return node_name, address
+
+
 def _run(args: argparse.Namespace, body: Callable[[ObjectsClient], Awaitable[int]]) -> int:
     cfg = resolve_client(args)
     endpoints = cfg.endpoints
@@ -126,24 +149,7 @@ def run_logs(args: argparse.Namespace) -> int:
     namespace = args.namespace or DEFAULT_NAMESPACE
 
     async def body(client: ObjectsClient) -> int:
-        try:
-            pod = await client.get("Pod", args.pod, namespace)
-        except NotFoundError:
-            raise CommandError(f'pods "{args.pod}" not found in namespace "{namespace}"') from None
-        node_name = pod.spec.node_name
-        if not node_name:
-            raise CommandError(f'pod "{namespace}/{args.pod}" is not scheduled to a node yet')
-        try:
-            node = await client.get("Node", node_name)
-        except NotFoundError:
-            raise CommandError(
-                f'node "{node_name}" of pod "{namespace}/{args.pod}" not found'
-            ) from None
-        address = agent_address(node)
-        if address is None:
-            raise CommandError(
-                f'node "{node_name}" has no {AGENT_ADDRESS_TYPE} address (is its agent running?)'
-            )
+        node_name, address = await locate_agent(client, namespace, args.pod)
         request = agent_pb2.LogsRequest(
             namespace=namespace,
             pod=args.pod,
