@@ -309,13 +309,17 @@ class ExecSession:
     def kill_leftovers(self) -> None:
         """Kill the group, then every marked process in the cgroup until none is left."""
         self.kill_group()
+        killed: set[int] = set()
         for _ in range(_KILL_ROUNDS):
-            marked = self._marked()
+            # A process already sent SIGKILL is dying and forks nothing more: only a
+            # process not seen before (forked meanwhile) needs another round.
+            marked = set(self._marked()) - killed
             if not marked:
                 return
             for pid in marked:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, signal.SIGKILL)
+            killed |= marked
         log.warning("exec_leftovers_survive", pid=self.pid, session=self.session)
 
     def close(self) -> None:
