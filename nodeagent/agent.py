@@ -60,6 +60,7 @@ from nodeagent.node_status import (
     system_info,
 )
 from nodeagent.pod_config import PodPaths
+from nodeagent.pod_exec import kill_stale_sessions
 from nodeagent.pod_ops import AgentPolicy
 from nodeagent.pod_worker import PodWorker, WorkerDeps
 from nodeagent.services import ServiceDirectory
@@ -263,6 +264,17 @@ class Agent:
         self.services.remove_unused()
         self.paths.secrets.unmount()
 
+    def kill_stale_execs(self) -> None:
+        """Kill what exec sessions of a previous agent run left behind (that agent was
+        killed before it could end them); the pods' own recorded processes are kept."""
+        root = self.driver.open("")
+        if root is None:
+            return
+        keep = {p.pid for r in self.state.load_all() for p in r.processes.values() if p.pid > 0}
+        killed = kill_stale_sessions(root, keep)
+        if killed:
+            self._log.info("stale_exec_processes_killed", count=killed)
+
     def _destroy(self, cgroup: Cgroup) -> None:
         try:
             cgroup.kill_all()
@@ -424,6 +436,7 @@ async def run_agent(config: AgentConfig, stop: asyncio.Event | None = None) -> N
         config.endpoints, timeout=config.request_timeout, credentials=config.credentials
     ) as client:
         agent = Agent(config, driver, client)
+        agent.kill_stale_execs()  # before the gRPC port can start new ones
         server, health_servicer = await _serve_grpc(agent, config.listen)
         try:
             http = _serve_metrics(agent)

@@ -30,7 +30,7 @@ import signal
 import struct
 import subprocess
 import termios
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from typing import Any
 
 import structlog
@@ -62,6 +62,42 @@ def _close(fd: int | None) -> None:
     if fd is not None:
         with contextlib.suppress(OSError):
             os.close(fd)
+
+
+def _carries(pid: int, mark: bytes) -> bool:
+    """Whether an entry of pid's environment starts with mark (each entry ends with NUL,
+    so a mark ending with NUL matches a whole entry)."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            environ = f.read()
+    except OSError:
+        return False
+    return b"\0" + mark in b"\0" + environ
+
+
+def _kill_marked(pids: Callable[[], set[int]], mark: bytes, keep: set[int]) -> int:
+    """SIGKILL every pid carrying mark (keep excepted) until a scan finds none new;
+    how many were killed."""
+    killed: set[int] = set()
+    for _ in range(_KILL_ROUNDS):
+        try:
+            found = {p for p in pids() - keep - killed if _carries(p, mark)}
+        except (CgroupError, OSError):
+            break
+        if not found:
+            break
+        for pid in found:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        killed |= found
+    return len(killed)
+
+
+def kill_stale_sessions(root: Cgroup, keep: set[int]) -> int:
+    """At agent start, before any exec can begin: kill what the exec sessions of a
+    previous agent run left in the pods' cgroups (that agent died without ending
+    them); keep holds the pods' own recorded pids. How many were killed."""
+    return _kill_marked(root.pids, f"{SESSION_VARIABLE}=".encode(), keep)
 
 
 class ExecSession:
@@ -288,39 +324,11 @@ class ExecSession:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, signal.SIGKILL)
 
-    def _marked(self) -> list[int]:
-        """Processes in the cgroup that carry this session's id in their environment."""
-        try:
-            pids = self.cgroup.pids()
-        except (CgroupError, OSError):
-            return []
-        mark = f"{SESSION_VARIABLE}={self.session}".encode()
-        found = []
-        for pid in pids:
-            try:
-                with open(f"/proc/{pid}/environ", "rb") as f:
-                    environ = f.read()
-            except OSError:
-                continue
-            if mark in environ.split(b"\0"):
-                found.append(pid)
-        return found
-
     def kill_leftovers(self) -> None:
-        """Kill the group, then every marked process in the cgroup until none is left."""
+        """Kill the group, then every process in the cgroup marked with this session
+        until a scan finds none new (a process already sent SIGKILL forks nothing more)."""
         self.kill_group()
-        killed: set[int] = set()
-        for _ in range(_KILL_ROUNDS):
-            # A process already sent SIGKILL is dying and forks nothing more: only a
-            # process not seen before (forked meanwhile) needs another round.
-            marked = set(self._marked()) - killed
-            if not marked:
-                return
-            for pid in marked:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(pid, signal.SIGKILL)
-            killed |= marked
-        log.warning("exec_leftovers_survive", pid=self.pid, session=self.session)
+        _kill_marked(self.cgroup.pids, f"{SESSION_VARIABLE}={self.session}\0".encode(), set())
 
     def close(self) -> None:
         """Kill everything the command started, reap it and close its descriptors (idempotent)."""

@@ -147,10 +147,15 @@ def _read_stdin(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[Any]) -> N
             data = os.read(fd, _READ)
         except OSError:
             data = b""
-        if not data:
-            loop.call_soon_threadsafe(queue.put_nowait, agent_pb2.ExecRequest(stdin_close=True))
+        request = (
+            agent_pb2.ExecRequest(stdin=data) if data else agent_pb2.ExecRequest(stdin_close=True)
+        )
+        try:
+            loop.call_soon_threadsafe(queue.put_nowait, request)
+        except RuntimeError:  # the call is over and its loop closed
             return
-        loop.call_soon_threadsafe(queue.put_nowait, agent_pb2.ExecRequest(stdin=data))
+        if not data:
+            return
 
 
 def _stdin_is_terminal() -> bool:

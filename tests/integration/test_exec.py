@@ -168,6 +168,8 @@ async def test_exec_stdin_and_a_missing_command(
 ) -> None:
     out = mizzen(cluster, "exec", "-i", "target", "-n", NS, "--", "cat", stdin="hello\nworld\n")
     assert (out.returncode, out.stdout) == (0, "hello\nworld\n"), out.stderr
+    out = mizzen(cluster, "exec", "-t", "target", "-n", NS, "--", "sh", "-c", "tty; exit 4")
+    assert out.returncode == 4 and out.stdout.startswith("/dev/pts/"), out
     out = mizzen(cluster, "exec", "target", "-n", NS, "--", "no-such-command")
     assert out.returncode == 1
     assert out.stderr.strip() == 'mizzen: exec: executable "no-such-command" not found in PATH'
@@ -341,3 +343,29 @@ async def test_kill_and_exec_input_errors(
     out = mizzen(cluster, "exec", "pair", "-n", NS)
     assert out.returncode == 1 and "give the command after --" in out.stderr
     await client.delete("pods", "pair", NS)
+
+
+async def test_agent_killed_mid_exec_then_restarted_kills_the_leftovers(
+    agent: AgentProcess, target: pb.Pod, client: ObjectsClient
+) -> None:
+    """Last in the module: the agent is SIGKILLed while a command runs (nothing ends the
+    session); the next agent kills the command before it serves, and re-adopts the pod."""
+    before = main_pid(await client.get("pods", "target", NS))
+    start = _start(["sh", "-c", "echo up; setsid sleep 1004 & exec sleep 1005"])
+    channel, _queue, call = await _exec_call(agent, [start])
+    try:
+        assert (await call.read()).stdout == b"up\n"
+
+        async def sleepers() -> list[str]:
+            return [c for p in cgroup_pids(agent, target) if "sleep 100" in (c := cmdline(p))]
+
+        await eventually(sleepers, lambda s: len(s) == 2, what="both sleeps running")
+        agent.kill()
+        assert len(await sleepers()) == 2  # nobody ended them
+        agent.start()
+        await eventually(sleepers, lambda s: s == [], what="the leftovers killed")
+    finally:
+        await channel.close(None)
+    assert agent.count_log_events("stale_exec_processes_killed") == 1
+    assert main_pid(await client.get("pods", "target", NS)) == before
+    assert before in cgroup_pids(agent, target)
