@@ -122,7 +122,7 @@ def _agent_error(err: grpc.aio.AioRpcError, node: str, address: str) -> CommandE
         return CommandError(
             f'cannot reach the agent of node "{node}" at {address} ({err.details() or code.name})'
         )
-    return CommandError(err.details() or code.name)
+    return CommandError((err.details() or code.name).removeprefix("mizzen: "))
 
 
 async def _connect(
