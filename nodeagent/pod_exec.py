@@ -122,6 +122,8 @@ class ExecSession:
         self.outputs = list(outputs)
         self.tty = tty
         self.reaped = False
+        # False: stdin messages are dropped (a tty without -i: the terminal is only output).
+        self.accepts_stdin = stdin_fd is not None
         self._closed = False
         for fd in {stdin_fd, *(fd for fd, _ in outputs)} - {None}:
             assert fd is not None
@@ -167,9 +169,11 @@ class ExecSession:
                 raise LaunchError(f"cannot start the command: {err}") from None
             finally:
                 _close(slave)
-            return cls(
+            session_ = cls(
                 popen, cgroup, session, stdin_fd=master, outputs=[(master, "stdout")], tty=True
             )
+            session_.accepts_stdin = stdin
+            return session_
         try:
             popen = subprocess.Popen(
                 argv,
@@ -211,26 +215,27 @@ class ExecSession:
                 loop.remove_reader(fd)
 
     async def _pump(self, fd: int, kind: str, queue: asyncio.Queue[Any]) -> None:
-        """Copy fd's output into queue until end of file (EIO on a pty), then None."""
-        try:
-            while True:
-                await self._readable(fd)
-                try:
-                    data = os.read(fd, _READ)
-                except BlockingIOError:
-                    continue
-                except OSError as err:
-                    if err.errno != errno.EIO:
-                        log.warning("exec_read_failed", pid=self.pid, error=str(err))
-                    break
-                if not data:
-                    break
-                if kind == "stderr":
-                    await queue.put(agent_pb2.ExecResponse(stderr=data))
-                else:
-                    await queue.put(agent_pb2.ExecResponse(stdout=data))
-        finally:
-            await queue.put(None)
+        """Copy fd's output into queue until end of file (EIO on a pty), then None.
+
+        Cancelled (the call ended), it puts nothing more: nobody reads the queue then,
+        and a full queue would block it forever."""
+        while True:
+            await self._readable(fd)
+            try:
+                data = os.read(fd, _READ)
+            except BlockingIOError:
+                continue
+            except OSError as err:
+                if err.errno != errno.EIO:
+                    log.warning("exec_read_failed", pid=self.pid, error=str(err))
+                break
+            if not data:
+                break
+            if kind == "stderr":
+                await queue.put(agent_pb2.ExecResponse(stderr=data))
+            else:
+                await queue.put(agent_pb2.ExecResponse(stdout=data))
+        await queue.put(None)
 
     async def _write(self, data: bytes) -> None:
         fd = self.stdin_fd
@@ -249,6 +254,8 @@ class ExecSession:
         """Pass the client's stdin, its end and resizes to the command."""
         async for request in requests:
             kind = request.WhichOneof("kind")
+            if kind in ("stdin", "stdin_close") and not self.accepts_stdin:
+                continue
             if kind == "stdin":
                 await self._write(request.stdin)
             elif kind == "stdin_close":
@@ -283,6 +290,7 @@ class ExecSession:
         loop = asyncio.get_running_loop()
         open_streams = len(pumps)
         deadline: float | None = None
+        getter: asyncio.Future[Any] | None = None
         try:
             while open_streams:
                 getter = asyncio.ensure_future(queue.get())
@@ -308,9 +316,10 @@ class ExecSession:
                     yield item
             yield agent_pb2.ExecResponse(exit=await exited)
         finally:
-            for task in (*pumps, feeding, exited):
+            tasks = [*pumps, feeding, exited, *([getter] if getter is not None else [])]
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(*pumps, feeding, exited, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
             self.close()
 
     # -- ending ----------------------------------------------------------------------

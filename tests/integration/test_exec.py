@@ -208,6 +208,24 @@ async def test_killed_client_leaves_nothing_behind(
     assert main_pid(again) == main_pid(pod) and main_pid(pod) in cgroup_pids(agent, target)
 
 
+async def test_a_client_gone_while_output_floods_leaves_nothing_behind(
+    agent: AgentProcess, target: pb.Pod
+) -> None:
+    """The agent's output buffer is full when the call ends: the command is killed all
+    the same (nothing waits on a queue nobody reads)."""
+    channel, _queue, call = await _exec_call(agent, [_start(["sh", "-c", "exec yes flood"])])
+    try:
+        assert (await call.read()).stdout.startswith(b"flood\n")
+        await asyncio.sleep(0.5)  # not a threshold: lets the agent's buffer fill up
+    finally:
+        await channel.close(None)
+
+    async def floods() -> list[int]:
+        return [p for p in cgroup_pids(agent, target) if "yes flood" in cmdline(p)]
+
+    await eventually(floods, lambda s: s == [], what="yes killed")
+
+
 async def test_kill_signals_the_process_group_and_refuses_kill(
     cluster: MizzenCluster, agent: AgentProcess, target: pb.Pod, client: ObjectsClient
 ) -> None:
