@@ -319,8 +319,10 @@ class ExecSession:
             tasks = [*pumps, feeding, exited, *([getter] if getter is not None else [])]
             for task in tasks:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            self.close()
+            try:
+                await asyncio.gather(*tasks, return_exceptions=True)
+            finally:  # also when the call is cancelled again meanwhile
+                self.close()
 
     # -- ending ----------------------------------------------------------------------
 

@@ -213,7 +213,8 @@ async def _exec(
                 tty.setraw(sys.stdin.fileno())
         stub = agent_pb2_grpc.NodeAgentStub(channel)
         out, err = sys.stdout.buffer, sys.stderr.buffer
-        async for response in stub.Exec(requests()):
+        call = stub.Exec(requests())
+        async for response in call:
             kind = response.WhichOneof("kind")
             if kind == "stdout":
                 with contextlib.suppress(BrokenPipeError):
@@ -223,7 +224,11 @@ async def _exec(
                 err.write(response.stderr)
                 err.flush()
             elif kind == "exit":
+                # The last message. Stop here: stdin still being sent (`yes | mizzen exec
+                # -i POD -- head -1`) must not turn the ended call into an error.
                 code = response.exit.code
+                call.cancel()
+                break
     except grpc.aio.AioRpcError as error:
         raise _agent_error(error, node, address) from None
     finally:

@@ -20,9 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
+import select
+import signal
+import struct
 import subprocess
 import sys
+import termios
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -168,6 +173,12 @@ async def test_exec_stdin_and_a_missing_command(
 ) -> None:
     out = mizzen(cluster, "exec", "-i", "target", "-n", NS, "--", "cat", stdin="hello\nworld\n")
     assert (out.returncode, out.stdout) == (0, "hello\nworld\n"), out.stderr
+    out = subprocess.run(
+        f"yes | {sys.executable} -m mizzen exec -i target -n {NS} "
+        f"--endpoints {','.join(cluster.endpoints)} -- head -2",
+        shell=True, capture_output=True, text=True, timeout=60, cwd=REPO_ROOT,
+    )  # fmt: skip
+    assert (out.returncode, out.stdout) == (0, "y\ny\n"), out.stderr
     out = mizzen(cluster, "exec", "-t", "target", "-n", NS, "--", "sh", "-c", "tty; exit 4")
     assert out.returncode == 4 and out.stdout.startswith("/dev/pts/"), out
     out = mizzen(cluster, "exec", "target", "-n", NS, "--", "no-such-command")
@@ -284,10 +295,12 @@ async def test_tty_size_and_resize(agent: AgentProcess, target: pb.Pod) -> None:
     channel, queue, call = await _exec_call(agent, [start])
     output = b""
     code = None
+    resized = False
     try:
         async for response in call:
             output += response.stdout
-            if b"30 100" in output and response.stdout:
+            if b"30 100" in output and not resized:
+                resized = True
                 queue.put_nowait(
                     agent_pb2.ExecRequest(resize=agent_pb2.WindowSize(rows=40, cols=120))
                 )
@@ -300,6 +313,52 @@ async def test_tty_size_and_resize(agent: AgentProcess, target: pb.Pod) -> None:
     text = output.decode()
     assert "30 100" in text and "40 120" in text and "/dev/pts/" in text, text
     assert text.index("30 100") < text.index("40 120")
+
+
+def _read_until(fd: int, wanted: bytes, seen: bytearray, limit: float = 30.0) -> None:
+    deadline = time.monotonic() + limit
+    while wanted not in seen:
+        left = deadline - time.monotonic()
+        assert left > 0, f"no {wanted!r} in {bytes(seen)!r}"
+        ready, _, _ = select.select([fd], [], [], left)
+        if ready:
+            seen += os.read(fd, 4096)
+
+
+def _set_size(fd: int, rows: int, cols: int) -> None:
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+
+def test_cli_terminal_raw_mode_and_sigwinch(cluster: MizzenCluster, target: pb.Pod) -> None:
+    """`mizzen exec -it` on a local terminal: the remote shell gets the local size, a
+    SIGWINCH to the CLI forwards the new one, and `exit 9` is the CLI's exit code."""
+    master, slave = os.openpty()
+    _set_size(slave, 20, 70)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MIZZEN_")}
+    cli = subprocess.Popen(
+        [
+            sys.executable, "-m", "mizzen", "exec", "-it", "target", "-n", NS,
+            "--endpoints", ",".join(cluster.endpoints), "--", "sh",
+        ],
+        stdin=slave, stdout=slave, stderr=slave, cwd=REPO_ROOT, env=env,
+        start_new_session=True,
+    )  # fmt: skip
+    os.close(slave)
+    seen = bytearray()
+    try:
+        os.write(master, b"stty size\n")
+        _read_until(master, b"20 70", seen)
+        _set_size(master, 25, 90)
+        cli.send_signal(signal.SIGWINCH)
+        os.write(master, b"stty size\n")
+        _read_until(master, b"25 90", seen)
+        os.write(master, b"exit 9\n")
+        assert cli.wait(30) == 9, bytes(seen)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+            cli.wait(10)
+        os.close(master)
 
 
 async def test_concurrent_execs_are_bounded(agent: AgentProcess, target: pb.Pod) -> None:
