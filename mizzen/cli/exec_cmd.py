@@ -210,7 +210,8 @@ async def _exec(
                 loop.add_signal_handler(signal.SIGWINCH, resized)
             if args.stdin:
                 saved = termios.tcgetattr(sys.stdin.fileno())
-                tty.setraw(sys.stdin.fileno())
+                # TCSADRAIN, not setraw's default TCSAFLUSH: what was typed ahead is kept.
+                tty.setraw(sys.stdin.fileno(), termios.TCSADRAIN)
         stub = agent_pb2_grpc.NodeAgentStub(channel)
         out, err = sys.stdout.buffer, sys.stderr.buffer
         call = stub.Exec(requests())

@@ -346,6 +346,7 @@ def test_cli_terminal_raw_mode_and_sigwinch(cluster: MizzenCluster, target: pb.P
     os.close(slave)
     seen = bytearray()
     try:
+        _read_until(master, b"$ ", seen)  # the remote shell's prompt: connected, raw mode on
         os.write(master, b"stty size\n")
         _read_until(master, b"20 70", seen)
         _set_size(master, 25, 90)
