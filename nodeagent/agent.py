@@ -40,7 +40,7 @@ from mizzen.client.events import EventRecorder
 from mizzen.client.informer import Informer
 from mizzen.malformed_requests import MalformedRequestInterceptor
 from mizzen.metrics_http import MetricsHttpServer
-from mizzen.security.server_auth import AuthInterceptor, RolePolicy
+from mizzen.security.server_auth import AuthInterceptor
 from mizzen.security.tls import add_port
 from nodeagent import runtime
 from nodeagent.agent_service import NodeAgentService
@@ -60,6 +60,8 @@ from nodeagent.node_status import (
     system_info,
 )
 from nodeagent.pod_config import PodPaths
+from nodeagent.pod_exec import kill_stale_sessions
+from nodeagent.pod_ops import AgentPolicy
 from nodeagent.pod_worker import PodWorker, WorkerDeps
 from nodeagent.services import ServiceDirectory
 from nodeagent.state import PodRecord, StateDir, read_boot_id
@@ -262,6 +264,17 @@ class Agent:
         self.services.remove_unused()
         self.paths.secrets.unmount()
 
+    def kill_stale_execs(self) -> None:
+        """Kill what exec sessions of a previous agent run left behind (that agent was
+        killed before it could end them); the pods' own recorded processes are kept."""
+        root = self.driver.open("")
+        if root is None:
+            return
+        keep = {p.pid for r in self.state.load_all() for p in r.processes.values() if p.pid > 0}
+        killed = kill_stale_sessions(root, keep)
+        if killed:
+            self._log.info("stale_exec_processes_killed", count=killed)
+
     def _destroy(self, cgroup: Cgroup) -> None:
         try:
             cgroup.kill_all()
@@ -342,17 +355,24 @@ async def _serve_grpc(agent: Agent, listen: str) -> tuple[grpc.aio.Server, Any]:
     """The started gRPC server and its health servicer (NOT_SERVING until registered).
 
     In secure mode (the node certificate given) it serves TLS, requires client
-    certificates, and only admins and viewers may read logs and stats.
+    certificates, only admins and viewers may read logs and stats, and only admins
+    (or the roles of --exec-roles / --signal-roles) may exec and signal.
     """
-    security = agent.config.security
+    cfg = agent.config
+    security = cfg.security
     interceptors: list[grpc.aio.ServerInterceptor] = [MalformedRequestInterceptor()]
     options: list[tuple[str, int]] = []
     if security.secure:
-        policy = RolePolicy(frozenset({"viewer"}), "read pod logs and stats")
+        policy = AgentPolicy(exec_roles=cfg.exec_roles, signal_roles=cfg.signal_roles)
         interceptors.append(AuthInterceptor(policy, limits=security.limits))
         options.append(("grpc.max_concurrent_streams", security.limits.max_concurrent_streams))
     server = grpc.aio.server(interceptors=interceptors, options=options)
-    service = NodeAgentService(DiskLogSource(agent.config.logs_dir), agent.sampler)
+    service = NodeAgentService(
+        DiskLogSource(cfg.logs_dir),
+        agent.sampler,
+        workers=lambda: list(agent.workers.values()),
+        max_execs=cfg.max_execs,
+    )
     agent_pb2_grpc.add_NodeAgentServicer_to_server(service, server)
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -416,6 +436,7 @@ async def run_agent(config: AgentConfig, stop: asyncio.Event | None = None) -> N
         config.endpoints, timeout=config.request_timeout, credentials=config.credentials
     ) as client:
         agent = Agent(config, driver, client)
+        agent.kill_stale_execs()  # before the gRPC port can start new ones
         server, health_servicer = await _serve_grpc(agent, config.listen)
         try:
             http = _serve_metrics(agent)

@@ -1,9 +1,16 @@
-"""The NodeAgent gRPC service: process logs and usage of this node's pods.
+"""The NodeAgent gRPC service: process logs and usage of this node's pods, signals to
+their processes and commands run beside them (``mizzen kill``, ``mizzen exec``).
 
 Errors are mapped once, at this boundary: a request naming something this
-node has no logs for is NOT_FOUND with a message naming the pod and process;
-malformed input (no pod, negative tail, several processes and none chosen)
-is INVALID_ARGUMENT; anything else is INTERNAL and logged.
+node has no logs for, or no running pod, is NOT_FOUND with a message naming
+the pod and process; malformed input (no pod, negative tail, several
+processes and none chosen, an unknown signal, KILL without force, no
+command) is INVALID_ARGUMENT naming the field; a process that is not running
+or a command that cannot start is FAILED_PRECONDITION; more concurrent execs
+than ``max_execs`` is RESOURCE_EXHAUSTED; anything else is INTERNAL and logged.
+
+Signal and Exec are recorded as Events on the pod (who, which signal or which
+argv — never a command's output).
 
 A follow stream ends when the client cancels, when the pod's logs are
 removed, or when the process restarts into a new instance (like
@@ -15,12 +22,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from collections.abc import AsyncIterator
+import shlex
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import TYPE_CHECKING
 
 import grpc
 import structlog
 
 from mizzen.grpc_errors import ErrorMapper
+from nodeagent.launch import LaunchError
 from nodeagent.logs import (
     DiskLogSource,
     LogNotFound,
@@ -29,8 +39,21 @@ from nodeagent.logs import (
     has_newer_instance,
     read_tail,
 )
+from nodeagent.pod_exec import ExecSession
+from nodeagent.pod_ops import (
+    InvalidRequest,
+    NotRunning,
+    TargetNotFound,
+    caller,
+    check_signal,
+    find_target,
+    parse_signal,
+)
 from nodeagent.stats import UsageSampler
 from protos import agent_pb2, agent_pb2_grpc
+
+if TYPE_CHECKING:
+    from nodeagent.pod_worker import PodWorker
 
 log = structlog.get_logger(__name__)
 
@@ -38,8 +61,13 @@ _CHUNK = 64 * 1024
 DEFAULT_NAMESPACE = "default"
 
 
-class InvalidRequest(Exception):
-    """The request itself is malformed; the message names the field."""
+DEFAULT_MAX_EXECS = 16
+# Longest argv text in an Event message (the recorder truncates the whole message at 1 KiB).
+_ARGV_IN_EVENT = 512
+
+
+class TooManyExecs(Exception):
+    """The agent already runs its maximum of concurrent exec commands."""
 
 
 def _status_for(exc: Exception) -> tuple[grpc.StatusCode, str] | None:
@@ -47,6 +75,14 @@ def _status_for(exc: Exception) -> tuple[grpc.StatusCode, str] | None:
         return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
     if isinstance(exc, LogNotFound):
         return grpc.StatusCode.NOT_FOUND, exc.message
+    if isinstance(exc, TargetNotFound):
+        return grpc.StatusCode.NOT_FOUND, str(exc)
+    if isinstance(exc, NotRunning):
+        return grpc.StatusCode.FAILED_PRECONDITION, str(exc)
+    if isinstance(exc, LaunchError):
+        return grpc.StatusCode.FAILED_PRECONDITION, f"exec: {exc}"
+    if isinstance(exc, TooManyExecs):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
     return None
 
 
@@ -69,10 +105,21 @@ async def _chunks(path: str) -> AsyncIterator[bytes]:
 class NodeAgentService(agent_pb2_grpc.NodeAgentServicer):
     """Serves logs from disk (DiskLogSource) and the latest UsageSampler rates."""
 
-    def __init__(self, logs: DiskLogSource, sampler: UsageSampler, *, poll: float = 0.2) -> None:
+    def __init__(
+        self,
+        logs: DiskLogSource,
+        sampler: UsageSampler,
+        *,
+        poll: float = 0.2,
+        workers: Callable[[], Iterable[PodWorker]] = tuple,
+        max_execs: int = DEFAULT_MAX_EXECS,
+    ) -> None:
         self._logs = logs
         self._sampler = sampler
         self._poll = poll
+        self._workers = workers
+        self._max_execs = max_execs
+        self.execs = 0
 
     @_stream_errors
     async def Logs(
@@ -149,3 +196,78 @@ class NodeAgentService(agent_pb2_grpc.NodeAgentServicer):
         if sampled_at is not None:
             response.timestamp.FromNanoseconds(int(sampled_at * 1e9))
         return response
+
+    @_unary_errors
+    async def Signal(
+        self, request: agent_pb2.SignalRequest, context: grpc.aio.ServicerContext
+    ) -> agent_pb2.SignalResponse:
+        if not request.pod:
+            raise InvalidRequest("pod: required")
+        sig = parse_signal(request.signal)
+        check_signal(sig, request.force)
+        namespace = request.namespace or DEFAULT_NAMESPACE
+        target = find_target(self._workers(), namespace, request.pod, request.process)
+        name, pid, who = target.supervisor.name, target.run.pid, caller()
+        if not target.run.signal_group(sig):
+            raise NotRunning(f'process "{name}" of pod "{target.pod}" is not running')
+        log.info("process_signalled", pod=target.pod, process=name, signal=sig.name, by=who)
+        target.worker.ctx.event(
+            "Normal", "Signal", f"{who} sent {sig.name} to process {name} (process group {pid})"
+        )
+        return agent_pb2.SignalResponse(process=name, signal=sig.name, number=int(sig), pgid=pid)
+
+    @_stream_errors
+    async def Exec(
+        self, requests: AsyncIterator[agent_pb2.ExecRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[agent_pb2.ExecResponse]:
+        first = await anext(requests, None)
+        if first is None or first.WhichOneof("kind") != "start":
+            raise InvalidRequest("start: the first message must be start")
+        start = first.start
+        if not start.pod:
+            raise InvalidRequest("start.pod: required")
+        if not start.command or not start.command[0]:
+            raise InvalidRequest("start.command: required")
+        namespace = start.namespace or DEFAULT_NAMESPACE
+        target = find_target(self._workers(), namespace, start.pod, start.process)
+        if self.execs >= self._max_execs:
+            raise TooManyExecs(
+                f"exec: this agent already runs {self.execs} commands (at most {self._max_execs}"
+                " at once, --max-execs); try again later"
+            )
+        self.execs += 1
+        try:
+            name, who = target.supervisor.name, caller()
+            argv = shlex.join(start.command)
+            if len(argv) > _ARGV_IN_EVENT:
+                argv = argv[:_ARGV_IN_EVENT] + "..."
+            log.info("exec_started", pod=target.pod, process=name, by=who, tty=start.tty)
+            target.worker.ctx.event("Normal", "Exec", f"{who} ran in process {name}: {argv}")
+            spec = target.supervisor.launch_spec(target.run.cgroup)
+            spawning = asyncio.ensure_future(
+                asyncio.to_thread(
+                    ExecSession.spawn,
+                    spec,
+                    target.run.cgroup,
+                    list(start.command),
+                    stdin=start.stdin,
+                    tty=start.tty,
+                    size=start.size if start.HasField("size") else None,
+                )
+            )
+            try:
+                session = await asyncio.shield(spawning)
+            except asyncio.CancelledError:
+                # The client left while the command was being spawned: do not leave it behind.
+                with contextlib.suppress(LaunchError):
+                    (await spawning).close()
+                raise
+            code = None
+            async with contextlib.aclosing(session.stream(requests)) as stream:
+                async for item in stream:
+                    if item.HasField("exit"):
+                        code = item.exit.code
+                    yield item
+            log.info("exec_finished", pod=target.pod, process=name, exit_code=code)
+        finally:
+            self.execs -= 1

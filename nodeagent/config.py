@@ -22,6 +22,7 @@ from nodeagent.node_status import (
     parse_port_range,
     parse_reserved,
 )
+from nodeagent.pod_ops import parse_roles
 
 
 class ConfigError(ValueError):
@@ -58,6 +59,11 @@ class AgentConfig:
     # TLS to the store and on the agent's own gRPC port (the node certificate serves both).
     credentials: ClientCredentials | None = None
     security: ServerSecurity = PLAINTEXT
+    # Roles allowed, besides admin, to run commands in pods (Exec) and signal them (Signal).
+    exec_roles: frozenset[str] = frozenset({"admin"})
+    signal_roles: frozenset[str] = frozenset({"admin"})
+    # Exec commands running at once; more are refused with RESOURCE_EXHAUSTED.
+    max_execs: int = 16
 
     @property
     def pods_dir(self) -> str:
@@ -73,6 +79,8 @@ class AgentConfig:
         creds = self.credentials
         out["credentials"] = None if creds is None else {"cacert": creds.cacert, "cert": creds.cert}
         out["security"] = {"tls": self.security.secure}
+        out["exec_roles"] = sorted(self.exec_roles)
+        out["signal_roles"] = sorted(self.signal_roles)
         return out
 
 
@@ -107,7 +115,18 @@ def config_from_args(
             parse_listen(metrics_listen)
         except ValueError as err:
             raise ConfigError(f"--metrics-listen: {err}") from None
+    try:
+        exec_roles = parse_roles("--exec-roles", getattr(args, "exec_roles", "admin"))
+        signal_roles = parse_roles("--signal-roles", getattr(args, "signal_roles", "admin"))
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    max_execs = getattr(args, "max_execs", 16)
+    if max_execs < 1:
+        raise ConfigError("--max-execs must be at least 1")
     return AgentConfig(
+        exec_roles=exec_roles,
+        signal_roles=signal_roles,
+        max_execs=max_execs,
         name=name,
         endpoints=tuple(endpoints),
         credentials=credentials,

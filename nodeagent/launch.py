@@ -135,15 +135,22 @@ def wrap_argv(
     return out
 
 
-def launch(spec: LaunchSpec, log_fd: int) -> subprocess.Popen[bytes]:
-    """Spawn the process; LaunchError when it cannot run (checked before spawning)."""
+def checked_argv(spec: LaunchSpec, prefix: Sequence[str] = ()) -> list[str]:
+    """The argv that runs spec (joins its cgroups, drops to its user), after every check
+    that can be made before spawning (LaunchError). prefix runs between the user switch
+    and the command (``setsid --ctty`` for ``mizzen exec -t``)."""
     if not spec.argv:
         raise LaunchError("the process has no command")
     if spec.cwd and not os.path.isdir(spec.cwd):
         raise LaunchError(f'working directory "{spec.cwd}" does not exist')
     run_as = resolve_user(spec.user)
     executable = resolve_command(spec.argv[0], spec.env, spec.cwd)
-    argv = wrap_argv(spec.procs_files, [executable, *spec.argv[1:]], run_as)
+    return wrap_argv(spec.procs_files, [*prefix, executable, *spec.argv[1:]], run_as)
+
+
+def launch(spec: LaunchSpec, log_fd: int) -> subprocess.Popen[bytes]:
+    """Spawn the process; LaunchError when it cannot run (checked before spawning)."""
+    argv = checked_argv(spec)
     try:
         return subprocess.Popen(
             argv,

@@ -147,16 +147,20 @@ class ProcessRun:
             finished_at=finished,
         )
 
-    def signal_group(self, sig: int) -> None:
-        """Signal the run's process group, only while its leader (our pid) is alive."""
+    def signal_group(self, sig: int) -> bool:
+        """Signal the run's process group, only while its leader (our pid) is alive;
+        whether the signal was sent."""
         if self.result is not None:
-            return
+            return False
         try:
             signal.pidfd_send_signal(self._pidfd, 0)
         except OSError:
-            return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
+            return False
+        try:
             os.killpg(self.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
 
     def send_signal(self, sig: int) -> bool:
         """Signal the run's own process (not its group) through its pidfd; False if it is gone."""

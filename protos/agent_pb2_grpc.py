@@ -44,6 +44,16 @@ class NodeAgentStub:
                 request_serializer=protos_dot_agent__pb2.StatsRequest.SerializeToString,
                 response_deserializer=protos_dot_agent__pb2.StatsResponse.FromString,
                 _registered_method=True)
+        self.Signal = channel.unary_unary(
+                '/mizzen.v1.NodeAgent/Signal',
+                request_serializer=protos_dot_agent__pb2.SignalRequest.SerializeToString,
+                response_deserializer=protos_dot_agent__pb2.SignalResponse.FromString,
+                _registered_method=True)
+        self.Exec = channel.stream_stream(
+                '/mizzen.v1.NodeAgent/Exec',
+                request_serializer=protos_dot_agent__pb2.ExecRequest.SerializeToString,
+                response_deserializer=protos_dot_agent__pb2.ExecResponse.FromString,
+                _registered_method=True)
 
 
 class NodeAgentServicer:
@@ -61,6 +71,21 @@ class NodeAgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Signal(self, request, context):
+        """Send a signal to a process's process group (recorded as an Event on the pod).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Exec(self, request_iterator, context):
+        """Run a command in a process's cgroup, environment, user and working directory
+        (recorded as an Event); everything it started is killed when the call ends.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeAgentServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -73,6 +98,16 @@ def add_NodeAgentServicer_to_server(servicer, server):
                     servicer.Stats,
                     request_deserializer=protos_dot_agent__pb2.StatsRequest.FromString,
                     response_serializer=protos_dot_agent__pb2.StatsResponse.SerializeToString,
+            ),
+            'Signal': grpc.unary_unary_rpc_method_handler(
+                    servicer.Signal,
+                    request_deserializer=protos_dot_agent__pb2.SignalRequest.FromString,
+                    response_serializer=protos_dot_agent__pb2.SignalResponse.SerializeToString,
+            ),
+            'Exec': grpc.stream_stream_rpc_method_handler(
+                    servicer.Exec,
+                    request_deserializer=protos_dot_agent__pb2.ExecRequest.FromString,
+                    response_serializer=protos_dot_agent__pb2.ExecResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -129,6 +164,60 @@ class NodeAgent:
             '/mizzen.v1.NodeAgent/Stats',
             protos_dot_agent__pb2.StatsRequest.SerializeToString,
             protos_dot_agent__pb2.StatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Signal(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mizzen.v1.NodeAgent/Signal',
+            protos_dot_agent__pb2.SignalRequest.SerializeToString,
+            protos_dot_agent__pb2.SignalResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Exec(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/mizzen.v1.NodeAgent/Exec',
+            protos_dot_agent__pb2.ExecRequest.SerializeToString,
+            protos_dot_agent__pb2.ExecResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -57,6 +57,26 @@ def add_agent_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-max-bytes", type=int, default=10 * 1024 * 1024)
     p.add_argument("--logs-linger", type=float, default=60.0, help="keep a removed pod's logs")
     p.add_argument(
+        "--exec-roles",
+        default="admin",
+        metavar="ROLES",
+        help="roles that may run commands in pods (mizzen exec); admin always may "
+        "(some of admin,viewer,controller; default admin)",
+    )
+    p.add_argument(
+        "--signal-roles",
+        default="admin",
+        metavar="ROLES",
+        help="roles that may signal pod processes (mizzen kill); admin always may (default admin)",
+    )
+    p.add_argument(
+        "--max-execs",
+        type=int,
+        default=16,
+        metavar="N",
+        help="commands (mizzen exec) running at once on this node; more are refused (default 16)",
+    )
+    p.add_argument(
         "--metrics-listen",
         default="",
         metavar="HOST:PORT",

@@ -94,16 +94,16 @@ def with_client(args: argparse.Namespace, body: Callable[[ObjectsClient], Awaita
         raise CommandError(err.details or str(err)) from None
 
 
-def _agent_error(err: grpc.aio.AioRpcError, node: str, address: str) -> CommandError:
+def agent_error(err: grpc.aio.AioRpcError, node: str, address: str) -> CommandError:
     code = err.code()
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         return CommandError(
             f'cannot reach the agent of node "{node}" at {address} ({err.details() or code.name})'
         )
-    return CommandError(err.details() or code.name)
+    return CommandError((err.details() or code.name).removeprefix("mizzen: "))
 
 
-async def _connect(
+async def connect_agent(
     address: str, node: str, timeout: float, credentials: ClientCredentials
 ) -> grpc.aio.Channel:
     channel = credentials.aio_channel(address)
@@ -127,11 +127,7 @@ def run_logs(args: argparse.Namespace) -> int:
     namespace = args.namespace or DEFAULT_NAMESPACE
 
     async def body(client: ObjectsClient) -> int:
-        try:
-            pod = await client.get("Pod", args.pod, namespace)
-        except NotFoundError:
-            raise CommandError(f'pods "{args.pod}" not found in namespace "{namespace}"') from None
-        node_name, address = await pod_agent(client, pod)
+        node_name, address = await locate_agent(client, namespace, args.pod)
         request = agent_pb2.LogsRequest(
             namespace=namespace,
             pod=args.pod,
@@ -145,6 +141,16 @@ def run_logs(args: argparse.Namespace) -> int:
         return 0
 
     return with_client(args, body)
+
+
+async def locate_agent(client: ObjectsClient, namespace: str, pod_name: str) -> tuple[str, str]:
+    """(node name, agent address) of the node a pod (by name) is bound to; CommandError
+    saying why there is none."""
+    try:
+        pod = await client.get("Pod", pod_name, namespace)
+    except NotFoundError:
+        raise CommandError(f'pods "{pod_name}" not found in namespace "{namespace}"') from None
+    return await pod_agent(client, pod)
 
 
 async def pod_agent(client: ObjectsClient, pod: Any) -> tuple[str, str]:
@@ -181,7 +187,7 @@ async def stream_logs(
     told of every n bytes written. A reader that went away (`| head`) ends it
     quietly, like cat.
     """
-    channel = await _connect(address, node, timeout, credentials)
+    channel = await connect_agent(address, node, timeout, credentials)
     out = sys.stdout.buffer
     try:
         stub = agent_pb2_grpc.NodeAgentStub(channel)
@@ -196,7 +202,7 @@ async def stream_logs(
             if written is not None:
                 written(len(data))
     except grpc.aio.AioRpcError as err:
-        raise _agent_error(err, node, address) from None
+        raise agent_error(err, node, address) from None
     except BrokenPipeError:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())

@@ -29,6 +29,7 @@ REGISTRY: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("cluster_cmd", "add_cluster_parsers", ("cluster",)),
     ("snapshot_cmd", "add_snapshot_parsers", ("snapshot",)),
     ("logs_cmd", "add_logs_parsers", ("logs", "top")),
+    ("exec_cmd", "add_exec_parsers", ("exec", "kill")),
     ("agent_cmd", "add_agent_parser", ("agent",)),
     ("controllers_cmd", "add_controllers_parser", ("controllers",)),
     ("rollout_cmd", "add_rollout_parsers", ("rollout", "scale")),
