@@ -455,8 +455,8 @@ def compute_status(
     status.unavailable_replicas = max(d.spec.replicas - status.available_replicas, 0)
     _, max_unavailable = max_surge_unavailable(d)
 
-    def mark(type_: str, value: str, reason: str, message: str) -> None:
-        mark_condition(status.conditions, type_, value, reason, message, now)
+    def mark(type_: str, value: str, reason: str, message: str) -> bool:
+        return mark_condition(status.conditions, type_, value, reason, message, now)
 
     if status.available_replicas >= d.spec.replicas - max_unavailable:
         mark(

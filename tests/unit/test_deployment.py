@@ -868,6 +868,7 @@ async def test_stuck_rollout_turns_progress_deadline_exceeded_after_the_deadline
     result = await controller.reconcile("default/web")
     cond = _progressing_of(objects.peek("deployments", "web", "default"))
     assert (cond.status, cond.reason) == ("True", "NewReplicaSetAvailable")
+    assert cond.last_update_time.ToSeconds() == int(clk.now)
     assert result.requeue_after is None
 
 
