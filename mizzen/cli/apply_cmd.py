@@ -26,6 +26,21 @@ object read with a Get, when the namespace holds more than PREFETCH_FACTOR
 times as many objects of that kind as the manifests name (at least a page),
 or when the List is refused (e.g. no permission to list). A second copy of an
 object in the input is read with a Get: the List predates the first copy's write.
+
+``--wait`` (follow()): once everything applied, every applied object is
+followed until it converged (``mizzen.cli.convergence`` says what that means
+per kind), shown by ``mizzen.cli.progress_display``. It is driven by watches
+(``mizzen.cli.watching``: informers started after the writes, so their first
+list already holds them): each event judges every object again; the only
+timers are the timeout, the end of a blocker's grace and of a pod's settle
+time. It ends as soon as one object cannot converge: a Deployment past its
+progress deadline, a Job Failed, a Pod Failed, or a fatal blocker
+(CrashLoopBackOff, ConfigError, OOMKilled, PortInUse, Unschedulable) that
+lasted longer than the grace (``--fail-grace``, 10s). A workload whose counts
+say converged still waits while one of its pods crashed within the grace
+(``Grace``), or is ready for less than ``--settle`` (1s) and has a process
+without a readiness probe: a process that exits at once makes its pod ready
+for a moment.
 """
 
 from __future__ import annotations
