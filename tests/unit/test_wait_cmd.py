@@ -26,7 +26,7 @@ PHASE = "{.status.phase}"
         ("condition=Available", ForCondition("Available", "True")),
         ("condition=Ready=False", ForCondition("Ready", "False")),
         ("jsonpath={.status.phase}=Running", ForJsonPath(PHASE, ("status", "phase"), "Running")),
-        ("jsonpath='{.status.phase}'=Succeeded", ForJsonPath(PHASE, ("status", "phase"), "Succeeded")),
+        ("jsonpath='{.status.phase}'=Done", ForJsonPath(PHASE, ("status", "phase"), "Done")),
         ("jsonpath={.status.conditions[1].type}",
          ForJsonPath("{.status.conditions[1].type}", ("status", "conditions", 1, "type"))),
         ("jsonpath=.spec.replicas=3", ForJsonPath(".spec.replicas", ("spec", "replicas"), "3")),
