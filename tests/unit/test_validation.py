@@ -519,9 +519,8 @@ WORKLOAD_CASES = [
     ),
     (
         "deployment",
-        lambda o: (
-            setattr(o.spec, "min_ready_seconds", 30),
-            setattr(o.spec, "progress_deadline_seconds", 30),
+        lambda o: o.spec.MergeFrom(
+            pb.DeploymentSpec(min_ready_seconds=30, progress_deadline_seconds=30)
         ),
         ["spec.progressDeadlineSeconds"],
     ),
