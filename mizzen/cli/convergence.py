@@ -3,7 +3,8 @@
 ``judge(obj, pods, replicasets, endpoints)`` looks at one object (as a watch
 delivered it) and the pods that carry it out, and says:
 
-* ``done``: observed state matches what was declared —
+* ``done``: observed state matches what was declared (and every pod of a
+  workload is ready now: the counts lag the pods' own status) —
   Deployment: observedGeneration caught up, updated = ready = available =
   replicas and no old replica left; DaemonSet: observedGeneration caught up,
   every eligible node runs an updated, ready and available pod and none runs
@@ -216,6 +217,23 @@ def _blocked(state: State, counts: str, pods: list[pb.Pod]) -> Verdict:
     return Verdict(state, counts, message, tuple(b for b in blockers if b.fatal))
 
 
+def _done_if_pods_ready(counts: str, pods: list[pb.Pod]) -> Verdict:
+    """Done when the counts said so and every running pod is ready now.
+
+    The counts are the controllers' summary of pod status and lag it: a process
+    that exits at once makes its pod ready for a moment, the counts say
+    converged, and the pod itself already shows CrashLoopBackOff.
+    """
+    unready = [
+        p
+        for p in pods
+        if p.status.phase not in ("Succeeded", "Failed") and pod_blocker(p) is not None
+    ]
+    if unready:
+        return _blocked("waiting", counts, unready)
+    return Verdict("done", counts)
+
+
 def _of(have: int, want: int, what: str) -> str:
     return f"{have}/{want} {what}"
 
@@ -271,7 +289,7 @@ def _deployment(d: pb.Deployment, pods: list[pb.Pod]) -> Verdict:
         and st.available_replicas == want
         and st.replicas == want
     ):
-        return Verdict("done", counts)
+        return _done_if_pods_ready(counts, pods)
     if d.spec.paused:
         return Verdict("waiting", counts, "paused")
     return _blocked("waiting", counts, pods)
@@ -298,7 +316,7 @@ def _daemonset(ds: pb.DaemonSet, pods: list[pb.Pod]) -> Verdict:
         and st.number_available == want
         and st.number_misscheduled == 0
     ):
-        return Verdict("done", counts)
+        return _done_if_pods_ready(counts, pods)
     return _blocked("waiting", counts, pods)
 
 
@@ -310,7 +328,7 @@ def _replicaset(rs: pb.ReplicaSet, pods: list[pb.Pod]) -> Verdict:
     if not _caught_up(rs):
         return Verdict("waiting", counts, "spec change not observed yet")
     if st.replicas == want and st.ready_replicas == want and st.available_replicas == want:
-        return Verdict("done", counts)
+        return _done_if_pods_ready(counts, pods)
     return _blocked("waiting", counts, pods)
 
 

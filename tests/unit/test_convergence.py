@@ -324,3 +324,12 @@ def test_durations(text: str, seconds: float) -> None:
 def test_bad_durations(text: str) -> None:
     with pytest.raises(ValueError):
         parse_duration(text)
+
+
+def test_counts_that_lag_a_crashed_pod_are_not_converged() -> None:
+    done = {"replicas": 1, "updated_replicas": 1, "ready_replicas": 1, "available_replicas": 1}
+    v = judge(_deployment(1, **done), [_crashing(_pod())])
+    assert v.state == "waiting"
+    assert v.message == "web-7c9f: CrashLoopBackOff: exit code 1"
+    assert [b.reason for b in v.fatal] == ["CrashLoopBackOff"]
+    assert judge(_deployment(1, **done), [_ready(_pod())]).state == "done"
