@@ -13,7 +13,9 @@ a Deployment ``aw-<i>`` of --replicas `sleep` processes whose readiness probe
   when ``wait()`` returns) - the latest transition time of the pods' Ready
   conditions (written by the agent, same host and clock). It spans the agent's
   status write, the ReplicaSet and Deployment controllers' status writes, the
-  watch event to the command, its judgement, and the process's exit.
+  watch event to the command, its judgement, and the process's exit. The time
+  its last line ("N object(s) converged") was read is reported too: the rest
+  is the Python process ending (watches cancelled, channel closed, exit).
 
 Pods with a readiness probe count as soon as they are ready; without one the
 command waits --settle (1 s by default) more by design (docs/controllers.md),
@@ -103,7 +105,7 @@ async def one_round(
     replicas: int,
     probe: bool,
     extra: list[str],
-) -> float:
+) -> tuple[float, float]:
     name = f"aw-{i}"
     flag = base / f"ready-{i}"
     path = base / f"{name}.yaml"
@@ -126,7 +128,15 @@ async def one_round(
         if line.startswith(f"deployment/{name}: "):
             flag.touch()  # following: its watches are open
             break
-    rest = await proc.stdout.read()
+    decided = 0.0
+    rest = b""
+    while True:
+        chunk = await proc.stdout.readline()
+        if not chunk:
+            break
+        rest += chunk
+        if chunk.endswith(b"converged\n") and b": " not in chunk:
+            decided = time.time()  # "N object(s) converged": the judgement is made
     code = await proc.wait()
     exited = time.time()
     err = (await proc.stderr.read()).decode()
@@ -142,26 +152,33 @@ async def one_round(
     if len(ready) < replicas:
         raise RuntimeError(f"{name}: {len(ready)} of {replicas} pods ready after the command")
     await client.delete("deployments", name, NS)
-    return exited - max(ready)
+    return exited - max(ready), decided - max(ready)
 
 
 async def measure(endpoints: list[str], base: Path, args: argparse.Namespace) -> dict[str, Any]:
     overheads: list[float] = []
+    decisions: list[float] = []
     async with ObjectsClient(endpoints, timeout=30) as client:
         await wait_node(client)
         for i in range(args.rounds):
             extra = [] if args.settle is None else ["--settle", args.settle]
-            overhead = await one_round(
+            overhead, decided = await one_round(
                 client, endpoints, base, i, args.replicas, probe=not args.no_probe, extra=extra
             )
             overheads.append(overhead)
-            print(f"round {i + 1}: overhead {overhead * 1000:.0f} ms", flush=True)
+            decisions.append(decided)
+            print(
+                f"round {i + 1}: overhead {overhead * 1000:.0f} ms "
+                f"(last line read after {decided * 1000:.0f} ms)",
+                flush=True,
+            )
     return {
         "replicas": args.replicas,
         "rounds": args.rounds,
         "readiness_probe": not args.no_probe,
         "settle": args.settle or "default (1s)",
         "last_ready_to_exit": summary_ms(overheads),
+        "last_ready_to_last_line": summary_ms(decisions),
     }
 
 

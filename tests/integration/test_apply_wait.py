@@ -258,3 +258,36 @@ def test_wait_for_job_complete_jsonpath_and_delete(
     out = mizzen(cluster, "wait", "--for=condition=Complete", "job/nope", "-n", NS)
     assert out.returncode == 1
     assert out.stderr.strip() == 'mizzen: jobs "nope" not found'
+
+
+@pytest.mark.timeout(120)
+def test_apply_wait_fails_at_the_progress_deadline_and_on_a_failed_job(
+    cluster: MizzenCluster, daemons: AgentProcess
+) -> None:
+    never_ready = deployment("stuck", "exec sleep 3600", replicas=1).replace(
+        "          command: [sh, -c, 'exec sleep 3600']\n",
+        "          command: [sh, -c, 'exec sleep 3600']\n"
+        "          readinessProbe: {exec: {command: ['false']}, periodSeconds: 1}\n",
+    )
+    never_ready = never_ready.replace(
+        "  replicas: 1\n", "  replicas: 1\n  progressDeadlineSeconds: 2\n"
+    )
+    out = mizzen(
+        cluster, "apply", "-f", "-", "--wait", "--timeout", "80s", "--fail-grace", "60s",
+        stdin=never_ready,
+    )  # fmt: skip
+    assert out.returncode == 1, out.stdout
+    [error] = out.stderr.strip().splitlines()
+    assert error.startswith(
+        'mizzen: deployment/stuck: ProgressDeadlineExceeded: ReplicaSet "stuck-'
+    ), error
+    assert "has timed out progressing. (stuck-" in error and "not ready)" in error
+
+    failing = JOB.replace("name: once", "name: fails").replace("sleep 1; exit 0", "exit 3")
+    failing = failing.replace("spec:\n  template:", "spec:\n  backoffLimit: 0\n  template:", 1)
+    out = mizzen(cluster, "apply", "-f", "-", "--wait", "--timeout", "80s", stdin=failing)
+    assert out.returncode == 1, out.stdout
+    assert out.stderr.strip() == (
+        "mizzen: job/fails: Failed: BackoffLimitExceeded: "
+        "Job has reached the specified backoff limit"
+    )
