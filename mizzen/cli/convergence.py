@@ -21,7 +21,9 @@ delivered it) and the pods that carry it out, and says:
 
 A blocker is *fatal* when it will not go away by itself: CrashLoopBackOff
 (also while the restarted process runs again unready after a failed run),
-ConfigError, OOMKilled, PortInUse, Unschedulable. The caller fails the wait
+ConfigError, OOMKilled, PortInUse, Unschedulable (a Job's crashes are not: it
+retries them up to its backoffLimit, and its Failed condition says when it
+gave up). The caller fails the wait
 once a fatal blocker lasted longer than its grace (a pod may be unschedulable
 for a moment while a node joins, a ConfigMap may be applied just after).
 
@@ -345,7 +347,11 @@ def _job(job: pb.Job, pods: list[pb.Pod]) -> Verdict:
         if cond.type == "Failed":
             return Verdict("failed", counts, f"Failed: {cond.reason}: {cond.message}")
     active = [p for p in pods if p.status.phase not in ("Succeeded", "Failed")]
-    return _blocked("waiting", counts, active)
+    # a Job retries failed runs up to its backoffLimit: only its Failed condition
+    # ends it, a crash is not fatal there (not being scheduled or configured is)
+    v = _blocked("waiting", counts, active)
+    fatal = tuple(b for b in v.fatal if b.reason not in ("CrashLoopBackOff", "OOMKilled"))
+    return Verdict(v.state, v.counts, v.message, fatal)
 
 
 def _pod(pod: pb.Pod) -> Verdict:

@@ -32,6 +32,7 @@ import argparse
 import asyncio
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -273,7 +274,7 @@ async def wait_for(
     want: WaitFor,
     *,
     timeout: float,
-    out: Any = print,
+    out: Callable[[str], None] = print,
 ) -> None:
     """Return once every target meets want; CommandError at the timeout (see module doc)."""
     deadline = time.monotonic() + timeout if timeout > 0 else None

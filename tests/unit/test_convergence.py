@@ -333,3 +333,18 @@ def test_counts_that_lag_a_crashed_pod_are_not_converged() -> None:
     assert v.message == "web-7c9f: CrashLoopBackOff: exit code 1"
     assert [b.reason for b in v.fatal] == ["CrashLoopBackOff"]
     assert judge(_deployment(1, **done), [_ready(_pod())]).state == "done"
+
+
+def test_a_jobs_crashes_are_not_fatal_its_failed_condition_is() -> None:
+    job = pb.Job(metadata=pb.ObjectMeta(name="once", namespace="default"))
+    job.spec.completions = 1
+    job.status.active = 1
+    v = judge(job, [_crashing(_pod("once-1"))])
+    assert (v.state, v.message, v.fatal) == (
+        "waiting",
+        "once-1: CrashLoopBackOff: exit code 1",
+        (),
+    )
+    unbound = _pod("once-2", node="")
+    unbound.status.conditions.add(type="PodScheduled", status="False", reason="Unschedulable")
+    assert [b.reason for b in judge(job, [unbound]).fatal] == ["Unschedulable"]
