@@ -73,7 +73,17 @@ class Watching:
         self._event.set()
 
     async def start(self, deadline: float | None) -> None:
-        """Run every cache and wait until each has listed; TimeoutError at the deadline."""
+        """Run every cache and wait until each has listed; TimeoutError at the deadline.
+
+        One small List per cache first (a page of one object), so that a store
+        that cannot be reached, or a kind the caller may not list, is the
+        client's error at once (a StoreClientError) rather than an informer
+        retrying until the deadline.
+        """
+        for inf in self._informers.values():
+            await self._client.list(
+                inf.kind, inf.namespace, label_selector=inf.label_selector, limit=1
+            )
         for inf in self._informers.values():
             self._tasks.append(asyncio.create_task(inf.run()))
         waits = [inf.has_synced.wait() for inf in self._informers.values()]
