@@ -25,6 +25,17 @@ beyond ``revision_history_limit`` are deleted, oldest revision first. Status
 (replicas, updated, ready, available, unavailable, conditions Available and
 Progressing, observed_generation) is written only when it changed.
 
+Progressing follows Kubernetes: ``ReplicaSetUpdated`` (True) while the
+rollout moves — a spec change observed, a new ReplicaSet, more updated, ready
+or available replicas, fewer old ones — each move setting its
+``lastUpdateTime``; ``NewReplicaSetAvailable`` once every replica is updated
+and available (kept after that until the next rollout: a pod that dies later
+is not a stuck rollout); ``ProgressDeadlineExceeded`` (False) when a rollout
+made no progress for ``spec.progressDeadlineSeconds`` (default 600). The
+reconcile that writes ReplicaSetUpdated requeues the Deployment for its
+deadline, so the condition turns False on time without polling. Paused:
+``DeploymentPaused`` (Unknown), no deadline.
+
 Config rollouts (``controllers.confighash``, docs/controllers.md): the
 template a ReplicaSet gets is the Deployment's plus the annotation
 ``mizzen.io/config-hash`` (the keyed hash of the content of the ConfigMaps and
@@ -76,7 +87,7 @@ from controllers.confighash import (
     with_config,
     without_config,
 )
-from controllers.podutil import mark_condition
+from controllers.podutil import mark_condition, seconds_of, set_timestamp
 from controllers.rollout import (
     HASH_LABEL,
     REVISION_ANNOTATION,
@@ -89,6 +100,7 @@ from controllers.rollout import (
     template_hash,
 )
 from controllers.status import write_status
+from mizzen.api.defaults import DEFAULT_PROGRESS_DEADLINE_SECONDS
 from mizzen.client.errors import AlreadyExistsError, ConflictError, NotFoundError
 from protos import objects_pb2 as pb
 
@@ -384,8 +396,10 @@ class DeploymentController(Controller):
     async def _sync_status(
         self, d: pb.Deployment, new: pb.ReplicaSet | None, owned: list[pb.ReplicaSet]
     ) -> Result:
-        await write_status(self.ctx.client, d, compute_status(d, new, owned, self.ctx.clock()))
-        return Result()
+        now = self.ctx.clock()
+        status = compute_status(d, new, owned, now)
+        await write_status(self.ctx.client, d, status)
+        return Result(requeue_after=progress_recheck(d, status, now))
 
 
 def current_replicaset(
@@ -447,8 +461,8 @@ def compute_status(
     status.unavailable_replicas = max(d.spec.replicas - status.available_replicas, 0)
     _, max_unavailable = max_surge_unavailable(d)
 
-    def mark(type_: str, value: str, reason: str, message: str) -> None:
-        mark_condition(status.conditions, type_, value, reason, message, now)
+    def mark(type_: str, value: str, reason: str, message: str) -> bool:
+        return mark_condition(status.conditions, type_, value, reason, message, now)
 
     if status.available_replicas >= d.spec.replicas - max_unavailable:
         mark(
@@ -463,15 +477,114 @@ def compute_status(
         and status.replicas == d.spec.replicas
         and status.available_replicas == d.spec.replicas
     )
+    progressing = _progressing(status.conditions)
     if d.spec.paused:
         mark("Progressing", "Unknown", "DeploymentPaused", "Deployment is paused")
     elif complete and new is not None:
         message = f'ReplicaSet "{new.metadata.name}" has successfully progressed.'
-        mark("Progressing", "True", "NewReplicaSetAvailable", message)
-    elif new is not None:
-        message = f'ReplicaSet "{new.metadata.name}" is progressing.'
-        mark("Progressing", "True", "ReplicaSetUpdated", message)
+        if mark("Progressing", "True", NEW_RS_AVAILABLE, message) or (
+            progressing is not None and not progressing.HasField("last_update_time")
+        ):
+            _touch(status.conditions, now)
+    elif made_progress(d, status, new):
+        what = (
+            f'ReplicaSet "{new.metadata.name}"'
+            if new is not None
+            else f'Deployment "{d.metadata.name}"'
+        )
+        mark("Progressing", "True", RS_UPDATED, f"{what} is progressing.")
+        _touch(status.conditions, now)
+    elif progress_deadline_passed(d, status, now):
+        what = (
+            f'ReplicaSet "{new.metadata.name}"'
+            if new is not None
+            else f'Deployment "{d.metadata.name}"'
+        )
+        mark("Progressing", "False", DEADLINE_EXCEEDED, f"{what} has timed out progressing.")
+        _touch(status.conditions, now)
     return status
+
+
+NEW_RS_AVAILABLE = "NewReplicaSetAvailable"
+RS_UPDATED = "ReplicaSetUpdated"
+DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
+
+
+def _progressing(conditions: Any) -> pb.Condition | None:
+    return next((c for c in conditions if c.type == "Progressing"), None)
+
+
+def _touch(conditions: Any, now: float) -> None:
+    """Progressing's lastUpdateTime := now."""
+    cond = _progressing(conditions)
+    if cond is not None:
+        set_timestamp(cond.last_update_time, now)
+
+
+def deadline_of(d: pb.Deployment) -> int:
+    """progressDeadlineSeconds (a Deployment stored before the field existed: the default)."""
+    if d.spec.HasField("progress_deadline_seconds"):
+        return d.spec.progress_deadline_seconds
+    return DEFAULT_PROGRESS_DEADLINE_SECONDS
+
+
+def _rs_named(cond: pb.Condition) -> str:
+    """The ReplicaSet a Progressing message names ('ReplicaSet "web-5d9c" is ...'), or ""."""
+    head, quote, rest = cond.message.partition('ReplicaSet "')
+    return rest.partition('"')[0] if quote and not head else ""
+
+
+def made_progress(d: pb.Deployment, status: pb.DeploymentStatus, new: pb.ReplicaSet | None) -> bool:
+    """Whether the rollout moved since d.status was written (Kubernetes' DeploymentProgressing).
+
+    Progress: a spec change observed, a new ReplicaSet, more updated, ready or
+    available replicas, fewer old ones; and a rollout that is starting (no
+    Progressing condition yet, or one left by a pause).
+    """
+    before = d.status
+    cond = _progressing(before.conditions)
+    if cond is None or cond.reason == "DeploymentPaused":
+        return True
+    if before.observed_generation != d.metadata.generation:
+        return True
+    if new is not None and _rs_named(cond) != new.metadata.name:
+        return True
+    old_before = before.replicas - before.updated_replicas
+    old_now = status.replicas - status.updated_replicas
+    return (
+        status.updated_replicas > before.updated_replicas
+        or status.ready_replicas > before.ready_replicas
+        or status.available_replicas > before.available_replicas
+        or old_now < old_before
+    )
+
+
+def _last_progress(cond: pb.Condition) -> float:
+    if cond.HasField("last_update_time"):
+        return seconds_of(cond.last_update_time)
+    return seconds_of(cond.last_transition_time)
+
+
+def progress_deadline_passed(d: pb.Deployment, status: pb.DeploymentStatus, now: float) -> bool:
+    """A rollout under way made no progress for progressDeadlineSeconds."""
+    cond = _progressing(status.conditions)
+    if cond is None or cond.status != "True" or cond.reason != RS_UPDATED:
+        return False
+    return now >= _last_progress(cond) + deadline_of(d)
+
+
+def progress_recheck(d: pb.Deployment, status: pb.DeploymentStatus, now: float) -> float | None:
+    """Seconds until status's rollout passes its progress deadline; None when none runs.
+
+    The controller requeues the Deployment for then, so the condition turns
+    False without any polling (Kubernetes does the same).
+    """
+    if d.spec.paused:
+        return None
+    cond = _progressing(status.conditions)
+    if cond is None or cond.status != "True" or cond.reason != RS_UPDATED:
+        return None
+    return max(_last_progress(cond) + deadline_of(d) - now, 0.0)
 
 
 def _copy(obj: Any) -> Any:

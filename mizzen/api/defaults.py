@@ -28,6 +28,7 @@ from protos import objects_pb2 as pb
 DEFAULT_NAMESPACE = "default"
 DEFAULT_TERMINATION_GRACE_SECONDS = 30
 DEFAULT_REVISION_HISTORY_LIMIT = 10
+DEFAULT_PROGRESS_DEADLINE_SECONDS = 600
 DEFAULT_MAX_SURGE = "25%"
 DEFAULT_MAX_UNAVAILABLE = "25%"
 DEFAULT_BACKOFF_LIMIT = 6
@@ -114,6 +115,8 @@ def _default_deployment(spec: pb.DeploymentSpec) -> None:
     _default_replicas(spec)
     if not spec.HasField("revision_history_limit"):
         spec.revision_history_limit = DEFAULT_REVISION_HISTORY_LIMIT
+    if not spec.HasField("progress_deadline_seconds"):
+        spec.progress_deadline_seconds = DEFAULT_PROGRESS_DEADLINE_SECONDS
     strategy = spec.strategy
     if not strategy.type:
         strategy.type = "RollingUpdate"

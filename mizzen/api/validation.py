@@ -205,6 +205,12 @@ def _deployment(spec: pb.DeploymentSpec, errs: FieldErrors) -> None:
     errs.at_least("spec.minReadySeconds", spec.min_ready_seconds, 0)
     if spec.HasField("revision_history_limit"):
         errs.at_least("spec.revisionHistoryLimit", spec.revision_history_limit, 0)
+    if spec.HasField("progress_deadline_seconds"):
+        deadline = spec.progress_deadline_seconds
+        if deadline < 1:
+            errs.add("spec.progressDeadlineSeconds", "must be greater than or equal to 1")
+        elif deadline <= spec.min_ready_seconds:
+            errs.add("spec.progressDeadlineSeconds", "must be greater than minReadySeconds")
     strategy = spec.strategy
     errs.enum("spec.strategy.type", strategy.type, ("RollingUpdate", "Recreate"))
     rolling = strategy.rolling_update

@@ -26,17 +26,42 @@ object read with a Get, when the namespace holds more than PREFETCH_FACTOR
 times as many objects of that kind as the manifests name (at least a page),
 or when the List is refused (e.g. no permission to list). A second copy of an
 object in the input is read with a Get: the List predates the first copy's write.
+
+``--wait`` (follow()): once everything applied, every applied object is
+followed until it converged (``mizzen.cli.convergence`` says what that means
+per kind), shown by ``mizzen.cli.progress_display``. It is driven by watches
+(``mizzen.cli.watching``: informers started after the writes, so their first
+list already holds them): each event judges every object again; the only
+timers are the timeout, the end of a blocker's grace and of a pod's settle
+time. It ends as soon as one object cannot converge: a Deployment past its
+progress deadline, a Job Failed, a Pod Failed, or a fatal blocker
+(CrashLoopBackOff, ConfigError, OOMKilled, PortInUse, Unschedulable) that
+lasted longer than the grace (``--fail-grace``, 10s). A workload whose counts
+say converged still waits while one of its pods crashed within the grace
+(``Grace``), or is ready for less than ``--settle`` (1s) and has a process
+without a readiness probe: a process that exits at once makes its pod ready
+for a moment.
 """
 
 from __future__ import annotations
 
+import argparse
+import math
+import time
 from collections.abc import Callable, Hashable
+from dataclasses import dataclass
 from typing import Any
 
+from mizzen.api import kinds
 from mizzen.api.defaults import apply_defaults
 from mizzen.api.kinds import kind_of
 from mizzen.api.manifest import Manifest, Problem
 from mizzen.cli.batch import WINDOW, Summary, run_in_order
+from mizzen.cli.convergence import Blocker, Verdict, judge, pods_of, settles_at
+from mizzen.cli.durations import duration_arg
+from mizzen.cli.errors import CommandError
+from mizzen.cli.progress_display import Display, make_display
+from mizzen.cli.watching import Watching
 from mizzen.client.errors import (
     AlreadyExistsError,
     ConflictError,
@@ -216,3 +241,262 @@ async def apply_all(
     return await run_in_order(
         manifests, one, key=identity, failure=failure, out=out, err=err, window=window
     )
+
+
+# ------------------------------------------------------------------ apply --wait
+
+
+@dataclass(frozen=True)
+class Followed:
+    """An object apply --wait follows."""
+
+    kind: str
+    namespace: str
+    name: str
+
+    @property
+    def label(self) -> str:
+        return f"{kinds.lookup(self.kind).singular}/{self.name}"
+
+
+def followed(manifests: list[Manifest]) -> list[Followed]:
+    """Each applied object once, in input order."""
+    out: list[Followed] = []
+    for manifest in manifests:
+        kind, namespace, name = identity(manifest)
+        item = Followed(kind, namespace if manifest.kind.namespaced else "", name)
+        if item not in out:
+            out.append(item)
+    return out
+
+
+def _caches(targets: list[Followed]) -> set[tuple[str, str]]:
+    """(kind, namespace) to watch: the followed kinds, and what judging them reads."""
+    needs: set[tuple[str, str]] = set()
+    for t in targets:
+        needs.add((t.kind, t.namespace))
+        if t.kind in ("Deployment", "DaemonSet", "ReplicaSet", "Job", "Service"):
+            needs.add(("Pod", t.namespace))
+        if t.kind == "Deployment":
+            needs.add(("ReplicaSet", t.namespace))
+        if t.kind == "Service":
+            needs.add(("Endpoints", t.namespace))
+    return needs
+
+
+RESTARTING = ("CrashLoopBackOff", "OOMKilled")
+SETTLING = ("Deployment", "DaemonSet", "ReplicaSet", "Pod")
+"""Kinds whose pods must stay ready for the settle time (settles_at) to count."""
+
+
+class Grace:
+    """Fatal blockers over time: fail once one lasted longer than the grace, and call an
+    object settled only once its pods stayed clear of them for the grace.
+
+    Each (object, pod, reason) keeps when it was first and last seen. A failure
+    needs the blocker present now and first seen at least the grace ago; a
+    crash-looping process runs for a moment between two back-offs, so its
+    first-seen time is kept while the blocker comes and goes. A record expires
+    once its blocker was not seen for the grace (or its pod is gone). Until a
+    crash (CrashLoopBackOff, OOMKilled) record expires, its object does not count
+    as converged, even when its counts say so: a process that exits at once
+    makes its pod ready for a moment.
+    """
+
+    def __init__(self, grace: float) -> None:
+        self.grace = grace
+        self._seen: dict[tuple[str, str, str], tuple[float, float, str]] = {}
+
+    def observe(
+        self, label: str, verdict: Verdict, now: float
+    ) -> tuple[Blocker | None, float | None]:
+        """(a fatal blocker past its grace, else None; when the next one will be)."""
+        wake: float | None = None
+        for blocker in verdict.fatal:
+            key = (label, blocker.pod, blocker.reason)
+            first = self._seen.get(key, (now, now, ""))[0]
+            self._seen[key] = (first, now, blocker.text)
+            if now - first >= self.grace:
+                return blocker, None
+            wake = min(wake if wake is not None else math.inf, first + self.grace)
+        return None, wake
+
+    def unsettled(self, label: str, now: float) -> tuple[str, float] | None:
+        """(the text of label's latest fatal blocker, when its record expires), if any."""
+        latest: tuple[float, str] | None = None
+        for key, (_, last, text) in list(self._seen.items()):
+            if key[0] != label or key[2] not in RESTARTING:
+                continue
+            if now - last >= self.grace:
+                del self._seen[key]
+            elif latest is None or last > latest[0]:
+                latest = (last, text)
+        return None if latest is None else (latest[1], latest[0] + self.grace)
+
+    def forget_except(self, pods: set[tuple[str, str]]) -> None:
+        """Drop the records of pods that are gone ((label, pod) pairs still present)."""
+        for key in [k for k in self._seen if (k[0], k[1]) not in pods]:
+            del self._seen[key]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    ok: bool
+    message: str
+
+
+async def follow(
+    client: ObjectsClient,
+    targets: list[Followed],
+    display: Display,
+    *,
+    timeout: float,
+    grace: float,
+    settle: float = 0.0,
+    clock: Callable[[], float] = time.monotonic,
+    wall: Callable[[], float] = time.time,
+) -> Outcome:
+    """Follow targets until all converged, one cannot, or the timeout (watch-driven)."""
+    deadline = clock() + timeout if timeout > 0 else None
+    graces = Grace(grace)
+    async with Watching(client, clock=clock) as w:
+        for kind, namespace in sorted(_caches(targets)):
+            w.watch(kind, namespace)
+        try:
+            await w.start(deadline)
+        except TimeoutError:
+            return Outcome(False, f"timed out after {_secs(timeout)} listing the objects to follow")
+        try:
+            while True:
+                now = clock()
+                rows: list[tuple[str, Verdict]] = []
+                failure: str | None = None
+                wake = deadline
+                alive: set[tuple[str, str]] = set()
+                for t in targets:
+                    verdict, pods = _judge(w, t)
+                    rows.append((t.label, verdict))
+                    alive.update((t.label, pod.metadata.name) for pod in pods)
+                    if verdict.state == "failed" and failure is None:
+                        failure = f"{t.label}: {verdict.message}"
+                        continue
+                    blocker, when = graces.observe(t.label, verdict, now)
+                    if blocker is not None and failure is None:
+                        rows[-1] = (t.label, Verdict("failed", verdict.counts, blocker.text))
+                        failure = f"{t.label}: {blocker.text} (for more than {_secs(graces.grace)})"
+                    unsettled = graces.unsettled(t.label, now) if verdict.state == "done" else None
+                    if unsettled is not None:
+                        text, when = unsettled
+                        rows[-1] = (t.label, Verdict("waiting", verdict.counts, f"was {text}"))
+                    elif verdict.state == "done" and t.kind in SETTLING:
+                        waits = [at for at in (settles_at(p, settle) for p in pods) if at]
+                        due = max(waits, default=0.0) - wall()
+                        if due > 0:
+                            message = f"ready for less than {_secs(settle)}"
+                            rows[-1] = (t.label, Verdict("waiting", verdict.counts, message))
+                            when = now + due
+                    if when is not None:
+                        wake = when if wake is None else min(wake, when)
+                graces.forget_except(alive)
+                display.update(rows)
+                if failure is not None:
+                    return Outcome(False, failure)
+                if all(v.state == "done" for _, v in rows):
+                    return Outcome(True, f"{len(rows)} object(s) converged")
+                if deadline is not None and now >= deadline:
+                    waiting = [
+                        f"{label} ({v.counts}{'; ' + v.message if v.message else ''})"
+                        for label, v in rows
+                        if v.state != "done"
+                    ]
+                    return Outcome(
+                        False, f"timed out after {_secs(timeout)} waiting for {', '.join(waiting)}"
+                    )
+                await w.changed(until=wake)
+        finally:
+            display.close()
+
+
+def _judge(w: Watching, t: Followed) -> tuple[Verdict, list[Any]]:
+    """t's verdict and the pods it was judged with (a Pod: itself)."""
+    obj = w.get(t.kind, t.namespace, t.name)
+    if obj is None:
+        return Verdict("failed", "", "deleted while waiting"), []
+    pods: list[Any] = []
+    endpoints = None
+    if t.kind in ("Deployment", "DaemonSet", "ReplicaSet", "Job", "Service"):
+        rs = w.list("ReplicaSet", t.namespace) if t.kind == "Deployment" else []
+        pods = pods_of(obj, w.list("Pod", t.namespace), rs)
+    if t.kind == "Service":
+        endpoints = w.get("Endpoints", t.namespace, t.name)
+    return judge(obj, pods, endpoints), pods if t.kind != "Pod" else [obj]
+
+
+def _secs(seconds: float) -> str:
+    return f"{seconds:g}s"
+
+
+DEFAULT_TIMEOUT = 300.0
+DEFAULT_GRACE = 10.0
+DEFAULT_SETTLE = 1.0
+
+
+def add_wait_flags(p: argparse.ArgumentParser) -> None:
+    """apply's --wait, --timeout, --fail-grace and --output."""
+    p.add_argument(
+        "--wait",
+        action="store_true",
+        help="follow every applied object until it converged (exit 1 as soon as one cannot)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=duration_arg,
+        default=DEFAULT_TIMEOUT,
+        metavar="DURATION",
+        help="with --wait: give up after this long (e.g. 90s, 5m; 0: never; default 5m)",
+    )
+    p.add_argument(
+        "--fail-grace",
+        type=duration_arg,
+        default=DEFAULT_GRACE,
+        metavar="DURATION",
+        help="with --wait: how long a pod may be crash-looping, unschedulable, ... "
+        "before the wait fails (default 10s)",
+    )
+    p.add_argument(
+        "--settle",
+        type=duration_arg,
+        default=DEFAULT_SETTLE,
+        metavar="DURATION",
+        help="with --wait: how long a pod without a readiness probe must stay ready to "
+        "count (a process that exits at once is ready for a moment; default 1s)",
+    )
+    p.add_argument(
+        "--output",
+        choices=["auto", "plain"],
+        default="auto",
+        help="with --wait: live lines in a terminal (auto), or a line per change (plain)",
+    )
+
+
+async def wait_for_applied(
+    client: ObjectsClient,
+    manifests: list[Manifest],
+    args: argparse.Namespace,
+    *,
+    out: Callable[[str], None],
+) -> int:
+    """apply --wait after everything applied: 0 when all converged, else a CommandError."""
+    display = make_display(args.output, out)
+    outcome = await follow(
+        client,
+        followed(manifests),
+        display,
+        timeout=args.timeout,
+        grace=args.fail_grace,
+        settle=args.settle,
+    )
+    if not outcome.ok:
+        raise CommandError(outcome.message)
+    out(outcome.message)
+    return 0

@@ -33,6 +33,7 @@ REGISTRY: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("agent_cmd", "add_agent_parser", ("agent",)),
     ("controllers_cmd", "add_controllers_parser", ("controllers",)),
     ("rollout_cmd", "add_rollout_parsers", ("rollout", "scale")),
+    ("wait_cmd", "add_wait_parser", ("wait",)),
     ("node_cmd", "add_node_parsers", ("cordon", "uncordon", "drain")),
     ("pki_cmd", "add_pki_parsers", ("pki",)),
     ("run_cmd", "add_run_parser", ("run",)),

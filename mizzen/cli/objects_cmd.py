@@ -47,7 +47,7 @@ from mizzen.api.manifest import (
     load_paths,
 )
 from mizzen.cli import tables
-from mizzen.cli.apply_cmd import apply_all, where
+from mizzen.cli.apply_cmd import add_wait_flags, apply_all, wait_for_applied, where
 from mizzen.cli.batch import WINDOW, Summary, run_in_order
 from mizzen.cli.config import add_credential_flags, resolve_client
 from mizzen.cli.errors import CommandError, UsageError, tls_hint
@@ -127,6 +127,7 @@ def add_objects_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     p.add_argument("-f", "--filename", action="append", required=True, metavar="FILE|DIR|-")
     p.add_argument("-n", "--namespace", default=None)
     _add_window(p)
+    add_wait_flags(p)
     p.set_defaults(func=run_apply, client_command=True)
 
     p = sub.add_parser("get", parents=[common], help="show objects")
@@ -253,7 +254,10 @@ def run_apply(args: argparse.Namespace) -> int:
             describe=lambda err: error_message(err, endpoints),
             window=args.max_in_flight,
         )
-        return _exit_code(summary, endpoints, "not applied")
+        code = _exit_code(summary, endpoints, "not applied")
+        if code != 0 or not args.wait:
+            return code
+        return await wait_for_applied(client, manifests, args, out=_out)
 
     return _with_client(args, body)
 

@@ -88,6 +88,7 @@ def test_deployment_defaults() -> None:
     spec = deploy.spec
     assert spec.replicas == 1
     assert spec.revision_history_limit == 10
+    assert spec.progress_deadline_seconds == 600
     assert spec.strategy.type == "RollingUpdate"
     assert spec.strategy.rolling_update.max_surge == "25%"
     assert spec.strategy.rolling_update.max_unavailable == "25%"
@@ -102,6 +103,10 @@ def test_deployment_defaults() -> None:
         (
             lambda s: setattr(s, "revision_history_limit", 0),
             lambda s: s.revision_history_limit == 0,
+        ),
+        (
+            lambda s: setattr(s, "progress_deadline_seconds", 30),
+            lambda s: s.progress_deadline_seconds == 30,
         ),
         (
             lambda s: setattr(s.strategy, "type", "Recreate"),

@@ -786,3 +786,134 @@ async def test_config_change_rolls_every_pod_once_within_budgets() -> None:
     final = cluster.objects.peek("deployments", "web", "default")
     assert final.status.updated_replicas == 5 and final.status.available_replicas == 5
     assert final.status.observed_generation == final.metadata.generation == 1
+
+
+# ------------------------------------------------------------------ progress deadline
+
+
+class SteppedClock:
+    def __init__(self) -> None:
+        self.now = NOW
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _progressing_of(d: pb.Deployment) -> pb.Condition:
+    return next(c for c in d.status.conditions if c.type == "Progressing")
+
+
+async def _rollout_harness(
+    d: pb.Deployment, rs: pb.ReplicaSet
+) -> tuple[SteppedClock, FakeObjects, DeploymentController]:
+    clk = SteppedClock()
+    objects = FakeObjects(clock=clk)
+    objects.add(d, rs)
+    ctx = fake_context(objects, clock=clk)
+    controller = DeploymentController()
+    controller.setup(ctx)
+    return clk, objects, controller
+
+
+def _set_rs_status(objects: FakeObjects, name: str, ready: int) -> pb.ReplicaSet:
+    rs: pb.ReplicaSet = objects.peek("replicasets", name, "default")
+    changed = pb.ReplicaSet()
+    changed.CopyFrom(rs)
+    changed.status.ready_replicas = ready
+    changed.status.available_replicas = ready
+    objects.add(changed)
+    return changed
+
+
+async def test_stuck_rollout_turns_progress_deadline_exceeded_after_the_deadline() -> None:
+    d = deployment(3)
+    d.spec.progress_deadline_seconds = 60
+    d.metadata.annotations[REVISION_ANNOTATION] = "1"
+    rs = rs_for(d, 3, 0, 1)
+    clk, objects, controller = await _rollout_harness(d, rs)
+
+    result = await controller.reconcile("default/web")
+    stored = objects.peek("deployments", "web", "default")
+    cond = _progressing_of(stored)
+    assert (cond.status, cond.reason) == ("True", "ReplicaSetUpdated")
+    assert cond.last_update_time.ToSeconds() == int(NOW)
+    assert result.requeue_after == pytest.approx(60)
+
+    # one pod becomes ready: progress, the deadline starts again
+    clk.now += 40
+    _set_rs_status(objects, rs.metadata.name, 1)
+    result = await controller.reconcile("default/web")
+    stored = objects.peek("deployments", "web", "default")
+    cond = _progressing_of(stored)
+    assert (cond.status, cond.reason) == ("True", "ReplicaSetUpdated")
+    assert cond.last_update_time.ToSeconds() == int(NOW + 40)
+    assert result.requeue_after == pytest.approx(60)
+
+    # no progress: nothing changes before the deadline; a requeue is due at it
+    clk.now += 59
+    result = await controller.reconcile("default/web")
+    assert _progressing_of(objects.peek("deployments", "web", "default")).status == "True"
+    assert result.requeue_after == pytest.approx(1)
+    clk.now += 1
+    result = await controller.reconcile("default/web")
+    stored = objects.peek("deployments", "web", "default")
+    cond = _progressing_of(stored)
+    assert (cond.status, cond.reason) == ("False", "ProgressDeadlineExceeded")
+    assert cond.message == f'ReplicaSet "{rs.metadata.name}" has timed out progressing.'
+    assert result.requeue_after is None
+
+    # progress after the deadline makes it True again; completion is NewReplicaSetAvailable
+    clk.now += 5
+    _set_rs_status(objects, rs.metadata.name, 3)
+    result = await controller.reconcile("default/web")
+    cond = _progressing_of(objects.peek("deployments", "web", "default"))
+    assert (cond.status, cond.reason) == ("True", "NewReplicaSetAvailable")
+    assert cond.last_update_time.ToSeconds() == int(clk.now)
+    assert result.requeue_after is None
+
+
+async def test_completed_rollout_never_times_out_and_paused_has_no_deadline() -> None:
+    d = deployment(3)
+    d.spec.progress_deadline_seconds = 10
+    d.metadata.annotations[REVISION_ANNOTATION] = "1"
+    rs = rs_for(d, 3, 3, 1)
+    clk, objects, controller = await _rollout_harness(d, rs)
+    assert (await controller.reconcile("default/web")).requeue_after is None
+    _set_rs_status(objects, rs.metadata.name, 2)  # a pod died after the rollout
+    clk.now += 1000
+    await controller.reconcile("default/web")
+    cond = _progressing_of(objects.peek("deployments", "web", "default"))
+    assert (cond.status, cond.reason) == ("True", "NewReplicaSetAvailable")
+
+    paused = deployment(3, paused=True)
+    paused.spec.progress_deadline_seconds = 10
+    clk2, objects2, controller2 = await _rollout_harness(paused, rs_for(paused, 3, 0, 1))
+    assert (await controller2.reconcile("default/web")).requeue_after is None
+    clk2.now += 1000
+    await controller2.reconcile("default/web")
+    cond = _progressing_of(objects2.peek("deployments", "web", "default"))
+    assert (cond.status, cond.reason) == ("Unknown", "DeploymentPaused")
+
+
+async def test_new_revision_restarts_the_progress_clock() -> None:
+    d = deployment(2, command="v1")
+    d.spec.progress_deadline_seconds = 30
+    d.metadata.annotations[REVISION_ANNOTATION] = "1"
+    rs = rs_for(d, 2, 0, 1)
+    clk, objects, controller = await _rollout_harness(d, rs)
+    await controller.reconcile("default/web")
+    clk.now += 30
+    await controller.reconcile("default/web")
+    stuck = objects.peek("deployments", "web", "default")
+    assert _progressing_of(stuck).reason == "ProgressDeadlineExceeded"
+    fixed = pb.Deployment()
+    fixed.CopyFrom(stuck)
+    fixed.spec.template.spec.processes[0].command[:] = ["/bin/server", "v2"]
+    fixed.metadata.generation = stuck.metadata.generation + 1
+    objects.add(fixed)
+    clk.now += 1
+    result = await controller.reconcile("default/web")
+    cond = _progressing_of(objects.peek("deployments", "web", "default"))
+    assert (cond.status, cond.reason) == ("True", "ReplicaSetUpdated")
+    assert cond.last_update_time.ToSeconds() == int(clk.now)
+    assert result.requeue_after == pytest.approx(30)

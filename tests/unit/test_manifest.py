@@ -130,6 +130,7 @@ MANIFESTS = {
           selector: {matchLabels: {app: web}}
           strategy: {type: RollingUpdate, rollingUpdate: {maxSurge: 1, maxUnavailable: 25%}}
           revisionHistoryLimit: 0
+          progressDeadlineSeconds: 120
           paused: true
           template:
             metadata: {labels: {app: web}}
@@ -140,7 +141,12 @@ MANIFESTS = {
                   resources: {limits: {memory: 128Mi}}
         status:
           updatedReplicas: 3
-          conditions: [{type: Available, status: "True", reason: MinimumReplicasAvailable}]
+          conditions:
+            - {type: Available, status: "True", reason: MinimumReplicasAvailable}
+            - type: Progressing
+              status: "True"
+              reason: ReplicaSetUpdated
+              lastUpdateTime: "2026-12-07T10:00:00Z"
     """,
     "DaemonSet": """
         apiVersion: mizzen/v1

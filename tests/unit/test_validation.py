@@ -511,6 +511,19 @@ WORKLOAD_CASES = [
         lambda o: setattr(o.spec, "revision_history_limit", -1),
         ["spec.revisionHistoryLimit"],
     ),
+    ("deployment", lambda o: setattr(o.spec, "progress_deadline_seconds", 1), []),
+    (
+        "deployment",
+        lambda o: setattr(o.spec, "progress_deadline_seconds", 0),
+        ["spec.progressDeadlineSeconds"],
+    ),
+    (
+        "deployment",
+        lambda o: o.spec.MergeFrom(
+            pb.DeploymentSpec(min_ready_seconds=30, progress_deadline_seconds=30)
+        ),
+        ["spec.progressDeadlineSeconds"],
+    ),
     # selectors: required, well-formed, matching the template
     ("deployment", lambda o: o.spec.selector.Clear(), ["spec.selector"]),
     ("replicaset", lambda o: o.spec.selector.Clear(), ["spec.selector"]),
