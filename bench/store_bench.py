@@ -55,6 +55,8 @@ from typing import Any
 import grpc
 import grpc.aio
 
+from mizzen.keyrange import prefix_end
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
@@ -299,10 +301,6 @@ async def range_level(clients: Clients, readers: int, duration: float) -> dict[s
     await run_workers(readers, worker, deadline)
     elapsed = time.monotonic() - start
     return summarize(f"range.{readers}", latencies, elapsed, errors)
-
-
-def prefix_end(prefix: bytes) -> bytes:
-    return prefix[:-1] + bytes([prefix[-1] + 1])
 
 
 async def watch_level(

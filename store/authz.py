@@ -50,12 +50,12 @@ from google.protobuf.message import Message
 from mizzen.api.kinds import KindInfo, UnknownKindError, kind_of, lookup
 from mizzen.api.selectors import parse_field_selector
 from mizzen.echo import echo
+from mizzen.keyrange import prefix_end
 from mizzen.security.server_auth import Denied, Identity
 from protos import objects_api_pb2 as api
 from protos import rpc_pb2
 
 from .errors import Code, StoreError
-from .keyspace import prefix_end
 
 LEADER_PREFIX = b"/mizzen/leader/"
 NODE_LEASE_NAMESPACE = "mizzen-node-lease"

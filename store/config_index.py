@@ -36,9 +36,9 @@ import structlog
 from google.protobuf.message import DecodeError
 
 from mizzen.api.config_refs import config_refs
+from mizzen.keyrange import prefix_end
 from protos import objects_pb2 as pb
 
-from .keyspace import prefix_end
 from .state_machine import Event, Record, StateMachine
 
 log = structlog.get_logger("store.config_index")

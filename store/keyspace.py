@@ -21,13 +21,3 @@ def in_range(k: bytes, key: bytes, range_end: bytes) -> bool:
     if hi is None:
         return k == lo
     return k >= lo and (hi == b"" or k < hi)
-
-
-def prefix_end(prefix: bytes) -> bytes:
-    """The range_end that selects every key starting with prefix ("\\0" for all keys)."""
-    end = bytearray(prefix)
-    for i in range(len(end) - 1, -1, -1):
-        if end[i] < 0xFF:
-            end[i] += 1
-            return bytes(end[: i + 1])
-    return b"\0"

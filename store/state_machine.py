@@ -491,12 +491,6 @@ class StateMachine:
                 return StoreError(Code.ALREADY_EXISTS, "etcdserver: ID exists")
         return None
 
-    def member_by_id(self, mid: int) -> Member | None:
-        return next((m for m in self.members.values() if m.id == mid), None)
-
-    def member_by_addr(self, addr: str) -> Member | None:
-        return next((m for m in self.members.values() if m.peer_addr == addr), None)
-
     # ----------------------------------------------------------------- reads
 
     def _scan(self, key: bytes, range_end: bytes) -> list[bytes]:

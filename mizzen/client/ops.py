@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from mizzen.keyrange import prefix_end
 from protos import rpc_pb2
 
 Bytes = str | bytes
@@ -28,14 +29,7 @@ def to_bytes(data: Bytes) -> bytes:
     return data.encode() if isinstance(data, str) else bytes(data)
 
 
-def prefix_range_end(prefix: bytes) -> bytes:
-    """range_end covering every key that starts with prefix (etcd's GetPrefixRangeEnd)."""
-    end = bytearray(prefix)
-    for i in range(len(end) - 1, -1, -1):
-        if end[i] < 0xFF:
-            end[i] += 1
-            return bytes(end[: i + 1])
-    return b"\0"
+prefix_range_end = prefix_end  # the SDK's public name for it
 
 
 def key_range(key: Bytes, *, prefix: bool, range_end: Bytes | None) -> tuple[bytes, bytes]:

@@ -12,13 +12,10 @@ import time
 
 import grpc
 
+from mizzen.keyrange import prefix_end
 from protos import rpc_pb2, rpc_pb2_grpc
 
 RPC_TIMEOUT = 2.0
-
-
-def prefix_end(prefix: bytes) -> bytes:
-    return prefix[:-1] + bytes([prefix[-1] + 1])
 
 
 def read_all(endpoint: str, prefix: bytes, timeout: float = 5.0) -> dict[bytes, bytes]:

@@ -22,6 +22,7 @@ from typing import Any
 import grpc
 import pytest
 
+from mizzen.keyrange import prefix_end
 from mizzen.testing.local_cluster import EtcdCluster, LocalCluster, MizzenCluster
 from protos import rpc_pb2, rpc_pb2_grpc
 
@@ -79,15 +80,11 @@ class Store:
         return int(self.kv.Range(R(key=b"\0"), timeout=RPC_TIMEOUT).header.revision)
 
     def values(self, prefix: bytes) -> dict[bytes, bytes]:
-        resp = self.kv.Range(R(key=prefix, range_end=_prefix_end(prefix)), timeout=RPC_TIMEOUT)
+        resp = self.kv.Range(R(key=prefix, range_end=prefix_end(prefix)), timeout=RPC_TIMEOUT)
         return {kv.key: kv.value for kv in resp.kvs}
 
     def put(self, key: bytes, value: bytes) -> int:
         return int(self.kv.Put(P(key=key, value=value), timeout=RPC_TIMEOUT).header.revision)
-
-
-def _prefix_end(prefix: bytes) -> bytes:
-    return prefix[:-1] + bytes([prefix[-1] + 1])
 
 
 @contextlib.contextmanager

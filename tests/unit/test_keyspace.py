@@ -6,7 +6,8 @@ import random
 
 import pytest
 
-from store.keyspace import in_range, prefix_end, range_bounds
+from mizzen.keyrange import prefix_end
+from store.keyspace import in_range, range_bounds
 
 
 @pytest.mark.parametrize(

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 from google.protobuf import text_format
 
+from mizzen.keyrange import prefix_end
 from protos import kv_pb2, rpc_pb2
 from store.errors import Code, StoreError
-from store.keyspace import prefix_end
 from store.state_machine import (
     DEDUP_BATCHES_PER_PROPOSER,
     DEDUP_PROPOSERS,
