@@ -70,6 +70,7 @@ from controllers.job import CREATE_BURST
 from controllers.podutil import available_in, creation_seconds, is_ready, pod_from_template
 from controllers.scheduling import untolerated
 from controllers.status import write_status
+from mizzen.api.pods import has_ended
 from mizzen.api.quantity import resolve_int_or_percent
 from mizzen.client.errors import NotFoundError
 from protos import objects_pb2 as pb
@@ -84,7 +85,6 @@ FAILED_BACKOFF_BASE = 1.0
 FAILED_BACKOFF_CAP = 900.0
 EXPECTATIONS_TTL = 30.0
 _BLOCKING = ("NoSchedule", "NoExecute")
-_ENDED = ("Succeeded", "Failed")
 
 
 def template_hash(template: pb.PodTemplateSpec) -> str:
@@ -203,11 +203,11 @@ def plan_daemonset(
             continue
         status.desired_number_scheduled += 1
         for group in (slot.new, slot.old):
-            ended = [p for p in group if p.status.phase in _ENDED]
+            ended = [p for p in group if has_ended(p)]
             if ended:
                 failed_on.append(name)
                 delete.extend(Deletion(p) for p in ended)
-            group[:] = [p for p in group if p.status.phase not in _ENDED]
+            group[:] = [p for p in group if not has_ended(p)]
             delete.extend(Deletion(p) for p in group[1:])
             del group[1:]
         live = slot.new + slot.old

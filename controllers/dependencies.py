@@ -80,6 +80,7 @@ from controllers.base import (
 from controllers.podutil import mark_condition
 from mizzen.api import dependencies as deps
 from mizzen.api.dependencies import CONDITION, CYCLE, MET, NOT_READY, SERVICE, Target
+from mizzen.api.pods import has_ended
 from mizzen.client.errors import ConflictError, NotFoundError
 from protos import objects_pb2 as pb
 
@@ -750,7 +751,7 @@ def not_started(pod: pb.Pod) -> bool:
 
 def _live(pod: pb.Pod) -> bool:
     """Neither finished nor being deleted."""
-    return not is_terminating(pod) and pod.status.phase not in ("Succeeded", "Failed")
+    return not is_terminating(pod) and not has_ended(pod)
 
 
 def _reported(before: pb.Condition | None, cycle: Cycle) -> bool:

@@ -101,6 +101,8 @@ from controllers.rollout import (
 )
 from controllers.status import write_status
 from mizzen.api.defaults import DEFAULT_PROGRESS_DEADLINE_SECONDS
+from mizzen.api.messages import copy_message
+from mizzen.api.pods import has_ended
 from mizzen.client.errors import AlreadyExistsError, ConflictError, NotFoundError
 from protos import objects_pb2 as pb
 
@@ -230,12 +232,7 @@ class DeploymentController(Controller):
             if rs.spec.replicas != 0:
                 await self._scale(d, rs, 0)
         pods = self.ctx.informers.get("pods")
-        running = [
-            p
-            for rs in old
-            for p in pods.by_owner(rs.metadata.uid)
-            if p.status.phase not in ("Succeeded", "Failed")
-        ]
+        running = [p for rs in old for p in pods.by_owner(rs.metadata.uid) if not has_ended(p)]
         if running:
             return new
         if new is None:
@@ -288,7 +285,7 @@ class DeploymentController(Controller):
                 and template_equal(existing.spec.template, template)
             ):
                 return existing  # ours; the cache had not shown it yet
-            bumped = _copy(d)
+            bumped = copy_message(d)
             bumped.status.collision_count += 1
             await self._write(self.ctx.client.update_status(bumped), "collision count")
             raise TemporaryError(f"replica set {rs.metadata.name} exists: hash collision") from None
@@ -319,7 +316,7 @@ class DeploymentController(Controller):
         """rs with d's dependsOn in its template (written in place when it differs)."""
         if list(rs.spec.template.spec.depends_on) == list(d.spec.depends_on):
             return rs
-        changed = _copy(rs)
+        changed = copy_message(rs)
         del changed.spec.template.spec.depends_on[:]
         changed.spec.template.spec.depends_on.extend(d.spec.depends_on)
         stored: pb.ReplicaSet = await self._write(
@@ -331,7 +328,7 @@ class DeploymentController(Controller):
     async def _scale(self, d: pb.Deployment, rs: pb.ReplicaSet, replicas: int) -> pb.ReplicaSet:
         if rs.spec.replicas == replicas:
             return rs
-        changed = _copy(rs)
+        changed = copy_message(rs)
         changed.spec.replicas = replicas
         stored: pb.ReplicaSet = await self._write(
             self.ctx.client.update(changed), f"scaling {rs.metadata.name}"
@@ -356,7 +353,7 @@ class DeploymentController(Controller):
         highest_old = max((revision_of(r) for r in old), default=0)
         revision = revision_of(new)
         if revision <= highest_old:
-            changed = _copy(new)
+            changed = copy_message(new)
             revision = highest_old + 1
             cause, config_change = change_cause(d, config, _newest(old))
             annotations = changed.metadata.annotations
@@ -369,7 +366,7 @@ class DeploymentController(Controller):
             if config_change:
                 self._config_changed(d, config_change, revision, new)
         if d.metadata.annotations.get(REVISION_ANNOTATION) != str(revision):
-            changed_d = _copy(d)
+            changed_d = copy_message(d)
             changed_d.metadata.annotations[REVISION_ANNOTATION] = str(revision)
             stored: pb.Deployment = await self._write(
                 self.ctx.client.update(changed_d), "deployment revision"
@@ -585,9 +582,3 @@ def progress_recheck(d: pb.Deployment, status: pb.DeploymentStatus, now: float) 
     if cond is None or cond.status != "True" or cond.reason != RS_UPDATED:
         return None
     return max(_last_progress(cond) + deadline_of(d) - now, 0.0)
-
-
-def _copy(obj: Any) -> Any:
-    out = type(obj)()
-    out.CopyFrom(obj)
-    return out

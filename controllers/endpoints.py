@@ -57,6 +57,7 @@ from controllers.base import (
 )
 from controllers.podutil import is_ready, mark_condition
 from controllers.status import write_status
+from mizzen.api.pods import has_ended
 from mizzen.api.service_validation import parse_target_port
 from mizzen.client.errors import AlreadyExistsError, ConflictError, NotFoundError
 from protos import objects_pb2 as pb
@@ -114,11 +115,7 @@ def host_port(pod: pb.Pod, target_port: str) -> int | None:
 
 def in_service(pod: pb.Pod) -> bool:
     """Whether a selected pod can be listed at all: bound, not terminating, not finished."""
-    return (
-        bool(pod.spec.node_name)
-        and not is_terminating(pod)
-        and pod.status.phase not in ("Succeeded", "Failed")
-    )
+    return bool(pod.spec.node_name) and not is_terminating(pod) and not has_ended(pod)
 
 
 @dataclass

@@ -23,13 +23,14 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import structlog
 
 from controllers.base import BY_NODE, Controller, ControllerContext, Result
 from controllers.podutil import mark_condition
 from controllers.scheduling import UNREACHABLE_TAINT, tolerates
+from mizzen.api.messages import copy_message
 from mizzen.client.errors import NotFoundError
 from protos import objects_pb2 as pb
 
@@ -93,12 +94,6 @@ def eviction_delay(pod: pb.Pod, eviction_timeout: float) -> float | None:
                 return float(max(tol.toleration_seconds, 0))
             return None
     return eviction_timeout
-
-
-def _copy(obj: Any) -> Any:
-    out = type(obj)()
-    out.CopyFrom(obj)
-    return out
 
 
 class NodeLifecycleController(Controller):
@@ -167,7 +162,7 @@ class NodeLifecycleController(Controller):
         return await self._evict(key, since_unhealthy)
 
     async def _untaint(self, node: pb.Node) -> None:
-        updated = _copy(node)
+        updated = copy_message(node)
         del updated.spec.taints[:]
         updated.spec.taints.extend(t for t in node.spec.taints if t.key != UNREACHABLE_TAINT)
         await self.ctx.client.update(updated)
@@ -184,12 +179,12 @@ class NodeLifecycleController(Controller):
         name = node.metadata.name
         client = self.ctx.client
         if not has_unreachable_taint(node):
-            tainted = _copy(node)
+            tainted = copy_message(node)
             taint = tainted.spec.taints.add(key=UNREACHABLE_TAINT, effect="NoExecute")
             taint.time_added.FromNanoseconds(int(self.ctx.clock() * 1e9))
             node = await client.update(tainted)
             log.warning("node_unreachable", node=name)
-        status_node = _copy(node)
+        status_node = copy_message(node)
         message = "Node agent stopped renewing its lease."
         if mark_condition(
             status_node.status.conditions,

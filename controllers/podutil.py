@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from controllers.base import is_terminating, owner_reference
+from mizzen.api.pods import has_ended
 from protos import objects_pb2 as pb
 
 # ------------------------------------------------------------------ timestamps
@@ -60,7 +61,7 @@ def mark_condition(
 
 def is_active(pod: pb.Pod) -> bool:
     """Counts as a replica: not terminating and not finished."""
-    return not is_terminating(pod) and pod.status.phase not in ("Succeeded", "Failed")
+    return not is_terminating(pod) and not has_ended(pod)
 
 
 def ready_condition(pod: pb.Pod) -> pb.Condition | None:

@@ -51,6 +51,7 @@ from controllers.scheduling import (
     with_assigned_ports,
 )
 from controllers.scheduling import node_is_ready as _ready
+from mizzen.api.messages import copy_message
 from mizzen.client.errors import (
     AmbiguousWriteError,
     ConflictError,
@@ -73,12 +74,6 @@ class SchedulingObserver(Protocol):
     def attempt(self, result: str) -> None: ...
 
     def binding(self, seconds: float) -> None: ...
-
-
-def _copy(obj: Any) -> Any:
-    out = type(obj)()
-    out.CopyFrom(obj)
-    return out
 
 
 def _placement_view(node: pb.Node) -> tuple[Any, ...]:
@@ -271,7 +266,7 @@ class Scheduler(Controller):
         key = key_of(pod)
         attempts = self.unschedulable.get(key, 0) + 1
         self.unschedulable[key] = attempts
-        status_pod = _copy(pod)
+        status_pod = copy_message(pod)
         if mark_condition(
             status_pod.status.conditions,
             POD_SCHEDULED,

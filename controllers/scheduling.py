@@ -33,6 +33,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from mizzen.api.pods import has_ended
 from protos import objects_pb2 as pb
 
 UNREACHABLE_TAINT = "node.mizzen.io/unreachable"
@@ -157,7 +158,7 @@ def controller_owner(obj: Any) -> str:
 
 
 def is_terminal(pod: pb.Pod) -> bool:
-    return pod.status.phase in ("Succeeded", "Failed")
+    return has_ended(pod)
 
 
 def is_pending(pod: pb.Pod) -> bool:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from mizzen.api.pods import TERMINAL_PHASES
 from nodeagent.state import Terminated
 from protos import objects_pb2 as pb
 
@@ -158,9 +159,7 @@ def compute_status(
     running = phase == "Running"
     all_ready = bool(views) and all(v.ready for v in views) and running
     not_ready = (
-        ""
-        if all_ready
-        else ("PodCompleted" if phase in ("Succeeded", "Failed") else "ProcessesNotReady")
+        "" if all_ready else ("PodCompleted" if phase in TERMINAL_PHASES else "ProcessesNotReady")
     )
     out.conditions.append(_condition(old.conditions, "Initialized", True, now))
     out.conditions.append(_condition(old.conditions, "ProcessesReady", all_ready, now, not_ready))

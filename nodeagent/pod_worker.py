@@ -30,6 +30,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from mizzen.api.pods import has_ended
 from mizzen.client.errors import ConflictError, NotFoundError, StoreClientError
 from nodeagent.cgroups.base import Cgroup, CgroupDriver, CgroupError
 from nodeagent.config_objects import ConfigObjects
@@ -96,7 +97,7 @@ class PodWorker:
         self._synced_status = pod.status
         self._gone = False
         # A pod that finished before this agent knew it (no record): leave it alone.
-        self.passive = record is None and pod.status.phase in ("Succeeded", "Failed")
+        self.passive = record is None and has_ended(pod)
         self._readopting = record is not None
         self.record = record or PodRecord(
             namespace=pod.metadata.namespace, name=pod.metadata.name, uid=self.uid

@@ -59,8 +59,10 @@ from mizzen.api import selectors
 from mizzen.api.defaults import DEFAULT_TERMINATION_GRACE_SECONDS, apply_defaults
 from mizzen.api.field_errors import FieldError
 from mizzen.api.kinds import KindInfo, kind_of
+from mizzen.api.pods import has_ended
 from mizzen.api.validation import validate, validate_update
 from mizzen.echo import echo, join_bounded
+from mizzen.keyrange import prefix_end
 from mizzen.security.server_auth import Denied, Identity, current_caller
 from protos import objects_api_pb2 as api
 from protos import objects_api_pb2_grpc as api_grpc
@@ -80,7 +82,6 @@ from .authz import (
 from .config_index import PodConfigIndex
 from .errors import Code, StoreError
 from .grpc_errors import grpc_errors, grpc_stream_errors
-from .keyspace import prefix_end
 from .kv_service import check_size
 from .node import StoreNode
 from .objects_codec import (
@@ -625,7 +626,7 @@ def _grace_seconds(obj: Any, request: api.DeleteRequest) -> int:
         grace = obj.spec.termination_grace_period_seconds
     else:
         grace = DEFAULT_TERMINATION_GRACE_SECONDS
-    if not obj.spec.node_name or obj.status.phase in ("Succeeded", "Failed"):
+    if not obj.spec.node_name or has_ended(obj):
         return 0
     return int(grace)
 

@@ -33,6 +33,8 @@ from mizzen.api import selectors
 from mizzen.api.defaults import DEFAULT_TERMINATION_GRACE_SECONDS, apply_defaults
 from mizzen.api.field_errors import FieldError
 from mizzen.api.kinds import KindInfo, kind_of, lookup
+from mizzen.api.messages import copy_message
+from mizzen.api.pods import has_ended
 from mizzen.api.validation import validate, validate_update
 from mizzen.client.errors import (
     AlreadyExistsError,
@@ -51,12 +53,6 @@ StoreKey = tuple[str, str, str]
 CONFLICT = "the object has been modified; please apply your changes to the latest version"
 PROPAGATION_FINALIZERS = {"Foreground": "foregroundDeletion", "Orphan": "orphan"}
 _SUFFIX = itertools.count()
-
-
-def _copy(obj: Any) -> Any:
-    out = type(obj)()
-    out.CopyFrom(obj)
-    return out
 
 
 def _info(kind: str | KindInfo) -> KindInfo:
@@ -83,7 +79,7 @@ class FakeObjects:
         """Put objects in as they are (fields the server owns filled when missing); not logged."""
         out = []
         for obj in objs:
-            stored = _copy(obj)
+            stored = copy_message(obj)
             info = kind_of(stored)
             meta = stored.metadata
             if info.namespaced and not meta.namespace:
@@ -96,14 +92,14 @@ class FakeObjects:
             if not meta.generation:
                 meta.generation = 1
             self._put(info, stored)
-            out.append(_copy(stored))
+            out.append(copy_message(stored))
         return out
 
     def objects(self, kind: str | KindInfo, namespace: str | None = None) -> builtins.list[Any]:
         """Copies of every stored object of kind (in a namespace), by name."""
         info = _info(kind)
         items = [
-            _copy(o)
+            copy_message(o)
             for (k, ns, _), o in sorted(self._objects.items())
             if k == info.kind and (namespace is None or ns == namespace)
         ]
@@ -112,7 +108,7 @@ class FakeObjects:
     def peek(self, kind: str | KindInfo, name: str, namespace: str = "") -> Any:
         """A copy of the stored object, None when there is none."""
         obj = self._objects.get((_info(kind).kind, namespace, name))
-        return None if obj is None else _copy(obj)
+        return None if obj is None else copy_message(obj)
 
     def fail(self, op: str, kind: str | None, error: Exception) -> None:
         """The next write op ("create", "update", ...) of kind (None: any) raises error."""
@@ -136,7 +132,7 @@ class FakeObjects:
         obj = self._objects.get((info.kind, namespace if info.namespaced else "", name))
         if obj is None:
             raise NotFoundError(f'{info.plural} "{name}" not found', details="not found")
-        return _copy(obj)
+        return copy_message(obj)
 
     async def list(
         self,
@@ -164,7 +160,7 @@ class FakeObjects:
     # -- writes ----------------------------------------------------------------------
 
     async def create(self, obj: Any) -> Any:
-        new = _copy(obj)
+        new = copy_message(obj)
         info = kind_of(new)
         self._injected("create", info)
         meta = new.metadata
@@ -181,10 +177,10 @@ class FakeObjects:
             raise AlreadyExistsError(f'{info.plural} "{meta.name}" already exists')
         self._put(info, new)
         self.writes.append(("create", info.kind, _qkey(meta.namespace, meta.name)))
-        return _copy(new)
+        return copy_message(new)
 
     async def update(self, obj: Any) -> Any:
-        new = _copy(obj)
+        new = copy_message(obj)
         info, old = self._current(new, "update")
         meta, old_meta = new.metadata, old.metadata
         if not meta.uid:
@@ -210,11 +206,11 @@ class FakeObjects:
         return self._replace(info, "update", old, new)
 
     async def update_status(self, obj: Any) -> Any:
-        given = _copy(obj)
+        given = copy_message(obj)
         info, old = self._current(given, "update_status")
         if not info.has_status:
             raise InvalidArgumentError(f"{info.plural} have no status")
-        new = _copy(old)
+        new = copy_message(old)
         new.status.CopyFrom(given.status)
         self._check(info, new, validate_update(old, new))
         return self._replace(info, "update_status", old, new)
@@ -242,7 +238,7 @@ class FakeObjects:
             raise NotFoundError(f'{info.plural} "{name}" not found')
         if resource_version and resource_version != stored.metadata.resource_version:
             raise ConflictError(CONFLICT)
-        obj = _copy(stored)
+        obj = copy_message(stored)
         grace = _grace_seconds(obj, grace_period_seconds)
         finalizer = PROPAGATION_FINALIZERS.get(propagation_policy)
         qkey = _qkey(skey[1], name)
@@ -254,7 +250,7 @@ class FakeObjects:
         adds = finalizer is not None and finalizer not in meta.finalizers
         shorter = meta.HasField("deletion_timestamp") and grace < meta.deletion_grace_period_seconds
         if not meta.HasField("deletion_timestamp") or shorter or adds:
-            pending = _copy(obj)
+            pending = copy_message(obj)
             if not meta.HasField("deletion_timestamp"):
                 pending.metadata.deletion_timestamp.FromNanoseconds(int(self.clock() * 1e9))
                 pending.metadata.deletion_grace_period_seconds = grace
@@ -292,7 +288,7 @@ class FakeObjects:
             raise NotFoundError(f'{info.plural} "{meta.name}" not found')
         if stored.metadata.resource_version != meta.resource_version:
             raise ConflictError(CONFLICT)
-        return info, _copy(stored)
+        return info, copy_message(stored)
 
     def _replace(self, info: KindInfo, op: str, old: Any, new: Any, *, log: bool = True) -> Any:
         meta = new.metadata
@@ -306,11 +302,11 @@ class FakeObjects:
             return new
         new.metadata.resource_version = old.metadata.resource_version
         if new == old:
-            return _copy(old)
+            return copy_message(old)
         self._put(info, new)
         if log:
             self.writes.append((op, info.kind, qkey))
-        return _copy(new)
+        return copy_message(new)
 
     def _put(self, info: KindInfo, obj: Any) -> None:
         self.revision += 1
@@ -324,13 +320,13 @@ class FakeObjects:
     def _remove(self, info: KindInfo, skey: StoreKey) -> None:
         obj = self._objects.pop(skey)
         self.revision += 1
-        gone = _copy(obj)
+        gone = copy_message(obj)
         gone.metadata.resource_version = str(self.revision)
         self._notify("DELETED", gone)
 
     def _notify(self, event: str, obj: Any) -> None:
         for listener in self._listeners:
-            listener(event, _copy(obj))
+            listener(event, copy_message(obj))
 
     @staticmethod
     def _check(info: KindInfo, obj: Any, errors: builtins.list[FieldError]) -> None:
@@ -349,7 +345,7 @@ def _grace_seconds(obj: Any, requested: int | None) -> int:
         grace = obj.spec.termination_grace_period_seconds
     else:
         grace = DEFAULT_TERMINATION_GRACE_SECONDS
-    if not obj.spec.node_name or obj.status.phase in ("Succeeded", "Failed"):
+    if not obj.spec.node_name or has_ended(obj):
         return 0
     return int(grace)
 

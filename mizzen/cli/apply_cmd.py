@@ -56,6 +56,7 @@ from mizzen.api import kinds
 from mizzen.api.defaults import apply_defaults
 from mizzen.api.kinds import kind_of
 from mizzen.api.manifest import Manifest, Problem
+from mizzen.api.messages import copy_message
 from mizzen.cli.batch import WINDOW, Summary, run_in_order
 from mizzen.cli.convergence import Blocker, Verdict, judge, pods_of, settles_at
 from mizzen.cli.durations import duration_arg
@@ -80,18 +81,12 @@ UNREAD: Any = object()
 """apply_one's ``stored`` when the object has not been read yet (None: read, absent)."""
 
 
-def _copy(obj: Any) -> Any:
-    out = type(obj)()
-    out.CopyFrom(obj)
-    return out
-
-
 def _content(obj: Any) -> Any:
     """What a user's manifest sets besides metadata: the spec, or for kinds without
     one (ConfigMap, Secret) every top-level field but metadata and status."""
     if kind_of(obj).has_spec:
         return obj.spec
-    out = _copy(obj)
+    out = copy_message(obj)
     out.ClearField("metadata")
     if "status" in obj.DESCRIPTOR.fields_by_name:
         out.ClearField("status")
@@ -100,7 +95,7 @@ def _content(obj: Any) -> Any:
 
 def differs(desired: Any, stored: Any) -> bool:
     """Whether applying desired would change stored's spec, labels or annotations."""
-    want = _copy(desired)
+    want = copy_message(desired)
     want.metadata.namespace = stored.metadata.namespace
     apply_defaults(want)  # a Secret's stringData is merged into its data here
     return (
@@ -112,7 +107,7 @@ def differs(desired: Any, stored: Any) -> bool:
 
 def merged(desired: Any, stored: Any) -> Any:
     """desired, ready to Update stored: its version, and the fields the server owns."""
-    new = _copy(desired)
+    new = copy_message(desired)
     meta, old = new.metadata, stored.metadata
     meta.namespace = old.namespace
     meta.resource_version = old.resource_version

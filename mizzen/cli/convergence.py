@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from mizzen.api.kinds import kind_of
+from mizzen.api.pods import has_ended
 from protos import objects_pb2 as pb
 
 REVISION_ANNOTATION = "deployment.mizzen.io/revision"
@@ -226,11 +227,7 @@ def _done_if_pods_ready(counts: str, pods: list[pb.Pod]) -> Verdict:
     that exits at once makes its pod ready for a moment, the counts say
     converged, and the pod itself already shows CrashLoopBackOff.
     """
-    unready = [
-        p
-        for p in pods
-        if p.status.phase not in ("Succeeded", "Failed") and pod_blocker(p) is not None
-    ]
+    unready = [p for p in pods if not has_ended(p) and pod_blocker(p) is not None]
     if unready:
         return _blocked("waiting", counts, unready)
     return Verdict("done", counts)
@@ -346,7 +343,7 @@ def _job(job: pb.Job, pods: list[pb.Pod]) -> Verdict:
             return Verdict("done", counts)
         if cond.type == "Failed":
             return Verdict("failed", counts, f"Failed: {cond.reason}: {cond.message}")
-    active = [p for p in pods if p.status.phase not in ("Succeeded", "Failed")]
+    active = [p for p in pods if not has_ended(p)]
     # a Job retries failed runs up to its backoffLimit: only its Failed condition
     # ends it, a crash is not fatal there (not being scheduled or configured is)
     v = _blocked("waiting", counts, active)

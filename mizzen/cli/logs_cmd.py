@@ -21,6 +21,7 @@ from typing import Any
 import grpc
 
 from mizzen.api.defaults import DEFAULT_NAMESPACE
+from mizzen.api.pods import has_ended
 from mizzen.cli import tables
 from mizzen.cli.config import resolve_client
 from mizzen.cli.errors import CommandError, UsageError, tls_hint
@@ -33,7 +34,6 @@ from protos import agent_pb2, agent_pb2_grpc
 AGENT_ADDRESS_TYPE = "AgentGRPC"
 UNKNOWN = "<unknown>"
 _MI = 1024 * 1024
-_TERMINAL_PHASES = ("Succeeded", "Failed")
 
 
 def add_logs_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -335,7 +335,7 @@ def run_top_pods(args: argparse.Namespace) -> int:
         pods = [
             p
             for p in (await client.list("Pod", namespace)).items
-            if p.spec.node_name and p.status.phase not in _TERMINAL_PHASES
+            if p.spec.node_name and not has_ended(p)
         ]
         if not pods:
             where = f" in {namespace} namespace" if namespace else ""

@@ -33,6 +33,7 @@ from collections.abc import Callable
 
 from mizzen.api import quantity
 from mizzen.api.defaults import DEFAULT_NAMESPACE
+from mizzen.api.pods import has_ended
 from mizzen.cli.errors import CommandError, UsageError
 from mizzen.cli.logs_cmd import pod_agent, stream_logs, with_client
 from mizzen.cli.objects_cmd import _client_options
@@ -41,7 +42,6 @@ from mizzen.client.objects import ObjectsClient
 from protos import agent_pb2
 from protos import objects_pb2 as pb
 
-ENDED = ("Succeeded", "Failed")
 RUN_LABEL = "run"
 DELETE_WAIT = 60.0
 """Seconds --rm waits, beyond the pod's grace period, for the store to remove the pod."""
@@ -328,13 +328,13 @@ async def follow_pod(client: ObjectsClient, pod: pb.Pod, args: argparse.Namespac
     try:
         if not await watch.until(lambda p: bool(p.spec.node_name), args.schedule_timeout):
             raise CommandError(unscheduled_reason(watch.pod, args.schedule_timeout))
-        running = lambda p: started(p) or p.status.phase in ENDED  # noqa: E731
+        running = lambda p: started(p) or has_ended(p)  # noqa: E731
         if not await watch.until(running, args.pod_running_timeout):
             raise CommandError(not_started_reason(watch.pod, args.pod_running_timeout))
         output = Output(client, watch.pod, args.request_timeout)
-        if watch.pod.status.phase not in ENDED and not watch.deleted:
+        if not has_ended(watch.pod) and not watch.deleted:
             follower = asyncio.create_task(output.follow(watch))
-            ended = asyncio.create_task(watch.until(lambda p: p.status.phase in ENDED, None))
+            ended = asyncio.create_task(watch.until(lambda p: has_ended(p), None))
             await asyncio.wait({follower, ended}, return_when=asyncio.FIRST_COMPLETED)
             if follower.done():
                 ended.cancel()

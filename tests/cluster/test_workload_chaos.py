@@ -38,6 +38,7 @@ from conftest import SUBNET_ENV, require_test_hosts
 
 from controllers.leader import current_leader
 from controllers.node_lifecycle import has_unreachable_taint
+from mizzen.api.pods import has_ended
 from mizzen.client import Informer, ObjectsClient, StoreClient
 from mizzen.client.errors import NotFoundError
 from mizzen.testing.host_cluster import HostPki
@@ -205,12 +206,7 @@ def bare_pod(name: str, ns: str, node: str) -> pb.Pod:
 
 def live(pods: list[pb.Pod]) -> list[pb.Pod]:
     """Not terminating and not finished: the pods that count against maxSurge."""
-    return [
-        p
-        for p in pods
-        if not p.metadata.HasField("deletion_timestamp")
-        and p.status.phase not in ("Succeeded", "Failed")
-    ]
+    return [p for p in pods if not p.metadata.HasField("deletion_timestamp") and not has_ended(p)]
 
 
 def running(pod: pb.Pod) -> bool:

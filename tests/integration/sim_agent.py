@@ -29,6 +29,7 @@ from typing import Any
 import structlog
 
 from controllers.workqueue import QueueShutDown, RateLimitedQueue
+from mizzen.api.pods import has_ended
 from mizzen.client import Informer, ObjectsClient
 from mizzen.client.errors import ConflictError, NotFoundError, StoreClientError
 from protos import objects_pb2 as pb
@@ -137,7 +138,7 @@ class SimAgent:
             fresh.spec.node_name = self.node
             await self.client.update(fresh)
             return None
-        if pod.spec.node_name not in self.nodes or pod.status.phase in ("Succeeded", "Failed"):
+        if pod.spec.node_name not in self.nodes or has_ended(pod):
             return None
         if _ready(pod) and not (self.succeed and self.succeed(pod)):
             return None

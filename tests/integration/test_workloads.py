@@ -31,6 +31,7 @@ from controllers.gc import garbage_collector_from_config
 from controllers.job import job_controller_from_config
 from controllers.manager import ManagerConfig
 from controllers.replicaset import ReplicaSetController
+from mizzen.api.pods import has_ended
 from mizzen.client import ObjectsClient
 from mizzen.client.errors import ConflictError, NotFoundError
 from mizzen.testing.local_cluster import MizzenCluster
@@ -86,7 +87,7 @@ class SimAgent:
             if not meta.finalizers:
                 await self.client.delete("pods", meta.name, meta.namespace, grace_period_seconds=0)
             return 0
-        if pod.status.phase in ("Succeeded", "Failed"):
+        if has_ended(pod):
             return 0
         if not pod.spec.node_name:
             pod.spec.node_name = "sim-node"

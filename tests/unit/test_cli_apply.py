@@ -14,6 +14,7 @@ import pytest
 
 from mizzen.api.defaults import apply_defaults
 from mizzen.api.manifest import load_manifests
+from mizzen.api.messages import copy_message
 from mizzen.cli.apply_cmd import apply_all, differs, merged
 from mizzen.cli.objects_cmd import error_message
 from mizzen.client.errors import UnavailableError, translate
@@ -136,7 +137,7 @@ class FakeObjects:
             found = self.stored[(namespace, name)]
         except KeyError:
             raise translate(grpc.StatusCode.NOT_FOUND, f'pods "{name}" not found') from None
-        return _copy(found)
+        return copy_message(found)
 
     async def create(self, obj: Any) -> Any:
         name = obj.metadata.name
@@ -188,19 +189,13 @@ class FakeObjects:
             page = [self.stored[(namespace, n)] for n in names[start : start + page_size]]
             more = start + page_size < len(names)
             self.pages_read += 1
-            yield ListResult([_copy(obj) for obj in page], "9", "more" if more else "")
+            yield ListResult([copy_message(obj) for obj in page], "9", "more" if more else "")
 
     async def __aenter__(self) -> FakeObjects:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         return None
-
-
-def _copy(obj: Any) -> Any:
-    out = type(obj)()
-    out.CopyFrom(obj)
-    return out
 
 
 def _pods(names: list[str]) -> str:
@@ -385,7 +380,7 @@ def test_a_listed_object_that_changed_since_is_read_again(
             yield page
         fake.stored[("default", "p-01")].metadata.resource_version = "5"
         del fake.stored[("default", "p-02")]
-        fake.stored[("default", "p-new")] = _copy(fake.stored[("default", "p-03")])
+        fake.stored[("default", "p-new")] = copy_message(fake.stored[("default", "p-03")])
         fake.stored[("default", "p-new")].metadata.name = "p-new"
 
     monkeypatch.setattr(fake, "list_pages", then_others_write)
