@@ -128,7 +128,7 @@ class EventSink(Protocol):
 # ------------------------------------------------------------------ keys and owners
 
 
-def key_of(obj: Any) -> str:
+def queue_key(obj: Any) -> str:
     """The queue key of an object: "namespace/name", or "name" when cluster-scoped."""
     meta = obj.metadata
     return f"{meta.namespace}/{meta.name}" if meta.namespace else meta.name
@@ -374,7 +374,7 @@ class Controller(ABC):
 
     def enqueue(self, obj: Any) -> None:
         """Handler helper: queue obj's own key."""
-        self.queue.add(key_of(obj))
+        self.queue.add(queue_key(obj))
 
     def enqueue_changes(
         self, informer: SharedInformer, on_delete: Callable[[Any], None] | None = None

@@ -29,8 +29,8 @@ from controllers.base import (
     TemporaryError,
     controller_ref,
     is_terminating,
-    key_of,
     owner_reference,
+    queue_key,
 )
 from mizzen.api import selectors
 from mizzen.client.errors import ConflictError, NotFoundError
@@ -79,7 +79,7 @@ async def _adopt(client: ObjectsAPI, owner: Any, obj: Any) -> Any:
         stored = await client.update(changed)
     except (ConflictError, NotFoundError) as err:
         raise TemporaryError(f"adopting {obj.metadata.name}: {err}") from None
-    log.info("adopted", owner=key_of(owner), name=obj.metadata.name)
+    log.info("adopted", owner=queue_key(owner), name=obj.metadata.name)
     return stored
 
 
@@ -95,4 +95,4 @@ async def _release(client: ObjectsAPI, owner: Any, obj: Any) -> None:
         return
     except ConflictError as err:
         raise TemporaryError(f"releasing {obj.metadata.name}: {err}") from None
-    log.info("released", owner=key_of(owner), name=obj.metadata.name)
+    log.info("released", owner=queue_key(owner), name=obj.metadata.name)

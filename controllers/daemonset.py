@@ -53,8 +53,8 @@ from controllers.base import (
     ControllerContext,
     Result,
     is_terminating,
-    key_of,
     owner_key,
+    queue_key,
 )
 from controllers.config_watch import debounce_of, hasher_for, watch_config
 from controllers.confighash import (
@@ -355,9 +355,9 @@ class DaemonSetController(Controller):
         watch_config(ctx, "DaemonSet", lambda key: self.queue.add_after(key, debounce))
 
     def _ds_deleted(self, ds: Any) -> None:
-        self.expectations.forget(key_of(ds))
-        self.backoff.forget(key_of(ds))
-        self._announced.pop(key_of(ds), None)
+        self.expectations.forget(queue_key(ds))
+        self.backoff.forget(queue_key(ds))
+        self._announced.pop(queue_key(ds), None)
 
     def _pod_changed(self, pod: Any) -> None:
         self.enqueue_owner(pod, "DaemonSet")

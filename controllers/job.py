@@ -39,8 +39,8 @@ from controllers.base import (
     Result,
     TemporaryError,
     is_terminating,
-    key_of,
     owner_key,
+    queue_key,
     split_key,
 )
 from controllers.expectations import Expectations
@@ -271,7 +271,7 @@ class JobController(Controller):
         self.pods.on_delete(self._pod_deleted)
 
     def _job_deleted(self, job: Any) -> None:
-        self.expectations.forget(key_of(job))
+        self.expectations.forget(queue_key(job))
 
     def _pod_changed(self, pod: Any) -> None:
         self.enqueue_owner(pod, "Job")
@@ -333,8 +333,8 @@ class JobController(Controller):
             )
 
     async def _delete_job(self, job: pb.Job) -> None:
-        namespace, name = split_key(key_of(job))
-        log.info("job_ttl_expired", job=key_of(job))
+        namespace, name = split_key(queue_key(job))
+        log.info("job_ttl_expired", job=queue_key(job))
         try:
             await self.ctx.client.delete(
                 "Job",

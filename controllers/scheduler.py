@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
-from controllers.base import Controller, ControllerContext, Result, TemporaryError, key_of
+from controllers.base import Controller, ControllerContext, Result, TemporaryError, queue_key
 from controllers.podutil import mark_condition
 from controllers.scheduling import (
     ClusterState,
@@ -148,7 +148,7 @@ class Scheduler(Controller):
         self.state.observe_pod(pod)
         if _failed_port_in_use(pod) and (old is None or not _failed_port_in_use(old)):
             self._block_ports(pod)
-        key = key_of(pod)
+        key = queue_key(pod)
         if is_pending(pod):
             if old is None or old.spec != pod.spec or not is_pending(old):
                 self.queue.add(key)  # not for status-only echoes of our own writes
@@ -158,7 +158,7 @@ class Scheduler(Controller):
             self._retry_unschedulable()
 
     def _pod_deleted(self, pod: pb.Pod) -> None:
-        key = key_of(pod)
+        key = queue_key(pod)
         self.state.forget_pod(key)
         self.unschedulable.pop(key, None)
         if pod.spec.node_name and not is_terminal(pod):
@@ -176,7 +176,7 @@ class Scheduler(Controller):
         until = min(start, now) + PORT_IN_USE_BLOCK
         if until > now:
             self.state.block_ports(pod.spec.node_name, pod_ports(pod), until)
-            log.info("ports_blocked", node=pod.spec.node_name, pod=key_of(pod), until=until)
+            log.info("ports_blocked", node=pod.spec.node_name, pod=queue_key(pod), until=until)
 
     def _retry_unschedulable(self) -> None:
         for key in list(self.unschedulable):
@@ -208,7 +208,7 @@ class Scheduler(Controller):
 
     async def _bind(self, pod: pb.Pod, node_name: str) -> Result:
         """Write pod: the pending pod with nodeName (and its dynamic ports) set."""
-        key = key_of(pod)
+        key = queue_key(pod)
         client = self.ctx.client
         started = time.perf_counter()
         try:
@@ -247,11 +247,11 @@ class Scheduler(Controller):
             return Result()
         if not is_pending(fresh):
             return Result()
-        raise TemporaryError(f"pod {key_of(pod)} changed while binding; will retry")
+        raise TemporaryError(f"pod {queue_key(pod)} changed while binding; will retry")
 
     async def _resolve_ambiguous(self, pod: pb.Pod, node_name: str) -> pb.Pod | None:
         """After a write that may or may not have happened: the bound pod, or None (unassumed)."""
-        key = key_of(pod)
+        key = queue_key(pod)
         try:
             fresh = await self.ctx.client.get("pods", pod.metadata.name, pod.metadata.namespace)
         except Exception:
@@ -263,7 +263,7 @@ class Scheduler(Controller):
         return None
 
     async def _unschedulable(self, pod: pb.Pod, message: str) -> Result:
-        key = key_of(pod)
+        key = queue_key(pod)
         attempts = self.unschedulable.get(key, 0) + 1
         self.unschedulable[key] = attempts
         status_pod = copy_message(pod)

@@ -62,7 +62,7 @@ def object_key(info: KindInfo, namespace: str, name: str) -> bytes:
     return f"{REGISTRY}{info.plural}/{name}".encode()
 
 
-def key_of(obj: Message) -> bytes:
+def storage_key(obj: Message) -> bytes:
     meta: Any = obj.metadata  # type: ignore[attr-defined]
     return object_key(kinds.kind_of(obj), meta.namespace, meta.name)
 

@@ -91,11 +91,11 @@ from .objects_codec import (
     decode_continue,
     encode,
     encode_continue,
-    key_of,
     kind_prefix,
     object_key,
     parse_resource_version,
     resolve_kind,
+    storage_key,
     unwrap,
     wrap,
 )
@@ -243,7 +243,7 @@ class ObjectsService(api_grpc.ObjectsServicer):
         meta.creation_timestamp.GetCurrentTime()
         meta.generation = 1
         _check(info, obj, validate(obj))
-        key = key_of(obj)
+        key = storage_key(obj)
         value = self.codec.value(info, key, obj)
         txn = rpc_pb2.TxnRequest(
             compare=[
@@ -490,7 +490,7 @@ class ObjectsService(api_grpc.ObjectsServicer):
         info = kind_of(obj)
         if info.namespaced and not obj.metadata.namespace:
             obj.metadata.namespace = "default"
-        key = key_of(obj)
+        key = storage_key(obj)
         rev = parse_resource_version(obj.metadata.resource_version, "metadata.resourceVersion")
         if not rev:
             raise StoreError(

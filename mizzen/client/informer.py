@@ -52,7 +52,7 @@ IndexFn = Callable[[Any], Iterable[str]]
 Sleep = Callable[[float], Awaitable[None]]
 
 
-def key_of(obj: Any) -> Key:
+def cache_key(obj: Any) -> Key:
     return (obj.metadata.namespace, obj.metadata.name)
 
 
@@ -79,7 +79,7 @@ def relist_diff(cache: Mapping[Key, Any], items: Iterable[Any]) -> list[Delta]:
     deltas: list[Delta] = []
     seen: set[Key] = set()
     for obj in items:
-        key = key_of(obj)
+        key = cache_key(obj)
         seen.add(key)
         old = cache.get(key)
         if old is None:
@@ -256,7 +256,7 @@ class Informer:
         deltas = relist_diff(self._cache, items)
         for delta in deltas:
             if delta.type == "delete":
-                self._remove(key_of(delta.old))
+                self._remove(cache_key(delta.old))
                 self._emit_delete(delta.old)
             else:
                 self._store(delta.new)
@@ -276,7 +276,7 @@ class Informer:
             self.resource_version = obj.metadata.resource_version
         if event_type == "BOOKMARK":
             return
-        key = key_of(obj)
+        key = cache_key(obj)
         old = self._cache.get(key)
         if event_type == "DELETED":
             if old is not None:
@@ -292,7 +292,7 @@ class Informer:
             self._emit_update(old, obj)
 
     def _store(self, obj: Any) -> None:
-        key = key_of(obj)
+        key = cache_key(obj)
         if key in self._cache:
             self._unindex(key)
         self._cache[key] = obj

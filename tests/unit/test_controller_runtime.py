@@ -13,7 +13,7 @@ from controllers.base import (
     PermanentError,
     Result,
     TemporaryError,
-    key_of,
+    queue_key,
     split_key,
 )
 from controllers.runner import RunnerStats, process_key
@@ -211,8 +211,8 @@ async def test_fenced_error_is_counted() -> None:
 
 
 def test_keys() -> None:
-    assert key_of(pod("a")) == "default/a"
-    assert key_of(pb.Node(metadata=pb.ObjectMeta(name="n1"))) == "n1"
+    assert queue_key(pod("a")) == "default/a"
+    assert queue_key(pb.Node(metadata=pb.ObjectMeta(name="n1"))) == "n1"
     assert split_key("default/a") == ("default", "a")
     assert split_key("n1") == ("", "n1")
 

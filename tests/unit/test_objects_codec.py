@@ -14,11 +14,11 @@ from store.objects_codec import (
     decode_continue,
     encode,
     encode_continue,
-    key_of,
     kind_prefix,
     object_key,
     parse_resource_version,
     resolve_kind,
+    storage_key,
     unwrap,
     wrap,
 )
@@ -48,9 +48,9 @@ def test_namespace_prefix_does_not_match_longer_namespace() -> None:
     assert not object_key(POD, "ab", "x").startswith(kind_prefix(POD, "a"))
 
 
-def test_key_of_message() -> None:
+def test_storage_key_of_message() -> None:
     pod = pb.Pod(metadata=pb.ObjectMeta(name="p", namespace="ns"))
-    assert key_of(pod) == b"/registry/pods/ns/p"
+    assert storage_key(pod) == b"/registry/pods/ns/p"
 
 
 def test_wrap_unwrap_every_kind() -> None:
