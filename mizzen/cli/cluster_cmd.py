@@ -18,7 +18,7 @@ from mizzen.cli import tables
 from mizzen.cli.config import resolve_client
 from mizzen.cli.errors import CommandError
 from mizzen.cli.member_cmd import add_member_parsers
-from mizzen.cli.objects_cmd import _client_options, error_message
+from mizzen.cli.runner import client_options, error_message
 from mizzen.client.errors import StoreClientError
 from mizzen.client.objects import ObjectsClient
 from mizzen.client.records import Member, MemberStatus
@@ -29,7 +29,7 @@ CONTROLLERS_LEADER_KEY = b"/mizzen/leader/controllers"
 
 
 def add_cluster_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    common = _client_options()
+    common = client_options()
     p = sub.add_parser("cluster", help="the cluster as a whole")
     cluster_sub = p.add_subparsers(dest="cluster_command", required=True)
     s = cluster_sub.add_parser("status", parents=[common], help="members, leaders and nodes")

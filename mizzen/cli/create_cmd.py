@@ -35,7 +35,7 @@ from mizzen.api.defaults import DEFAULT_NAMESPACE
 from mizzen.api.manifest import dump_json, dump_yaml
 from mizzen.api.names import config_key
 from mizzen.cli.errors import UsageError
-from mizzen.cli.objects_cmd import _client_options, _out, _with_client
+from mizzen.cli.runner import client_options, out, with_objects_client
 from mizzen.client.errors import ConflictError, NotFoundError
 from mizzen.client.objects import ObjectsClient
 from protos import objects_pb2 as pb
@@ -45,7 +45,7 @@ CONFLICT_ATTEMPTS = 3
 
 
 def add_create_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    common = _client_options()
+    common = client_options()
     p = sub.add_parser("create", help="create a ConfigMap or Secret from literals and files")
     what = p.add_subparsers(dest="create_kind", required=True, metavar="configmap|secret")
 
@@ -194,7 +194,7 @@ def _create(args: argparse.Namespace, obj: Any) -> int:
         elif args.output == "yaml":
             sys.stdout.write(dump_yaml([obj]))
         else:
-            _out(f"{info.singular}/{obj.metadata.name} created (dry run)")
+            out(f"{info.singular}/{obj.metadata.name} created (dry run)")
         return 0
 
     async def body(client: ObjectsClient) -> int:
@@ -204,12 +204,12 @@ def _create(args: argparse.Namespace, obj: Any) -> int:
         elif args.output == "yaml":
             sys.stdout.write(dump_yaml([created]))
         elif args.output == "name":
-            _out(f"{info.singular}/{created.metadata.name}")
+            out(f"{info.singular}/{created.metadata.name}")
         else:
-            _out(f"{info.singular}/{created.metadata.name} created")
+            out(f"{info.singular}/{created.metadata.name} created")
         return 0
 
-    return _with_client(args, body)
+    return with_objects_client(args, body)
 
 
 def run_create_configmap(args: argparse.Namespace) -> int:
@@ -238,12 +238,10 @@ def run_reencrypt(args: argparse.Namespace) -> int:
                 unchanged += 1
         for key in listed.undecodable_keys:
             print(f"mizzen: warning: {key} does not decode here; not rewritten", file=sys.stderr)
-        _out(
-            f"{rewritten} Secret(s) rewritten with the store's first key, {unchanged} already were"
-        )
+        out(f"{rewritten} Secret(s) rewritten with the store's first key, {unchanged} already were")
         return 1 if listed.undecodable_keys else 0
 
-    return _with_client(args, body)
+    return with_objects_client(args, body)
 
 
 async def _rewrite(client: ObjectsClient, secret_obj: Any) -> bool:

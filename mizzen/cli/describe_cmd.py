@@ -20,7 +20,8 @@ from mizzen.api.config_refs import config_refs
 from mizzen.cli import event_view, tables
 from mizzen.cli.describe import Configs, describe
 from mizzen.cli.errors import UsageError
-from mizzen.cli.objects_cmd import _client_options, _kind, _namespace, _with_client
+from mizzen.cli.objects_cmd import lookup_kind, namespace_for
+from mizzen.cli.runner import client_options, with_objects_client
 from mizzen.client.errors import NotFoundError, PermissionDeniedError
 from mizzen.client.objects import ObjectsClient
 
@@ -28,7 +29,7 @@ EVENTS = kinds.lookup("events")
 
 
 def add_describe_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    common = _client_options()
+    common = client_options()
 
     p = sub.add_parser("describe", parents=[common], help="show an object and its events")
     p.add_argument("kind", metavar="KIND")
@@ -44,8 +45,8 @@ def add_describe_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser
 
 
 def run_describe(args: argparse.Namespace) -> int:
-    info = _kind(args.kind)
-    namespace = _namespace(info, args.namespace)
+    info = lookup_kind(args.kind)
+    namespace = namespace_for(info, args.namespace)
 
     async def body(client: ObjectsClient) -> int:
         obj = await client.get(info, args.name, namespace)
@@ -57,7 +58,7 @@ def run_describe(args: argparse.Namespace) -> int:
         sys.stdout.write(text)
         return 0
 
-    return _with_client(args, body)
+    return with_objects_client(args, body)
 
 
 async def pod_configs(client: ObjectsClient, pod: Any) -> Configs:
@@ -89,7 +90,7 @@ def _target(text: str) -> tuple[str, str]:
     kind, sep, name = text.partition("/")
     if not sep or not kind or not name:
         raise UsageError(f"events: --for wants KIND/NAME, not {text!r}")
-    return _kind(kind).kind, name
+    return lookup_kind(kind).kind, name
 
 
 def event_selector(target: tuple[str, str] | None) -> str:
@@ -104,7 +105,7 @@ def run_events(args: argparse.Namespace) -> int:
     if args.all_namespaces and args.namespace:
         raise UsageError("events: give -n or -A, not both")
     target = _target(args.target) if args.target else None
-    namespace = "" if args.all_namespaces else _namespace(EVENTS, args.namespace)
+    namespace = "" if args.all_namespaces else namespace_for(EVENTS, args.namespace)
 
     async def body(client: ObjectsClient) -> int:
         selector = event_selector(target)
@@ -117,4 +118,4 @@ def run_events(args: argparse.Namespace) -> int:
         sys.stdout.write(tables.render(rows))
         return 0
 
-    return _with_client(args, body)
+    return with_objects_client(args, body)

@@ -33,8 +33,8 @@ import grpc
 
 from mizzen.api.defaults import DEFAULT_NAMESPACE
 from mizzen.cli.errors import CommandError, UsageError
-from mizzen.cli.logs_cmd import agent_error, connect_agent, locate_agent, with_client
-from mizzen.cli.objects_cmd import _client_options
+from mizzen.cli.logs_cmd import agent_error, connect_agent, locate_agent
+from mizzen.cli.runner import client_options, with_objects_client
 from mizzen.client.objects import ObjectsClient
 from mizzen.security.tls import ClientCredentials
 from protos import agent_pb2, agent_pb2_grpc
@@ -59,7 +59,7 @@ class _CommandAfterDashes(argparse.ArgumentParser):
 
 
 def add_exec_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    common = _client_options()
+    common = client_options()
 
     p = sub.add_parser(
         "exec",
@@ -122,7 +122,7 @@ def run_kill(args: argparse.Namespace) -> int:
         print(f"pod/{args.pod} process {response.process}: sent {response.signal}")
         return 0
 
-    return with_client(args, body)
+    return with_objects_client(args, body)
 
 
 # ------------------------------------------------------------------ exec
@@ -253,4 +253,4 @@ def run_exec(args: argparse.Namespace) -> int:
         node, address = await locate_agent(client, namespace, args.pod)
         return await _exec(args, namespace, node, address, client.credentials)
 
-    return with_client(args, body)
+    return with_objects_client(args, body)

@@ -38,8 +38,7 @@ from mizzen.api.defaults import DEFAULT_NAMESPACE
 from mizzen.api.kinds import KindInfo
 from mizzen.api.manifest import ManifestError, dump_yaml, load_manifests
 from mizzen.cli.errors import CommandError, UsageError
-from mizzen.cli.logs_cmd import with_client
-from mizzen.cli.objects_cmd import _client_options, error_message
+from mizzen.cli.runner import client_options, error_message, with_objects_client
 from mizzen.client.errors import ConflictError, InvalidArgumentError, StoreClientError
 from mizzen.client.objects import ObjectsClient
 
@@ -79,7 +78,7 @@ def _add_label_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     for command, what in (("label", "labels"), ("annotate", "annotations")):
         p = sub.add_parser(
             command,
-            parents=[_client_options()],
+            parents=[client_options()],
             help=f"set (k=v) or remove (k-) {what} of objects",
         )
         p.add_argument("words", nargs="+", metavar="KIND/NAME... KEY=VALUE... KEY-...")
@@ -90,7 +89,7 @@ def _add_label_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser])
         p.set_defaults(func=run_label, client_command=True, field=what)
 
     p = sub.add_parser(
-        "edit", parents=[_client_options()], help="edit an object in $EDITOR and save it"
+        "edit", parents=[client_options()], help="edit an object in $EDITOR and save it"
     )
     p.add_argument("target", nargs="+", metavar="KIND/NAME")
     p.add_argument("-n", "--namespace", default=None)
@@ -244,7 +243,7 @@ def run_label(args: argparse.Namespace) -> int:
             print(f"{info.singular}/{name} {verb if changed else 'not ' + verb}", flush=True)
         return 1 if failed else 0
 
-    return with_client(args, body)
+    return with_objects_client(args, body)
 
 
 # ------------------------------------------------------------------ edit
@@ -365,7 +364,7 @@ def run_edit(args: argparse.Namespace) -> int:
         finally:
             os.unlink(path)
 
-    return with_client(args, body)
+    return with_objects_client(args, body)
 
 
 __all__ = ["add_label_parsers", "apply_changes", "parse_changes", "strip_comments", "with_errors"]

@@ -14,7 +14,7 @@ import argparse
 import asyncio
 import os
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,10 +23,9 @@ import grpc
 from mizzen.api.defaults import DEFAULT_NAMESPACE
 from mizzen.api.pods import has_ended
 from mizzen.cli import tables
-from mizzen.cli.config import resolve_client
-from mizzen.cli.errors import CommandError, UsageError, tls_hint
-from mizzen.cli.objects_cmd import _client_options
-from mizzen.client.errors import NotFoundError, StoreClientError, UnavailableError
+from mizzen.cli.errors import CommandError, UsageError
+from mizzen.cli.runner import client_options, with_objects_client
+from mizzen.client.errors import NotFoundError
 from mizzen.client.objects import ObjectsClient
 from mizzen.security.tls import ClientCredentials
 from protos import agent_pb2, agent_pb2_grpc
@@ -37,7 +36,7 @@ _MI = 1024 * 1024
 
 
 def add_logs_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    common = _client_options()
+    common = client_options()
 
     p = sub.add_parser("logs", parents=[common], help="print the output of a pod's process")
     p.add_argument("pod", metavar="POD")
@@ -72,26 +71,6 @@ def agent_address(node: Any) -> str | None:
         if addr.type == AGENT_ADDRESS_TYPE and addr.address:
             return str(addr.address)
     return None
-
-
-def with_client(args: argparse.Namespace, body: Callable[[ObjectsClient], Awaitable[int]]) -> int:
-    """body(client) with the store's client from args; store errors as one-line CommandErrors."""
-    cfg = resolve_client(args)
-    endpoints = cfg.endpoints
-
-    async def run() -> int:
-        async with ObjectsClient(
-            endpoints, timeout=args.request_timeout, credentials=cfg.credentials
-        ) as client:
-            return await body(client)
-
-    try:
-        return asyncio.run(run())
-    except UnavailableError as err:
-        where = ",".join(endpoints)
-        raise CommandError(f"cannot reach the store at {where} ({err}){tls_hint(err)}") from None
-    except StoreClientError as err:
-        raise CommandError(err.details or str(err)) from None
 
 
 def agent_error(err: grpc.aio.AioRpcError, node: str, address: str) -> CommandError:
@@ -140,7 +119,7 @@ def run_logs(args: argparse.Namespace) -> int:
         await stream_logs(address, node_name, request, args.request_timeout, client.credentials)
         return 0
 
-    return with_client(args, body)
+    return with_objects_client(args, body)
 
 
 async def locate_agent(client: ObjectsClient, namespace: str, pod_name: str) -> tuple[str, str]:
@@ -291,7 +270,7 @@ def run_top_nodes(args: argparse.Namespace) -> int:
         sys.stdout.write(tables.render(node_rows(list(results))))
         return 0
 
-    return with_client(args, body)
+    return with_objects_client(args, body)
 
 
 def pod_rows(
@@ -351,4 +330,4 @@ def run_top_pods(args: argparse.Namespace) -> int:
         sys.stdout.write(tables.render(rows))
         return 0
 
-    return with_client(args, body)
+    return with_objects_client(args, body)

@@ -9,17 +9,14 @@ existing`` and catches up from the leader.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
-from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from mizzen.cli import tables
 from mizzen.cli.config import ClientConfig, resolve_client
 from mizzen.cli.errors import CommandError, UsageError
-from mizzen.cli.objects_cmd import error_message
-from mizzen.client.errors import StoreClientError
+from mizzen.cli.runner import with_store_client
 from mizzen.client.records import Member
 from mizzen.client.store_client import StoreClient
 
@@ -52,19 +49,6 @@ def add_member_parsers(
     )
     mv.add_argument("member", metavar="NAME|ID")
     mv.set_defaults(func=run_move_leader, client_command=True)
-
-
-def _run(args: argparse.Namespace, fn: Callable[[StoreClient], Awaitable[T]]) -> T:
-    cfg = resolve_client(args)
-
-    async def go() -> T:
-        async with _client(cfg, args.request_timeout) as store:
-            return await fn(store)
-
-    try:
-        return asyncio.run(go())
-    except StoreClientError as err:
-        raise CommandError(error_message(err, cfg.endpoints)) from None
 
 
 def _client(cfg: ClientConfig, timeout: float, endpoints: list[str] | None = None) -> StoreClient:
@@ -106,7 +90,7 @@ def join_flags(name: str, members: list[Member]) -> str:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    members = _run(args, lambda store: store.member_list())
+    members = with_store_client(args, lambda store: store.member_list())
     if args.output == "json":
         out = [
             {"name": m.name, "id": f"{m.id:x}", "peerURLs": list(m.peer_urls),
@@ -122,7 +106,7 @@ def run_list(args: argparse.Namespace) -> int:
 def run_add(args: argparse.Namespace) -> int:
     if ":" not in args.peer_url:
         raise UsageError(f"--peer-url: expected host:port, got {args.peer_url!r}")
-    added, members = _run(
+    added, members = with_store_client(
         args, lambda store: store.member_add(args.name, args.peer_url, timeout=CHANGE_TIMEOUT)
     )
     sys.stdout.write(
@@ -139,7 +123,7 @@ def run_remove(args: argparse.Namespace) -> int:
         await store.member_remove(target.id, timeout=CHANGE_TIMEOUT)
         return target
 
-    removed = _run(args, go)
+    removed = with_store_client(args, go)
     sys.stdout.write(
         f"Member {removed.name} (ID {removed.id:x}) removed from the cluster; "
         "stop its process and delete its data directory.\n"
@@ -161,6 +145,6 @@ def run_move_leader(args: argparse.Namespace) -> int:
             await everyone.move_leader(target.id, timeout=CHANGE_TIMEOUT)
         return target
 
-    target = _run(args, go)
+    target = with_store_client(args, go)
     sys.stdout.write(f"Leadership moved to {target.name} (ID {target.id:x}).\n")
     return 0

@@ -19,7 +19,7 @@ import time
 from typing import Any
 
 from mizzen.cli.errors import CommandError
-from mizzen.cli.objects_cmd import _client_options, _out, _with_client
+from mizzen.cli.runner import client_options, out, with_objects_client
 from mizzen.client.errors import ConflictError, NotFoundError
 from mizzen.client.objects import ObjectsClient
 
@@ -28,7 +28,7 @@ _POLL_INTERVAL = 0.5
 
 
 def add_node_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    common = _client_options()
+    common = client_options()
 
     p = sub.add_parser("cordon", parents=[common], help="mark a node unschedulable")
     p.add_argument("node", metavar="NODE")
@@ -87,32 +87,32 @@ def _pod_id(pod: Any) -> str:
 def run_cordon(args: argparse.Namespace) -> int:
     async def body(client: ObjectsClient) -> int:
         changed = await set_unschedulable(client, args.node, True)
-        _out(f"node/{args.node} {'cordoned' if changed else 'already cordoned'}")
+        out(f"node/{args.node} {'cordoned' if changed else 'already cordoned'}")
         return 0
 
-    return _with_client(args, body)
+    return with_objects_client(args, body)
 
 
 def run_uncordon(args: argparse.Namespace) -> int:
     async def body(client: ObjectsClient) -> int:
         changed = await set_unschedulable(client, args.node, False)
-        _out(f"node/{args.node} {'uncordoned' if changed else 'already uncordoned'}")
+        out(f"node/{args.node} {'uncordoned' if changed else 'already uncordoned'}")
         return 0
 
-    return _with_client(args, body)
+    return with_objects_client(args, body)
 
 
 def run_drain(args: argparse.Namespace) -> int:
     async def body(client: ObjectsClient) -> int:
         changed = await set_unschedulable(client, args.node, True)
-        _out(f"node/{args.node} {'cordoned' if changed else 'already cordoned'}")
+        out(f"node/{args.node} {'cordoned' if changed else 'already cordoned'}")
         deadline = time.monotonic() + args.timeout
         listed = await client.list("pods", field_selector=f"spec.nodeName={args.node}")
         daemon = [p for p in listed.items if _owned_by_daemonset(p)]
         targets = [p for p in listed.items if not _owned_by_daemonset(p)]
         if daemon:
             names = ", ".join(_pod_id(p) for p in daemon)
-            _out(f"Warning: ignoring DaemonSet-managed pods: {names}")
+            out(f"Warning: ignoring DaemonSet-managed pods: {names}")
         for pod in targets:
             with contextlib.suppress(NotFoundError):
                 await client.delete(
@@ -121,13 +121,13 @@ def run_drain(args: argparse.Namespace) -> int:
                     pod.metadata.namespace,
                     grace_period_seconds=args.grace_period,
                 )
-            _out(f"evicting pod {_pod_id(pod)}")
+            out(f"evicting pod {_pod_id(pod)}")
         waiting = {(p.metadata.namespace, p.metadata.name, p.metadata.uid) for p in targets}
         while waiting:
             now = await client.list("pods", field_selector=f"spec.nodeName={args.node}")
             present = {(p.metadata.namespace, p.metadata.name, p.metadata.uid) for p in now.items}
             for ns, name, _ in sorted(waiting - present):
-                _out(f"pod {ns}/{name} evicted")
+                out(f"pod {ns}/{name} evicted")
             waiting &= present
             if not waiting:
                 break
@@ -137,7 +137,7 @@ def run_drain(args: argparse.Namespace) -> int:
                     f"drain {args.node}: timed out after {args.timeout:g}s waiting for: {left}"
                 )
             await asyncio.sleep(_POLL_INTERVAL)
-        _out(f"node/{args.node} drained")
+        out(f"node/{args.node} drained")
         return 0
 
-    return _with_client(args, body)
+    return with_objects_client(args, body)

@@ -29,7 +29,6 @@ import argparse
 import asyncio
 import sys
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,11 +48,11 @@ from mizzen.api.manifest import (
 from mizzen.cli import tables
 from mizzen.cli.apply_cmd import add_wait_flags, apply_all, wait_for_applied, where
 from mizzen.cli.batch import WINDOW, Summary, run_in_order
-from mizzen.cli.config import add_credential_flags, resolve_client
-from mizzen.cli.errors import CommandError, UsageError, tls_hint
+from mizzen.cli.config import resolve_client
+from mizzen.cli.errors import CommandError, UsageError
+from mizzen.cli.runner import client_options, error_message, out, with_objects_client
 from mizzen.cli.watch_cmd import watch_until_interrupted
 from mizzen.client.errors import (
-    AmbiguousWriteError,
     StoreClientError,
     UnavailableError,
 )
@@ -63,40 +62,6 @@ from mizzen.client.store_client import StoreClient
 LIST_PAGE = 500
 """Objects per List request of `get`: each page is turned into output while the
 store reads the next (ObjectsClient.list_pages), as kubectl's --chunk-size 500."""
-
-
-def error_message(err: BaseException, endpoints: list[str]) -> str:
-    """The text shown after "mizzen: " for an error a command ended with."""
-    if isinstance(err, ManifestError):
-        first, *rest = [str(problem) for problem in err.problems] or [str(err)]
-        return "\n".join([first, *(f"  {line}" for line in rest)])
-    if isinstance(err, UnavailableError):
-        return f"cannot reach the store at {','.join(endpoints)} ({err}){tls_hint(err)}"
-    if isinstance(err, AmbiguousWriteError):
-        return str(err)
-    if isinstance(err, StoreClientError):
-        return (err.details or str(err)).removeprefix("mizzen: ")
-    if isinstance(err, kinds.UnknownKindError):
-        return str(err.args[0]) if err.args else str(err)
-    return str(err)
-
-
-def _client_options() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--endpoints",
-        default=None,
-        help="store endpoints host:port,... (default: $MIZZEN_ENDPOINTS, "
-        "~/.mizzen/config, 127.0.0.1:2379)",
-    )
-    common.add_argument(
-        "--request-timeout",
-        type=float,
-        default=5.0,
-        help="seconds each request may take, retries included (default 5)",
-    )
-    add_credential_flags(common)
-    return common
 
 
 def _window(text: str) -> int:
@@ -121,7 +86,7 @@ def _add_window(p: argparse.ArgumentParser) -> None:
 
 
 def add_objects_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    common = _client_options()
+    common = client_options()
 
     p = sub.add_parser("apply", parents=[common], help="create or update objects from manifests")
     p.add_argument("-f", "--filename", action="append", required=True, metavar="FILE|DIR|-")
@@ -172,31 +137,14 @@ def add_objects_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]
 # ------------------------------------------------------------------ plumbing
 
 
-def _with_client(args: argparse.Namespace, body: Callable[[ObjectsClient], Awaitable[int]]) -> int:
-    """Run body against the store; every known error becomes a CommandError."""
-    cfg = resolve_client(args)
-    endpoints = cfg.endpoints
-
-    async def run() -> int:
-        async with ObjectsClient(
-            endpoints, timeout=args.request_timeout, credentials=cfg.credentials
-        ) as client:
-            return await body(client)
-
-    try:
-        return asyncio.run(run())
-    except (StoreClientError, ManifestError, kinds.UnknownKindError) as err:
-        raise CommandError(error_message(err, endpoints)) from None
-
-
-def _kind(name: str) -> KindInfo:
+def lookup_kind(name: str) -> KindInfo:
     try:
         return kinds.lookup(name)
     except kinds.UnknownKindError as err:
         raise CommandError(error_message(err, [])) from None
 
 
-def _namespace(info: KindInfo, flag: str | None) -> str:
+def namespace_for(info: KindInfo, flag: str | None) -> str:
     return (flag or DEFAULT_NAMESPACE) if info.namespaced else ""
 
 
@@ -217,10 +165,6 @@ def _load(paths: list[str], namespace: str | None) -> list[Manifest]:
             )
         meta.namespace = meta.namespace or namespace or DEFAULT_NAMESPACE
     return manifests
-
-
-def _out(line: str) -> None:
-    print(line, flush=True)
 
 
 def _err(line: str) -> None:
@@ -249,7 +193,7 @@ def run_apply(args: argparse.Namespace) -> int:
         summary = await apply_all(
             client,
             manifests,
-            out=_out,
+            out=out,
             err=_err,
             describe=lambda err: error_message(err, endpoints),
             window=args.max_in_flight,
@@ -257,20 +201,20 @@ def run_apply(args: argparse.Namespace) -> int:
         code = _exit_code(summary, endpoints, "not applied")
         if code != 0 or not args.wait:
             return code
-        return await wait_for_applied(client, manifests, args, out=_out)
+        return await wait_for_applied(client, manifests, args, out=out)
 
-    return _with_client(args, body)
+    return with_objects_client(args, body)
 
 
 def run_get(args: argparse.Namespace) -> int:
-    info = _kind(args.kind)
+    info = lookup_kind(args.kind)
     if args.name and (args.selector or args.field_selector or args.all_namespaces):
         raise UsageError("get: a NAME cannot be combined with -l, --field-selector or -A")
     everywhere = args.all_namespaces and info.namespaced
-    namespace = "" if everywhere else _namespace(info, args.namespace)
+    namespace = "" if everywhere else namespace_for(info, args.namespace)
 
     if args.watch or args.watch_only:
-        return _with_client(
+        return with_objects_client(
             args, lambda client: watch_until_interrupted(client, info, namespace, args, everywhere)
         )
 
@@ -303,7 +247,7 @@ def run_get(args: argparse.Namespace) -> int:
         _print_objects(info, objects, args, everywhere, namespace)
         return 0
 
-    return _with_client(args, body)
+    return with_objects_client(args, body)
 
 
 def _print_objects(
@@ -316,7 +260,7 @@ def _print_objects(
         sys.stdout.write(dump_json(objects))
     elif args.output == "name":
         for obj in objects:
-            _out(f"{info.singular}/{obj.metadata.name}")
+            out(f"{info.singular}/{obj.metadata.name}")
     elif not objects:
         where = f" in {ns} namespace" if ns else ""
         print(f"No resources found{where}.", file=sys.stderr)
@@ -347,8 +291,8 @@ def run_delete(args: argparse.Namespace) -> int:
     else:
         if not args.kind or not args.names:
             raise UsageError("delete: expected KIND NAME... or -f FILE")
-        info = _kind(args.kind)
-        ns = _namespace(info, args.namespace)
+        info = lookup_kind(args.kind)
+        ns = namespace_for(info, args.namespace)
         targets = [_Target(info, name, ns) for name in args.names]
     endpoints = resolve_client(args).endpoints
 
@@ -372,13 +316,13 @@ def run_delete(args: argparse.Namespace) -> int:
             one,
             key=lambda t: (t.info.kind, t.namespace, t.name),
             failure=failure,
-            out=_out,
+            out=out,
             err=_err,
             window=args.max_in_flight,
         )
         return _exit_code(summary, endpoints, "not deleted")
 
-    return _with_client(args, body)
+    return with_objects_client(args, body)
 
 
 def api_resources_rows() -> list[list[str]]:
@@ -397,7 +341,7 @@ def run_api_resources(args: argparse.Namespace) -> int:
 def run_version(args: argparse.Namespace) -> int:
     cfg = resolve_client(args)
     endpoints = cfg.endpoints
-    _out(f"Client Version: mizzen {__version__}")
+    out(f"Client Version: mizzen {__version__}")
 
     async def probe() -> str:
         async with StoreClient(
@@ -407,7 +351,7 @@ def run_version(args: argparse.Namespace) -> int:
             return f"Server: {status.endpoint} (store version {status.version or 'unknown'})"
 
     try:
-        _out(asyncio.run(probe()))
+        out(asyncio.run(probe()))
     except StoreClientError as err:
         raise CommandError(error_message(UnavailableError(str(err)), endpoints)) from None
     return 0

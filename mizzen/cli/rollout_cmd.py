@@ -27,15 +27,14 @@ import argparse
 import asyncio
 import datetime
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from mizzen.api import kinds
 from mizzen.api.defaults import DEFAULT_NAMESPACE
-from mizzen.cli.config import add_credential_flags, resolve_client
+from mizzen.cli.config import add_credential_flags
 from mizzen.cli.errors import CommandError, UsageError
-from mizzen.cli.objects_cmd import error_message
-from mizzen.client.errors import ConflictError, StoreClientError
+from mizzen.cli.runner import error_message, out, with_objects_client
+from mizzen.client.errors import ConflictError
 from mizzen.client.objects import ObjectsClient
 from protos import objects_pb2 as pb
 
@@ -110,26 +109,6 @@ def _target(words: list[str], allowed: tuple[str, ...]) -> tuple[kinds.KindInfo,
     return info, name
 
 
-def _run(args: argparse.Namespace, body: Callable[[ObjectsClient], Awaitable[int]]) -> int:
-    cfg = resolve_client(args)
-    endpoints = cfg.endpoints
-
-    async def run() -> int:
-        async with ObjectsClient(
-            endpoints, timeout=args.request_timeout, credentials=cfg.credentials
-        ) as client:
-            return await body(client)
-
-    try:
-        return asyncio.run(run())
-    except StoreClientError as err:
-        raise CommandError(error_message(err, endpoints)) from None
-
-
-def _out(line: str) -> None:
-    print(line, flush=True)
-
-
 def revision_of(obj: Any) -> int:
     value = obj.metadata.annotations.get(REVISION_ANNOTATION, "")
     return int(value) if value.isdigit() else 0
@@ -185,7 +164,7 @@ def run_status(args: argparse.Namespace) -> int:
             d = await client.get("deployments", name, ns)
             done, message = rollout_state(d)
             if message != last:
-                _out(message)
+                out(message)
                 last = message
             if done:
                 return 0
@@ -195,7 +174,7 @@ def run_status(args: argparse.Namespace) -> int:
                 raise CommandError(f'timed out waiting for deployment "{name}" to roll out')
             await asyncio.sleep(0.25)
 
-    return _run(args, body)
+    return with_objects_client(args, body)
 
 
 # ------------------------------------------------------------------ history / undo
@@ -214,10 +193,10 @@ def run_history(args: argparse.Namespace) -> int:
             else history_table(d, history)
         )
         for line in lines:
-            _out(line)
+            out(line)
         return 0
 
-    return _run(args, body)
+    return with_objects_client(args, body)
 
 
 def history_table(d: pb.Deployment, history: list[pb.ReplicaSet]) -> list[str]:
@@ -310,20 +289,20 @@ def run_undo(args: argparse.Namespace) -> int:
             target, template, notes = plan_undo(d, history, args.to_revision)
             if template is None:
                 for line in notes:
-                    _out(line)
+                    out(line)
                 return 0
             d.spec.template.CopyFrom(template)
             try:
                 await client.update(d)
             except ConflictError:
                 continue
-            _out(f"deployment.mizzen/{name} rolled back to revision {revision_of(target)}")
+            out(f"deployment.mizzen/{name} rolled back to revision {revision_of(target)}")
             for line in notes:
-                _out(line)
+                out(line)
             return 0
         raise CommandError(f"deployment/{name} kept changing; try again")
 
-    return _run(args, body)
+    return with_objects_client(args, body)
 
 
 def plan_undo(
@@ -415,11 +394,11 @@ def run_restart(args: argparse.Namespace) -> int:
                 await client.update(obj)
             except ConflictError:
                 continue
-            _out(f"{info.singular}.mizzen/{name} restarted")
+            out(f"{info.singular}.mizzen/{name} restarted")
             return 0
         raise CommandError(f"{info.singular}/{name} kept changing; try again")
 
-    return _run(args, body)
+    return with_objects_client(args, body)
 
 
 # ------------------------------------------------------------------ scale
@@ -439,11 +418,11 @@ def run_scale(args: argparse.Namespace) -> int:
                 await client.update(obj)
             except ConflictError:
                 continue
-            _out(f"{info.singular}.mizzen/{name} scaled")
+            out(f"{info.singular}.mizzen/{name} scaled")
             return 0
         raise CommandError(f"{info.singular}/{name} kept changing; try again")
 
-    return _run(args, body)
+    return with_objects_client(args, body)
 
 
 __all__ = [

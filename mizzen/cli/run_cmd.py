@@ -35,8 +35,8 @@ from mizzen.api import quantity
 from mizzen.api.defaults import DEFAULT_NAMESPACE
 from mizzen.api.pods import has_ended
 from mizzen.cli.errors import CommandError, UsageError
-from mizzen.cli.logs_cmd import pod_agent, stream_logs, with_client
-from mizzen.cli.objects_cmd import _client_options
+from mizzen.cli.logs_cmd import pod_agent, stream_logs
+from mizzen.cli.runner import client_options, with_objects_client
 from mizzen.client.errors import AlreadyExistsError, NotFoundError
 from mizzen.client.objects import ObjectsClient
 from protos import agent_pb2
@@ -55,7 +55,7 @@ _EXIT_ON = {signal.SIGINT: 130, signal.SIGTERM: 143}
 def add_run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "run",
-        parents=[_client_options()],
+        parents=[client_options()],
         help="run a command once in a new pod and show its output",
         description="Create a one-off pod running CMD ARGS, stream its output, exit with its "
         "exit code; --rm deletes the pod afterwards (also on Ctrl-C).",
@@ -429,7 +429,7 @@ def run_run(args: argparse.Namespace) -> int:
             for sig in _EXIT_ON:
                 loop.remove_signal_handler(sig)
 
-    code = with_client(args, body)
+    code = with_objects_client(args, body)
     sys.stdout.flush()
     return code
 

@@ -24,7 +24,7 @@ import os
 
 from mizzen.cli.config import resolve_client
 from mizzen.cli.errors import CommandError, UsageError
-from mizzen.cli.objects_cmd import _client_options, error_message
+from mizzen.cli.runner import client_options, error_message
 from mizzen.cli.store_cmd import parse_cluster
 from mizzen.client.errors import StoreClientError
 from mizzen.client.store_client import StoreClient
@@ -39,7 +39,7 @@ RESTORE_HELP = (
 
 
 def add_snapshot_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    common = _client_options()
+    common = client_options()
     p = sub.add_parser("snapshot", help="save, inspect and restore store snapshots")
     snap_sub = p.add_subparsers(dest="snapshot_command", required=True)
 

@@ -29,7 +29,6 @@ that did not meet it.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import re
 import time
 from collections.abc import Callable
@@ -40,12 +39,11 @@ from mizzen.api import kinds
 from mizzen.api.defaults import DEFAULT_NAMESPACE
 from mizzen.api.manifest_convert import encode
 from mizzen.api.selectors import SelectorError, parse_label_selector
-from mizzen.cli.config import add_credential_flags, resolve_client
+from mizzen.cli.config import add_credential_flags
 from mizzen.cli.durations import duration_arg
 from mizzen.cli.errors import CommandError, UsageError
-from mizzen.cli.objects_cmd import error_message
+from mizzen.cli.runner import error_message, out, with_objects_client
 from mizzen.cli.watching import Watching
-from mizzen.client.errors import StoreClientError
 from mizzen.client.objects import ObjectsClient
 
 DEFAULT_TIMEOUT = 30.0
@@ -324,26 +322,19 @@ def run_wait(args: argparse.Namespace) -> int:
     want = parse_for(args.wait_for)
     targets = parse_targets(args.target, args.selector, args.all)
     namespace = args.namespace or DEFAULT_NAMESPACE
-    cfg = resolve_client(args)
 
-    async def run() -> int:
-        async with ObjectsClient(
-            cfg.endpoints, timeout=args.request_timeout, credentials=cfg.credentials
-        ) as client:
-            await wait_for(
-                client,
-                targets,
-                namespace,
-                want,
-                timeout=args.timeout,
-                out=lambda line: print(line, flush=True),
-            )
+    async def body(client: ObjectsClient) -> int:
+        await wait_for(
+            client,
+            targets,
+            namespace,
+            want,
+            timeout=args.timeout,
+            out=out,
+        )
         return 0
 
-    try:
-        return asyncio.run(run())
-    except StoreClientError as err:
-        raise CommandError(error_message(err, cfg.endpoints)) from None
+    return with_objects_client(args, body)
 
 
 __all__ = ["ForCondition", "ForDelete", "ForJsonPath", "met", "parse_for", "parse_targets"]

@@ -53,7 +53,7 @@ from typing import Self
 
 import structlog
 
-from mizzen.testing.local_cluster import _has_exited
+from mizzen.testing.local_cluster import has_exited
 
 _log = structlog.get_logger(__name__)
 
@@ -146,7 +146,7 @@ class TestHost:
         host's network namespace.
         """
         old = self._procs.get(name)
-        if old is not None and not _has_exited(old):
+        if old is not None and not has_exited(old):
             raise HostsError(f"{self.name}: daemon {name} is already running (pid {old.pid})")
         inner = list(argv)
         if host_mounts:
@@ -183,7 +183,7 @@ class TestHost:
 
     def running(self, name: str) -> bool:
         proc = self._procs.get(name)
-        return proc is not None and not _has_exited(proc)
+        return proc is not None and not has_exited(proc)
 
     def kill(self, name: str, sig: int = signal.SIGKILL, *, wait: float = 10.0) -> None:
         """Signal daemon name's process group; for a terminating signal, reap it.
@@ -191,14 +191,14 @@ class TestHost:
         A daemon that outlives ``wait`` seconds after a terminating signal is SIGKILLed.
         """
         proc = self._procs.get(name)
-        if proc is None or _has_exited(proc):
+        if proc is None or has_exited(proc):
             raise HostsError(f"{self.name}: daemon {name} is not running")
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, sig)
         if sig not in _TERMINATING:
             return
         deadline = time.monotonic() + wait
-        while not _has_exited(proc) and time.monotonic() < deadline:
+        while not has_exited(proc) and time.monotonic() < deadline:
             time.sleep(0.02)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
@@ -208,7 +208,7 @@ class TestHost:
     def kill_all(self) -> None:
         """The whole host dies: SIGKILL every tracked daemon and every process in the netns."""
         for proc in self._procs.values():
-            if not _has_exited(proc):
+            if not has_exited(proc):
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
         for _ in range(50):

@@ -103,7 +103,7 @@ class _Member:
     paused: bool = False
 
 
-def _has_exited(proc: subprocess.Popen[bytes]) -> bool:
+def has_exited(proc: subprocess.Popen[bytes]) -> bool:
     """True once the process is dead, without reaping it (its pgid stays reserved)."""
     if proc.returncode is not None:
         return True
@@ -357,13 +357,13 @@ class LocalCluster:
     # -- processes --------------------------------------------------------------
 
     def _running(self, m: _Member) -> bool:
-        return m.proc is not None and not _has_exited(m.proc)
+        return m.proc is not None and not has_exited(m.proc)
 
     def _check_alive(self) -> None:
         dead = [
             m.index
             for m in self._members
-            if m.expect_running and m.proc is not None and _has_exited(m.proc)
+            if m.expect_running and m.proc is not None and has_exited(m.proc)
         ]
         if dead:
             names = ", ".join(self._members[i].name for i in dead)
@@ -400,7 +400,7 @@ class LocalCluster:
         if proc is None or proc.returncode is not None:
             return
         deadline = time.monotonic() + max(grace, 0.0)
-        while not _has_exited(proc) and time.monotonic() < deadline:
+        while not has_exited(proc) and time.monotonic() < deadline:
             time.sleep(0.02)
         self._signal_group(m, signal.SIGKILL)
         try:

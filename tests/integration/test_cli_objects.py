@@ -19,7 +19,7 @@ import grpc
 import pytest
 import yaml
 
-from mizzen.cli.objects_cmd import error_message
+from mizzen.cli.runner import error_message
 from mizzen.client.errors import (
     AlreadyExistsError,
     ConflictError,

@@ -16,7 +16,7 @@ from mizzen.api.defaults import apply_defaults
 from mizzen.api.manifest import load_manifests
 from mizzen.api.messages import copy_message
 from mizzen.cli.apply_cmd import apply_all, differs, merged
-from mizzen.cli.objects_cmd import error_message
+from mizzen.cli.runner import error_message
 from mizzen.client.errors import UnavailableError, translate
 from mizzen.client.objects import ListResult
 from protos import objects_pb2 as pb
@@ -206,10 +206,10 @@ def _run_cli(
     monkeypatch: pytest.MonkeyPatch, fake: FakeObjects, *argv: str
 ) -> tuple[int, list[str], list[str]]:
     """`mizzen ARGV` against fake; (exit code, stdout lines, stderr lines)."""
-    from mizzen.cli import objects_cmd
+    from mizzen.cli import runner
     from mizzen.cli.main import main
 
-    monkeypatch.setattr(objects_cmd, "ObjectsClient", lambda *a, **k: fake)
+    monkeypatch.setattr(runner, "ObjectsClient", lambda *a, **k: fake)
     out, err = io.StringIO(), io.StringIO()
     monkeypatch.setattr(sys, "stdout", out)
     monkeypatch.setattr(sys, "stderr", err)

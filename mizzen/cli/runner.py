@@ -1,0 +1,102 @@
+"""The one way a client command talks to the store: its flags, its client, its errors.
+
+Every client command takes the same flags (``client_options``), runs its body
+against an ``ObjectsClient`` (``with_objects_client``) or, for the raw KV and
+cluster calls, a ``StoreClient`` (``with_store_client``), and ends with one
+readable line for any error the store or a manifest gave (``error_message``,
+raised as ``CommandError``; ``mizzen.cli.main`` prints it and exits 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from mizzen.api import kinds
+from mizzen.api.manifest import ManifestError
+from mizzen.cli.config import add_credential_flags, resolve_client
+from mizzen.cli.errors import CommandError, tls_hint
+from mizzen.client.errors import AmbiguousWriteError, StoreClientError, UnavailableError
+from mizzen.client.objects import ObjectsClient
+from mizzen.client.store_client import StoreClient
+
+T = TypeVar("T")
+
+HANDLED = (StoreClientError, ManifestError, kinds.UnknownKindError)
+"""The errors a command's body may let through: each becomes one line."""
+
+
+def client_options() -> argparse.ArgumentParser:
+    """The flags every client command takes (a parent parser)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--endpoints",
+        default=None,
+        help="store endpoints host:port,... (default: $MIZZEN_ENDPOINTS, "
+        "~/.mizzen/config, 127.0.0.1:2379)",
+    )
+    common.add_argument(
+        "--request-timeout",
+        type=float,
+        default=5.0,
+        help="seconds each request may take, retries included (default 5)",
+    )
+    add_credential_flags(common)
+    return common
+
+
+def error_message(err: BaseException, endpoints: list[str]) -> str:
+    """The text shown after "mizzen: " for an error a command ended with."""
+    if isinstance(err, ManifestError):
+        first, *rest = [str(problem) for problem in err.problems] or [str(err)]
+        return "\n".join([first, *(f"  {line}" for line in rest)])
+    if isinstance(err, UnavailableError):
+        return f"cannot reach the store at {','.join(endpoints)} ({err}){tls_hint(err)}"
+    if isinstance(err, AmbiguousWriteError):
+        return str(err)
+    if isinstance(err, StoreClientError):
+        return (err.details or str(err)).removeprefix("mizzen: ")
+    if isinstance(err, kinds.UnknownKindError):
+        return str(err.args[0]) if err.args else str(err)
+    return str(err)
+
+
+def with_objects_client(
+    args: argparse.Namespace, body: Callable[[ObjectsClient], Awaitable[T]]
+) -> T:
+    """``body(client)`` with the Objects client the command's flags describe."""
+    cfg = resolve_client(args)
+
+    async def run() -> T:
+        async with ObjectsClient(
+            cfg.endpoints, timeout=args.request_timeout, credentials=cfg.credentials
+        ) as client:
+            return await body(client)
+
+    try:
+        return asyncio.run(run())
+    except HANDLED as err:
+        raise CommandError(error_message(err, cfg.endpoints)) from None
+
+
+def with_store_client(args: argparse.Namespace, body: Callable[[StoreClient], Awaitable[T]]) -> T:
+    """``body(store)`` with the KV/cluster client the command's flags describe."""
+    cfg = resolve_client(args)
+
+    async def run() -> T:
+        async with StoreClient(
+            cfg.endpoints, timeout=args.request_timeout, credentials=cfg.credentials
+        ) as store:
+            return await body(store)
+
+    try:
+        return asyncio.run(run())
+    except HANDLED as err:
+        raise CommandError(error_message(err, cfg.endpoints)) from None
+
+
+def out(line: str) -> None:
+    """One line of a command's output, flushed (pipes see it at once)."""
+    print(line, flush=True)
