@@ -25,16 +25,13 @@ import queue
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import structlog
 from pysyncobj import FAIL_REASON
 
 from .errors import Code, StoreError
-from .state_machine import Member
-
-if TYPE_CHECKING:
-    from .node import StoreNode
+from .state_machine import Member, StateMachine
 
 log = structlog.get_logger("store.membership")
 
@@ -101,10 +98,50 @@ def quorum(n: int) -> int:
     return n // 2 + 1
 
 
+class MembershipConfig(Protocol):
+    """The member's flags membership reads (``store.node.NodeConfig``)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def initial_cluster(self) -> dict[str, str]: ...
+
+    @property
+    def request_timeout(self) -> float: ...
+
+
+class MembershipHost(Protocol):
+    """What membership uses of its member (``store.node.StoreNode``): the replicated
+    state through ``read`` and ``propose``, and pysyncobj itself (``syncobj``) for the
+    Raft-level changes, only from its tick thread (``add_raft_tick_hook``)."""
+
+    syncobj: Any
+
+    @property
+    def cfg(self) -> MembershipConfig: ...
+
+    @property
+    def is_leader(self) -> bool: ...
+
+    @property
+    def raft_term(self) -> int: ...
+
+    def leader_name(self) -> str | None: ...
+
+    def read(self, fn: Callable[[StateMachine], T]) -> T: ...
+
+    async def propose(self, cmd: tuple[Any, ...], timeout: float | None = None) -> Any: ...
+
+    async def barrier(self, timeout: float | None = None) -> None: ...
+
+    def add_raft_tick_hook(self, hook: Callable[[], None]) -> None: ...
+
+
 class Membership:
     """Member records, the Raft reconciler, and the MemberAdd/Remove/MoveLeader operations."""
 
-    def __init__(self, node: StoreNode) -> None:
+    def __init__(self, node: MembershipHost) -> None:
         self.node = node
         self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._change_lock = asyncio.Lock()
@@ -246,8 +283,7 @@ class Membership:
             since = self._change_since
             if since is not None and time.monotonic() - since < CHANGE_GIVE_UP:
                 return None  # the previous change is not committed yet: one at a time
-            with self.node.replicated.lock:
-                want = {m.peer_addr for m in self.node.replicated.state.members.values()}
+            want = self.node.read(lambda sm: {m.peer_addr for m in sm.members.values()})
             if not want:
                 return None  # not seeded yet
             so = self.node.syncobj

@@ -32,9 +32,7 @@ PACKAGES = ("protos", "store", "controllers", "nodeagent", "mizzen")
 DAEMONS = ("store", "controllers", "nodeagent")
 TOP = ("mizzen.cli", "mizzen.testing", "mizzen.__main__")
 
-KNOWN_CYCLES: list[frozenset[str]] = [
-    frozenset({"store.membership", "store.node"}),
-]
+KNOWN_CYCLES: list[frozenset[str]] = []
 
 
 def _modules() -> dict[str, Path]:
