@@ -255,6 +255,15 @@ def judge(obj: Any, pods: list[pb.Pod], endpoints: pb.Endpoints | None = None) -
     return Verdict("done", "applied")
 
 
+def deadline_exceeded(d: pb.Deployment) -> pb.Condition | None:
+    """d's Progressing condition when it says the rollout exceeded its
+    progressDeadlineSeconds (False, ProgressDeadlineExceeded), else None."""
+    cond = _condition(d.status.conditions, "Progressing")
+    if cond is not None and cond.status == "False" and cond.reason == "ProgressDeadlineExceeded":
+        return cond
+    return None
+
+
 def _caught_up(obj: Any) -> bool:
     return bool(obj.status.observed_generation >= obj.metadata.generation)
 
@@ -273,12 +282,8 @@ def _deployment(d: pb.Deployment, pods: list[pb.Pod]) -> Verdict:
         counts += f", {old} old"
     if not _caught_up(d):
         return Verdict("waiting", counts, "spec change not observed yet")
-    progressing = _condition(st.conditions, "Progressing")
-    if (
-        progressing is not None
-        and progressing.status == "False"
-        and progressing.reason == "ProgressDeadlineExceeded"
-    ):
+    progressing = deadline_exceeded(d)
+    if progressing is not None:
         why = _blocked("failed", counts, pods).message
         text = f"ProgressDeadlineExceeded: {progressing.message}"
         return Verdict("failed", counts, f"{text} ({why})" if why else text)
@@ -385,6 +390,7 @@ __all__ = [
     "Blocker",
     "Verdict",
     "current_replicaset",
+    "deadline_exceeded",
     "judge",
     "pod_blocker",
     "pods_of",

@@ -5,7 +5,9 @@ with Name, Namespace, Labels, Annotations and Created; then per kind: a Pod
 its status and each process (command, resources, probes, state, restarts,
 environment with the ConfigMap and Secret keys it comes from, mounts), its
 volumes and, given ``configs``, whether each ConfigMap and Secret it refers to
-resolves; a Deployment or ReplicaSet its replicas and conditions; a Node its
+resolves; a Deployment or ReplicaSet its replicas and conditions (a Deployment also
+its progressDeadlineSeconds, and each condition's lastUpdateTime and
+lastTransitionTime where set); a Node its
 capacity, allocatable, addresses and conditions; a ConfigMap its data (values
 shown, as kubectl does); a Secret its type and the size of each value, never a
 value; any other kind its spec and status fields. The text ends with
@@ -24,6 +26,7 @@ from google.protobuf.json_format import MessageToDict
 
 from mizzen.api import dependencies
 from mizzen.api.config_refs import ConfigRef, config_refs
+from mizzen.api.defaults import DEFAULT_PROGRESS_DEADLINE_SECONDS
 from mizzen.api.kinds import kind_of
 from mizzen.api.quantity import format_cpu, format_memory
 from mizzen.cli import event_view, tables
@@ -90,13 +93,33 @@ def _metadata(obj: Any, now: float) -> Lines:
     return lines
 
 
-def _conditions(lines: Lines, conditions: Sequence[Any]) -> None:
+def _conditions(lines: Lines, conditions: Sequence[Any], *, times: bool = False) -> None:
+    """The conditions table; with times, a LastUpdateTime and a LastTransitionTime column
+    (each only when some condition has it set, <none> in the rows that do not)."""
     if not conditions:
         lines.append(Line(0, "Conditions", NONE))
         return
     lines.append(Line(0, "Conditions"))
-    rows = [["Type", "Status", "Reason", "Message"], ["----", "------", "------", "-------"]]
-    rows += [[c.type, c.status, c.reason, event_view.one_line(c.message)] for c in conditions]
+    fields = [
+        (label, field)
+        for label, field in (
+            ("LastUpdateTime", "last_update_time"),
+            ("LastTransitionTime", "last_transition_time"),
+        )
+        if times and any(c.HasField(field) for c in conditions)
+    ]
+    head = ["Type", "Status", *(label for label, _ in fields), "Reason", "Message"]
+    rows = [head, ["-" * len(h) for h in head]]
+    rows += [
+        [
+            c.type,
+            c.status,
+            *(_time_or_none(c, field) for _, field in fields),
+            c.reason,
+            event_view.one_line(c.message),
+        ]
+        for c in conditions
+    ]
     lines.extend(Line(1, "", text, raw=True) for text in tables.render(rows).splitlines())
 
 
@@ -356,6 +379,12 @@ def _deployment(dep: Any, now: float) -> Lines:
             )
         )
     lines.append(Line(0, "Min Ready Seconds", str(spec.min_ready_seconds)))
+    deadline = (
+        str(spec.progress_deadline_seconds)
+        if spec.HasField("progress_deadline_seconds")
+        else f"{DEFAULT_PROGRESS_DEADLINE_SECONDS} (default)"
+    )
+    lines.append(Line(0, "Progress Deadline Seconds", deadline))
     if spec.paused:
         lines.append(Line(0, "Paused", "true"))
     lines.append(
@@ -363,7 +392,7 @@ def _deployment(dep: Any, now: float) -> Lines:
     )
     _dependencies(lines, spec.depends_on)
     _template(lines, spec.template)
-    _conditions(lines, s.conditions)
+    _conditions(lines, s.conditions, times=True)
     return lines
 
 

@@ -24,7 +24,6 @@ Deployment then returns to that revision's ReplicaSet by itself).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime
 import time
 from typing import Any
@@ -32,8 +31,10 @@ from typing import Any
 from mizzen.api import kinds
 from mizzen.api.defaults import DEFAULT_NAMESPACE
 from mizzen.cli.config import add_credential_flags
+from mizzen.cli.convergence import deadline_exceeded
 from mizzen.cli.errors import CommandError, UsageError
 from mizzen.cli.runner import error_message, out, with_objects_client
+from mizzen.cli.watching import Watching
 from mizzen.client.errors import ConflictError
 from mizzen.client.objects import ObjectsClient
 from protos import objects_pb2 as pb
@@ -61,8 +62,10 @@ def add_rollout_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     rollout = sub.add_parser("rollout", help="manage the rollout of a deployment")
     rsub = rollout.add_subparsers(dest="rollout_command", required=True)
 
-    p = rsub.add_parser("status", parents=[common], help="wait for a rollout to finish")
-    p.add_argument("target", nargs="+", metavar="deployment/NAME")
+    p = rsub.add_parser(
+        "status", parents=[common], help="wait for a deployment or daemonset rollout to finish"
+    )
+    p.add_argument("target", nargs="+", metavar="deploy/NAME|ds/NAME")
     p.add_argument("--timeout", type=float, default=0.0, help="seconds; 0 waits forever")
     p.add_argument("--watch", default="true", choices=["true", "false"], help="keep watching")
     p.set_defaults(func=run_status, client_command=True)
@@ -128,13 +131,23 @@ async def owned_replicasets(client: ObjectsClient, d: pb.Deployment) -> list[pb.
 # ------------------------------------------------------------------ rollout status
 
 
-def rollout_state(d: pb.Deployment) -> tuple[bool, str]:
-    """(done, message) as kubectl rollout status words it."""
+def rollout_state(obj: pb.Deployment | pb.DaemonSet) -> tuple[bool, str]:
+    """(done, message) as kubectl rollout status words it, for a Deployment or DaemonSet.
+
+    A Deployment whose Progressing condition says ProgressDeadlineExceeded is a
+    CommandError (``deployment "web" exceeded its progress deadline``): it will
+    not finish by itself.
+    """
+    if isinstance(obj, pb.DaemonSet):
+        return _daemonset_state(obj)
+    d = obj
     name = d.metadata.name
     want = d.spec.replicas
     st = d.status
     if d.metadata.generation > st.observed_generation:
         return False, f'Waiting for deployment "{name}" spec update to be observed...'
+    if deadline_exceeded(d) is not None:
+        raise CommandError(f'deployment "{name}" exceeded its progress deadline')
     if st.updated_replicas < want:
         return False, (
             f'Waiting for deployment "{name}" rollout to finish: '
@@ -153,26 +166,57 @@ def rollout_state(d: pb.Deployment) -> tuple[bool, str]:
     return True, f'deployment "{name}" successfully rolled out'
 
 
+def _daemonset_state(ds: pb.DaemonSet) -> tuple[bool, str]:
+    name = ds.metadata.name
+    st = ds.status
+    want = st.desired_number_scheduled
+    if ds.metadata.generation > st.observed_generation:
+        return False, "Waiting for daemon set spec update to be observed..."
+    if st.updated_number_scheduled < want:
+        return False, (
+            f'Waiting for daemon set "{name}" rollout to finish: '
+            f"{st.updated_number_scheduled} out of {want} new pods have been updated..."
+        )
+    if st.number_available < want:
+        return False, (
+            f'Waiting for daemon set "{name}" rollout to finish: '
+            f"{st.number_available} of {want} updated pods are available..."
+        )
+    return True, f'daemon set "{name}" successfully rolled out'
+
+
 def run_status(args: argparse.Namespace) -> int:
-    _, name = _target(args.target, ("Deployment",))
+    """Print each new state until done; watch-driven (one cache of the kind, see
+    mizzen.cli.watching), so a change is seen as soon as it is stored."""
+    info, name = _target(args.target, RESTARTABLE)
     ns = args.namespace or DEFAULT_NAMESPACE
 
     async def body(client: ObjectsClient) -> int:
+        await client.get(info, name, ns)  # not found: the usual one-line error at once
         deadline = time.monotonic() + args.timeout if args.timeout > 0 else None
-        last = ""
-        while True:
-            d = await client.get("deployments", name, ns)
-            done, message = rollout_state(d)
-            if message != last:
-                out(message)
-                last = message
-            if done:
-                return 0
-            if args.watch == "false":
-                return 1
-            if deadline is not None and time.monotonic() >= deadline:
-                raise CommandError(f'timed out waiting for deployment "{name}" to roll out')
-            await asyncio.sleep(0.25)
+        timed_out = f'timed out waiting for {info.singular} "{name}" to roll out'
+        async with Watching(client) as w:
+            w.watch(info.kind, ns)
+            try:
+                await w.start(deadline)
+            except TimeoutError:
+                raise CommandError(timed_out) from None
+            last = ""
+            while True:
+                obj = w.get(info.kind, ns, name)
+                if obj is None:
+                    raise CommandError(f'{info.singular} "{name}" was deleted while waiting')
+                done, message = rollout_state(obj)
+                if message != last:
+                    out(message)
+                    last = message
+                if done:
+                    return 0
+                if args.watch == "false":
+                    return 1
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise CommandError(timed_out)
+                await w.changed(until=deadline)
 
     return with_objects_client(args, body)
 

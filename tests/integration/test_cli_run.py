@@ -319,6 +319,8 @@ async def test_rollout_restart_of_a_daemonset_replaces_its_pod(
         what="a new daemon pod running",
     )
     assert "mizzen.io/restartedAt" in after.metadata.annotations
+    code, out, err = run(cluster, "rollout", "status", "ds/daemon", "-n", NS, "--timeout", "30")
+    assert code == 0 and out.endswith('daemon set "daemon" successfully rolled out\n'), (out, err)
     code, _, err = run(cluster, "delete", "daemonset", "daemon", "-n", NS)
     assert code == 0, err
 

@@ -204,6 +204,29 @@ async def rolled_out(client: ObjectsClient, ns: str, replicas: int, version: str
 # ------------------------------------------------------------------ tests
 
 
+async def test_rollout_status_fails_at_once_past_the_progress_deadline(
+    cluster: MizzenCluster, client: ObjectsClient, store: StoreClient, managers: Any
+) -> None:
+    """A Deployment whose pods can never run (a nodeSelector no node matches, and no
+    node at all) with progressDeadlineSeconds 2: `rollout status` ends with kubectl's
+    error as soon as the controller marks ProgressDeadlineExceeded, not at --timeout."""
+    ns = "deadline"
+    managers("solo")
+    await wait_leader(store, {"solo"})
+    d = deployment(ns, 2, "v1")
+    d.metadata.name = "stuck"
+    d.spec.progress_deadline_seconds = 2
+    d.spec.template.spec.node_selector["mizzen.io/nowhere"] = "true"
+    await client.create(d)
+    code, out = await cli(cluster, "rollout", "status", "deploy/stuck", "-n", ns, "--timeout", "50")
+    assert code == 1, out
+    assert 'Waiting for deployment "stuck" rollout to finish' in out, out
+    assert 'deployment "stuck" exceeded its progress deadline' in out.splitlines()[-1], out
+    d = await client.get("deployments", "stuck", ns)
+    progressing = next(c for c in d.status.conditions if c.type == "Progressing")
+    assert (progressing.status, progressing.reason) == ("False", "ProgressDeadlineExceeded")
+
+
 async def test_deployment_rollout_undo_and_scale(
     cluster: MizzenCluster, client: ObjectsClient, store: StoreClient, managers: Any
 ) -> None:

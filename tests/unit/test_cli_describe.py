@@ -213,18 +213,45 @@ def test_deployment_without_events() -> None:
     assert lines[0].split() == ["Name:", "web"]
     assert lines[4].split() == ["Created:", "2023-11-14T22:03:20Z", "(10m", "ago)"]
     assert lines[5].split() == ["Selector:", "app=web"]
-    assert (
-        "Replicas:             3 desired | 3 updated | 3 total | 2 available | 1 unavailable"
-        in (lines)
-    )
-    assert "Strategy:             RollingUpdate" in lines
-    assert "Rolling Update:       1 max unavailable, 25% max surge" in lines
-    assert "Observed Generation:  2 of 2" in lines
+    words = [" ".join(line.split()) for line in lines]
+    assert "Replicas: 3 desired | 3 updated | 3 total | 2 available | 1 unavailable" in words
+    assert "Strategy: RollingUpdate" in words
+    assert "Rolling Update: 1 max unavailable, 25% max surge" in words
+    assert "Progress Deadline Seconds: 600 (default)" in words
+    assert "Observed Generation: 2 of 2" in words
     assert any(line.split() == ["Command:", "/bin/sleep", "100"] for line in lines)
     at = lines.index("Conditions:")
     assert lines[at + 3].split() == ["Available", "True", "MinimumReplicasAvailable"]
     assert lines[at + 4].split() == ["Progressing", "True", "NewReplicaSetAvailable"]
     assert lines[-1].split() == ["Events:", "<none>"]
+
+
+def test_deployment_progress_deadline_and_condition_times() -> None:
+    dep = _deployment()
+    dep.spec.progress_deadline_seconds = 120
+    available, progressing = dep.status.conditions
+    available.last_transition_time.FromSeconds(int(NOW - 300))
+    progressing.last_update_time.FromSeconds(int(NOW - 60))
+    progressing.last_transition_time.FromSeconds(int(NOW - 600))
+    lines = _lines(describe(dep, [], now=NOW))
+    assert any(line.split() == ["Progress", "Deadline", "Seconds:", "120"] for line in lines)
+    at = lines.index("Conditions:")
+    head = lines[at + 1].split()
+    assert head == ["Type", "Status", "LastUpdateTime", "LastTransitionTime", "Reason", "Message"]
+    assert lines[at + 3].split() == [
+        "Available",
+        "True",
+        "<none>",
+        "2023-11-14T22:08:20Z",
+        "MinimumReplicasAvailable",
+    ]
+    assert lines[at + 4].split() == [
+        "Progressing",
+        "True",
+        "2023-11-14T22:12:20Z",
+        "2023-11-14T22:03:20Z",
+        "NewReplicaSetAvailable",
+    ]
 
 
 def test_deployment_with_events() -> None:

@@ -22,6 +22,7 @@ from mizzen.cli.rollout_cmd import (
     plan_undo,
     restart_stamp,
     revision_details,
+    rollout_state,
 )
 from protos import objects_pb2 as pb
 
@@ -204,3 +205,77 @@ async def test_restart_is_a_new_revision_whose_cause_says_restart() -> None:
     await r.objects.update(d)
     await r.settle()
     assert r.history()[-1].metadata.annotations["mizzen.io/change-cause"] == "server v3"
+
+
+# ------------------------------------------------------------------ rollout status
+
+
+def _rolling(*, updated: int, available: int, generation: int = 2) -> pb.Deployment:
+    d = pb.Deployment(metadata=pb.ObjectMeta(name="web", namespace="default"))
+    d.metadata.generation = 2
+    d.spec.replicas = 3
+    d.status.observed_generation = generation
+    d.status.replicas = 3
+    d.status.updated_replicas = updated
+    d.status.available_replicas = available
+    return d
+
+
+def test_rollout_state_of_a_deployment_in_kubectls_words() -> None:
+    assert rollout_state(_rolling(updated=3, available=3, generation=1)) == (
+        False,
+        'Waiting for deployment "web" spec update to be observed...',
+    )
+    assert rollout_state(_rolling(updated=1, available=1)) == (
+        False,
+        'Waiting for deployment "web" rollout to finish: 1 out of 3 new replicas have been '
+        "updated...",
+    )
+    assert rollout_state(_rolling(updated=3, available=2)) == (
+        False,
+        'Waiting for deployment "web" rollout to finish: 2 of 3 updated replicas are available...',
+    )
+    assert rollout_state(_rolling(updated=3, available=3)) == (
+        True,
+        'deployment "web" successfully rolled out',
+    )
+
+
+def test_rollout_state_fails_once_the_progress_deadline_is_exceeded() -> None:
+    d = _rolling(updated=3, available=0)
+    d.status.conditions.add(
+        type="Progressing",
+        status="False",
+        reason="ProgressDeadlineExceeded",
+        message='ReplicaSet "web-5d9c" has timed out progressing.',
+    )
+    with pytest.raises(CommandError, match=r'^deployment "web" exceeded its progress deadline$'):
+        rollout_state(d)
+    # a spec change not yet observed may have restarted the rollout: not judged on old status
+    d.metadata.generation = 3
+    assert rollout_state(d)[0] is False
+    # Progressing True (still progressing) is no failure
+    d.metadata.generation = 2
+    d.status.conditions[0].status = "True"
+    d.status.conditions[0].reason = "ReplicaSetUpdated"
+    assert rollout_state(d)[0] is False
+
+
+def test_rollout_state_of_a_daemonset_in_kubectls_words() -> None:
+    ds = pb.DaemonSet(metadata=pb.ObjectMeta(name="agent", namespace="default", generation=2))
+    st = ds.status
+    st.observed_generation, st.desired_number_scheduled = 1, 2
+    assert rollout_state(ds) == (False, "Waiting for daemon set spec update to be observed...")
+    st.observed_generation, st.updated_number_scheduled = 2, 1
+    assert rollout_state(ds) == (
+        False,
+        'Waiting for daemon set "agent" rollout to finish: 1 out of 2 new pods have been '
+        "updated...",
+    )
+    st.updated_number_scheduled, st.number_available = 2, 1
+    assert rollout_state(ds) == (
+        False,
+        'Waiting for daemon set "agent" rollout to finish: 1 of 2 updated pods are available...',
+    )
+    st.number_available = 2
+    assert rollout_state(ds) == (True, 'daemon set "agent" successfully rolled out')
