@@ -38,7 +38,7 @@ from mizzen.api.defaults import DEFAULT_NAMESPACE
 from mizzen.api.kinds import KindInfo
 from mizzen.api.manifest import ManifestError, dump_yaml, load_manifests
 from mizzen.cli.errors import CommandError, UsageError
-from mizzen.cli.runner import client_options, error_message, with_objects_client
+from mizzen.cli.runner import client_options, error_message, kind_and_name, with_objects_client
 from mizzen.client.errors import ConflictError, InvalidArgumentError, StoreClientError
 from mizzen.client.objects import ObjectsClient
 
@@ -249,22 +249,6 @@ def run_label(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------ edit
 
 
-def _target(words: list[str]) -> tuple[KindInfo, str]:
-    if len(words) == 1 and "/" in words[0]:
-        kind, _, name = words[0].partition("/")
-    elif len(words) == 2 and "/" not in words[0]:
-        kind, name = words
-    else:
-        raise UsageError(f"expected KIND/NAME or KIND NAME, got {' '.join(words)!r}")
-    try:
-        info = kinds.lookup(kind)
-    except kinds.UnknownKindError as err:
-        raise CommandError(error_message(err, [])) from None
-    if not name:
-        raise UsageError("expected KIND/NAME with a name")
-    return info, name
-
-
 HEADER = (
     "# Please edit the object below. Lines beginning with a '#' will be ignored,\n"
     "# and an empty file will abort the edit. If an error occurs while saving this file\n"
@@ -312,7 +296,7 @@ def loaded(text: str, info: KindInfo, original: Any) -> Any:
 
 
 def run_edit(args: argparse.Namespace) -> int:
-    info, name = _target(args.target)
+    info, name = kind_and_name(args.target)
     namespace = (args.namespace or DEFAULT_NAMESPACE) if info.namespaced else ""
 
     async def body(client: ObjectsClient) -> int:

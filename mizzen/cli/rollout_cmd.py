@@ -28,12 +28,11 @@ import datetime
 import time
 from typing import Any
 
-from mizzen.api import kinds
 from mizzen.api.defaults import DEFAULT_NAMESPACE
 from mizzen.cli.config import add_credential_flags
 from mizzen.cli.convergence import deadline_exceeded
 from mizzen.cli.errors import CommandError, UsageError
-from mizzen.cli.runner import error_message, out, with_objects_client
+from mizzen.cli.runner import kind_and_name, out, with_objects_client
 from mizzen.cli.watching import Watching
 from mizzen.client.errors import ConflictError
 from mizzen.client.objects import ObjectsClient
@@ -93,23 +92,6 @@ def add_rollout_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 # ------------------------------------------------------------------ plumbing
-
-
-def _target(words: list[str], allowed: tuple[str, ...]) -> tuple[kinds.KindInfo, str]:
-    """KIND/NAME or KIND NAME."""
-    if len(words) == 1 and "/" in words[0]:
-        kind, _, name = words[0].partition("/")
-    elif len(words) == 2 and "/" not in words[0]:
-        kind, name = words
-    else:
-        raise UsageError(f"expected KIND/NAME or KIND NAME, got {' '.join(words)!r}")
-    try:
-        info = kinds.lookup(kind)
-    except kinds.UnknownKindError as err:
-        raise CommandError(error_message(err, [])) from None
-    if info.kind not in allowed or not name:
-        raise UsageError(f"{kind!r}: expected one of {', '.join(a.lower() for a in allowed)}")
-    return info, name
 
 
 def revision_of(obj: Any) -> int:
@@ -188,7 +170,7 @@ def _daemonset_state(ds: pb.DaemonSet) -> tuple[bool, str]:
 def run_status(args: argparse.Namespace) -> int:
     """Print each new state until done; watch-driven (one cache of the kind, see
     mizzen.cli.watching), so a change is seen as soon as it is stored."""
-    info, name = _target(args.target, RESTARTABLE)
+    info, name = kind_and_name(args.target, RESTARTABLE)
     ns = args.namespace or DEFAULT_NAMESPACE
 
     async def body(client: ObjectsClient) -> int:
@@ -225,7 +207,7 @@ def run_status(args: argparse.Namespace) -> int:
 
 
 def run_history(args: argparse.Namespace) -> int:
-    _, name = _target(args.target, ("Deployment",))
+    _, name = kind_and_name(args.target, ("Deployment",))
     ns = args.namespace or DEFAULT_NAMESPACE
 
     async def body(client: ObjectsClient) -> int:
@@ -323,7 +305,7 @@ def revision_details(d: pb.Deployment, history: list[pb.ReplicaSet], revision: i
 
 
 def run_undo(args: argparse.Namespace) -> int:
-    _, name = _target(args.target, ("Deployment",))
+    _, name = kind_and_name(args.target, ("Deployment",))
     ns = args.namespace or DEFAULT_NAMESPACE
 
     async def body(client: ObjectsClient) -> int:
@@ -419,7 +401,7 @@ def restart_stamp(now: datetime.datetime, previous: str = "") -> str:
 
 
 def run_restart(args: argparse.Namespace) -> int:
-    info, name = _target(args.target, RESTARTABLE)
+    info, name = kind_and_name(args.target, RESTARTABLE)
     ns = args.namespace or DEFAULT_NAMESPACE
 
     async def body(client: ObjectsClient) -> int:
@@ -449,7 +431,7 @@ def run_restart(args: argparse.Namespace) -> int:
 
 
 def run_scale(args: argparse.Namespace) -> int:
-    info, name = _target(args.target, SCALABLE)
+    info, name = kind_and_name(args.target, SCALABLE)
     if args.replicas < 0:
         raise UsageError("--replicas must not be negative")
     ns = args.namespace or DEFAULT_NAMESPACE

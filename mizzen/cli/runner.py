@@ -17,7 +17,7 @@ from typing import TypeVar
 from mizzen.api import kinds
 from mizzen.api.manifest import ManifestError
 from mizzen.cli.config import add_credential_flags, resolve_client
-from mizzen.cli.errors import CommandError, tls_hint
+from mizzen.cli.errors import CommandError, UsageError, tls_hint
 from mizzen.client.errors import AmbiguousWriteError, StoreClientError, UnavailableError
 from mizzen.client.objects import ObjectsClient
 from mizzen.client.store_client import StoreClient
@@ -95,6 +95,28 @@ def with_store_client(args: argparse.Namespace, body: Callable[[StoreClient], Aw
         return asyncio.run(run())
     except HANDLED as err:
         raise CommandError(error_message(err, cfg.endpoints)) from None
+
+
+def kind_and_name(
+    words: list[str], allowed: tuple[str, ...] | None = None
+) -> tuple[kinds.KindInfo, str]:
+    """The object a command names as KIND/NAME or KIND NAME (kubectl's two shapes);
+    ``allowed``: the kinds the command works on (None: any)."""
+    if len(words) == 1 and "/" in words[0]:
+        kind, _, name = words[0].partition("/")
+    elif len(words) == 2 and "/" not in words[0]:
+        kind, name = words
+    else:
+        raise UsageError(f"expected KIND/NAME or KIND NAME, got {' '.join(words)!r}")
+    try:
+        info = kinds.lookup(kind)
+    except kinds.UnknownKindError as err:
+        raise CommandError(error_message(err, [])) from None
+    if allowed is not None and (info.kind not in allowed or not name):
+        raise UsageError(f"{kind!r}: expected one of {', '.join(a.lower() for a in allowed)}")
+    if not name:
+        raise UsageError("expected KIND/NAME with a name")
+    return info, name
 
 
 def out(line: str) -> None:
