@@ -107,7 +107,6 @@ class StoreNode:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._was_leader = False
-        self.leader_changes = 0
         self.leader_changes_seen = 0
         self._last_leader: str | None = None
         self.hub = WatchHub(self._history, self.header, progress_interval=cfg.progress_interval)
@@ -379,7 +378,6 @@ class StoreNode:
                 leader = self.is_leader
                 if leader != self._was_leader:
                     self._was_leader = leader
-                    self.leader_changes += 1
                     log.info("leadership_changed", leader=leader, term=self.raft_term)
                     if leader:
                         self._on_become_leader()

@@ -309,13 +309,11 @@ class ForkingDumper:
         self.fsync = True
         self.batch = transmissionBatchSize
         self.pid = 0
-        self.started = 0.0
         self.current_id: int | None = None
         self.pending_index = 0
         self.installed_index = 0
         self._transmissions: dict[Any, dict[str, Any]] = {}
         self._incoming: dict[str, Any] | None = None
-        self.last_duration: float | None = None
 
     # ------------------------------------------------------------ writing
 
@@ -328,7 +326,6 @@ class ForkingDumper:
         pid = os.fork()
         if pid:
             self.pid = pid
-            self.started = time.monotonic()
             return
         code = 1
         try:
@@ -367,7 +364,6 @@ class ForkingDumper:
         if rpid == 0:
             return SERIALIZER_STATE.SERIALIZING, self.current_id
         self.pid = 0
-        self.last_duration = time.monotonic() - self.started
         if status != 0 or self.pending_index <= self.installed_index:
             if status != 0:
                 log.warning("snapshot_child_failed", status=status, index=self.pending_index)

@@ -46,7 +46,6 @@ import json
 import os
 import struct
 import zlib
-from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -408,4 +407,3 @@ def legacy_meta(path: str) -> dict[str, Any]:
     return meta
 
 
-JournalFactory = Callable[[str], DurableJournal]

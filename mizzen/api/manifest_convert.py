@@ -147,10 +147,6 @@ def _map_value(field: FieldDescriptor) -> FieldDescriptor:
     return _message_type(field).fields_by_name["value"]
 
 
-def _int_or_string(field: FieldDescriptor, value: object) -> bool:
-    return field.name in INT_OR_STRING and isinstance(value, int) and not isinstance(value, bool)
-
-
 _JSON_FIELDS: dict[str, dict[str, FieldDescriptor]] = {}
 
 

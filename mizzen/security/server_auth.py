@@ -72,8 +72,6 @@ class Identity:
         return f"{self.name} (role {self.role})"
 
 
-ANONYMOUS_ADMIN = Identity("anonymous", "admin")
-
 CALLER: contextvars.ContextVar[Identity | None] = contextvars.ContextVar(
     "mizzen_caller", default=None
 )
