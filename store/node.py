@@ -4,6 +4,10 @@
 its tick thread), the batcher, the watch hub, lease deadlines, and one
 periodic housekeeping task. Services call ``propose`` for writes,
 ``barrier`` before linearizable reads and ``read`` to look at the state.
+
+One file because it is the hub the gRPC services talk to; what it holds (Raft
+instance, batcher, watch hub, lease deadlines, housekeeping) is wiring of one
+member, and each part with logic of its own already lives in its own module.
 """
 
 from __future__ import annotations

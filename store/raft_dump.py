@@ -56,6 +56,11 @@ pickled (and snapshots travel to followers over its authenticated Raft
 channel); it is only ever read from the store's own data directory (0700) or
 from that channel. A dump without the header (pysyncobj's own format, written
 by older Mizzen versions) is still read.
+
+One file because the dumper, ``reconcile`` and the transmission of snapshots
+to followers are one protocol between the snapshot file and the journal; the
+rules above only hold together, and splitting them would spread one crash-
+safety argument over several files.
 """
 
 from __future__ import annotations
