@@ -26,6 +26,9 @@ cluster is stopped and its directory removed on error, Ctrl-C or SIGTERM.
     .venv/bin/python bench/objects_bench.py --quick
     .venv/bin/python bench/objects_bench.py --pods 10000
     .venv/bin/python bench/objects_bench.py --phases e     # apply only, no 3-node cluster
+
+One file because it is one benchmark script: its three measurements share one
+store and one report for docs/BENCHMARKS.md.
 """
 
 from __future__ import annotations

@@ -24,6 +24,10 @@ error, Ctrl-C or SIGTERM.
     .venv/bin/python bench/store_bench.py --only etcd --quick
     .venv/bin/python bench/store_bench.py --json bench/results.json
     .venv/bin/python bench/store_bench.py --members 1 --sections put,range
+
+One file because it is one benchmark script: the phases run against both
+stores in turn and print one table, as docs/BENCHMARKS.md quotes it with its
+command.
 """
 
 from __future__ import annotations

@@ -20,6 +20,10 @@ cache ``digested`` copies (every value replaced by its SHA-256), so the
 manager keeps no configuration, and no secret value, in memory. Deployments
 and DaemonSets are indexed by the objects their templates refer to
 (``BY_CONFIG_REF``).
+
+One file because Controller, Result, the errors, the context and the shared
+informers are the one contract every controller is written against; a reader
+adding a controller reads this file and ``runner.py``.
 """
 
 from __future__ import annotations

@@ -36,6 +36,9 @@ out. What is guaranteed:
 * every pod carries the DaemonSet's ``spec.dependsOn`` (its processes start
   once they are met); it is not part of the template's hash, so a change of
   it replaces no pod and applies to the pods created afterwards.
+
+One file because it is one controller: the pure ``plan_daemonset`` and the
+controller that carries it out change together, as in every controller module.
 """
 
 from __future__ import annotations

@@ -56,6 +56,11 @@ requeues the key.
 
 Queue keys: ``ns/name`` for pods (the primary kind: resynced), ``Kind:ns/name``
 for Deployments, DaemonSets and Jobs, ``graph:ns`` for a namespace's graph.
+
+One file because it is one controller: what a dependency's readiness means,
+the cycle search over the dependency graph and the controller that writes
+``DependenciesReady`` answer one question per pod, and the graph exists only
+for it.
 """
 
 from __future__ import annotations

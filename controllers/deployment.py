@@ -57,6 +57,10 @@ of the template's identity (``template_equal`` and ``template_hash`` ignore
 it): a change of dependsOn is written in place into the current ReplicaSet
 and those that still have replicas, and rolls nothing — dependencies only gate
 the start of pods, and running pods are never stopped for them.
+
+One file because it is one controller: the pure rollout decisions (template
+hash, RollingUpdate and Recreate steps, revisions) and the controller that
+carries them out change together.
 """
 
 from __future__ import annotations

@@ -44,7 +44,6 @@ log = structlog.get_logger(__name__)
 PREFIX = "mizzen_controller_"
 RECONCILE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 BINDING_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
-RESULTS = ("success", "error", "requeue")
 SCHEDULING_RESULTS = ("scheduled", "unschedulable", "error")
 
 

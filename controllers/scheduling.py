@@ -23,6 +23,10 @@ consecutive pods do not all try the same low ports and a pod replacing one that
 failed on a port another program holds starts elsewhere. Ports used by another
 program (a pod failed with ``PortInUse``) are blocked on that node for a
 while (``block_ports``): neither assigned nor granted to a fixed port.
+
+One file because it is the scheduler's whole decision, pure: the accounting of
+what nodes hold, the filters and the scoring are read together, in Kubernetes'
+order.
 """
 
 from __future__ import annotations

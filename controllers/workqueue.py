@@ -157,10 +157,6 @@ class RateLimitedQueue:
         self._shut = True
         self._wakeup.set()
 
-    @property
-    def shutting_down(self) -> bool:
-        return self._shut
-
     # -- introspection ------------------------------------------------------------
 
     def __len__(self) -> int:
@@ -174,9 +170,6 @@ class RateLimitedQueue:
         """key -> seconds until it is due, for keys waiting on add_after."""
         now = self._clock()
         return {k: at - now for k, at in self._delayed_at.items()}
-
-    def processing(self) -> frozenset[str]:
-        return frozenset(self._processing)
 
     # -- internals ----------------------------------------------------------------
 

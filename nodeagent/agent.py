@@ -16,6 +16,11 @@ while the Node is registered and its lease is being renewed
 SIGTERM/SIGINT stop the agent WITHOUT stopping pods (like kubelet): their
 processes keep running in their own sessions and cgroups, and the next agent
 re-adopts them.
+
+One file because it is the daemon's composition: startup order, the pod
+workers' registry, the orphan sweep and health depend on each other's order;
+the parts with logic of their own (pod worker, supervisor, cgroups, metrics)
+live in their own modules.
 """
 
 from __future__ import annotations

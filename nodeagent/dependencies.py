@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import asyncio
 
-from mizzen.api.dependencies import CONDITION, NOT_READY, target_of
+from mizzen.api.dependencies import CONDITION, target_of
 from protos import objects_pb2 as pb
-
-REASON = NOT_READY
 
 
 def _message(pod: pb.Pod) -> str:

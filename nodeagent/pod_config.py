@@ -28,6 +28,10 @@ files are owned by that user), and mounted by a symlink per mount, so two
 processes of one user share one copy. The pod directory belongs to the
 processes' user when they all run as the same non-root user, else to the
 agent (0755).
+
+One file because it is one pod's configuration on disk: the variables and the
+volume files of its processes come from the same ConfigMaps and Secrets,
+followed and rewritten by the same owner.
 """
 
 from __future__ import annotations

@@ -15,6 +15,10 @@ store. Guarantees:
   the record, and finishes the deletion in the store (NotFound is fine);
 * cancelling ``run`` (the agent shutting down) leaves the processes running
   and the record on disk: the next agent re-adopts them.
+
+One file because it is one pod's lifecycle, from first start to final cleanup:
+the cgroup, the supervisors, the local record and the status writes happen in
+an order that only makes sense read together.
 """
 
 from __future__ import annotations

@@ -11,6 +11,10 @@ opening the log file, fork/exec of the wrapper that joins the cgroup) runs on
 ``PodContext.start_pool``, so a burst of pods starts concurrently instead of
 one after another on the event loop; everything the loop owns (the record,
 the state, the status) is updated back on the loop once the spawn returned.
+
+One file because it is one process's lifecycle: starting, probing, waiting,
+restarting and re-adopting one run share the run's state and the order in
+which it is saved.
 """
 
 from __future__ import annotations

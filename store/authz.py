@@ -38,6 +38,10 @@ Two places decide, both with the rules below as pure functions:
   the handlers' other two decisions; ``check_config`` decides a node's Get or
   Watch of a ConfigMap or Secret on the pods bound to it (store/config_index.py),
   after the handler's barrier, and again for every event of such a watch.
+
+One file because these are the store's roles, one policy: the per-RPC rules
+and the key-range checks for the raw etcd API are read together to answer
+"what may this identity do", as docs/security.md describes it.
 """
 
 from __future__ import annotations

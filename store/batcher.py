@@ -30,6 +30,10 @@ and a ``retry_after`` estimate. Other commands (barriers, lease and member
 commands) are small and never held back. Big entries are what make
 pysyncobj's tick thread late with heartbeats: it pickles, compresses,
 encrypts and journals each entry in one go, for every follower.
+
+One file because group commit is one idea: queueing, the batch's
+proposer/sequence/floor, retrying an ambiguous batch and handing each caller
+its result depend on each other's invariants.
 """
 
 from __future__ import annotations

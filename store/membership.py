@@ -15,6 +15,10 @@ place, and the next leader finishes the change.
 Decisions that look at pysyncobj's state (its member set, who is connected,
 whether the leader applied its no-op entry) run inside pysyncobj's tick thread,
 through one tick hook, so they never race with it.
+
+One file because the member records' rules (names, ids, peer URLs, quorum) and
+the level-triggered reconciler that makes pysyncobj follow them are one
+protocol: each Raft change waits on the state the previous one left.
 """
 
 from __future__ import annotations

@@ -4,6 +4,10 @@
 its tick thread), the batcher, the watch hub, lease deadlines, and one
 periodic housekeeping task. Services call ``propose`` for writes,
 ``barrier`` before linearizable reads and ``read`` to look at the state.
+
+One file because it is the hub the gRPC services talk to; what it holds (Raft
+instance, batcher, watch hub, lease deadlines, housekeeping) is wiring of one
+member, and each part with logic of its own already lives in its own module.
 """
 
 from __future__ import annotations
@@ -107,7 +111,6 @@ class StoreNode:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._was_leader = False
-        self.leader_changes = 0
         self.leader_changes_seen = 0
         self._last_leader: str | None = None
         self.hub = WatchHub(self._history, self.header, progress_interval=cfg.progress_interval)
@@ -379,7 +382,6 @@ class StoreNode:
                 leader = self.is_leader
                 if leader != self._was_leader:
                     self._was_leader = leader
-                    self.leader_changes += 1
                     log.info("leadership_changed", leader=leader, term=self.raft_term)
                     if leader:
                         self._on_become_leader()

@@ -38,6 +38,12 @@ DATA_LOSS naming the key; Delete removes it.
 Owner-reference cascading is not done here: Delete records the propagation
 policy as a finalizer (foregroundDeletion, orphan) and the garbage collector
 controller acts on dependents.
+
+One file because the Objects servicer and the Txn it builds for each call are
+one idea: every rule of a typed write (defaults, validation, fencing,
+authorization on the stored object, the compare that makes it safe) is read
+next to the one RPC that applies it, and the helpers below the class serve
+only those RPCs.
 """
 
 from __future__ import annotations

@@ -56,6 +56,11 @@ pickled (and snapshots travel to followers over its authenticated Raft
 channel); it is only ever read from the store's own data directory (0700) or
 from that channel. A dump without the header (pysyncobj's own format, written
 by older Mizzen versions) is still read.
+
+One file because the dumper, ``reconcile`` and the transmission of snapshots
+to followers are one protocol between the snapshot file and the journal; the
+rules above only hold together, and splitting them would spread one crash-
+safety argument over several files.
 """
 
 from __future__ import annotations
@@ -309,13 +314,11 @@ class ForkingDumper:
         self.fsync = True
         self.batch = transmissionBatchSize
         self.pid = 0
-        self.started = 0.0
         self.current_id: int | None = None
         self.pending_index = 0
         self.installed_index = 0
         self._transmissions: dict[Any, dict[str, Any]] = {}
         self._incoming: dict[str, Any] | None = None
-        self.last_duration: float | None = None
 
     # ------------------------------------------------------------ writing
 
@@ -328,7 +331,6 @@ class ForkingDumper:
         pid = os.fork()
         if pid:
             self.pid = pid
-            self.started = time.monotonic()
             return
         code = 1
         try:
@@ -367,7 +369,6 @@ class ForkingDumper:
         if rpid == 0:
             return SERIALIZER_STATE.SERIALIZING, self.current_id
         self.pid = 0
-        self.last_duration = time.monotonic() - self.started
         if status != 0 or self.pending_index <= self.installed_index:
             if status != 0:
                 log.warning("snapshot_child_failed", status=status, index=self.pending_index)

@@ -38,6 +38,10 @@ File format, version 1 (integers little-endian)::
 
 A journal written by pysyncobj (header ``PYSYNCOBJ``) is converted once on
 open, with its term/vote/commit metadata.
+
+One file because it is one class's on-disk format (records, metadata, the
+crash-safe trim) and the conversion of pysyncobj's old journal into it; the
+format and its readers must change together.
 """
 
 from __future__ import annotations
@@ -46,7 +50,6 @@ import json
 import os
 import struct
 import zlib
-from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -406,6 +409,3 @@ def legacy_meta(path: str) -> dict[str, Any]:
     if "raftCommitIndex" in old:
         meta["commit_index"] = int(old["raftCommitIndex"])
     return meta
-
-
-JournalFactory = Callable[[str], DurableJournal]

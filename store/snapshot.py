@@ -31,6 +31,10 @@ log up to index 2, so a member started on the directory begins with exactly
 the saved state and continues the log from there. Every member of the new
 cluster is restored from the same file with the same
 ``--initial-cluster``, so all logs agree on entries 1-2.
+
+One file because it is one file format: capture, encode, decode with its
+checks, and restore into a data directory are the writer and the readers of
+the same bytes.
 """
 
 from __future__ import annotations

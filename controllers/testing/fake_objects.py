@@ -14,6 +14,11 @@ to ``writes`` as ``(op, kind, key)``, e.g. ``("create", "Pod", "default/web-x1")
 raise error once. ``FakeInformers`` (below) keeps informer caches equal to the
 objects after every write, synchronously (or on ``sync()`` when ``auto_sync``
 is False, to test a lagging cache).
+
+One file because it is one fake with the store's semantics (plus its fencing
+wrapper and the informers fed from it); each call's behaviour must match
+``store/objects_service.py`` call by call, which is easiest to check in one
+place.
 """
 
 from __future__ import annotations

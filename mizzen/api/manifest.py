@@ -14,6 +14,10 @@ validated, so that its one error lists every bad field (an invalid name *and*
 a bad quantity *and* an unknown field), as the server's would.
 to_manifest(), dump_yaml() and dump_json() go the other way, so that
 load_manifests(dump_yaml(msgs)) gives messages equal to msgs.
+
+One file because it is the manifest as text: loading every document with every
+problem at once and dumping objects back are the two directions of one format
+(the field conversion is in ``manifest_convert``).
 """
 
 from __future__ import annotations

@@ -23,6 +23,10 @@ written ``{cpu: "500m", memory: "128Mi", pids: 100}``, int-or-percent
 fields (max_surge, max_unavailable, strings in the proto) also take integers,
 and a probe's ``port`` (tcpSocket, httpGet) also takes a port's name, which is
 stored in ``port_name`` (and written back as ``portName``).
+
+One file because both directions walk the same descriptors with the same field
+rules (camelCase names, quantities, int-or-string, timestamps), so a rule is
+written once for reading and writing.
 """
 
 from __future__ import annotations
@@ -145,10 +149,6 @@ def _message_type(field: FieldDescriptor) -> Descriptor:
 
 def _map_value(field: FieldDescriptor) -> FieldDescriptor:
     return _message_type(field).fields_by_name["value"]
-
-
-def _int_or_string(field: FieldDescriptor, value: object) -> bool:
-    return field.name in INT_OR_STRING and isinstance(value, int) and not isinstance(value, bool)
 
 
 _JSON_FIELDS: dict[str, dict[str, FieldDescriptor]] = {}

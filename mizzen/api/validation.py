@@ -6,6 +6,10 @@ FieldError, empty when the object is valid; the server turns a non-empty list
 into INVALID_ARGUMENT naming every path. Paths use the manifest (JSON)
 spelling, e.g. ``spec.processes[1].resources.limits.memory`` or
 ``metadata.labels[app]``.
+
+One file because it is the one place the rules of a valid object are written,
+per kind; the server, ``manifest`` and the controllers' fake all call
+``validate`` and ``validate_update``.
 """
 
 from __future__ import annotations

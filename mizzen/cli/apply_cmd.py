@@ -41,6 +41,9 @@ say converged still waits while one of its pods crashed within the grace
 (``Grace``), or is ready for less than ``--settle`` (1s) and has a process
 without a readiness probe: a process that exits at once makes its pod ready
 for a moment.
+
+One file because it is one command: reading the manifests, comparing with the
+stored objects and writing only what changed is one loop per object.
 """
 
 from __future__ import annotations

@@ -13,6 +13,9 @@ shown, as kubectl does); a Secret its type and the size of each value, never a
 value; any other kind its spec and status fields. The text ends with
 ``Events:`` (``<none>`` when there are none).
 Labels are aligned per nesting depth, like kubectl's tabwriter output.
+
+One file because it is one pure text renderer; the per-kind sections share the
+same layout helpers, and the file has no I/O.
 """
 
 from __future__ import annotations

@@ -19,6 +19,10 @@ revision) and ``undo`` says what it cannot restore. A revision that differs
 from the current one only in configuration cannot be undone by a template
 change: ``undo`` refuses it and says how (put the old content back; the
 Deployment then returns to that revision's ReplicaSet by itself).
+
+One file because the rollout subcommands and ``scale`` are one family of
+commands on the same objects, sharing the revision, ReplicaSet history and
+pod-template helpers.
 """
 
 from __future__ import annotations

@@ -19,6 +19,9 @@ the store has removed the pod (the agent has stopped its processes).
 
 ``-i`` (stdin) is refused: the node agent has no path that feeds a process's
 stdin yet.
+
+One file because it is one command: creating the pod, following it by watch,
+streaming its output and exiting with its code are steps of one run.
 """
 
 from __future__ import annotations

@@ -18,6 +18,10 @@ relative to it) so that ``mizzen`` commands run next to ``./.mizzen`` find it.
 Either way Secrets are encrypted at rest with the keys in
 ``<data-dir>/pki/encryption.yaml`` (``<data-dir>/encryption.yaml`` with
 ``--insecure``), created once and kept.
+
+One file because it is one command: preparing its certificates and client
+configuration, starting the components in order, supervising them and stopping
+them in reverse all work on the same ``Component`` list and data directory.
 """
 
 from __future__ import annotations

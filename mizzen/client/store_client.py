@@ -5,6 +5,9 @@ Every unary call runs under one overall deadline (``timeout``) through
 only when nothing can have been proposed, is spelled out in ``retry_policy``.
 Writes go to the leader first (learned from Maintenance.Status); reads stay on
 one endpoint until it fails.
+
+One file because it is the one client of the etcd-v3 API: each method is a
+thin call through the same endpoint pool and retry policy.
 """
 
 from __future__ import annotations

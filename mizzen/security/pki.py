@@ -122,12 +122,6 @@ def profile(name: str, role: str, hosts: Sequence[str] = ()) -> Profile:
     return prof
 
 
-def paths_for(directory: str | os.PathLike[str], name: str, role: str) -> tuple[Path, Path]:
-    """The (certificate, key) paths ``issue`` writes for ``name`` in ``role``."""
-    stem = profile(name, role).stem
-    return Path(directory) / f"{stem}.crt", Path(directory) / f"{stem}.key"
-
-
 def _write(path: Path, data: bytes, mode: int) -> None:
     tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)

@@ -27,6 +27,10 @@ state it acts on (the store's ``store/authz.py``), not here.
 
 An insecure server (loopback or ``--insecure``) installs no interceptor: every
 caller is the anonymous admin.
+
+One file because who, limits and authorization run in one interceptor per
+call, in that order; the identity, the buckets and the watch counts are the
+state that interceptor keeps.
 """
 
 from __future__ import annotations
@@ -71,8 +75,6 @@ class Identity:
     def __str__(self) -> str:
         return f"{self.name} (role {self.role})"
 
-
-ANONYMOUS_ADMIN = Identity("anonymous", "admin")
 
 CALLER: contextvars.ContextVar[Identity | None] = contextvars.ContextVar(
     "mizzen_caller", default=None

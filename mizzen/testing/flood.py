@@ -18,6 +18,9 @@ Get and List calls of small objects in a loop, and measures from outside:
 
 A flooder that is told ``retry-after`` waits that long (at most a second), as
 the SDK does; any other refusal is followed by a 50 ms pause.
+
+One file because the flooders, the reader and the measurements run in one
+bounded experiment; the test and the bench both call ``run_flood``.
 """
 
 from __future__ import annotations

@@ -29,6 +29,10 @@ What is guaranteed:
 
 Only one ``TestHosts`` per subnet can exist on a machine at a time (the subnet
 is routed to its bridge); a second one fails fast with ``HostsError``.
+
+One file because building the namespaces and bridge, running daemons in them
+and tearing everything down (stale sweeps included) act on the same network
+objects, and a partial split would let a teardown miss what a builder made.
 """
 
 from __future__ import annotations

@@ -14,6 +14,10 @@ agree on a leader, then kill, restart and stop members. What is guaranteed:
 
 Member index ``i`` is 0-based, as in ``endpoints``; its name is ``n{i+1}``
 (``e{i+1}`` for etcd), its data dir ``base/<name>`` and its log ``base/<name>.log``.
+
+One file because etcd and Mizzen clusters share one lifecycle (ports, start,
+leader agreement, kill, restart, stop and reaping); the two subclasses only
+say how a member is started.
 """
 
 from __future__ import annotations
