@@ -42,7 +42,7 @@ if str(REPO_ROOT) not in sys.path:
 
 from mizzen.client import ObjectsClient  # noqa: E402
 from mizzen.log_config import configure_logging  # noqa: E402
-from mizzen.testing.bench_node import local_node  # noqa: E402
+from mizzen.testing.bench_node import local_node, wait_node_ready  # noqa: E402
 from mizzen.testing.bench_node import summary_ms as summary  # noqa: E402
 from protos import objects_pb2 as pb  # noqa: E402
 
@@ -128,19 +128,7 @@ async def create(client: ObjectsClient, tracker: Tracker, name: str) -> None:
 async def measure(endpoints: list[str], args: argparse.Namespace, agent_pid: int) -> dict[str, Any]:
     report: dict[str, Any] = {}
     async with ObjectsClient(endpoints, timeout=30) as client:
-        deadline = time.monotonic() + 60
-        while True:
-            nodes = (await client.list("nodes")).items
-            if any(
-                c.type == "Ready" and c.status == "True"
-                for n in nodes
-                if n.metadata.name == NODE
-                for c in n.status.conditions
-            ):
-                break
-            if time.monotonic() > deadline:
-                raise TimeoutError("the agent did not register a Ready node within 60 s")
-            await asyncio.sleep(0.2)
+        await wait_node_ready(client, NODE)
         tracker = Tracker()
         rv = (await client.list("pods", NS)).resource_version
         watcher = asyncio.create_task(tracker.run(client, rv))

@@ -49,7 +49,7 @@ if str(REPO_ROOT) not in sys.path:
 
 from mizzen.client import ObjectsClient  # noqa: E402
 from mizzen.log_config import configure_logging  # noqa: E402
-from mizzen.testing.bench_node import local_node, summary_ms  # noqa: E402
+from mizzen.testing.bench_node import local_node, summary_ms, wait_node_ready  # noqa: E402
 
 NODE = "bench-node"
 NS = "apply-wait-bench"
@@ -78,19 +78,6 @@ spec:
         - name: main
           command: [/bin/sleep, "3600"]
 {probe}"""
-
-
-async def wait_node(client: ObjectsClient) -> None:
-    deadline = time.monotonic() + 60
-    while True:
-        for n in (await client.list("nodes")).items:
-            if n.metadata.name == NODE and any(
-                c.type == "Ready" and c.status == "True" for c in n.status.conditions
-            ):
-                return
-        if time.monotonic() > deadline:
-            raise TimeoutError("the agent did not register a Ready node within 60 s")
-        await asyncio.sleep(0.2)
 
 
 def _seconds(ts: Any) -> float:
@@ -159,7 +146,7 @@ async def measure(endpoints: list[str], base: Path, args: argparse.Namespace) ->
     overheads: list[float] = []
     decisions: list[float] = []
     async with ObjectsClient(endpoints, timeout=30) as client:
-        await wait_node(client)
+        await wait_node_ready(client, NODE)
         for i in range(args.rounds):
             extra = [] if args.settle is None else ["--settle", args.settle]
             overhead, decided = await one_round(

@@ -42,7 +42,7 @@ if str(REPO_ROOT) not in sys.path:
 
 from mizzen.client import ObjectsClient  # noqa: E402
 from mizzen.log_config import configure_logging  # noqa: E402
-from mizzen.testing.bench_node import local_node  # noqa: E402
+from mizzen.testing.bench_node import local_node, wait_node_ready  # noqa: E402
 from protos import objects_pb2 as pb  # noqa: E402
 
 NODE = "bench-node"
@@ -61,19 +61,6 @@ def deployment(replicas: int) -> pb.Deployment:
     proc.env.add(name="EDIT", value="0")
     proc.env_from.add().config_map_ref.name = "bench-config"
     return d
-
-
-async def wait_node(client: ObjectsClient) -> None:
-    deadline = time.monotonic() + 60
-    while True:
-        for n in (await client.list("nodes")).items:
-            if n.metadata.name == NODE and any(
-                c.type == "Ready" and c.status == "True" for c in n.status.conditions
-            ):
-                return
-        if time.monotonic() > deadline:
-            raise TimeoutError("the agent did not register a Ready node within 60 s")
-        await asyncio.sleep(0.2)
 
 
 def _ready(p: pb.Pod) -> bool:
@@ -136,7 +123,7 @@ async def settle(client: ObjectsClient, replicas: int) -> None:
 async def measure(endpoints: list[str], args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, list[tuple[float, float]]] = {"config": [], "template": []}
     async with ObjectsClient(endpoints, timeout=30) as client:
-        await wait_node(client)
+        await wait_node_ready(client, NODE)
         cm = pb.ConfigMap(metadata=pb.ObjectMeta(name="bench-config", namespace=NS))
         cm.data["VERSION"] = "0"
         await client.create(cm)

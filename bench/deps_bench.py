@@ -48,7 +48,7 @@ from controllers.dependencies import Node, find_cycles  # noqa: E402
 from mizzen.api.dependencies import Target  # noqa: E402
 from mizzen.client import ObjectsClient  # noqa: E402
 from mizzen.log_config import configure_logging  # noqa: E402
-from mizzen.testing.bench_node import local_node, summary_ms  # noqa: E402
+from mizzen.testing.bench_node import local_node, summary_ms, wait_node_ready  # noqa: E402
 from protos import objects_pb2 as pb  # noqa: E402
 
 NODE = "bench-node"
@@ -107,19 +107,6 @@ def met_at(pod: pb.Pod) -> float | None:
         if c.type == CONDITION and c.status == "True":
             return seconds(c.last_transition_time)
     return None
-
-
-async def wait_node(client: ObjectsClient) -> None:
-    deadline = time.monotonic() + 60
-    while True:
-        for n in (await client.list("nodes")).items:
-            if n.metadata.name == NODE and any(
-                c.type == "Ready" and c.status == "True" for c in n.status.conditions
-            ):
-                return
-        if time.monotonic() > deadline:
-            raise TimeoutError("the agent did not register a Ready node within 60 s")
-        await asyncio.sleep(0.2)
 
 
 async def pods_until(
@@ -181,7 +168,7 @@ async def measure(endpoints_: list[str], args: argparse.Namespace) -> dict[str, 
     plain: list[float] = []
     gated: list[float] = []
     async with ObjectsClient(endpoints_, timeout=30) as client:
-        await wait_node(client)
+        await wait_node_ready(client, NODE)
         for i in range(args.rounds):
             runs = await met_to_started(client, i, args.replicas)
             conditions += [c for c, _ in runs]

@@ -10,15 +10,18 @@ removed, and ``base`` is deleted. The agent needs root.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import secrets
 import shutil
 import statistics
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from mizzen.testing.local_cluster import REPO_ROOT, MizzenCluster, free_ports
 from nodeagent.cgroups import detect
@@ -93,6 +96,20 @@ def local_node(base: Path, name: str, *, controllers: bool = False) -> Iterator[
             _stop(proc)
         _remove_cgroups(parent)
         shutil.rmtree(base, ignore_errors=True)
+
+
+async def wait_node_ready(client: Any, name: str, timeout: float = 60.0) -> None:
+    """Until the agent registered Node ``name`` with Ready=True (TimeoutError after timeout)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for n in (await client.list("nodes")).items:
+            if n.metadata.name == name and any(
+                c.type == "Ready" and c.status == "True" for c in n.status.conditions
+            ):
+                return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the agent did not register a Ready node within {timeout:g} s")
+        await asyncio.sleep(0.2)
 
 
 def percentile(values: list[float], q: float) -> float:
