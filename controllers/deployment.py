@@ -479,6 +479,11 @@ def compute_status(
         and status.available_replicas == d.spec.replicas
     )
     progressing = _progressing(status.conditions)
+    what = (
+        f'ReplicaSet "{new.metadata.name}"'
+        if new is not None
+        else f'Deployment "{d.metadata.name}"'
+    )
     if d.spec.paused:
         mark("Progressing", "Unknown", "DeploymentPaused", "Deployment is paused")
     elif complete and new is not None:
@@ -488,19 +493,9 @@ def compute_status(
         ):
             _touch(status.conditions, now)
     elif made_progress(d, status, new):
-        what = (
-            f'ReplicaSet "{new.metadata.name}"'
-            if new is not None
-            else f'Deployment "{d.metadata.name}"'
-        )
         mark("Progressing", "True", RS_UPDATED, f"{what} is progressing.")
         _touch(status.conditions, now)
     elif progress_deadline_passed(d, status, now):
-        what = (
-            f'ReplicaSet "{new.metadata.name}"'
-            if new is not None
-            else f'Deployment "{d.metadata.name}"'
-        )
         mark("Progressing", "False", DEADLINE_EXCEEDED, f"{what} has timed out progressing.")
         _touch(status.conditions, now)
     return status
