@@ -29,7 +29,6 @@ import shlex
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,11 +37,16 @@ from mizzen.api.defaults import DEFAULT_NAMESPACE
 from mizzen.api.kinds import KindInfo
 from mizzen.api.manifest import ManifestError, dump_yaml, load_manifests
 from mizzen.cli.errors import CommandError, UsageError
-from mizzen.cli.runner import client_options, error_message, kind_and_name, with_objects_client
+from mizzen.cli.runner import (
+    change_one,
+    client_options,
+    error_message,
+    kind_and_name,
+    with_objects_client,
+)
 from mizzen.client.errors import ConflictError, InvalidArgumentError, StoreClientError
 from mizzen.client.objects import ObjectsClient
 
-UPDATE_ATTEMPTS = 5
 DEFAULT_EDITOR = "vi"
 CANCELLED = "Edit cancelled, no changes made."
 
@@ -186,26 +190,6 @@ def _objects(words: list[str], args: argparse.Namespace) -> tuple[KindInfo, list
     if any(not name for _, name in found):
         raise UsageError("expected KIND/NAME with a name")
     return found[0][0], [name for _, name in found]
-
-
-async def change_one(
-    client: ObjectsClient,
-    info: KindInfo,
-    name: str,
-    namespace: str,
-    change: Callable[[Any], bool],
-) -> bool:
-    """Read, change and Update one object, retrying on conflicts; whether it changed."""
-    for _ in range(UPDATE_ATTEMPTS):
-        obj = await client.get(info, name, namespace)
-        if not change(obj):
-            return False
-        try:
-            await client.update(obj)
-        except ConflictError:
-            continue
-        return True
-    raise CommandError(f"{info.singular}/{name} kept changing; try again")
 
 
 def run_label(args: argparse.Namespace) -> int:

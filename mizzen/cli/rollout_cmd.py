@@ -36,7 +36,7 @@ from mizzen.api.defaults import DEFAULT_NAMESPACE
 from mizzen.cli.config import add_credential_flags
 from mizzen.cli.convergence import deadline_exceeded
 from mizzen.cli.errors import CommandError, UsageError
-from mizzen.cli.runner import kind_and_name, out, with_objects_client
+from mizzen.cli.runner import UPDATE_ATTEMPTS, change_one, kind_and_name, out, with_objects_client
 from mizzen.cli.watching import Watching
 from mizzen.client.errors import ConflictError
 from mizzen.client.objects import ObjectsClient
@@ -52,7 +52,6 @@ RESTARTED_AT = "mizzen.io/restartedAt"  # as controllers.rollout.RESTARTED_AT
 RESTARTABLE = ("Deployment", "DaemonSet")
 ABSENT = "absent"
 SCALABLE = ("Deployment", "ReplicaSet")
-UPDATE_ATTEMPTS = 5
 
 
 def add_rollout_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -408,25 +407,22 @@ def run_restart(args: argparse.Namespace) -> int:
     info, name = kind_and_name(args.target, RESTARTABLE)
     ns = args.namespace or DEFAULT_NAMESPACE
 
-    async def body(client: ObjectsClient) -> int:
-        for _ in range(UPDATE_ATTEMPTS):
-            obj = await client.get(info, name, ns)
-            if info.kind == "Deployment" and obj.spec.paused:
-                raise CommandError(
-                    f"deployment/{name} is paused: a restart would not roll out until it is "
-                    f"resumed (set spec.paused to false first)"
-                )
-            annotations = obj.spec.template.metadata.annotations
-            annotations[RESTARTED_AT] = restart_stamp(
-                datetime.datetime.now(datetime.UTC), annotations.get(RESTARTED_AT, "")
+    def restart(obj: Any) -> bool:
+        if info.kind == "Deployment" and obj.spec.paused:
+            raise CommandError(
+                f"deployment/{name} is paused: a restart would not roll out until it is "
+                f"resumed (set spec.paused to false first)"
             )
-            try:
-                await client.update(obj)
-            except ConflictError:
-                continue
-            out(f"{info.singular}.mizzen/{name} restarted")
-            return 0
-        raise CommandError(f"{info.singular}/{name} kept changing; try again")
+        annotations = obj.spec.template.metadata.annotations
+        annotations[RESTARTED_AT] = restart_stamp(
+            datetime.datetime.now(datetime.UTC), annotations.get(RESTARTED_AT, "")
+        )
+        return True
+
+    async def body(client: ObjectsClient) -> int:
+        await change_one(client, info, name, ns, restart)
+        out(f"{info.singular}.mizzen/{name} restarted")
+        return 0
 
     return with_objects_client(args, body)
 
@@ -440,17 +436,14 @@ def run_scale(args: argparse.Namespace) -> int:
         raise UsageError("--replicas must not be negative")
     ns = args.namespace or DEFAULT_NAMESPACE
 
+    def scale(obj: Any) -> bool:
+        obj.spec.replicas = args.replicas
+        return True
+
     async def body(client: ObjectsClient) -> int:
-        for _ in range(UPDATE_ATTEMPTS):
-            obj = await client.get(info, name, ns)
-            obj.spec.replicas = args.replicas
-            try:
-                await client.update(obj)
-            except ConflictError:
-                continue
-            out(f"{info.singular}.mizzen/{name} scaled")
-            return 0
-        raise CommandError(f"{info.singular}/{name} kept changing; try again")
+        await change_one(client, info, name, ns, scale)
+        out(f"{info.singular}.mizzen/{name} scaled")
+        return 0
 
     return with_objects_client(args, body)
 

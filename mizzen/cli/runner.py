@@ -12,17 +12,25 @@ from __future__ import annotations
 import argparse
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from mizzen.api import kinds
 from mizzen.api.manifest import ManifestError
 from mizzen.cli.config import add_credential_flags, resolve_client
 from mizzen.cli.errors import CommandError, UsageError, tls_hint
-from mizzen.client.errors import AmbiguousWriteError, StoreClientError, UnavailableError
+from mizzen.client.errors import (
+    AmbiguousWriteError,
+    ConflictError,
+    StoreClientError,
+    UnavailableError,
+)
 from mizzen.client.objects import ObjectsClient
 from mizzen.client.store_client import StoreClient
 
 T = TypeVar("T")
+
+UPDATE_ATTEMPTS = 5
+"""Read-change-Update rounds ``change_one`` tries before giving up on conflicts."""
 
 HANDLED = (StoreClientError, ManifestError, kinds.UnknownKindError)
 """The errors a command's body may let through: each becomes one line."""
@@ -117,6 +125,26 @@ def kind_and_name(
     if not name:
         raise UsageError("expected KIND/NAME with a name")
     return info, name
+
+
+async def change_one(
+    client: ObjectsClient,
+    info: kinds.KindInfo,
+    name: str,
+    namespace: str,
+    change: Callable[[Any], bool],
+) -> bool:
+    """Read, change and Update one object, retrying on conflicts; whether it changed."""
+    for _ in range(UPDATE_ATTEMPTS):
+        obj = await client.get(info, name, namespace)
+        if not change(obj):
+            return False
+        try:
+            await client.update(obj)
+        except ConflictError:
+            continue
+        return True
+    raise CommandError(f"{info.singular}/{name} kept changing; try again")
 
 
 def out(line: str) -> None:
