@@ -38,6 +38,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from mizzen.api.conditions import find_condition
 from mizzen.api.kinds import kind_of
 from mizzen.api.pods import has_ended
 from protos import objects_pb2 as pb
@@ -74,10 +75,6 @@ class Verdict:
 # ------------------------------------------------------------------ pods
 
 
-def _condition(conditions: Iterable[pb.Condition], type_: str) -> pb.Condition | None:
-    return next((c for c in conditions if c.type == type_), None)
-
-
 def _exit_words(term: pb.ProcessStateTerminated) -> str:
     if term.reason == "OOMKilled":
         return "OOMKilled"
@@ -94,14 +91,14 @@ def pod_blocker(pod: pb.Pod) -> Blocker | None:
         return None
     if st.reason == "PortInUse":
         return Blocker(name, "PortInUse", f"{name}: PortInUse: {st.message}".rstrip(": "))
-    scheduled = _condition(st.conditions, "PodScheduled")
+    scheduled = find_condition(st.conditions, "PodScheduled")
     if scheduled is not None and scheduled.status == "False":
         reason = scheduled.reason or "Unschedulable"
         return Blocker(name, reason, f"{name}: {scheduled.message or reason}")
     if st.phase == "Failed":
         words = st.message or st.reason or "failed"
         return Blocker(name, "Failed", f"{name}: Failed: {words}")
-    ready = _condition(st.conditions, "Ready")
+    ready = find_condition(st.conditions, "Ready")
     if ready is not None and ready.status == "True":
         return None
     if not pod.spec.node_name:
@@ -155,7 +152,7 @@ def settles_at(pod: pb.Pod, settle: float) -> float | None:
         return None
     if all(p.HasField("readiness_probe") for p in pod.spec.processes):
         return None
-    ready = _condition(pod.status.conditions, "Ready")
+    ready = find_condition(pod.status.conditions, "Ready")
     if ready is None or ready.status != "True":
         return None
     since = float(ready.last_transition_time.ToNanoseconds()) / 1e9
@@ -258,7 +255,7 @@ def judge(obj: Any, pods: list[pb.Pod], endpoints: pb.Endpoints | None = None) -
 def deadline_exceeded(d: pb.Deployment) -> pb.Condition | None:
     """d's Progressing condition when it says the rollout exceeded its
     progressDeadlineSeconds (False, ProgressDeadlineExceeded), else None."""
-    cond = _condition(d.status.conditions, "Progressing")
+    cond = find_condition(d.status.conditions, "Progressing")
     if cond is not None and cond.status == "False" and cond.reason == "ProgressDeadlineExceeded":
         return cond
     return None
@@ -361,7 +358,7 @@ def _pod(pod: pb.Pod) -> Verdict:
     counts = st.phase or "Pending"
     if st.phase == "Succeeded":
         return Verdict("done", counts)
-    ready = _condition(st.conditions, "Ready")
+    ready = find_condition(st.conditions, "Ready")
     if ready is not None and ready.status == "True":
         return Verdict("done", "Ready")
     if st.phase == "Failed":

@@ -35,6 +35,7 @@ import sys
 from collections.abc import Callable
 
 from mizzen.api import quantity
+from mizzen.api.conditions import find_condition
 from mizzen.api.defaults import DEFAULT_NAMESPACE
 from mizzen.api.pods import has_ended
 from mizzen.cli.errors import CommandError, UsageError
@@ -154,14 +155,10 @@ def build_pod(args: argparse.Namespace, namespace: str) -> pb.Pod:
     return pod
 
 
-def condition(pod: pb.Pod, type_: str) -> pb.Condition | None:
-    return next((c for c in pod.status.conditions if c.type == type_), None)
-
-
 def unscheduled_reason(pod: pb.Pod, waited: float) -> str:
     """Why pod is not bound, from the scheduler's PodScheduled condition."""
     where = f'pod "{pod.metadata.namespace}/{pod.metadata.name}"'
-    cond = condition(pod, "PodScheduled")
+    cond = find_condition(pod.status.conditions, "PodScheduled")
     if cond is not None and cond.status == "False":
         why = f"{cond.reason}: {cond.message}" if cond.message else cond.reason
         return f"{where} was not scheduled within {waited:g}s: {why}"
