@@ -29,6 +29,7 @@ from sim_agent import SimAgent
 from controllers.leader import current_leader
 from mizzen.client import Informer, ObjectsClient, StoreClient
 from mizzen.testing.local_cluster import REPO_ROOT, MizzenCluster
+from mizzen.testing.waits import modify
 from protos import objects_pb2 as pb
 
 pytestmark = pytest.mark.integration
@@ -351,9 +352,14 @@ async def test_paused_leader_writes_are_fenced(
     try:
         await wait_leader(store, {standby}, timeout=LEASE_TTL + 10)
         # more work for the stale leader to get wrong once it runs again
-        current = await client.get("replicasets", "bulk", ns)
-        current.spec.replicas = replicas - 50
-        await client.update(current)
+        # (the new leader writes the ReplicaSet's status meanwhile: again on a conflict)
+        await modify(
+            client,
+            "replicasets",
+            "bulk",
+            ns,
+            lambda rs: setattr(rs.spec, "replicas", replicas - 50),
+        )
     finally:
         by_name[leader].signal(signal.SIGCONT)
 
