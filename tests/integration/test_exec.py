@@ -351,8 +351,15 @@ def test_cli_terminal_raw_mode_and_sigwinch(cluster: MizzenCluster, target: pb.P
         _read_until(master, b"20 70", seen)
         _set_size(master, 25, 90)
         cli.send_signal(signal.SIGWINCH)
-        os.write(master, b"stty size\n")
-        _read_until(master, b"25 90", seen)
+        # the CLI reads the signal and the typed line on one event loop, in either
+        # order: ask again until the resize has reached the remote terminal
+        deadline = time.monotonic() + 30
+        while b"25 90" not in seen:
+            assert time.monotonic() < deadline, f"no b'25 90' in {bytes(seen)!r}"
+            os.write(master, b"stty size\n")
+            answer = bytearray()
+            _read_until(master, b"$ ", answer)  # the answer, up to the next prompt
+            seen += answer
         os.write(master, b"exit 9\n")
         assert cli.wait(30) == 9, bytes(seen)
     finally:
