@@ -297,14 +297,18 @@ async def test_a_cycle_is_reported_and_breaking_it_lets_both_start(
             len(ps) == 1
             and (c := condition(ps[0])) is not None
             and c.reason == "DependencyCycle"
-            # the agent writes the waiting process's reason after the controller's condition
+            # the agent writes the waiting process's reason and message after the
+            # controller's condition; the reason may already be there from before the
+            # controller's first evaluation, with that evaluation's older message
             and waiting(ps[0])[0] == "DependenciesNotReady"
+            and waiting(ps[0])[1].startswith("dependency cycle: ")
         ),
         timeout=30,
         what="left's pod reported in the cycle, its process waiting",
     )
-    assert waiting(held[0])[0] == "DependenciesNotReady"
-    assert waiting(held[0])[1].startswith("dependency cycle: "), waiting(held[0])
+    assert waiting(held[0])[1].startswith(
+        "dependency cycle: Deployment/left -> Service/right"
+    ), waiting(held[0])
     events = mizzen(cluster, "events", "-n", NS, "--for", "deployment/left").stdout
     assert "DependencyCycle" in events, events
 
