@@ -306,9 +306,9 @@ async def test_a_cycle_is_reported_and_breaking_it_lets_both_start(
         timeout=30,
         what="left's pod reported in the cycle, its process waiting",
     )
-    assert waiting(held[0])[1].startswith(
-        "dependency cycle: Deployment/left -> Service/right"
-    ), waiting(held[0])
+    assert waiting(held[0])[1].startswith("dependency cycle: Deployment/left -> Service/right"), (
+        waiting(held[0])
+    )
     events = mizzen(cluster, "events", "-n", NS, "--for", "deployment/left").stdout
     assert "DependencyCycle" in events, events
 
