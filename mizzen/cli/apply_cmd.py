@@ -42,6 +42,15 @@ say converged still waits while one of its pods crashed within the grace
 without a readiness probe: a process that exits at once makes its pod ready
 for a moment.
 
+A ConfigMap or Secret is applied at once, but what it configures is not:
+before writing anything, ``config_changes`` finds the Deployments and
+DaemonSets whose pod template counts it for config rollouts
+(``controllers.confighash``: not opted out, not a signal-reloaded volume) and
+whose counted keys the apply changes, and notes which version of the object
+they run (the ``mizzen.io/config-sources`` digest on the current ReplicaSet or
+on the DaemonSet's pods). Each is then followed too, and converged only once
+it runs another version on every pod it wants (``convergence.config_rolled``).
+
 One file because it is one command: reading the manifests, comparing with the
 stored objects and writing only what changed is one loop per object.
 """
@@ -55,13 +64,23 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
+from controllers.confighash import content_digests, counted_refs, opted_out
 from mizzen.api import kinds
 from mizzen.api.defaults import apply_defaults
 from mizzen.api.kinds import kind_of
 from mizzen.api.manifest import Manifest, Problem
 from mizzen.api.messages import copy_message
 from mizzen.cli.batch import WINDOW, Summary, run_in_order
-from mizzen.cli.convergence import Blocker, Verdict, judge, pods_of, settles_at
+from mizzen.cli.convergence import (
+    Blocker,
+    Verdict,
+    config_rolled,
+    current_replicaset,
+    judge,
+    pods_of,
+    settles_at,
+    source_digest,
+)
 from mizzen.cli.durations import duration_arg
 from mizzen.cli.errors import CommandError
 from mizzen.cli.progress_display import Display, make_display
@@ -245,27 +264,106 @@ async def apply_all(
 
 
 @dataclass(frozen=True)
+class ConfigChange:
+    """An applied ConfigMap or Secret (``source``, ``Kind/name``) whose counted content
+    changes for a consumer, and the digests of it the consumer ran before."""
+
+    source: str
+    before: frozenset[str]
+
+
+@dataclass(frozen=True)
 class Followed:
-    """An object apply --wait follows."""
+    """An object apply --wait follows (and the config changes it must roll out)."""
 
     kind: str
     namespace: str
     name: str
+    config: tuple[ConfigChange, ...] = ()
 
     @property
     def label(self) -> str:
         return f"{kinds.lookup(self.kind).singular}/{self.name}"
 
 
-def followed(manifests: list[Manifest]) -> list[Followed]:
-    """Each applied object once, in input order."""
-    out: list[Followed] = []
+Consumers = dict[tuple[str, str, str], tuple[ConfigChange, ...]]
+"""(kind, namespace, name) of a Deployment or DaemonSet -> the changes it must roll out."""
+
+
+def followed(manifests: list[Manifest], consumers: Consumers | None = None) -> list[Followed]:
+    """Each applied object once, in input order, then each consumer of a changed
+    ConfigMap or Secret that was not applied itself."""
+    out: dict[tuple[str, str, str], Followed] = {}
+    consumers = consumers or {}
     for manifest in manifests:
         kind, namespace, name = identity(manifest)
-        item = Followed(kind, namespace if manifest.kind.namespaced else "", name)
-        if item not in out:
-            out.append(item)
-    return out
+        key = (kind, namespace if manifest.kind.namespaced else "", name)
+        if key not in out:
+            out[key] = Followed(*key, consumers.get(key, ()))
+    for key, changes in consumers.items():
+        if key not in out:
+            out[key] = Followed(*key, changes)
+    return list(out.values())
+
+
+def _counted(obj: Any, scope: frozenset[str] | None) -> Any:
+    """What of obj a consumer's hash covers: per section, key -> digest (None: absent)."""
+    if obj is None:
+        return None
+    return {
+        section: {k: v for k, v in values.items() if scope is None or k in scope}
+        for section, values in content_digests(obj).items()
+    }
+
+
+async def config_changes(client: ObjectsClient, manifests: list[Manifest]) -> Consumers:
+    """The consumers whose rollout apply --wait must follow (module doc), read before
+    the apply writes anything."""
+    configs = [m for m in manifests if m.kind.kind in ("ConfigMap", "Secret")]
+    if not configs:
+        return {}
+    found: dict[tuple[str, str, str], list[ConfigChange]] = {}
+    workloads: dict[str, tuple[list[Any], list[Any], list[Any]]] = {}
+    for manifest in configs:
+        kind, namespace, name = identity(manifest)
+        if namespace not in workloads:
+            lists = [
+                (await client.list(k, namespace)).items
+                for k in ("Deployment", "DaemonSet", "ReplicaSet")
+            ]
+            workloads[namespace] = (lists[0], lists[1], lists[2])
+        deployments, daemonsets, replicasets = workloads[namespace]
+        if not deployments and not daemonsets:
+            continue
+        try:
+            stored = await client.get(manifest.kind, name, namespace)
+        except NotFoundError:
+            stored = None
+        source = f"{kind}/{name}"
+        for workload in [*deployments, *daemonsets]:
+            refs = counted_refs(workload.spec.template)
+            if (kind, name) not in refs or opted_out(workload):
+                continue
+            scope = refs[(kind, name)]
+            if _counted(stored, scope) == _counted(manifest.message, scope):
+                continue
+            if kind_of(workload).kind == "Deployment":
+                rs = current_replicaset(workload, replicasets)
+                carriers = [] if rs is None else [rs]
+            else:
+                carriers = await _pods_of_daemonset(client, workload)
+            before = frozenset(
+                d for d in (source_digest(c, source) for c in carriers) if d is not None
+            )
+            meta = workload.metadata
+            key = (kind_of(workload).kind, meta.namespace, meta.name)
+            found.setdefault(key, []).append(ConfigChange(source, before))
+    return {key: tuple(changes) for key, changes in found.items()}
+
+
+async def _pods_of_daemonset(client: ObjectsClient, ds: Any) -> list[Any]:
+    pods = (await client.list("Pod", ds.metadata.namespace)).items
+    return pods_of(ds, pods, [])
 
 
 def _caches(targets: list[Followed]) -> set[tuple[str, str]]:
@@ -427,7 +525,15 @@ def _judge(w: Watching, t: Followed) -> tuple[Verdict, list[Any]]:
         pods = pods_of(obj, w.list("Pod", t.namespace), rs)
     if t.kind == "Service":
         endpoints = w.get("Endpoints", t.namespace, t.name)
-    return judge(obj, pods, endpoints), pods if t.kind != "Pod" else [obj]
+    verdict = judge(obj, pods, endpoints)
+    if verdict.state != "failed":
+        rs = w.list("ReplicaSet", t.namespace) if t.kind == "Deployment" else []
+        for change in t.config:
+            waiting = config_rolled(obj, pods, rs, change.source, change.before)
+            if waiting is not None:
+                verdict = Verdict("waiting", verdict.counts, waiting, verdict.fatal)
+                break
+    return verdict, pods if t.kind != "Pod" else [obj]
 
 
 def _secs(seconds: float) -> str:
@@ -483,12 +589,15 @@ async def wait_for_applied(
     args: argparse.Namespace,
     *,
     out: Callable[[str], None],
+    consumers: Consumers | None = None,
 ) -> int:
-    """apply --wait after everything applied: 0 when all converged, else a CommandError."""
+    """apply --wait after everything applied: 0 when all converged, else a CommandError.
+
+    consumers: config_changes() as read before the apply."""
     display = make_display(args.output, out)
     outcome = await follow(
         client,
-        followed(manifests),
+        followed(manifests, consumers),
         display,
         timeout=args.timeout,
         grace=args.fail_grace,

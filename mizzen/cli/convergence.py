@@ -10,7 +10,8 @@ delivered it) and the pods that carry it out, and says:
   every eligible node runs an updated, ready and available pod and none runs
   one it should not; ReplicaSet: ready = available = replicas; Job: condition
   Complete; Pod: Ready or Succeeded; Service: at least one ready endpoint;
-  every other kind (ConfigMap, Secret, ...): once applied;
+  every other kind (ConfigMap, Secret, ...): once applied (apply --wait also
+  follows the consumers of a changed ConfigMap or Secret: config_rolled);
 * ``failed``: it cannot converge by itself — a Deployment's Progressing is
   ``ProgressDeadlineExceeded``, a Job's ``Failed``, a Pod's phase Failed;
 * else ``waiting``, with counts (``2/3 updated, 1/3 ready, 1/3 available``) and
@@ -27,6 +28,12 @@ gave up). The caller fails the wait
 once a fatal blocker lasted longer than its grace (a pod may be unschedulable
 for a moment while a node joins, a ConfigMap may be applied just after).
 
+``config_rolled`` judges a workload that consumes a ConfigMap or Secret apply
+--wait changed: done only once what it runs carries a digest of that object
+other than the ones it carried before the apply (``mizzen.io/config-sources``,
+written by the rollout controllers on a Deployment's ReplicaSets and a
+DaemonSet's pods), on as many ready pods as it wants.
+
 ``pods_of`` picks the pods that matter: those of a Deployment's current
 ReplicaSet (a crashing old revision being replaced does not block), of a
 DaemonSet, ReplicaSet or Job (controller reference), or a Service's selector.
@@ -38,6 +45,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from controllers.confighash import CONFIG_SOURCES, parse_sources
 from mizzen.api.conditions import find_condition
 from mizzen.api.kinds import kind_of
 from mizzen.api.pods import has_ended
@@ -382,14 +390,61 @@ def _service(endpoints: pb.Endpoints | None, pods: list[pb.Pod]) -> Verdict:
     return _blocked("waiting", counts, pods)
 
 
+# ------------------------------------------------------------------ config consumers
+
+
+def source_digest(obj: Any, source: str) -> str | None:
+    """The digest of source (``Kind/name``) in obj's config-sources annotation, if any."""
+    return parse_sources(obj.metadata.annotations.get(CONFIG_SOURCES, "")).get(source)
+
+
+def config_rolled(
+    workload: Any,
+    pods: list[pb.Pod],
+    replicasets: Iterable[pb.ReplicaSet],
+    source: str,
+    before: frozenset[str],
+) -> str | None:
+    """None once workload (a Deployment or DaemonSet) runs a new version of source on
+    every pod it wants, else what it still waits for.
+
+    ``pods`` is pods_of(workload); ``before`` the digests of source the workload's
+    ReplicaSets (Deployment) or pods (DaemonSet) carried before the apply.
+    """
+    waiting = f"waiting for the rollout of the {source} change"
+    if kind_of(workload).kind == "Deployment":
+        rs = current_replicaset(workload, replicasets)
+        if rs is None or source_digest(rs, source) in (None, *before):
+            return waiting
+        want = workload.spec.replicas
+        carriers = pods
+    else:
+        want = workload.status.desired_number_scheduled
+        carriers = [p for p in pods if source_digest(p, source) not in (None, *before)]
+        if len(carriers) < len(pods):
+            return f"{waiting}: {len(carriers)}/{len(pods)} pods updated"
+    ready = [
+        p
+        for p in carriers
+        if not has_ended(p)
+        and (c := find_condition(p.status.conditions, "Ready"))
+        and c.status == "True"
+    ]
+    if len(ready) < want:
+        return f"{waiting}: {len(ready)}/{want} pods ready"
+    return None
+
+
 __all__ = [
     "FATAL_REASONS",
     "Blocker",
     "Verdict",
+    "config_rolled",
     "current_replicaset",
     "deadline_exceeded",
     "judge",
     "pod_blocker",
     "pods_of",
     "settles_at",
+    "source_digest",
 ]

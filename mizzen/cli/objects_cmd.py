@@ -46,7 +46,13 @@ from mizzen.api.manifest import (
     load_paths,
 )
 from mizzen.cli import tables
-from mizzen.cli.apply_cmd import add_wait_flags, apply_all, wait_for_applied, where
+from mizzen.cli.apply_cmd import (
+    add_wait_flags,
+    apply_all,
+    config_changes,
+    wait_for_applied,
+    where,
+)
 from mizzen.cli.batch import WINDOW, Summary, run_in_order
 from mizzen.cli.config import resolve_client
 from mizzen.cli.errors import CommandError, UsageError
@@ -190,6 +196,7 @@ def run_apply(args: argparse.Namespace) -> int:
     endpoints = resolve_client(args).endpoints
 
     async def body(client: ObjectsClient) -> int:
+        consumers = await config_changes(client, manifests) if args.wait else None
         summary = await apply_all(
             client,
             manifests,
@@ -201,7 +208,7 @@ def run_apply(args: argparse.Namespace) -> int:
         code = _exit_code(summary, endpoints, "not applied")
         if code != 0 or not args.wait:
             return code
-        return await wait_for_applied(client, manifests, args, out=out)
+        return await wait_for_applied(client, manifests, args, out=out, consumers=consumers)
 
     return with_objects_client(args, body)
 

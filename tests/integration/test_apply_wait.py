@@ -291,3 +291,77 @@ def test_apply_wait_fails_at_the_progress_deadline_and_on_a_failed_job(
         "mizzen: job/fails: Failed: BackoffLimitExceeded: "
         "Job has reached the specified backoff limit"
     )
+
+
+def _config(name: str, value: str) -> str:
+    return (
+        f"apiVersion: mizzen/v1\nkind: ConfigMap\nmetadata: {{name: {name}, namespace: {NS}}}\n"
+        f"data: {{greeting: {value}, unused: x}}\n"
+    )
+
+
+def _consumer(name: str, config: str) -> str:
+    env = (
+        "      env:\n"
+        "        - name: GREETING\n"
+        f"          valueFrom: {{configMapKeyRef: {{name: {config}, key: greeting}}}}\n"
+    )
+    text = deployment(name, "exec sleep 3600", replicas=2)
+    return text + env.replace("      env:", "          env:").replace(
+        "        - name: GREETING", "            - name: GREETING"
+    ).replace("          valueFrom", "              valueFrom")
+
+
+def _replicasets(cluster: MizzenCluster, app: str) -> dict[str, str]:
+    """ReplicaSet name -> its mizzen.io/config-sources annotation."""
+    import json
+
+    out = mizzen(cluster, "get", "replicasets", "-n", NS, "-l", f"app={app}", "-o", "json")
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    items = doc["items"] if "items" in doc else [doc]  # one object is printed as itself
+    return {
+        rs["metadata"]["name"]: rs["metadata"]
+        .get("annotations", {})
+        .get("mizzen.io/config-sources", "")
+        for rs in items
+        if int(rs.get("spec", {}).get("replicas", 0)) > 0
+    }
+
+
+@pytest.mark.timeout(180)
+def test_apply_wait_of_a_config_map_follows_its_consumers_rollout(
+    cluster: MizzenCluster, daemons: AgentProcess
+) -> None:
+    first = mizzen(
+        cluster, "apply", "-f", "-", "--wait", "--timeout", "60s",
+        stdin=_config("settings", "hello") + "---\n" + _consumer("reader", "settings"),
+    )  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    (before,) = _replicasets(cluster, "reader").items()
+
+    # a key the consumer does not count: applied, nothing to roll out
+    unused = _config("settings", "hello").replace("unused: x", "unused: y")
+    quiet = mizzen(cluster, "apply", "-f", "-", "--wait", "--timeout", "60s", stdin=unused)
+    assert quiet.returncode == 0, quiet.stderr
+    assert "deployment/reader" not in quiet.stdout, quiet.stdout
+    assert quiet.stdout.splitlines()[-1] == "1 object(s) converged"
+
+    # the counted key: the ConfigMap alone is applied, the Deployment is followed
+    # until its new ReplicaSet runs on every replica
+    changed = _config("settings", "bonjour").replace("unused: x", "unused: y")
+    rolled = mizzen(cluster, "apply", "-f", "-", "--wait", "--timeout", "90s", stdin=changed)
+    assert rolled.returncode == 0, rolled.stderr
+    lines = rolled.stdout.splitlines()
+    assert lines[0] == "configmap/settings configured"
+    assert any(
+        line.startswith("deployment/reader: ") and "rollout of the ConfigMap/settings" in line
+        for line in lines
+    ), rolled.stdout
+    assert lines[-1] == "2 object(s) converged"
+    # when apply --wait returned, the new ReplicaSet was the only one with replicas
+    after = _replicasets(cluster, "reader")
+    assert before[0] not in after and len(after) == 1, (before, after)
+    (sources,) = after.values()
+    assert sources.startswith("ConfigMap/settings=") and sources != before[1]
+    mizzen(cluster, "delete", "deployment", "reader", "-n", NS)

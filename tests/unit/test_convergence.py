@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from mizzen.cli.apply_cmd import Grace
+from mizzen.cli.apply_cmd import ConfigChange, Grace, followed
 from mizzen.cli.convergence import (
     Verdict,
+    config_rolled,
     current_replicaset,
     judge,
     pod_blocker,
@@ -348,3 +349,79 @@ def test_a_jobs_crashes_are_not_fatal_its_failed_condition_is() -> None:
     unbound = _pod("once-2", node="")
     unbound.status.conditions.add(type="PodScheduled", status="False", reason="Unschedulable")
     assert [b.reason for b in judge(job, [unbound]).fatal] == ["Unschedulable"]
+
+
+# ------------------------------------------------------------------ config consumers
+
+SOURCES = "mizzen.io/config-sources"
+
+
+def _rs(rev: str, sources: str) -> pb.ReplicaSet:
+    rs = pb.ReplicaSet(metadata=pb.ObjectMeta(name=f"web-r{rev}", namespace="default"))
+    rs.metadata.uid = f"uid-r{rev}"
+    rs.metadata.annotations["deployment.mizzen.io/revision"] = rev
+    rs.metadata.annotations[SOURCES] = sources
+    rs.metadata.owner_references.add(kind="Deployment", uid="uid-web", controller=True)
+    return rs
+
+
+def test_a_config_consumer_deployment_rolled_once_its_current_replicaset_is_new_and_ready() -> None:
+    d = _deployment(2)
+    d.metadata.annotations["deployment.mizzen.io/revision"] = "1"
+    old = _rs("1", "ConfigMap/app=aaaa,Secret/db=bbbb")
+    before = frozenset({"aaaa"})
+    ready_old = [_ready(_pod(f"web-o{i}", owner="uid-r1")) for i in range(2)]
+    # the controller has not rolled yet: the current ReplicaSet carries the old digest
+    waiting = config_rolled(d, ready_old, [old], "ConfigMap/app", before)
+    assert waiting == "waiting for the rollout of the ConfigMap/app change"
+    # a new revision with another digest, one of two pods ready
+    d.metadata.annotations["deployment.mizzen.io/revision"] = "2"
+    new = _rs("2", "ConfigMap/app=cccc,Secret/db=bbbb")
+    pods = [_ready(_pod("web-n0", owner="uid-r2")), _pod("web-n1", owner="uid-r2")]
+    assert config_rolled(d, pods, [old, new], "ConfigMap/app", before) == (
+        "waiting for the rollout of the ConfigMap/app change: 1/2 pods ready"
+    )
+    pods[1] = _ready(pods[1])
+    assert config_rolled(d, pods, [old, new], "ConfigMap/app", before) is None
+    # a source the ReplicaSet does not name (not counted any more) is never "rolled"
+    assert config_rolled(d, pods, [old, new], "Secret/other", frozenset()) is not None
+
+
+def test_a_config_consumer_daemonset_rolled_once_every_pod_carries_a_new_digest() -> None:
+    ds = pb.DaemonSet(metadata=pb.ObjectMeta(name="agent", namespace="default", uid="uid-ds"))
+    ds.status.desired_number_scheduled = 2
+    pods = []
+    for i, digest in enumerate(("aaaa", "cccc")):
+        pod = _ready(_pod(f"agent-{i}", owner="uid-ds"))
+        pod.metadata.annotations[SOURCES] = f"ConfigMap/app={digest}"
+        pods.append(pod)
+    before = frozenset({"aaaa"})
+    assert config_rolled(ds, pods, [], "ConfigMap/app", before) == (
+        "waiting for the rollout of the ConfigMap/app change: 1/2 pods updated"
+    )
+    pods[0].metadata.annotations[SOURCES] = "ConfigMap/app=cccc"
+    assert config_rolled(ds, pods, [], "ConfigMap/app", before) is None
+
+
+def test_followed_adds_config_consumers_after_the_applied_objects() -> None:
+    from mizzen.api.manifest import load_manifests
+
+    [cm, dep] = load_manifests(
+        "apiVersion: mizzen/v1\nkind: ConfigMap\nmetadata: {name: app, namespace: default}\n"
+        "---\napiVersion: mizzen/v1\nkind: Deployment\nmetadata: {name: web, namespace: default}\n"
+        "spec:\n  selector: {matchLabels: {app: web}}\n  template:\n"
+        "    metadata: {labels: {app: web}}\n"
+        "    spec: {processes: [{name: main, command: [x]}]}\n",
+        "-",
+    )
+    change = ConfigChange("ConfigMap/app", frozenset({"aaaa"}))
+    consumers = {
+        ("Deployment", "default", "web"): (change,),
+        ("DaemonSet", "default", "agent"): (change,),
+    }
+    targets = followed([cm, dep], consumers)
+    assert [(t.kind, t.name, t.config) for t in targets] == [
+        ("ConfigMap", "app", ()),
+        ("Deployment", "web", (change,)),  # applied itself, and a consumer
+        ("DaemonSet", "agent", (change,)),
+    ]
