@@ -24,9 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from mizzen.api.nesting import LimitedSafeLoader, yaml_message
 from mizzen.cli.errors import UsageError
 from mizzen.security.tls import ClientCredentials, CredentialsError
 
@@ -66,6 +63,10 @@ def config_path(env: Mapping[str, str]) -> Path | None:
 def _load(path: Path | None) -> dict[str, Any]:
     if path is None or not path.is_file():
         return {}
+    import yaml  # only when there is a file: most commands run without one
+
+    from mizzen.api.nesting import LimitedSafeLoader, yaml_message
+
     try:
         data = yaml.load(path.read_text(), Loader=LimitedSafeLoader)
     except OSError as err:

@@ -34,6 +34,9 @@ other than the ones it carried before the apply (``mizzen.io/config-sources``,
 written by the rollout controllers on a Deployment's ReplicaSets and a
 DaemonSet's pods), on as many ready pods as it wants.
 
+One file because it is one judgement: what "converged" means for each kind,
+read from the objects and their pods, with no I/O and no clock.
+
 ``pods_of`` picks the pods that matter: those of a Deployment's current
 ReplicaSet (a crashing old revision being replaced does not block), of a
 DaemonSet, ReplicaSet or Job (controller reference), or a Service's selector.

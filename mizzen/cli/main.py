@@ -16,7 +16,6 @@ from collections.abc import Sequence
 
 from mizzen import __version__
 from mizzen.cli.errors import CommandError, UsageError
-from mizzen.log_config import configure_logging
 from mizzen.parent_death import die_with_parent_from_env
 
 # (module, its add_*_parser function, the commands it adds), in help order.
@@ -61,6 +60,24 @@ def _quiet_grpc_core(command: str | None) -> None:
         os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 
+def _import_structlog_without_rich() -> None:
+    """Import structlog as if rich were not installed, for a client command.
+
+    structlog's console renderer imports rich (~25 ms of a ~150 ms start) only to
+    draw tracebacks, which a client command never logs (its errors are one line).
+    rich itself stays importable for the commands that draw with it (apply --wait).
+    Daemons import structlog normally."""
+    if "structlog" in sys.modules:
+        return
+    hidden = {name: sys.modules.pop(name) for name in list(sys.modules) if name == "rich"}
+    sys.modules["rich"] = None  # type: ignore[assignment]
+    try:
+        import structlog  # noqa: F401
+    finally:
+        del sys.modules["rich"]
+        sys.modules.update(hidden)
+
+
 def _command_of(argv: Sequence[str]) -> str | None:
     """The subcommand argv names (after the global options), if any."""
     pre = argparse.ArgumentParser(add_help=False)
@@ -103,6 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     if command in DAEMONS:
         os.umask(DAEMON_UMASK)
     _quiet_grpc_core(command)
+    if command not in DAEMONS:
+        _import_structlog_without_rich()
+    from mizzen.log_config import configure_logging
+
     parser = build_parser(command)
     args = parser.parse_args(args_in)
     default_level = "warning" if getattr(args, "client_command", False) else "info"

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from mizzen.api import kinds
-from mizzen.api.manifest import ManifestError
+from mizzen.api.problems import ManifestError
 from mizzen.cli.config import add_credential_flags, resolve_client
 from mizzen.cli.errors import CommandError, UsageError, tls_hint
 from mizzen.client.errors import (

@@ -26,44 +26,101 @@ whose header.member_id equals StatusResponse.leader); on failure the client
 fails over to the next endpoint and re-learns the leader.
 """
 
-from mizzen.client.errors import (
-    AlreadyExistsError,
-    AmbiguousWriteError,
-    CompactedError,
-    ConflictError,
-    FailedPreconditionError,
-    FencedError,
-    FutureRevisionError,
-    InvalidArgumentError,
-    LeaseExpiredError,
-    LeaseNotFoundError,
-    NotFoundError,
-    PermissionDeniedError,
-    ResourceExhaustedError,
-    StoreClientError,
-    UnavailableError,
-)
-from mizzen.client.informer import Informer
-from mizzen.client.lease import KeepAlive
-from mizzen.client.objects import ListResult, ObjectsClient
-from mizzen.client.ops import Compare, Op
-from mizzen.client.records import (
-    DeleteResult,
-    EventType,
-    KeyValue,
-    LeaseInfo,
-    Member,
-    MemberStatus,
-    OpResult,
-    PutResult,
-    RangeResult,
-    TxnResult,
-    WatchBatch,
-    WatchEvent,
-)
-from mizzen.client.services import DiscoveryError, resolve, watch_endpoints
-from mizzen.client.store_client import StoreClient
-from mizzen.client.watch import Watcher
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mizzen.client.errors import (
+        AlreadyExistsError,
+        AmbiguousWriteError,
+        CompactedError,
+        ConflictError,
+        FailedPreconditionError,
+        FencedError,
+        FutureRevisionError,
+        InvalidArgumentError,
+        LeaseExpiredError,
+        LeaseNotFoundError,
+        NotFoundError,
+        PermissionDeniedError,
+        ResourceExhaustedError,
+        StoreClientError,
+        UnavailableError,
+    )
+    from mizzen.client.informer import Informer
+    from mizzen.client.lease import KeepAlive
+    from mizzen.client.objects import ListResult, ObjectsClient
+    from mizzen.client.ops import Compare, Op
+    from mizzen.client.records import (
+        DeleteResult,
+        EventType,
+        KeyValue,
+        LeaseInfo,
+        Member,
+        MemberStatus,
+        OpResult,
+        PutResult,
+        RangeResult,
+        TxnResult,
+        WatchBatch,
+        WatchEvent,
+    )
+    from mizzen.client.services import DiscoveryError, resolve, watch_endpoints
+    from mizzen.client.store_client import StoreClient
+    from mizzen.client.watch import Watcher
+
+# Names are imported on first use (PEP 562), so a command that needs only the
+# errors does not pay for the informer, the watch machinery and structlog.
+_LAZY = {
+    "AlreadyExistsError": "mizzen.client.errors",
+    "AmbiguousWriteError": "mizzen.client.errors",
+    "CompactedError": "mizzen.client.errors",
+    "Compare": "mizzen.client.ops",
+    "ConflictError": "mizzen.client.errors",
+    "DeleteResult": "mizzen.client.records",
+    "DiscoveryError": "mizzen.client.services",
+    "EventType": "mizzen.client.records",
+    "FailedPreconditionError": "mizzen.client.errors",
+    "FencedError": "mizzen.client.errors",
+    "FutureRevisionError": "mizzen.client.errors",
+    "Informer": "mizzen.client.informer",
+    "InvalidArgumentError": "mizzen.client.errors",
+    "KeepAlive": "mizzen.client.lease",
+    "KeyValue": "mizzen.client.records",
+    "LeaseExpiredError": "mizzen.client.errors",
+    "LeaseInfo": "mizzen.client.records",
+    "LeaseNotFoundError": "mizzen.client.errors",
+    "ListResult": "mizzen.client.objects",
+    "Member": "mizzen.client.records",
+    "MemberStatus": "mizzen.client.records",
+    "NotFoundError": "mizzen.client.errors",
+    "ObjectsClient": "mizzen.client.objects",
+    "Op": "mizzen.client.ops",
+    "OpResult": "mizzen.client.records",
+    "PermissionDeniedError": "mizzen.client.errors",
+    "PutResult": "mizzen.client.records",
+    "RangeResult": "mizzen.client.records",
+    "ResourceExhaustedError": "mizzen.client.errors",
+    "StoreClient": "mizzen.client.store_client",
+    "StoreClientError": "mizzen.client.errors",
+    "TxnResult": "mizzen.client.records",
+    "UnavailableError": "mizzen.client.errors",
+    "WatchBatch": "mizzen.client.records",
+    "WatchEvent": "mizzen.client.records",
+    "Watcher": "mizzen.client.watch",
+    "resolve": "mizzen.client.services",
+    "watch_endpoints": "mizzen.client.services",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "AlreadyExistsError",
