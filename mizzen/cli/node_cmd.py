@@ -18,12 +18,12 @@ import contextlib
 import time
 from typing import Any
 
+from mizzen.api import kinds
 from mizzen.cli.errors import CommandError
-from mizzen.cli.runner import client_options, out, with_objects_client
-from mizzen.client.errors import ConflictError, NotFoundError
+from mizzen.cli.runner import change_one, client_options, out, with_objects_client
+from mizzen.client.errors import NotFoundError
 from mizzen.client.objects import ObjectsClient
 
-_UPDATE_ATTEMPTS = 5
 _POLL_INTERVAL = 0.5
 
 
@@ -63,17 +63,14 @@ def add_node_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
 
 async def set_unschedulable(client: ObjectsClient, name: str, value: bool) -> bool:
     """Set spec.unschedulable (retrying conflicts); False when it already had that value."""
-    for _ in range(_UPDATE_ATTEMPTS):
-        node = await client.get("nodes", name)
+
+    def change(node: Any) -> bool:
         if node.spec.unschedulable == value:
             return False
         node.spec.unschedulable = value
-        try:
-            await client.update(node)
-            return True
-        except ConflictError:
-            continue
-    raise CommandError(f'node "{name}" kept changing; try again')
+        return True
+
+    return await change_one(client, kinds.lookup("nodes"), name, "", change)
 
 
 def _owned_by_daemonset(pod: Any) -> bool:
