@@ -1,4 +1,9 @@
-"""Batching and safe re-proposal, against a fake Raft that applies into a real StateMachine."""
+"""Batching and safe re-proposal, against a fake Raft that applies into a real StateMachine.
+
+The event loop runs on virtual time (``looptime``): a retry back-off or a
+timeout fires when the loop has nothing else to do and its time is advanced
+to that timer, so no test waits in real time or depends on this machine's speed.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,8 @@ from protos import rpc_pb2
 from store.batcher import SUCCESS, Batcher
 from store.errors import Code, StoreError
 from store.state_machine import StateMachine
+
+pytestmark = pytest.mark.looptime
 
 NOT_LEADER = 4  # any pysyncobj FAIL_REASON other than SUCCESS
 
