@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pty
 import select
@@ -314,12 +315,10 @@ def _consumer(name: str, config: str) -> str:
 
 def _replicasets(cluster: MizzenCluster, app: str) -> dict[str, str]:
     """ReplicaSet name -> its mizzen.io/config-sources annotation."""
-    import json
-
     out = mizzen(cluster, "get", "replicasets", "-n", NS, "-l", f"app={app}", "-o", "json")
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
-    items = doc["items"] if "items" in doc else [doc]  # one object is printed as itself
+    items = doc.get("items", [doc])  # one object is printed as itself
     return {
         rs["metadata"]["name"]: rs["metadata"]
         .get("annotations", {})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mizzen.cli.apply_cmd import ConfigChange, Grace, followed
+from mizzen.cli.apply_cmd import ConfigChange, Consumers, Grace, followed
 from mizzen.cli.convergence import (
     Verdict,
     config_rolled,
@@ -415,7 +415,7 @@ def test_followed_adds_config_consumers_after_the_applied_objects() -> None:
         "-",
     )
     change = ConfigChange("ConfigMap/app", frozenset({"aaaa"}))
-    consumers = {
+    consumers: Consumers = {
         ("Deployment", "default", "web"): (change,),
         ("DaemonSet", "default", "agent"): (change,),
     }
