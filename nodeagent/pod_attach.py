@@ -115,7 +115,7 @@ class AttachSession:
         name = target.supervisor.name
         self.where = f'process "{name}" of pod "{target.pod}"'
         if start.stdin:
-            stdin: ProcessStdin | None = getattr(self.run, "stdin", None)
+            stdin = self.run.stdin
             if stdin is None:
                 if not target.supervisor.spec.stdin:
                     raise AttachRefused(

@@ -78,7 +78,8 @@ def add_run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         parents=[client_options()],
         help="run a command once in a new pod and show its output",
         description="Create a one-off pod running CMD ARGS, stream its output, exit with its "
-        "exit code; --rm deletes the pod afterwards (also on Ctrl-C).",
+        "exit code; --rm deletes the pod afterwards (also on Ctrl-C); -i passes this "
+        "command's stdin to it.",
     )
     p.add_argument("name", metavar="NAME", help="the pod's name and its process's")
     p.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD ARGS...")
