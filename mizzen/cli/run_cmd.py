@@ -351,10 +351,13 @@ def _read_stdin(
 ) -> None:
     """Thread body: copy this command's stdin into queue, then stdin_close (a daemon
     thread: a terminal that never ends does not keep the command alive)."""
-    fd = sys.stdin.fileno()
+    try:
+        fd = sys.stdin.fileno()
+    except (AttributeError, ValueError, OSError):  # no stdin at all: its end, at once
+        fd = -1
     while True:
         try:
-            data = os.read(fd, _READ)
+            data = os.read(fd, _READ) if fd >= 0 else b""
         except OSError:
             data = b""
         request = (
