@@ -8,7 +8,10 @@ new `mizzen` process the way a user types it, and measures the wall time from
 starting that process to its exit (the pod created, scheduled, started, its
 output read, the exit code taken and the pod deleted and gone). As the
 baseline in the same run: ``mizzen get pods`` (the CLI's start-up and one
-store round trip), also --runs times. Prints one JSON object.
+store round trip), also --runs times. Side by side, the same with stdin
+attached: ``echo hi | mizzen run -i --rm NAME -- cat`` (the pod declares
+stdin, the CLI attaches through the agent's Attach call, cat echoes the line
+and exits at the end of input), also --runs times. Prints one JSON object.
 
     sudo .venv/bin/python bench/run_bench.py --runs 20
 
@@ -69,9 +72,10 @@ class Up:
                 self.argv, cwd=REPO_ROOT, stdout=log, stderr=log, start_new_session=True
             )
 
-    def mizzen(self, *args: str) -> subprocess.CompletedProcess[str]:
+    def mizzen(self, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "mizzen", *args],
+            input=stdin,
             capture_output=True,
             text=True,
             timeout=120,
@@ -120,12 +124,14 @@ def mizzen_up() -> Iterator[Up]:
         shutil.rmtree(base, ignore_errors=True)
 
 
-def timed(up: Up, *args: str, expect: int = 0) -> float:
+def timed(up: Up, *args: str, expect: int = 0, stdin: str = "", output: str = "") -> float:
     t = time.perf_counter()
-    out = up.mizzen(*args)
+    out = up.mizzen(*args, stdin=stdin)
     elapsed = time.perf_counter() - t
-    if out.returncode != expect:
-        raise SystemExit(f"mizzen {' '.join(args)}: exit {out.returncode}: {out.stderr}")
+    if out.returncode != expect or (output and out.stdout != output):
+        raise SystemExit(
+            f"mizzen {' '.join(args)}: exit {out.returncode}: {out.stdout!r} {out.stderr}"
+        )
     return elapsed
 
 
@@ -143,7 +149,13 @@ def main() -> int:
                 f"run --rm is broken: {check.returncode} {check.stdout!r} {check.stderr}"
             )
         timed(up, "run", "--rm", "warmup", "--", "true")
-        run_times = [timed(up, "run", "--rm", f"once-{i}", "--", "true") for i in range(args.runs)]
+        run_times: list[float] = []
+        stdin_times: list[float] = []
+        for i in range(args.runs):  # alternated, so that a change of load hits both alike
+            run_times.append(timed(up, "run", "--rm", f"once-{i}", "--", "true"))
+            stdin_times.append(
+                timed(up, "run", "-i", "--rm", f"in-{i}", "--", "cat", stdin="hi\n", output="hi\n")
+            )
         get_times = [timed(up, "get", "pods") for _ in range(args.runs)]
         left = up.mizzen("get", "pods")
     result = {
@@ -153,6 +165,7 @@ def main() -> int:
         "load_1m_before": round(load, 2),
         "run_rm_true": summary(run_times),
         "get_pods_baseline": summary(get_times),
+        "run_i_rm_cat": summary(stdin_times),
         "pods_left": (left.stdout + left.stderr).strip(),
     }
     print(json.dumps(result, indent=2))

@@ -1,16 +1,18 @@
 """The NodeAgent gRPC service: process logs and usage of this node's pods, signals to
-their processes and commands run beside them (``mizzen kill``, ``mizzen exec``).
+their processes, commands run beside them and attaching to their stdin and output
+(``mizzen kill``, ``mizzen exec``, ``mizzen run -i``).
 
 Errors are mapped once, at this boundary: a request naming something this
 node has no logs for, or no running pod, is NOT_FOUND with a message naming
 the pod and process; malformed input (no pod, negative tail, several
 processes and none chosen, an unknown signal, KILL without force, no
 command) is INVALID_ARGUMENT naming the field; a process that is not running
-or a command that cannot start is FAILED_PRECONDITION; more concurrent execs
+or a command that cannot start, or an attach that cannot have the process's
+stdin, is FAILED_PRECONDITION; more concurrent execs
 than ``max_execs`` is RESOURCE_EXHAUSTED; anything else is INTERNAL and logged.
 
-Signal and Exec are recorded as Events on the pod (who, which signal or which
-argv — never a command's output).
+Signal, Exec and Attach are recorded as Events on the pod (who, which signal or
+which argv — never a command's input or output).
 
 A follow stream ends when the client cancels, when the pod's logs are
 removed, or when the process restarts into a new instance (like
@@ -39,6 +41,7 @@ from nodeagent.logs import (
     has_newer_instance,
     read_tail,
 )
+from nodeagent.pod_attach import DEFAULT_WAIT, MAX_WAIT, AttachSession, wait_for_target
 from nodeagent.pod_exec import ExecSession
 from nodeagent.pod_ops import (
     InvalidRequest,
@@ -49,6 +52,7 @@ from nodeagent.pod_ops import (
     find_target,
     parse_signal,
 )
+from nodeagent.process_stdin import AttachRefused
 from nodeagent.stats import UsageSampler
 from protos import agent_pb2, agent_pb2_grpc
 
@@ -77,7 +81,7 @@ def _status_for(exc: Exception) -> tuple[grpc.StatusCode, str] | None:
         return grpc.StatusCode.NOT_FOUND, exc.message
     if isinstance(exc, TargetNotFound):
         return grpc.StatusCode.NOT_FOUND, str(exc)
-    if isinstance(exc, NotRunning):
+    if isinstance(exc, NotRunning | AttachRefused):
         return grpc.StatusCode.FAILED_PRECONDITION, str(exc)
     if isinstance(exc, LaunchError):
         return grpc.StatusCode.FAILED_PRECONDITION, f"exec: {exc}"
@@ -271,3 +275,34 @@ class NodeAgentService(agent_pb2_grpc.NodeAgentServicer):
             log.info("exec_finished", pod=target.pod, process=name, exit_code=code)
         finally:
             self.execs -= 1
+
+    @_stream_errors
+    async def Attach(
+        self, requests: AsyncIterator[agent_pb2.AttachRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[agent_pb2.ExecResponse]:
+        first = await anext(requests, None)
+        if first is None or first.WhichOneof("kind") != "start":
+            raise InvalidRequest("start: the first message must be start")
+        start = first.start
+        if not start.pod:
+            raise InvalidRequest("start.pod: required")
+        if start.wait_seconds > MAX_WAIT:
+            raise InvalidRequest(
+                f"start.wait_seconds: at most {MAX_WAIT}, got {start.wait_seconds}"
+            )
+        namespace = start.namespace or DEFAULT_NAMESPACE
+        wait = float(start.wait_seconds) if start.wait_seconds else DEFAULT_WAIT
+        target = await wait_for_target(self._workers, namespace, start.pod, start.process, wait)
+        who = caller()
+        session = AttachSession(target, start, who)  # claims the stdin (or refuses)
+        name = target.supervisor.name
+        log.info("attached", pod=target.pod, process=name, by=who, stdin=start.stdin)
+        what = " with stdin" if start.stdin else ""
+        target.worker.ctx.event("Normal", "Attached", f"{who} attached to process {name}{what}")
+        code = None
+        async with contextlib.aclosing(session.stream(requests)) as stream:
+            async for item in stream:
+                if item.HasField("exit"):
+                    code = item.exit.code
+                yield item
+        log.info("attach_finished", pod=target.pod, process=name, exit_code=code)

@@ -148,13 +148,14 @@ def checked_argv(spec: LaunchSpec, prefix: Sequence[str] = ()) -> list[str]:
     return wrap_argv(spec.procs_files, [*prefix, executable, *spec.argv[1:]], run_as)
 
 
-def launch(spec: LaunchSpec, log_fd: int) -> subprocess.Popen[bytes]:
-    """Spawn the process; LaunchError when it cannot run (checked before spawning)."""
+def launch(spec: LaunchSpec, log_fd: int, stdin_fd: int | None = None) -> subprocess.Popen[bytes]:
+    """Spawn the process (its stdin is stdin_fd, else /dev/null); LaunchError when it cannot
+    run (checked before spawning)."""
     argv = checked_argv(spec)
     try:
         return subprocess.Popen(
             argv,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL if stdin_fd is None else stdin_fd,
             stdout=log_fd,
             stderr=log_fd,
             env=dict(spec.env),

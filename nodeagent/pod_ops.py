@@ -1,4 +1,4 @@
-"""What the agent's non-state operations (Signal, Exec) act on, and who may ask.
+"""What the agent's non-state operations (Signal, Exec, Attach) act on, and who may ask.
 
 * ``find_target`` picks the pod's process a request names (its only one when
   the request names none) among this node's pod workers, and its current run;
@@ -6,8 +6,9 @@
   refusal of signals that would only bypass graceful deletion (KILL, STOP:
   ``mizzen delete pod`` stops a pod; an untrappable signal skips its grace);
 * ``AgentPolicy``: the roles allowed per method of the agent's gRPC service —
-  logs and stats for viewers, Signal and Exec for admins unless the agent is
-  started with ``--signal-roles`` / ``--exec-roles`` (docs/security.md).
+  logs and stats for viewers, Signal and Exec (and Attach, which is Exec's
+  permission) for admins unless the agent is started with ``--signal-roles`` /
+  ``--exec-roles`` (docs/security.md).
 
 Pure apart from reading the workers' current state; the errors name the
 request field they are about.
@@ -153,6 +154,8 @@ class AgentPolicy:
         name = method.rpartition("/")[2]
         if name == "Exec":
             return self.exec_roles, "run commands in pods (exec)"
+        if name == "Attach":  # a process's stdin is as powerful as a command
+            return self.exec_roles, "attach to pod processes (attach)"
         if name == "Signal":
             return self.signal_roles, "signal pod processes"
         return self.read_roles, "read pod logs and stats"

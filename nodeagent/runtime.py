@@ -22,12 +22,16 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import structlog
 
 from nodeagent.cgroups.base import Cgroup, CgroupDriver, CgroupError
 from nodeagent.launch import WRAPPER_CANNOT_EXEC, LaunchSpec, launch
 from nodeagent.state import ProcessRecord, Terminated, read_start_ticks
+
+if TYPE_CHECKING:
+    from nodeagent.process_stdin import ProcessStdin
 
 log = structlog.get_logger(__name__)
 
@@ -65,6 +69,8 @@ class ProcessRun:
         self._popen = popen
         self._clock = clock
         self._exited: asyncio.Future[Terminated] | None = None
+        # The write end of the run's stdin pipe (spec stdin: true), held by the agent.
+        self.stdin: ProcessStdin | None = None
 
     @property
     def adopted(self) -> bool:
@@ -194,14 +200,16 @@ def start(
     *,
     clock: Clock = time.time,
     new_cgroup: bool = False,
+    stdin_fd: int | None = None,
 ) -> ProcessRun:
     """Spawn a run in cgroup; LaunchError (from ``launch``) when it cannot start.
 
     new_cgroup: the cgroup was just created, so its OOM-kill count is 0 (not read).
+    stdin_fd: the run's stdin (the read end of its pipe), else /dev/null.
     """
     oom_before = 0 if new_cgroup else _oom_kills(cgroup)
     started = clock()
-    popen = launch(spec, log_fd)
+    popen = launch(spec, log_fd, stdin_fd)
     pidfd = os.pidfd_open(popen.pid)
     ticks = read_start_ticks(popen.pid) or 0
     return ProcessRun(

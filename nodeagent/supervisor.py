@@ -42,6 +42,7 @@ from nodeagent.logs import PodLogs
 from nodeagent.pod_config import PodConfig
 from nodeagent.pod_status import ProcessView, Running, State, Waiting
 from nodeagent.probes import ProbeTracker, run_probe
+from nodeagent.process_stdin import ProcessStdin
 from nodeagent.runtime import ProcessRun
 from nodeagent.services import PodServices
 from nodeagent.state import ProcessRecord, Terminated
@@ -401,13 +402,32 @@ class ProcessSupervisor:
         except CgroupError as err:
             return _Spawned(None, None, f"cgroup: {err}")
         spec = self.launch_spec(cgroup)
+        read_end = write_end = -1
+        if self.spec.stdin:  # a pipe held open by the agent (pod_attach), else /dev/null
+            try:
+                read_end, write_end = os.pipe2(os.O_CLOEXEC)
+            except OSError as err:
+                return _Spawned(cgroup, None, f"stdin pipe: {err}")
         fd = ctx.logs.open_instance(ctx.namespace, ctx.pod, ctx.uid, self.name, count)
         try:
-            run = runtime.start(spec, cgroup, fd, clock=ctx.wall, new_cgroup=new_cgroup)
+            run = runtime.start(
+                spec,
+                cgroup,
+                fd,
+                clock=ctx.wall,
+                new_cgroup=new_cgroup,
+                stdin_fd=read_end if read_end >= 0 else None,
+            )
         except LaunchError as err:
+            if write_end >= 0:
+                os.close(write_end)
             return _Spawned(cgroup, None, str(err))
         finally:
             os.close(fd)
+            if read_end >= 0:
+                os.close(read_end)
+        if write_end >= 0:
+            run.stdin = ProcessStdin(write_end, once=self.spec.stdin_once)
         ctx.logs.prune(ctx.namespace, ctx.pod, ctx.uid, self.name, keep_instances=2)
         return _Spawned(cgroup, run)
 
@@ -481,6 +501,8 @@ class ProcessSupervisor:
             probes.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await probes
+            if run.stdin is not None:
+                run.stdin.close()
         run.kill_cgroup()
         self._log.info(
             "process_exited", pid=run.pid, exit_code=exited.exit_code, reason=exited.reason

@@ -166,3 +166,29 @@ class ExecResponse(_message.Message):
     stderr: bytes
     exit: ExecExit
     def __init__(self, stdout: _Optional[bytes] = ..., stderr: _Optional[bytes] = ..., exit: _Optional[_Union[ExecExit, _Mapping]] = ...) -> None: ...
+
+class AttachStart(_message.Message):
+    __slots__ = ("namespace", "pod", "process", "stdin", "from_start", "wait_seconds")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    POD_FIELD_NUMBER: _ClassVar[int]
+    PROCESS_FIELD_NUMBER: _ClassVar[int]
+    STDIN_FIELD_NUMBER: _ClassVar[int]
+    FROM_START_FIELD_NUMBER: _ClassVar[int]
+    WAIT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    pod: str
+    process: str
+    stdin: bool
+    from_start: bool
+    wait_seconds: int
+    def __init__(self, namespace: _Optional[str] = ..., pod: _Optional[str] = ..., process: _Optional[str] = ..., stdin: _Optional[bool] = ..., from_start: _Optional[bool] = ..., wait_seconds: _Optional[int] = ...) -> None: ...
+
+class AttachRequest(_message.Message):
+    __slots__ = ("start", "stdin", "stdin_close")
+    START_FIELD_NUMBER: _ClassVar[int]
+    STDIN_FIELD_NUMBER: _ClassVar[int]
+    STDIN_CLOSE_FIELD_NUMBER: _ClassVar[int]
+    start: AttachStart
+    stdin: bytes
+    stdin_close: bool
+    def __init__(self, start: _Optional[_Union[AttachStart, _Mapping]] = ..., stdin: _Optional[bytes] = ..., stdin_close: _Optional[bool] = ...) -> None: ...

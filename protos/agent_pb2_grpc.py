@@ -54,6 +54,11 @@ class NodeAgentStub:
                 request_serializer=protos_dot_agent__pb2.ExecRequest.SerializeToString,
                 response_deserializer=protos_dot_agent__pb2.ExecResponse.FromString,
                 _registered_method=True)
+        self.Attach = channel.stream_stream(
+                '/mizzen.v1.NodeAgent/Attach',
+                request_serializer=protos_dot_agent__pb2.AttachRequest.SerializeToString,
+                response_deserializer=protos_dot_agent__pb2.ExecResponse.FromString,
+                _registered_method=True)
 
 
 class NodeAgentServicer:
@@ -86,6 +91,15 @@ class NodeAgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Attach(self, request_iterator, context):
+        """Attach to a process's stdin and output (recorded as an Event): the agent
+        sends its output (stdout and stderr share the process's log, so both
+        arrive as stdout), then its exit as the last message (ExecResponse.exit).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeAgentServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -107,6 +121,11 @@ def add_NodeAgentServicer_to_server(servicer, server):
             'Exec': grpc.stream_stream_rpc_method_handler(
                     servicer.Exec,
                     request_deserializer=protos_dot_agent__pb2.ExecRequest.FromString,
+                    response_serializer=protos_dot_agent__pb2.ExecResponse.SerializeToString,
+            ),
+            'Attach': grpc.stream_stream_rpc_method_handler(
+                    servicer.Attach,
+                    request_deserializer=protos_dot_agent__pb2.AttachRequest.FromString,
                     response_serializer=protos_dot_agent__pb2.ExecResponse.SerializeToString,
             ),
     }
@@ -217,6 +236,33 @@ class NodeAgent:
             target,
             '/mizzen.v1.NodeAgent/Exec',
             protos_dot_agent__pb2.ExecRequest.SerializeToString,
+            protos_dot_agent__pb2.ExecResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Attach(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/mizzen.v1.NodeAgent/Attach',
+            protos_dot_agent__pb2.AttachRequest.SerializeToString,
             protos_dot_agent__pb2.ExecResponse.FromString,
             options,
             channel_credentials,

@@ -1,4 +1,4 @@
-"""`mizzen run NAME [--rm] -- CMD ARGS...`: a one-off Pod, its output as it runs, its exit code.
+"""`mizzen run NAME [--rm] [-i] -- CMD ARGS...`: a one-off Pod, its output, its exit code.
 
 The command creates a Pod named NAME with one process named NAME
 (restartPolicy Never unless ``--restart OnFailure``), then follows it with a
@@ -17,8 +17,14 @@ the process's waiting reason.
 (SIGINT, exit 130) and SIGTERM (exit 143), after which the command waits until
 the store has removed the pod (the agent has stopped its processes).
 
-``-i`` (stdin) is refused: the node agent has no path that feeds a process's
-stdin yet.
+``-i`` (as ``kubectl run -i``): the process is created with ``stdin: true``
+and ``stdinOnce: true``; once it started, the command attaches to it (the
+agent's Attach RPC, from the start of the run's output, so nothing written
+before is missed), copies its own stdin to it (its end of file closes the
+process's stdin), and shows the output as it comes. The exit code and the
+rest are as without ``-i``. If the command goes away (Ctrl-C, even SIGKILL),
+the call ends and, stdinOnce, the process's stdin is closed. ``-t`` is
+refused: the agent gives a pod's process a pipe, not a terminal.
 
 One file because it is one command: creating the pod, following it by watch,
 streaming its output and exiting with its code are steps of one run.
@@ -28,31 +34,41 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import contextlib
 import functools
+import os
 import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import AsyncIterator, Callable
+
+import grpc
 
 from mizzen.api import quantity
 from mizzen.api.conditions import find_condition
 from mizzen.api.defaults import DEFAULT_NAMESPACE
 from mizzen.api.pods import has_ended
 from mizzen.cli.errors import CommandError, UsageError
-from mizzen.cli.logs_cmd import pod_agent, stream_logs
+from mizzen.cli.logs_cmd import agent_error, connect_agent, pod_agent, stream_logs
 from mizzen.cli.runner import client_options, with_objects_client
 from mizzen.client.errors import AlreadyExistsError, NotFoundError
 from mizzen.client.objects import ObjectsClient
-from protos import agent_pb2
+from protos import agent_pb2, agent_pb2_grpc
 from protos import objects_pb2 as pb
 
 RUN_LABEL = "run"
 DELETE_WAIT = 60.0
 """Seconds --rm waits, beyond the pod's grace period, for the store to remove the pod."""
-STDIN_REFUSED = (
-    "run -i: attaching stdin is not supported yet (the node agent has no stdin path for "
-    "processes); run without -i"
+TTY_REFUSED = (
+    "run -t: a terminal for a pod's process is not supported (the agent gives it a pipe); "
+    "use -i without -t, or mizzen exec -t for a terminal"
 )
+_READ = 64 * 1024
+_STDIN_QUEUE = 16
+REFUSED_GRACE = 5.0
+"""Seconds a refused attach waits to see the pod end (it ended before the attach) before
+the refusal is the command's error."""
 _EXIT_ON = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
@@ -62,13 +78,20 @@ def add_run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         parents=[client_options()],
         help="run a command once in a new pod and show its output",
         description="Create a one-off pod running CMD ARGS, stream its output, exit with its "
-        "exit code; --rm deletes the pod afterwards (also on Ctrl-C).",
+        "exit code; --rm deletes the pod afterwards (also on Ctrl-C); -i passes this "
+        "command's stdin to it.",
     )
     p.add_argument("name", metavar="NAME", help="the pod's name and its process's")
     p.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD ARGS...")
     p.add_argument("-n", "--namespace", default=None)
     p.add_argument("--rm", action="store_true", help="delete the pod when it ends or on Ctrl-C")
-    p.add_argument("-i", "--stdin", action="store_true", help="not supported yet")
+    p.add_argument(
+        "-i",
+        "--stdin",
+        action="store_true",
+        help="pass stdin to the process (stdin: true, stdinOnce: true) and attach to it",
+    )
+    p.add_argument("-t", "--tty", action="store_true", help="not supported (refused)")
     p.add_argument("--restart", default="Never", choices=["Never", "OnFailure"])
     p.add_argument("--env", action="append", default=[], metavar="K=V")
     p.add_argument("--cpu", default="", metavar="Q", help="CPU request and limit, e.g. 500m")
@@ -139,6 +162,9 @@ def build_pod(args: argparse.Namespace, namespace: str) -> pb.Pod:
     pod.spec.restart_policy = args.restart
     pod.spec.node_selector.update(_pairs(args.node_selector, "--node-selector"))
     proc = pod.spec.processes.add(name=args.name, command=argv[:1], args=argv[1:])
+    if args.stdin:
+        proc.stdin = True
+        proc.stdin_once = True
     for key, value in _pairs(args.env, "--env").items():
         proc.env.add(name=key, value=value)
     try:
@@ -320,6 +346,84 @@ def _restarted_since(restarts: int, pod: pb.Pod) -> bool:
     return _restarts(pod) > restarts
 
 
+def _read_stdin(
+    loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[agent_pb2.AttachRequest]
+) -> None:
+    """Thread body: copy this command's stdin into queue, then stdin_close (a daemon
+    thread: a terminal that never ends does not keep the command alive)."""
+    try:
+        fd = sys.stdin.fileno()
+    except (AttributeError, ValueError, OSError):  # no stdin at all: its end, at once
+        fd = -1
+    while True:
+        try:
+            data = os.read(fd, _READ) if fd >= 0 else b""
+        except OSError:
+            data = b""
+        request = (
+            agent_pb2.AttachRequest(stdin=data)
+            if data
+            else agent_pb2.AttachRequest(stdin_close=True)
+        )
+        try:
+            asyncio.run_coroutine_threadsafe(queue.put(request), loop).result()
+        except (RuntimeError, concurrent.futures.CancelledError):  # the loop is gone
+            return
+        if not data:
+            return
+
+
+async def attach(
+    client: ObjectsClient, output: Output, watch: PodWatch, args: argparse.Namespace
+) -> None:
+    """Attach to the started process: this command's stdin to it, its output (from the
+    run's start) to stdout, until it exits. A refusal because the process ended before
+    the attach is not an error (the rest of the output is read as without -i)."""
+    pod = watch.pod
+    if output.agent is None:
+        output.agent = await pod_agent(client, pod)
+    node, address = output.agent
+    output.instance, output.shown = _restarts(pod), 0
+    start = agent_pb2.AttachStart(
+        namespace=output.namespace,
+        pod=output.name,
+        process=output.process,
+        stdin=True,
+        from_start=True,
+        wait_seconds=max(1, min(300, int(args.pod_running_timeout))),
+    )
+    loop = asyncio.get_running_loop()
+    outgoing: asyncio.Queue[agent_pb2.AttachRequest] = asyncio.Queue(_STDIN_QUEUE)
+
+    async def requests() -> AsyncIterator[agent_pb2.AttachRequest]:
+        yield agent_pb2.AttachRequest(start=start)
+        while True:
+            yield await outgoing.get()
+
+    channel = await connect_agent(address, node, args.request_timeout, client.credentials)
+    out = sys.stdout.buffer
+    try:
+        threading.Thread(target=_read_stdin, args=(loop, outgoing), daemon=True).start()
+        call = agent_pb2_grpc.NodeAgentStub(channel).Attach(requests())
+        async for response in call:
+            kind = response.WhichOneof("kind")
+            if kind == "stdout":
+                with contextlib.suppress(BrokenPipeError):
+                    out.write(response.stdout)
+                    out.flush()
+                output.shown += len(response.stdout)
+            elif kind == "exit":
+                call.cancel()  # the last message; stdin may still be flowing
+                break
+    except grpc.aio.AioRpcError as err:
+        if err.code() != grpc.StatusCode.FAILED_PRECONDITION or not await watch.until(
+            has_ended, REFUSED_GRACE
+        ):
+            raise agent_error(err, node, address) from None
+    finally:
+        await channel.close(None)
+
+
 async def follow_pod(client: ObjectsClient, pod: pb.Pod, args: argparse.Namespace) -> int:
     """Wait for pod to be scheduled and started, show its output, return its exit code."""
     watch = PodWatch(pod)
@@ -332,6 +436,8 @@ async def follow_pod(client: ObjectsClient, pod: pb.Pod, args: argparse.Namespac
         if not await watch.until(running, args.pod_running_timeout):
             raise CommandError(not_started_reason(watch.pod, args.pod_running_timeout))
         output = Output(client, watch.pod, args.request_timeout)
+        if args.stdin and not has_ended(watch.pod) and not watch.deleted:
+            await attach(client, output, watch, args)
         if not has_ended(watch.pod) and not watch.deleted:
             follower = asyncio.create_task(output.follow(watch))
             ended = asyncio.create_task(watch.until(lambda p: has_ended(p), None))
@@ -384,8 +490,8 @@ async def delete_and_wait(client: ObjectsClient, pod: pb.Pod) -> None:
 
 def run_run(args: argparse.Namespace) -> int:
     command_of(args)  # options given after NAME, before "--"
-    if args.stdin:
-        raise UsageError(STDIN_REFUSED)
+    if args.tty:
+        raise UsageError(TTY_REFUSED)
     namespace = args.namespace or DEFAULT_NAMESPACE
     pod = build_pod(args, namespace)
 

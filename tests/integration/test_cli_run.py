@@ -17,7 +17,9 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
+import grpc
 import pytest
 from agent_fixtures import (
     AgentProcess,
@@ -29,6 +31,7 @@ from agent_fixtures import (
 
 from mizzen.client import ObjectsClient
 from mizzen.testing.local_cluster import REPO_ROOT, MizzenCluster
+from protos import agent_pb2, agent_pb2_grpc
 from protos import objects_pb2 as pb
 
 pytestmark = [
@@ -138,8 +141,174 @@ async def test_run_rm_prints_output_exits_with_the_code_and_removes_the_pod(
     assert err == 'mizzen: pods "kept" already exists in namespace "runs"\n'
     await client.delete("pods", "kept", NS)
 
-    code, out, err = run(cluster, "run", "talk", "-n", NS, "-i", "--", "cat")
-    assert code == 1 and err.count("\n") == 1 and "stdin is not supported yet" in err
+    code, out, err = run(cluster, "run", "talk", "-n", NS, "-i", "-t", "--", "cat")
+    assert code == 1 and err.count("\n") == 1 and "run -t: a terminal" in err, err
+
+
+@pytest.mark.timeout(90)
+async def test_run_i_passes_stdin_streams_output_and_exits_with_the_code(
+    cluster: MizzenCluster, daemons: AgentProcess, client: ObjectsClient
+) -> None:
+    code, out, err = run(cluster, "run", "x", "-n", NS, "-i", "--rm", "--", "cat", stdin="hello\n")
+    assert (code, out, err) == (0, "hello\n", "")
+    await gone(client, "x")
+    code, out, err = run(
+        cluster, "run", "y", "-n", NS, "-i", "--rm", "--", "sh", "-c", "wc -l; exit 3",
+        stdin="a\nb\n",
+    )  # fmt: skip
+    assert (code, out.strip(), err) == (3, "2", "")
+    await gone(client, "y")
+
+    async def attached() -> list[str]:
+        selector = "involvedObject.kind=Pod,involvedObject.name=y,reason=Attached"
+        return [
+            e.spec.message for e in (await client.list("events", NS, field_selector=selector)).items
+        ]
+
+    (message,) = await eventually(attached, bool, what="the Attached Event")
+    assert message == "anonymous (insecure agent) attached to process y with stdin"
+
+
+@pytest.mark.timeout(90)
+async def test_run_i_a_process_that_does_not_read_or_restarts(
+    cluster: MizzenCluster, daemons: AgentProcess, client: ObjectsClient, tmp_path: Path
+) -> None:
+    """Output is complete whether the process ended before the attach or not, and a
+    restart under OnFailure is followed after the attached instance (by its log)."""
+    code, out, err = run(cluster, "run", "quick", "-n", NS, "-i", "--rm", "--", "echo", "hi")
+    assert (code, out, err) == (0, "hi\n", "")
+    await gone(client, "quick")
+    marker = tmp_path / "failed-once"
+    script = (
+        f"if [ -e {marker} ]; then echo second; exit 0; fi; "
+        f"read w; echo got $w; touch {marker}; exit 1"
+    )
+    code, out, err = run(
+        cluster, "run", "again", "-n", NS, "-i", "--rm", "--restart", "OnFailure", "--",
+        "sh", "-c", script, stdin="w1\n",
+    )  # fmt: skip
+    assert (code, out) == (0, "got w1\nsecond\n"), err
+    await gone(client, "again")
+
+
+@pytest.mark.timeout(90)
+async def test_run_i_rm_ctrl_c_deletes_the_pod(
+    cluster: MizzenCluster, daemons: AgentProcess, client: ObjectsClient
+) -> None:
+    cli = mizzen(cluster, "run", "stopped", "-n", NS, "-i", "--rm", "--", "cat", stdin="")
+    assert cli.stdin is not None and cli.stdout is not None
+    try:
+        cli.stdin.write("ping\n")
+        cli.stdin.flush()
+        assert await asyncio.to_thread(cli.stdout.readline) == "ping\n"
+        pod = await client.get("pods", "stopped", NS)
+        (pid,) = [ps.pid for ps in pod.status.process_statuses]
+        cli.send_signal(signal.SIGINT)
+        assert await asyncio.to_thread(cli.wait, 60) == 130
+        await gone(client, "stopped")
+        assert not pid_alive(pid)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+            cli.wait(10)
+
+
+@pytest.mark.timeout(90)
+async def test_run_i_killed_client_leaves_no_process(
+    cluster: MizzenCluster, daemons: AgentProcess, client: ObjectsClient
+) -> None:
+    """SIGKILL of `run -i` (no --rm cleanup can run): the call ends, stdinOnce closes the
+    process's stdin, cat reads end of file and the pod ends."""
+    cli = mizzen(
+        cluster, "run", "orphan", "-n", NS, "-i", "--", "sh", "-c", "cat; echo eof", stdin=""
+    )
+    assert cli.stdin is not None and cli.stdout is not None
+    try:
+        cli.stdin.write("first\n")
+        cli.stdin.flush()
+        assert await asyncio.to_thread(cli.stdout.readline) == "first\n"  # attached
+        pod = await client.get("pods", "orphan", NS)
+        (pid,) = [ps.pid for ps in pod.status.process_statuses]
+        assert pid_alive(pid)
+        cli.kill()
+        cli.wait(10)
+        ended = await eventually(
+            lambda: client.get("pods", "orphan", NS),
+            lambda p: p.status.phase in ("Succeeded", "Failed"),
+            what="the pod ended",
+        )
+        assert ended.status.phase == "Succeeded"
+        assert not pid_alive(pid)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+            cli.wait(10)
+        with contextlib.suppress(Exception):
+            await client.delete("pods", "orphan", NS)
+    await gone(client, "orphan")
+
+
+def _attach_start(pod: str, **kw: Any) -> agent_pb2.AttachRequest:
+    return agent_pb2.AttachRequest(start=agent_pb2.AttachStart(namespace=NS, pod=pod, **kw))
+
+
+@pytest.mark.timeout(90)
+async def test_attach_waits_for_the_start_and_stdin_once_refuses_a_second_attach(
+    cluster: MizzenCluster, daemons: AgentProcess, client: ObjectsClient
+) -> None:
+    pod = pb.Pod(metadata=pb.ObjectMeta(name="talker", namespace=NS))
+    pod.spec.restart_policy = "Never"
+    pod.spec.termination_grace_period_seconds = 0
+    proc = pod.spec.processes.add(
+        name="main", command=["sh", "-c", "cat; echo closed; exec sleep 3600"]
+    )
+    proc.stdin = proc.stdin_once = True
+    pod.spec.processes.add(name="quiet", command=["sleep", "3600"])
+    await client.create(pod)
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{daemons.port}")
+    try:
+        stub = agent_pb2_grpc.NodeAgentStub(channel)
+        queue: asyncio.Queue[agent_pb2.AttachRequest] = asyncio.Queue()
+
+        async def source() -> AsyncIterator[agent_pb2.AttachRequest]:
+            while True:
+                yield await queue.get()
+
+        # Attached right after the create: the agent waits for the process to start.
+        queue.put_nowait(_attach_start("talker", process="main", stdin=True, wait_seconds=60))
+        queue.put_nowait(agent_pb2.AttachRequest(stdin=b"one\n"))
+        call = stub.Attach(source(), timeout=60)
+        assert (await call.read()).stdout == b"one\n"
+        queue.put_nowait(agent_pb2.AttachRequest(stdin_close=True))
+        assert (await call.read()).stdout == b"closed\n"  # cat got end of file
+        call.cancel()
+
+        async def refused(**kw: Any) -> grpc.aio.AioRpcError:
+            async def one() -> AsyncIterator[agent_pb2.AttachRequest]:
+                yield _attach_start("talker", **kw)
+                await asyncio.sleep(30)
+
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                async for _ in stub.Attach(one(), timeout=30):
+                    pass
+            return err.value
+
+        err = await refused(process="main", stdin=True)
+        assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert err.details() == (
+            'process "main" of pod "runs/talker": cannot attach stdin: '
+            "it was closed when its first attach ended (stdinOnce)"
+        )
+        err = await refused(process="quiet", stdin=True)
+        assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "does not take stdin" in (err.details() or "")
+        err = await refused(stdin=True)
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert (err.details() or "").startswith("process: required")
+    finally:
+        await channel.close(None)
+        await client.delete("pods", "talker", NS)
+    await gone(client, "talker")
 
 
 @pytest.mark.timeout(60)

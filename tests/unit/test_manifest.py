@@ -85,6 +85,8 @@ MANIFESTS = {
               env: [{name: A, value: b}]
               workingDir: /srv
               user: "1000"
+              stdin: true
+              stdinOnce: true
               ports: [{name: http, port: 8080, protocol: TCP}]
               resources:
                 requests: {cpu: 250m, memory: 64Mi}

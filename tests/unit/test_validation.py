@@ -258,6 +258,17 @@ POD_CASES = [
     ("pod", lambda o: setattr(_proc(o), "user", "www-data"), []),
     ("pod", lambda o: setattr(_proc(o), "user", "1000"), []),
     ("pod", lambda o: setattr(_proc(o), "user", "root user"), [f"{P0}.user"]),
+    # stdin
+    ("pod", lambda o: setattr(_proc(o), "stdin", True), []),
+    (
+        "pod",
+        _many(
+            lambda o: setattr(_proc(o), "stdin", True),
+            lambda o: setattr(_proc(o), "stdin_once", True),
+        ),
+        [],
+    ),
+    ("pod", lambda o: setattr(_proc(o), "stdin_once", True), [f"{P0}.stdinOnce"]),
     # ports
     ("pod", lambda o: _proc(o).ports.add(name="http", port=65535, protocol="TCP"), []),
     ("pod", lambda o: _proc(o).ports.add(port=0), [f"{P0}.ports[0].port"]),
