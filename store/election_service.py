@@ -31,6 +31,7 @@ server does.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 import grpc
@@ -115,7 +116,8 @@ class ElectionService(v3election_pb2_grpc.ElectionServicer):
                 try:
                     await self._proclaim(key, rev, lease, request.value)
                 except StoreError:
-                    await self._resign(key, rev)
+                    with contextlib.suppress(StoreError):  # etcd ignores it too
+                        await self._resign(key, rev)
                     raise
         try:
             await conc.wait_deletes(prefix, key, rev, NOT_LEADER)

@@ -329,3 +329,39 @@ async def _holder_member_killed(side: Side) -> None:
 @pytest.mark.parametrize("which", ["etcd", "mizzen"])
 async def test_killing_the_holders_member_never_makes_two_holders(pair: Pair, which: str) -> None:
     await _holder_member_killed(getattr(pair, which))
+
+
+# ------------------------------------------------ contenders on every member
+
+
+async def _one_holder_at_a_time(side: Side) -> None:
+    """A contender on each member (leader and followers): each gets the lock only
+    after the one before it unlocked, in the order they queued."""
+    cluster = side.cluster
+    channels = [grpc.aio.insecure_channel(cluster.endpoint(i)) for i in range(3)]
+    try:
+        prefix = f"/diff/members-{side.name}/".encode()
+        calls = [Calls(Trace(channel=ch, prefix=prefix, side=side.name)) for ch in channels]
+        leases = [await c.grant() for c in calls]
+        pending = []
+        for i, c in enumerate(calls):
+            pending.append(asyncio.ensure_future(c.lock.Lock(c.lock_req("q", leases[i]))))
+            await calls[0].until_keys(prefix + b"q/", i + 1)
+        unlocked = 0
+        for i, c in enumerate(calls):
+            held = await asyncio.wait_for(pending[i], WAIT)
+            assert held.header.revision >= unlocked
+            assert not any(p.done() for p in pending[i + 1 :]), "two holders"
+            assert held.key in await c.keys(prefix + b"q/")
+            gone = await asyncio.wait_for(
+                c.lock.Unlock(v3lock_pb2.UnlockRequest(key=held.key)), WAIT
+            )
+            unlocked = gone.header.revision
+    finally:
+        for ch in channels:
+            await ch.close()
+
+
+@pytest.mark.parametrize("which", ["etcd", "mizzen"])
+async def test_contenders_on_every_member_hold_one_at_a_time(pair: Pair, which: str) -> None:
+    await _one_holder_at_a_time(getattr(pair, which))
