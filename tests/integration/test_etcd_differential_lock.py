@@ -321,8 +321,8 @@ async def _holder_member_killed(side: Side) -> None:
         assert b.header.revision >= released.header.revision
         assert await far.keys(prefix + b"k/") == [b.key]
     finally:
-        await ch0.close()
-        await ch1.close()
+        await ch0.close(None)
+        await ch1.close(None)
         cluster.restart(0)
 
 
@@ -359,7 +359,7 @@ async def _one_holder_at_a_time(side: Side) -> None:
             unlocked = gone.header.revision
     finally:
         for ch in channels:
-            await ch.close()
+            await ch.close(None)
 
 
 @pytest.mark.parametrize("which", ["etcd", "mizzen"])
