@@ -274,6 +274,17 @@ async def _waiter_loses_its_lease(side: Side, prefix: bytes) -> list[Any]:
             "its key",
             c.kv.Range(rpc_pb2.RangeRequest(key=trace.key("w/"), range_end=trace.key("w0"))),
         )
+        # the same with Campaign
+        el, name = c.election, trace.key("c")
+        l3, l4 = await c.grant(), await c.grant()
+        lead = await el.Campaign(v3election_pb2.CampaignRequest(name=name, lease=l3, value=b"a"))
+        candidate = asyncio.ensure_future(
+            el.Campaign(v3election_pb2.CampaignRequest(name=name, lease=l4, value=b"b"))
+        )
+        await c.until_keys(name + b"/", 2)
+        await c.lease.LeaseRevoke(rpc_pb2.LeaseRevokeRequest(ID=l4))
+        await el.Resign(v3election_pb2.ResignRequest(leader=lead.leader))
+        await c.call("the candidate", candidate)
         return [value for _, value in trace.entries]
 
 
@@ -286,6 +297,8 @@ async def test_a_waiter_whose_lease_ends_is_refused_where_etcd_34_grants(pair: P
     assert etcd[1]["kvs"] == []
     assert mizzen[0] == {"code": "UNKNOWN", "details": "mutex: session is expired"}
     assert mizzen[1]["kvs"] == []
+    assert etcd[2]["leader"]["key"] == "<prefix>c/lease#4"  # "leads", by a lease that is gone
+    assert mizzen[2] == {"code": "UNKNOWN", "details": "election: not leader"}
 
 
 # ------------------------------------------------ a holder's member is killed
