@@ -44,6 +44,7 @@ from typing import Any
 import grpc
 import structlog
 
+from mizzen import retry_after
 from mizzen.grpc_errors import ErrorMapper, Status
 from mizzen.keyrange import prefix_end
 from protos import rpc_pb2, v3lock_pb2, v3lock_pb2_grpc
@@ -67,8 +68,11 @@ def _status_for(exc: Exception) -> Status | None:
     """etcd's server returns its client library's errors: UNKNOWN with the message."""
     if not isinstance(exc, StoreError):
         return None
-    code = exc.code.grpc if exc.code in TRANSIENT else grpc.StatusCode.UNKNOWN
-    return code, exc.message
+    if exc.code not in TRANSIENT:
+        return grpc.StatusCode.UNKNOWN, exc.message
+    if exc.retry_after is not None:
+        return exc.code.grpc, exc.message, retry_after.trailer(exc.retry_after)
+    return exc.code.grpc, exc.message
 
 
 _mapper = ErrorMapper(_status_for, log=log, internal_prefix="mizzen")

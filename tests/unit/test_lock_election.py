@@ -1,9 +1,11 @@
-"""Who may call the Lock and Election services: the raw KV rules on the name's prefix."""
+"""Lock and Election, pure parts: who may call them (the raw KV rules on the name's prefix),
+the session key, and the status each error is sent with."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import grpc
 import pytest
 
 from mizzen.security.server_auth import Denied, Identity
@@ -135,3 +137,21 @@ def test_observe_is_a_counted_watch_stream() -> None:
 def test_session_key_is_the_lease_in_hex_as_go_prints_it() -> None:
     assert session_key(b"n/", 0x6A0A253836DE205) == b"n/6a0a253836de205"
     assert session_key(b"n/", -1) == b"n/-1"
+
+
+def test_errors_are_unknown_as_etcd_sends_them_except_transient_ones() -> None:
+    from mizzen import retry_after
+    from store.errors import Code, StoreError
+    from store.lock_service import _status_for
+
+    lost = StoreError(Code.NOT_FOUND, "etcdserver: requested lease not found")
+    assert _status_for(lost) == (grpc.StatusCode.UNKNOWN, "etcdserver: requested lease not found")
+    gone = StoreError(Code.UNAVAILABLE, "etcdserver: no leader")
+    assert _status_for(gone) == (grpc.StatusCode.UNAVAILABLE, "etcdserver: no leader")
+    busy = StoreError(Code.RESOURCE_EXHAUSTED, "etcdserver: too many requests", retry_after=2.0)
+    assert _status_for(busy) == (
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "etcdserver: too many requests",
+        retry_after.trailer(2.0),
+    )
+    assert _status_for(ValueError("a bug")) is None
