@@ -416,3 +416,39 @@ async def _one_holder_at_a_time(side: Side) -> None:
 @pytest.mark.parametrize("which", ["etcd", "mizzen"])
 async def test_contenders_on_every_member_hold_one_at_a_time(pair: Pair, which: str) -> None:
     await _one_holder_at_a_time(getattr(pair, which))
+
+
+# ------------------------------------------------------- many waiters, no threads
+
+
+def _threads(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("Threads:"))
+
+
+async def test_many_waiters_hold_no_thread_and_are_served_in_order(pair: Pair) -> None:
+    """50 callers wait on one Mizzen member: its thread count stays put, and each
+    holds in turn, in the order they queued, after the one before unlocked."""
+    side = pair.mizzen
+    pid = side.cluster.pids[0]
+    assert pid is not None
+    prefix = b"/diff/many/"
+    async with side.channel() as ch:
+        c = Calls(Trace(channel=ch, prefix=prefix, side=side.name))
+        holder = await c.grant()
+        held = await asyncio.wait_for(c.lock.Lock(c.lock_req("m", holder)), WAIT)
+        before = _threads(pid)
+        leases = [await c.grant() for _ in range(50)]
+        waiting = []
+        for n, lease in enumerate(leases):
+            waiting.append(asyncio.ensure_future(c.lock.Lock(c.lock_req("m", lease))))
+            await c.until_keys(prefix + b"m/", n + 2)
+        assert _threads(pid) <= before + 2  # grpc may add a poller; never one per waiter
+        key = held.key
+        for n, pending in enumerate(waiting):
+            await asyncio.wait_for(c.lock.Unlock(v3lock_pb2.UnlockRequest(key=key)), WAIT)
+            got = await asyncio.wait_for(pending, WAIT)
+            assert got.key == session_key(prefix + b"m/", leases[n])
+            assert not any(p.done() for p in waiting[n + 1 :])
+            key = got.key
+        await c.lock.Unlock(v3lock_pb2.UnlockRequest(key=key))
