@@ -90,7 +90,27 @@ KEY_METHODS = frozenset(
         "/etcdserverpb.Watch/Watch",
     }
 )
-WATCH_METHODS = frozenset({"/etcdserverpb.Watch/Watch", "/mizzen.v1.Objects/Watch"})
+# etcd's Lock and Election services: raw KV writes (and reads) on the name's prefix,
+# authorized by the same rules (see lock_election_ranges).
+LOCK_ELECTION_METHODS = frozenset(
+    {
+        "/v3lockpb.Lock/Lock",
+        "/v3lockpb.Lock/Unlock",
+        "/v3electionpb.Election/Campaign",
+        "/v3electionpb.Election/Proclaim",
+        "/v3electionpb.Election/Resign",
+        "/v3electionpb.Election/Leader",
+        "/v3electionpb.Election/Observe",
+    }
+)
+KEY_METHODS = KEY_METHODS | LOCK_ELECTION_METHODS
+WATCH_METHODS = frozenset(
+    {
+        "/etcdserverpb.Watch/Watch",
+        "/mizzen.v1.Objects/Watch",
+        "/v3electionpb.Election/Observe",  # a watch stream, counted against max_watches
+    }
+)
 VERBS = {
     "Get": "get",
     "List": "list",
@@ -459,7 +479,9 @@ def _selects_node(selector: str, node: str) -> bool:
 
 def key_ranges(method: str, request: Any) -> Iterator[tuple[str, bytes, bytes]]:
     """(verb, key, range_end) of every key or range a KV/Watch request touches."""
-    if method.endswith("/Range"):
+    if method in LOCK_ELECTION_METHODS:
+        yield from lock_election_ranges(method, request)
+    elif method.endswith("/Range"):
         yield "read", request.key, request.range_end
     elif method.endswith("/Put"):
         yield "write", request.key, b""
@@ -469,6 +491,26 @@ def key_ranges(method: str, request: Any) -> Iterator[tuple[str, bytes, bytes]]:
         yield from _txn_ranges(request)
     elif method.endswith("/Watch") and request.HasField("create_request"):
         yield "read", request.create_request.key, request.create_request.range_end
+
+
+def lock_election_ranges(method: str, request: Any) -> Iterator[tuple[str, bytes, bytes]]:
+    """What a Lock or Election call touches, as the KV requests it makes would.
+
+    Lock and Campaign write a key under ``<name>/`` and read that prefix; Leader
+    and Observe read it; Unlock deletes its key; Proclaim and Resign write the
+    leader key they are given (none given: the empty key, which no rule allows).
+    """
+    name = method.rpartition("/")[2]
+    if name in ("Lock", "Campaign"):
+        prefix = request.name + b"/"
+        yield "write", prefix, prefix_end(prefix)
+    elif name in ("Leader", "Observe"):
+        prefix = request.name + b"/"
+        yield "read", prefix, prefix_end(prefix)
+    elif name == "Unlock":
+        yield "write", request.key, b""
+    elif name in ("Proclaim", "Resign"):
+        yield "write", request.leader.key, b""
 
 
 def _txn_ranges(txn: rpc_pb2.TxnRequest) -> Iterator[tuple[str, bytes, bytes]]:

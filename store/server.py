@@ -24,12 +24,23 @@ from mizzen.security.server_auth import AuthInterceptor
 from mizzen.security.settings import PLAINTEXT, ServerSecurity
 from mizzen.security.tls import add_port
 from mizzen.security.tokens import load_tokens
-from protos import objects_api_pb2, objects_api_pb2_grpc, rpc_pb2, rpc_pb2_grpc
+from protos import (
+    objects_api_pb2,
+    objects_api_pb2_grpc,
+    rpc_pb2,
+    rpc_pb2_grpc,
+    v3election_pb2,
+    v3election_pb2_grpc,
+    v3lock_pb2,
+    v3lock_pb2_grpc,
+)
 
 from .authz import WATCH_METHODS, StorePolicy
 from .cluster_service import ClusterService, MaintenanceService
+from .election_service import ElectionService
 from .kv_service import KVService
 from .lease_service import LeaseService
+from .lock_service import Concurrency, LockService
 from .metrics import MetricsHttpServer, StoreMetrics, serving
 from .node import NodeConfig, StoreNode
 from .objects_codec import ValueCodec
@@ -59,6 +70,11 @@ WRITE_METHODS = frozenset(
         "/mizzen.v1.Objects/Update",
         "/mizzen.v1.Objects/UpdateStatus",
         "/mizzen.v1.Objects/Delete",
+        "/v3lockpb.Lock/Lock",
+        "/v3lockpb.Lock/Unlock",
+        "/v3electionpb.Election/Campaign",
+        "/v3electionpb.Election/Proclaim",
+        "/v3electionpb.Election/Resign",
     }
 )
 
@@ -130,10 +146,15 @@ async def serve(
     rpc_pb2_grpc.add_MaintenanceServicer_to_server(MaintenanceService(node), server)
     codec = ValueCodec(keyring, require_key=security.secure)
     objects_api_pb2_grpc.add_ObjectsServicer_to_server(ObjectsService(node, codec), server)
+    concurrency = Concurrency(node)
+    v3lock_pb2_grpc.add_LockServicer_to_server(LockService(node, concurrency), server)
+    v3election_pb2_grpc.add_ElectionServicer_to_server(ElectionService(node, concurrency), server)
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = [rpc_pb2.DESCRIPTOR.services_by_name[s].full_name for s in SERVICES]
     names.append(objects_api_pb2.DESCRIPTOR.services_by_name["Objects"].full_name)
+    names.append(v3lock_pb2.DESCRIPTOR.services_by_name["Lock"].full_name)
+    names.append(v3election_pb2.DESCRIPTOR.services_by_name["Election"].full_name)
     reflection.enable_server_reflection(
         [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )
