@@ -44,8 +44,10 @@ class RequireLeaderInterceptor(UnaryWrappingInterceptor):
 
 
 def _guarded(method: str) -> bool:
-    """Health, reflection and Maintenance (Status must answer "no leader" itself) pass."""
+    """The etcd services (KV, Lease, Cluster, Auth, Lock, Election, ...) and Mizzen's are
+    guarded; health, reflection and Maintenance (Status must answer "no leader"
+    itself) pass."""
     service = method.lstrip("/").partition("/")[0]
     if service == "etcdserverpb.Maintenance":
         return False
-    return service.startswith(("etcdserverpb.", "mizzen."))
+    return service.startswith(("etcdserverpb.", "mizzen.", "v3lockpb.", "v3electionpb."))
