@@ -113,22 +113,51 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
         )
         if not leader:
             resp.errors.append("etcdserver: no leader")
+        resp.errors.extend(alarm_text(m, k) for m, k in self.node.read(lambda sm: sm.alarm_list()))
         return self.node.fill_header(resp)
 
     @grpc_errors
     async def Alarm(
         self, request: rpc_pb2.AlarmRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.AlarmResponse:
-        if request.action != rpc_pb2.AlarmRequest.GET:
-            raise _unimplemented("raising or clearing alarms")
-        return self.node.fill_header(rpc_pb2.AlarmResponse())  # Mizzen raises no alarms
+        """etcd's answers: GET lists the raised alarms of the requested type (all for
+        NONE; the memberID is ignored, as etcd ignores it); ACTIVATE and DEACTIVATE
+        go through Raft and list the alarm they changed. Like etcd's, the answer
+        has no header."""
+        if request.action == rpc_pb2.AlarmRequest.GET:
+            await self.node.barrier()  # etcd's GET goes through Raft too
+            alarms = self.node.read(lambda sm: sm.alarm_list(int(request.alarm)))
+            return rpc_pb2.AlarmResponse(
+                alarms=[rpc_pb2.AlarmMember(memberID=m, alarm=k) for m, k in alarms]  # type: ignore[arg-type]
+            )
+        if request.action not in (
+            rpc_pb2.AlarmRequest.ACTIVATE,
+            rpc_pb2.AlarmRequest.DEACTIVATE,
+        ):
+            raise StoreError(
+                Code.INVALID_ARGUMENT,
+                f"mizzen: action: unknown alarm action {request.action} (GET, ACTIVATE or "
+                "DEACTIVATE)",
+            )
+        resp = await self.node.propose(
+            ("alarm", int(request.action), int(request.memberID), int(request.alarm))
+        )
+        log.warning(
+            "alarm_raised" if request.action == rpc_pb2.AlarmRequest.ACTIVATE else "alarm_disarmed",
+            alarm=rpc_pb2.AlarmType.Name(request.alarm)
+            if request.alarm in rpc_pb2.AlarmType.values()
+            else int(request.alarm),
+            member=f"{request.memberID:x}",
+        )
+        return resp
 
     @grpc_errors
     async def Defragment(
         self, request: rpc_pb2.DefragmentRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.DefragmentResponse:
-        # nothing to defragment: the Raft log is compacted into snapshots automatically
-        return self.node.fill_header(rpc_pb2.DefragmentResponse())
+        # nothing to defragment: the Raft log is compacted into snapshots automatically,
+        # and the size Status reports drops with compaction. etcd's answer has no header.
+        return rpc_pb2.DefragmentResponse()
 
     @grpc_errors
     async def Hash(
@@ -179,6 +208,15 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
         await self.node.membership.move_leader(int(request.targetID))
         log.info("leadership_moved", target=f"{request.targetID:x}")
         return self.node.fill_header(rpc_pb2.MoveLeaderResponse())
+
+
+def alarm_text(member: int, kind: int) -> str:
+    """An alarm as etcd's Status lists it in ``errors`` (Go's compact text format)."""
+    out = f"memberID:{member} " if member else ""
+    if kind:
+        name = rpc_pb2.AlarmType.Name(kind) if kind in rpc_pb2.AlarmType.values() else str(kind)
+        out += f"alarm:{name} "
+    return out
 
 
 def _member_proto(m: Member) -> rpc_pb2.Member:
