@@ -81,10 +81,24 @@ async def by_hand(trace: Trace) -> None:
     await alarm(trace, "activate NONE", A(action=A.ACTIVATE, memberID=me, alarm=rpc_pb2.NONE), me)
     await alarm(trace, "get lists NONE", A(action=A.GET), me)
     await alarm(trace, "deactivate NONE", A(action=A.DEACTIVATE, memberID=me), me)
-    await alarm(trace, "deactivate, not raised", A(action=A.DEACTIVATE, memberID=me, alarm=1), me)
-    await alarm(trace, "activate NOSPACE", A(action=A.ACTIVATE, memberID=me, alarm=1), me)
-    await alarm(trace, "activate NOSPACE again", A(action=A.ACTIVATE, memberID=me, alarm=1), me)
-    await alarm(trace, "activate for 777", A(action=A.ACTIVATE, memberID=777, alarm=1), me)
+    await alarm(
+        trace,
+        "deactivate, not raised",
+        A(action=A.DEACTIVATE, memberID=me, alarm=rpc_pb2.NOSPACE),
+        me,
+    )
+    await alarm(
+        trace, "activate NOSPACE", A(action=A.ACTIVATE, memberID=me, alarm=rpc_pb2.NOSPACE), me
+    )
+    await alarm(
+        trace,
+        "activate NOSPACE again",
+        A(action=A.ACTIVATE, memberID=me, alarm=rpc_pb2.NOSPACE),
+        me,
+    )
+    await alarm(
+        trace, "activate for 777", A(action=A.ACTIVATE, memberID=777, alarm=rpc_pb2.NOSPACE), me
+    )
     await alarm(trace, "get, memberID ignored", A(action=A.GET, memberID=12345), me)
     await alarm(trace, "get CORRUPT only", A(action=A.GET, alarm=rpc_pb2.CORRUPT), me)
     await status_errors(trace, "status errors", me)
@@ -114,11 +128,17 @@ async def by_hand(trace: Trace) -> None:
     await trace.call(
         "delete passes", kv.DeleteRange(rpc_pb2.DeleteRangeRequest(key=trace.key("zz")))
     )
-    await alarm(trace, "deactivate mine", A(action=A.DEACTIVATE, memberID=me, alarm=1), me)
+    await alarm(
+        trace, "deactivate mine", A(action=A.DEACTIVATE, memberID=me, alarm=rpc_pb2.NOSPACE), me
+    )
     await trace.call("put still refused (777's)", kv.Put(put(trace.key("a"))))
-    await alarm(trace, "deactivate 777's", A(action=A.DEACTIVATE, memberID=777, alarm=1), me)
+    await alarm(
+        trace, "deactivate 777's", A(action=A.DEACTIVATE, memberID=777, alarm=rpc_pb2.NOSPACE), me
+    )
     await trace.call("put passes", kv.Put(put(trace.key("a"))))
-    await alarm(trace, "activate CORRUPT", A(action=A.ACTIVATE, memberID=me, alarm=2), me)
+    await alarm(
+        trace, "activate CORRUPT", A(action=A.ACTIVATE, memberID=me, alarm=rpc_pb2.CORRUPT), me
+    )
     await trace.call("put refused (corrupt)", kv.Put(put(trace.key("a"))))
     await trace.call(
         "delete refused (corrupt)", kv.DeleteRange(rpc_pb2.DeleteRangeRequest(key=trace.key("a")))
@@ -134,7 +154,9 @@ async def by_hand(trace: Trace) -> None:
         ),
     )
     await status_errors(trace, "status errors (corrupt)", me)
-    await alarm(trace, "deactivate CORRUPT", A(action=A.DEACTIVATE, memberID=me, alarm=2), me)
+    await alarm(
+        trace, "deactivate CORRUPT", A(action=A.DEACTIVATE, memberID=me, alarm=rpc_pb2.CORRUPT), me
+    )
     await alarm(trace, "get, all clear", A(action=A.GET), me)
 
 
@@ -175,7 +197,7 @@ async def quota(trace: Trace) -> None:
             )
     await _wait_db_size(trace, lambda size: size < QUOTA // 2)
     await trace.call("still refused until disarmed", kv.Put(put(trace.key("small"))))
-    await alarm(trace, "disarm", A(action=A.DEACTIVATE, memberID=me, alarm=1), me)
+    await alarm(trace, "disarm", A(action=A.DEACTIVATE, memberID=me, alarm=rpc_pb2.NOSPACE), me)
     await trace.call("put passes again", kv.Put(put(trace.key("small"))))
 
 

@@ -24,9 +24,10 @@ def put(key: bytes, value: bytes = b"v") -> tuple[str, bytes]:
 
 
 def txn(
-    success: list[rpc_pb2.RequestOp], failure: list[rpc_pb2.RequestOp] = ()
-) -> tuple[str, bytes]:  # type: ignore[assignment]
-    return ("txn", rpc_pb2.TxnRequest(success=success, failure=failure).SerializeToString())
+    success: list[rpc_pb2.RequestOp], failure: list[rpc_pb2.RequestOp] | None = None
+) -> tuple[str, bytes]:
+    req = rpc_pb2.TxnRequest(success=success, failure=failure or [])
+    return ("txn", req.SerializeToString())
 
 
 def op_put(key: bytes) -> rpc_pb2.RequestOp:
