@@ -348,8 +348,10 @@ class StoreNode:
         return self.membership.name_of(str(getattr(leader, "address", leader)))
 
     def leader_id(self) -> int:
-        name = self.leader_name()
-        return member_id(name) if name else 0
+        leader = self.syncobj._getLeader() if self.syncobj is not None else None
+        if leader is None:
+            return 0
+        return self.membership.id_of(str(getattr(leader, "address", leader))) or 0
 
     def raft_status(self) -> dict[str, Any]:
         if self.syncobj is None:
@@ -470,12 +472,15 @@ class StoreNode:
         """
         urls = tuple(self.cfg.client_urls)
         while True:
-            record = self.read(lambda sm: sm.members.get(self.cfg.name))
-            if record is not None and record.client_urls == urls:
+            record = self.membership.own_record()
+            if record is not None:
+                self.member_id = record.id  # a member added unnamed got a random id
+            if record is not None and record.name and record.client_urls == urls:
                 return
             if record is not None:
                 try:
-                    await self.propose(("member_attrs", self.cfg.name, list(urls)))
+                    cmd = ("member_attrs", self.cfg.name, list(urls), self.cfg.raft_addr)
+                    await self.propose(cmd)
                     continue
                 except StoreError:
                     await asyncio.sleep(0.5)  # no leader yet, or it is busy: retry

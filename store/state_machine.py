@@ -99,6 +99,13 @@ class Member:
     peer_addr: str
     client_urls: tuple[str, ...] = ()
 
+    @property
+    def key(self) -> str:
+        """Its key in ``StateMachine.members``: the name, or ``@`` + the Raft address for a
+        member added without a name (etcdctl's ``member add``) that has not yet started
+        and published it (``@`` is never part of a name)."""
+        return self.name or "@" + self.peer_addr
+
 
 @dataclass(slots=True)
 class Lease:
@@ -136,7 +143,7 @@ class StateMachine:
         self._keys: list[bytes] = []  # sorted; mirrors _kv for range scans
         self._history: list[Event] = []
         self.leases: dict[int, Lease] = {}
-        self.members: dict[str, Member] = {}  # name -> member; empty until seeded
+        self.members: dict[str, Member] = {}  # Member.key -> member; empty until seeded
         self.cluster_id = 0  # set by the seed; 0 before
         # raised alarms (member id, etcdserverpb.AlarmType), like etcd's alarm store
         self.alarms: set[tuple[int, int]] = set()
@@ -505,11 +512,15 @@ class StateMachine:
         if op == "member_seed":
             return self._member_seed(int(cmd[1]), cmd[2])
         if op == "member_attrs":
+            # ("member_attrs", name, client URLs[, Raft address]): a member publishes its
+            # name and URLs; with the address it claims the unnamed record added for it
             name, urls = str(cmd[1]), tuple(str(u) for u in cmd[2])
             m = self.members.get(name)
+            if m is None and len(cmd) > 3:
+                m = self.members.pop("@" + str(cmd[3]), None)
             if m is None:
                 return StoreError(Code.NOT_FOUND, "etcdserver: member not found")
-            self.members[name] = Member(m.name, m.id, m.peer_addr, urls)
+            self.members[name] = Member(name, m.id, m.peer_addr, urls)
             return self.members[name]
         if op == "member_add":
             name, mid, addr = str(cmd[1]), int(cmd[2]), str(cmd[3])
@@ -518,8 +529,24 @@ class StateMachine:
                 err = self._member_add_conflict(name, mid, addr)
             if err is not None:
                 return err
-            self.members[name] = Member(name, mid, addr)
-            return self.members[name]
+            added = Member(name, mid, addr)
+            self.members[added.key] = added
+            return added
+        if op == "member_update":
+            # ("member_update", id, new Raft address, expected keys): etcd's MemberUpdate
+            mid, addr = int(cmd[1]), str(cmd[2])
+            found = [m for m in self.members.values() if m.id == mid]
+            if not found:
+                return StoreError(Code.NOT_FOUND, "etcdserver: member not found")
+            err = self._member_change_allowed(cmd[3])
+            if err is not None:
+                return err
+            if any(m.peer_addr == addr and m.id != mid for m in self.members.values()):
+                return StoreError(Code.FAILED_PRECONDITION, PEER_URL_EXISTS)
+            old = self.members.pop(found[0].key)
+            updated = Member(old.name, old.id, addr, old.client_urls)
+            self.members[updated.key] = updated
+            return updated
         if op == "member_remove":
             mid = int(cmd[1])
             found = [m for m in self.members.values() if m.id == mid]
@@ -530,7 +557,7 @@ class StateMachine:
                 return err
             if len(self.members) == 1:
                 return StoreError(Code.FAILED_PRECONDITION, "mizzen: cannot remove the only member")
-            return self.members.pop(found[0].name)
+            return self.members.pop(found[0].key)
         return StoreError(Code.INVALID_ARGUMENT, f"mizzen: unknown command {op!r}")
 
     def _member_seed(self, cluster_id: int, seed: Any) -> bool:
@@ -558,14 +585,11 @@ class StateMachine:
         return None
 
     def _member_add_conflict(self, name: str, mid: int, addr: str) -> StoreError | None:
-        if name in self.members:
+        if name and name in self.members:
             return StoreError(Code.ALREADY_EXISTS, f"mizzen: member name {name!r} already exists")
         for m in self.members.values():
             if m.peer_addr == addr:
-                return StoreError(
-                    Code.ALREADY_EXISTS,
-                    f"etcdserver: Peer URLs already exists (peerURLs {addr} is member {m.name})",
-                )
+                return StoreError(Code.FAILED_PRECONDITION, PEER_URL_EXISTS)
             if m.id == mid:
                 return StoreError(Code.ALREADY_EXISTS, "etcdserver: ID exists")
         return None
@@ -695,7 +719,10 @@ _SNAPSHOT_FIELDS = (
     "_sessions",
     "alarms",
 )
-_MEMBER_COMMANDS = frozenset({"member_seed", "member_attrs", "member_add", "member_remove"})
+_MEMBER_COMMANDS = frozenset(
+    {"member_seed", "member_attrs", "member_add", "member_remove", "member_update"}
+)
+PEER_URL_EXISTS = "etcdserver: Peer URLs already exists"
 # fields a state written by an older version may lack, with their defaults
 _OPTIONAL_FIELDS: dict[str, Any] = {
     "cluster_id": 0,
