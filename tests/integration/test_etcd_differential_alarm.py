@@ -251,15 +251,32 @@ async def _alarms_listed(side: Side) -> list[tuple[int, int]]:
             await asyncio.sleep(0.2)
 
 
+async def _snapshots_after(side: Side, when: float) -> None:
+    """Wait (bounded) until every member wrote raft.snapshot after ``when``; reads
+    (barriers, one log entry each) push the log past --snapshot-entries."""
+    files = [side.cluster.data_dir(i) / "raft.snapshot" for i in range(len(side.cluster))]
+    deadline = time.monotonic() + 30
+    async with side.channel() as ch:
+        kv = rpc_pb2_grpc.KVStub(ch)
+        while not all(f.exists() and f.stat().st_mtime > when for f in files):
+            assert time.monotonic() < deadline, "no Raft snapshot after the alarm"
+            for i in range(25):
+                await kv.Range(rpc_pb2.RangeRequest(key=b"/restart/%d" % i), timeout=10)
+            await asyncio.sleep(0.2)
+
+
 @pytest.mark.parametrize("which", ["etcd", "mizzen"])
 async def test_an_alarm_survives_a_restart_of_every_member(quota_pair: Pair, which: str) -> None:
     side = getattr(quota_pair, which)
+    raised_at = time.time()
     async with side.channel() as ch:
         stub = rpc_pb2_grpc.MaintenanceStub(ch)
         await stub.Alarm(A(action=A.ACTIVATE, memberID=4242, alarm=rpc_pb2.NOSPACE), timeout=10)
         kv = rpc_pb2_grpc.KVStub(ch)
         for i in range(30):  # past --snapshot-entries: Mizzen members restart from a snapshot
             await kv.Range(rpc_pb2.RangeRequest(key=b"/restart/%d" % i), timeout=10)
+    if which == "mizzen":  # every member restarts from a Raft snapshot taken after the alarm
+        await _snapshots_after(side, raised_at)
     await asyncio.to_thread(_restart_all, side)
     assert await _alarms_listed(side) == [(4242, rpc_pb2.NOSPACE)]
     async with side.channel() as ch:
