@@ -23,6 +23,21 @@ API_VERSION = "3.5.0"
 log = structlog.get_logger(__name__)
 
 
+NO_LEARNERS = (
+    "mizzen: learners are not supported: pysyncobj, Mizzen's Raft, has no non-voting "
+    "member in its replicated configuration (add a voting member instead)"
+)
+
+
+def _one_peer_addr(urls: object) -> str:
+    """etcd allows several peer URLs; a Mizzen member has exactly one Raft address."""
+    if len(urls) != 1:  # type: ignore[arg-type]
+        raise StoreError(
+            Code.INVALID_ARGUMENT, "mizzen: peerURLs: exactly one Raft address is needed"
+        )
+    return str(urls[0])  # type: ignore[index]
+
+
 def _unimplemented(what: str) -> StoreError:
     return StoreError(Code.UNIMPLEMENTED, f"mizzen: {what} is not implemented yet")
 
@@ -46,26 +61,18 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
     async def MemberAdd(
         self, request: rpc_pb2.MemberAddRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.MemberAddResponse:
-        """Add a voting member. etcd's request has no name: Mizzen takes it from the
-        gRPC metadata ``mizzen-member-name`` (the mizzen CLI) or from the peer URL's
-        user part, ``http://NAME@host:port`` (etcdctl)."""
+        """Add a voting member. etcd's request has no name, and neither need Mizzen's:
+        without one the member is listed unnamed (``unstarted``) until it starts and
+        publishes its name, as in etcd. A name can also come in the gRPC metadata
+        ``mizzen-member-name`` (the mizzen CLI) or the peer URL's user part,
+        ``http://NAME@host:port``."""
         if request.isLearner:
-            raise _unimplemented("learners (add a voting member instead)")
-        if len(request.peerURLs) != 1:
-            raise StoreError(
-                Code.INVALID_ARGUMENT, "mizzen: peerURLs: exactly one Raft address is needed"
-            )
-        url_name, addr = parse_peer_url(request.peerURLs[0])
+            raise StoreError(Code.UNIMPLEMENTED, NO_LEARNERS)
+        url_name, addr = parse_peer_url(_one_peer_addr(request.peerURLs))
         md = {k: v for k, v in (context.invocation_metadata() or ())}
-        name = str(md.get(NAME_METADATA, "")) or url_name
-        if not name:
-            raise StoreError(
-                Code.INVALID_ARGUMENT,
-                f"mizzen: name: MemberAdd needs the new member's name, in gRPC metadata "
-                f"{NAME_METADATA} or in the peer URL as http://NAME@host:port",
-            )
+        name = str(md.get(NAME_METADATA, "")) or url_name or None
         added, members = await self.node.membership.add(name, addr)
-        log.info("member_added", name=name, peer=addr, members=len(members))
+        log.info("member_added", name=name or "", id=f"{added.id:x}", peer=addr)
         return self.node.fill_header(
             rpc_pb2.MemberAddResponse(
                 member=_member_proto(added), members=[_member_proto(m) for m in members]
@@ -83,12 +90,25 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
         )
 
     @grpc_errors
-    async def MemberUpdate(self, request: object, context: grpc.aio.ServicerContext) -> None:
-        raise _unimplemented("MemberUpdate")
+    async def MemberUpdate(
+        self, request: rpc_pb2.MemberUpdateRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.MemberUpdateResponse:
+        _, addr = parse_peer_url(_one_peer_addr(request.peerURLs))
+        members = await self.node.membership.update(int(request.ID), addr)
+        log.info("member_updated", id=f"{request.ID:x}", peer=addr)
+        return self.node.fill_header(
+            rpc_pb2.MemberUpdateResponse(members=[_member_proto(m) for m in members])
+        )
 
     @grpc_errors
-    async def MemberPromote(self, request: object, context: grpc.aio.ServicerContext) -> None:
-        raise _unimplemented("MemberPromote (Mizzen has no learners)")
+    async def MemberPromote(
+        self, request: rpc_pb2.MemberPromoteRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.MemberPromoteResponse:
+        """Every Mizzen member votes (there are no learners), so this answers what
+        etcd answers for a voting member, or for an unknown id."""
+        if not any(m.id == request.ID for m in self.node.membership.members()):
+            raise StoreError(Code.NOT_FOUND, "etcdserver: member not found")
+        raise StoreError(Code.FAILED_PRECONDITION, "etcdserver: can only promote a learner member")
 
 
 class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
@@ -113,22 +133,51 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
         )
         if not leader:
             resp.errors.append("etcdserver: no leader")
+        resp.errors.extend(alarm_text(m, k) for m, k in self.node.read(lambda sm: sm.alarm_list()))
         return self.node.fill_header(resp)
 
     @grpc_errors
     async def Alarm(
         self, request: rpc_pb2.AlarmRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.AlarmResponse:
-        if request.action != rpc_pb2.AlarmRequest.GET:
-            raise _unimplemented("raising or clearing alarms")
-        return self.node.fill_header(rpc_pb2.AlarmResponse())  # Mizzen raises no alarms
+        """etcd's answers: GET lists the raised alarms of the requested type (all for
+        NONE; the memberID is ignored, as etcd ignores it); ACTIVATE and DEACTIVATE
+        go through Raft and list the alarm they changed. Like etcd's, the answer
+        has no header."""
+        if request.action == rpc_pb2.AlarmRequest.GET:
+            await self.node.barrier()  # etcd's GET goes through Raft too
+            alarms = self.node.read(lambda sm: sm.alarm_list(int(request.alarm)))
+            return rpc_pb2.AlarmResponse(
+                alarms=[rpc_pb2.AlarmMember(memberID=m, alarm=k) for m, k in alarms]  # type: ignore[arg-type]
+            )
+        if request.action not in (
+            rpc_pb2.AlarmRequest.ACTIVATE,
+            rpc_pb2.AlarmRequest.DEACTIVATE,
+        ):
+            raise StoreError(
+                Code.INVALID_ARGUMENT,
+                f"mizzen: action: unknown alarm action {request.action} (GET, ACTIVATE or "
+                "DEACTIVATE)",
+            )
+        resp = await self.node.propose(
+            ("alarm", int(request.action), int(request.memberID), int(request.alarm))
+        )
+        log.warning(
+            "alarm_raised" if request.action == rpc_pb2.AlarmRequest.ACTIVATE else "alarm_disarmed",
+            alarm=rpc_pb2.AlarmType.Name(request.alarm)
+            if request.alarm in rpc_pb2.AlarmType.values()
+            else int(request.alarm),
+            member=f"{request.memberID:x}",
+        )
+        return resp
 
     @grpc_errors
     async def Defragment(
         self, request: rpc_pb2.DefragmentRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.DefragmentResponse:
-        # nothing to defragment: the Raft log is compacted into snapshots automatically
-        return self.node.fill_header(rpc_pb2.DefragmentResponse())
+        # nothing to defragment: the Raft log is compacted into snapshots automatically,
+        # and the size Status reports drops with compaction. etcd's answer has no header.
+        return rpc_pb2.DefragmentResponse()
 
     @grpc_errors
     async def Hash(
@@ -179,6 +228,15 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
         await self.node.membership.move_leader(int(request.targetID))
         log.info("leadership_moved", target=f"{request.targetID:x}")
         return self.node.fill_header(rpc_pb2.MoveLeaderResponse())
+
+
+def alarm_text(member: int, kind: int) -> str:
+    """An alarm as etcd's Status lists it in ``errors`` (Go's compact text format)."""
+    out = f"memberID:{member} " if member else ""
+    if kind:
+        name = rpc_pb2.AlarmType.Name(kind) if kind in rpc_pb2.AlarmType.values() else str(kind)
+        out += f"alarm:{name} "
+    return out
 
 
 def _member_proto(m: Member) -> rpc_pb2.Member:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import queue
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ import structlog
 from pysyncobj import FAIL_REASON
 
 from .errors import Code, StoreError
-from .state_machine import Member, StateMachine
+from .state_machine import PEER_URL_EXISTS, Member, StateMachine
 
 log = structlog.get_logger("store.membership")
 
@@ -98,6 +99,14 @@ def member_id(name: str) -> int:
     return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big") or 1
 
 
+def _fresh_id(taken: set[int]) -> int:
+    """A random non-zero member id not in use (etcd picks a random-looking one too)."""
+    while True:
+        mid = secrets.randbits(64)
+        if mid and mid not in taken:
+            return mid
+
+
 def quorum(n: int) -> int:
     return n // 2 + 1
 
@@ -110,6 +119,9 @@ class MembershipConfig(Protocol):
 
     @property
     def initial_cluster(self) -> dict[str, str]: ...
+
+    @property
+    def raft_addr(self) -> str: ...
 
     @property
     def request_timeout(self) -> float: ...
@@ -224,6 +236,14 @@ class Membership:
     def name_of(self, addr: str) -> str | None:
         return next((m.name for m in self.members() if m.peer_addr == addr), None)
 
+    def id_of(self, addr: str) -> int | None:
+        return next((m.id for m in self.members() if m.peer_addr == addr), None)
+
+    def own_record(self) -> Member | None:
+        """This member's record: by name, or the unnamed one added for its Raft address."""
+        name, addr = self.node.cfg.name, self.node.cfg.raft_addr
+        return self.node.read(lambda sm: sm.members.get(name) or sm.members.get("@" + addr))
+
     def seed_command(self, cluster_id: int) -> tuple[Any, ...]:
         seed = tuple((n, member_id(n), a) for n, a in sorted(self.node.cfg.initial_cluster.items()))
         return ("member_seed", cluster_id, seed)
@@ -257,7 +277,7 @@ class Membership:
         older than its own MemberAdd; it clears when the log catches up.
         """
         names = self.node.read(lambda sm: set(sm.members))
-        if not names or self.node.cfg.name in names:
+        if not names or self.node.cfg.name in names or "@" + self.node.cfg.raft_addr in names:
             self.removed = False
         elif not self.removed:
             self.removed = True
@@ -336,22 +356,24 @@ class Membership:
             raise StoreError(Code.FAILED_PRECONDITION, IN_PROGRESS)
         return view, members
 
-    async def add(self, name: str, peer_addr: str) -> tuple[Member, list[Member]]:
-        check_name(name)
+    async def add(self, name: str | None, peer_addr: str) -> tuple[Member, list[Member]]:
+        """Add a voting member. Without a name (etcd's request has none) it is recorded
+        unnamed with a random id, listed ``unstarted`` until it starts with
+        ``--initial-cluster-state existing`` and publishes its name (``member_attrs``)."""
+        if name is not None:
+            check_name(name)
         self._refuse_if_changing()
         async with self._change_lock:
             view, members = await self._checked_view()
             for m in members:
-                if m.name == name:
+                if name is not None and m.name == name:
                     raise StoreError(
                         Code.ALREADY_EXISTS, f"mizzen: member name {name!r} already exists"
                     )
                 if m.peer_addr == peer_addr:
-                    raise StoreError(
-                        Code.ALREADY_EXISTS,
-                        f"etcdserver: Peer URLs already exists "
-                        f"(peerURLs {peer_addr} is member {m.name})",
-                    )
+                    raise StoreError(Code.FAILED_PRECONDITION, PEER_URL_EXISTS)
+            taken = {m.id for m in members}
+            mid = member_id(name) if name is not None else _fresh_id(taken)
             active = 1 + len(view.connected)
             if active < quorum(len(members) + 1):
                 raise StoreError(
@@ -359,12 +381,33 @@ class Membership:
                     f"etcdserver: unhealthy cluster (only {active} of {len(members)} members "
                     f"are reachable; {quorum(len(members) + 1)} are needed after the add)",
                 )
-            expected = tuple(m.name for m in members)
-            added = await self.node.propose(
-                ("member_add", name, member_id(name), peer_addr, expected)
-            )
-            await self._wait_raft(lambda v: peer_addr in v.addrs, f"Raft to add {name}")
+            expected = tuple(m.key for m in members)
+            added = await self.node.propose(("member_add", name or "", mid, peer_addr, expected))
+            await self._wait_raft(lambda v: peer_addr in v.addrs, f"Raft to add {peer_addr}")
             return added, self.members()
+
+    async def update(self, mid: int, peer_addr: str) -> list[Member]:
+        """etcd's MemberUpdate: a new Raft address for a member (Raft then adds the new
+        address and removes the old one; a started member must be restarted with
+        ``--listen-raft`` at the new address)."""
+        self._refuse_if_changing()
+        async with self._change_lock:
+            _, members = await self._checked_view()
+            target = next((m for m in members if m.id == mid), None)
+            if target is None:
+                raise StoreError(Code.NOT_FOUND, "etcdserver: member not found")
+            if target.peer_addr == peer_addr:
+                return members
+            if any(m.peer_addr == peer_addr for m in members):
+                raise StoreError(Code.FAILED_PRECONDITION, PEER_URL_EXISTS)
+            expected = tuple(m.key for m in members)
+            await self.node.propose(("member_update", mid, peer_addr, expected))
+            old = target.peer_addr
+            await self._wait_raft(
+                lambda v: peer_addr in v.addrs and old not in v.addrs,
+                f"Raft to move member {mid:x} from {old} to {peer_addr}",
+            )
+            return self.members()
 
     async def remove(self, mid: int) -> tuple[Member, list[Member]]:
         self._refuse_if_changing()
@@ -382,7 +425,7 @@ class Membership:
                     f"etcdserver: unhealthy cluster (removing {target.name} would leave "
                     f"{active} reachable members, {quorum(len(members) - 1)} are needed)",
                 )
-            expected = tuple(m.name for m in members)
+            expected = tuple(m.key for m in members)
             removed = await self.node.propose(("member_remove", mid, expected))
             if target.peer_addr != view.self_addr:
                 await self._wait_raft(

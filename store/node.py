@@ -31,13 +31,44 @@ from .batcher import Batcher
 from .errors import Code, StoreError
 from .membership import REMOVED, Membership, member_id
 from .raft_node import RaftConfig, RaftFacts, ReplicatedState, make_syncobj
-from .state_machine import Event, KeepAliveResult, StateMachine
+from .state_machine import (
+    NO_SPACE,
+    Event,
+    KeepAliveResult,
+    StateMachine,
+    put_cost,
+    txn_cost,
+)
 from .watch_hub import WatchHub
 
 log = structlog.get_logger("store.node")
 
 T = TypeVar("T")
 MIN_LEASE_TTL = 2  # seconds; like etcd, shorter TTLs are raised to this
+DEFAULT_QUOTA_BYTES = 2 * 1024 * 1024 * 1024  # etcd's default --quota-backend-bytes
+MAX_QUOTA_BYTES = 8 * 1024 * 1024 * 1024  # etcd warns above this
+_QUOTA_COMMANDS = frozenset({"put", "txn", "lease_grant"})
+
+
+def effective_quota(flag: int) -> int | None:
+    """etcd's --quota-backend-bytes: 0 means the default (2 GiB), negative no quota."""
+    if flag < 0:
+        return None
+    return flag or DEFAULT_QUOTA_BYTES
+
+
+def command_cost(cmd: tuple[Any, ...]) -> int:
+    """What a command adds to the store's size, as etcd's quota counts it."""
+    op = cmd[0]
+    if op == "put":
+        req = rpc_pb2.PutRequest()
+        req.ParseFromString(cmd[1])
+        return put_cost(req)
+    if op == "txn":
+        txn = rpc_pb2.TxnRequest()
+        txn.ParseFromString(cmd[1])
+        return txn_cost(txn)
+    return 0
 
 
 def check_bindable(addr: str) -> None:
@@ -61,6 +92,10 @@ def _has_quorum(syncobj: Any) -> bool:
         except RuntimeError:  # "Set changed size during iteration"
             continue
     return False
+
+
+def _has_corrupt_alarm(sm: StateMachine) -> bool:
+    return any(kind == rpc_pb2.CORRUPT for _, kind in sm.alarms)
 
 
 @dataclass(frozen=True)
@@ -87,6 +122,9 @@ class NodeConfig:
     # the proposal pipeline (store/batcher.py): bytes per Raft entry, writes queued
     proposal_batch_bytes: int = 1024 * 1024
     proposal_queue_bytes: int = 8 * 1024 * 1024
+    # etcd's --quota-backend-bytes on the state's size (StateMachine.size_bytes):
+    # 0 = 2 GiB, negative = no quota
+    quota_backend_bytes: int = 0
 
 
 @dataclass
@@ -120,6 +158,7 @@ class StoreNode:
             max_queued_bytes=cfg.proposal_queue_bytes,
         )
         self.syncobj: Any = None
+        self.quota = effective_quota(cfg.quota_backend_bytes)
 
     # ------------------------------------------------------------- lifecycle
 
@@ -158,7 +197,15 @@ class StoreNode:
             peers=peers,
             initial_cluster_state=self.cfg.initial_cluster_state,
             fsync=self.cfg.fsync,
+            quota_backend_bytes=self.quota,
         )
+        if self.quota is not None and self.quota > MAX_QUOTA_BYTES:
+            log.warning(
+                "quota_exceeds_suggested_maximum",
+                quota_backend_bytes=self.quota,
+                maximum=MAX_QUOTA_BYTES,
+                detail="the whole state is held in memory; a larger one may slow the store",
+            )
 
     async def stop(self) -> None:
         for t in list(self._tasks):
@@ -225,10 +272,29 @@ class StoreNode:
         """Replicate one command; return its result, raising a StoreError result."""
         if self.membership.removed:  # isolated for good: let the client try another member
             raise StoreError(Code.UNAVAILABLE, REMOVED)
+        if self.quota is not None and cmd[0] in _QUOTA_COMMANDS:
+            await self._check_quota(cmd, self.quota)
         result = await self.batcher.propose(cmd, timeout or self.cfg.request_timeout)
         if isinstance(result, StoreError):
             raise result
         return result
+
+    async def _check_quota(self, cmd: tuple[Any, ...], quota: int) -> None:
+        """etcd's quota check before proposing a Put, Txn or LeaseGrant: one that would
+        take the store to the quota is refused and this member raises NOSPACE for
+        itself through Raft (writes then stay refused, on every member, until the
+        alarm is disarmed)."""
+        size = self.read(lambda sm: sm.size_bytes())
+        payload = len(cmd[1]) if len(cmd) > 1 and isinstance(cmd[1], bytes) else 0
+        if size + payload < quota:  # the cost is at most the request's bytes: no parsing
+            return
+        if size + command_cost(cmd) < quota:
+            return
+        alarm = (self.member_id, rpc_pb2.NOSPACE)
+        if alarm not in self.read(lambda sm: sm.alarms):
+            log.warning("quota_exceeded", size=size, quota=quota, alarm="NOSPACE")
+            await self.propose(("alarm", rpc_pb2.AlarmRequest.ACTIVATE, *alarm))
+        raise StoreError(Code.RESOURCE_EXHAUSTED, NO_SPACE)
 
     async def barrier(self, timeout: float | None = None) -> None:
         """Wait until this member has applied every write acknowledged before the call."""
@@ -282,8 +348,10 @@ class StoreNode:
         return self.membership.name_of(str(getattr(leader, "address", leader)))
 
     def leader_id(self) -> int:
-        name = self.leader_name()
-        return member_id(name) if name else 0
+        leader = self.syncobj._getLeader() if self.syncobj is not None else None
+        if leader is None:
+            return 0
+        return self.membership.id_of(str(getattr(leader, "address", leader))) or 0
 
     def raft_status(self) -> dict[str, Any]:
         if self.syncobj is None:
@@ -291,7 +359,9 @@ class StoreNode:
         return dict(self.syncobj.getStatus())
 
     def data_size(self) -> int:
-        return sum(self.file_sizes())
+        """Status's dbSize: the state's size as the quota counts it (the files are
+        in the metrics)."""
+        return self.read(lambda sm: sm.size_bytes())
 
     def file_sizes(self) -> tuple[int, int]:
         """Bytes of the journal and snapshot files (0 for a missing file)."""
@@ -385,8 +455,8 @@ class StoreNode:
                     log.info("leadership_changed", leader=leader, term=self.raft_term)
                     if leader:
                         self._on_become_leader()
-                if leader:
-                    self._expire_leases()
+                if leader and not self.read(_has_corrupt_alarm):
+                    self._expire_leases()  # etcd's revokes fail under CORRUPT too
                 self.batcher.check_stuck()
                 now = time.monotonic()
                 if now - last_progress >= min(1.0, self.hub.progress_interval):
@@ -402,12 +472,15 @@ class StoreNode:
         """
         urls = tuple(self.cfg.client_urls)
         while True:
-            record = self.read(lambda sm: sm.members.get(self.cfg.name))
-            if record is not None and record.client_urls == urls:
+            record = self.membership.own_record()
+            if record is not None:
+                self.member_id = record.id  # a member added unnamed got a random id
+            if record is not None and record.name and record.client_urls == urls:
                 return
             if record is not None:
                 try:
-                    await self.propose(("member_attrs", self.cfg.name, list(urls)))
+                    cmd = ("member_attrs", self.cfg.name, list(urls), self.cfg.raft_addr)
+                    await self.propose(cmd)
                     continue
                 except StoreError:
                     await asyncio.sleep(0.5)  # no leader yet, or it is busy: retry

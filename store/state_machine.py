@@ -36,6 +36,8 @@ DEFAULT_HISTORY_BYTES = 256 * 1024 * 1024
 MAX_LEASE_TTL = 9_000_000_000
 DEDUP_BATCHES_PER_PROPOSER = 256
 DEDUP_PROPOSERS = 1024
+NO_SPACE = "etcdserver: mvcc: database space exceeded"
+CORRUPT = "etcdserver: corrupt cluster"
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +99,13 @@ class Member:
     peer_addr: str
     client_urls: tuple[str, ...] = ()
 
+    @property
+    def key(self) -> str:
+        """Its key in ``StateMachine.members``: the name, or ``@`` + the Raft address for a
+        member added without a name (etcdctl's ``member add``) that has not yet started
+        and published it (``@`` is never part of a name)."""
+        return self.name or "@" + self.peer_addr
+
 
 @dataclass(slots=True)
 class Lease:
@@ -134,8 +143,12 @@ class StateMachine:
         self._keys: list[bytes] = []  # sorted; mirrors _kv for range scans
         self._history: list[Event] = []
         self.leases: dict[int, Lease] = {}
-        self.members: dict[str, Member] = {}  # name -> member; empty until seeded
+        self.members: dict[str, Member] = {}  # Member.key -> member; empty until seeded
         self.cluster_id = 0  # set by the seed; 0 before
+        # raised alarms (member id, etcdserverpb.AlarmType), like etcd's alarm store
+        self.alarms: set[tuple[int, int]] = set()
+        self.live_bytes = 0  # key + value bytes of the live records
+        self.superseded_bytes = 0  # key + previous value bytes of the history's events
         self._sessions: OrderedDict[str, Session] = OrderedDict()
         self._pending: list[Event] = []  # events produced by the command being applied
 
@@ -177,6 +190,10 @@ class StateMachine:
         """Apply one command; never raises."""
         try:
             op = cmd[0]
+            if self.alarms and op in _CAPPED_COMMANDS:
+                refused = self._refused_by_alarm(cmd)
+                if refused is not None:
+                    return refused
             if op == "put":
                 return self._write(lambda: self._put(_parse(rpc_pb2.PutRequest, cmd[1])))
             if op == "delete":
@@ -196,6 +213,8 @@ class StateMachine:
                 return self._member_command(cmd)
             if op == "barrier":
                 return self.revision
+            if op == "alarm":
+                return self._alarm(int(cmd[1]), int(cmd[2]), int(cmd[3]))
             return StoreError(Code.INVALID_ARGUMENT, f"mizzen: unknown command {op!r}")
         except StoreError as err:
             self._rollback()
@@ -214,6 +233,7 @@ class StateMachine:
             self.revision += 1
             self._history.extend(self._pending)
             self.history_bytes += sum(event_bytes(e) for e in self._pending)
+            self.superseded_bytes += sum(superseded_bytes(e) for e in self._pending)
             self._pending = []
             self._trim_history()
         self._undo = []
@@ -241,6 +261,9 @@ class StateMachine:
     def _set(self, key: bytes, rec: Record | None) -> None:
         """Replace the live record of key (None deletes), keeping _keys sorted."""
         old = self._kv.get(key)
+        self.live_bytes += (len(key) + len(rec.value) if rec else 0) - (
+            len(key) + len(old.value) if old else 0
+        )
         if rec is None:
             if old is not None:
                 del self._kv[key]
@@ -370,6 +393,7 @@ class StateMachine:
     def _drop_history_through(self, rev: int) -> None:
         i = bisect.bisect_right(self._history, rev, key=lambda e: e.revision)
         self.history_bytes -= sum(event_bytes(e) for e in self._history[:i])
+        self.superseded_bytes -= sum(superseded_bytes(e) for e in self._history[:i])
         del self._history[:i]
         self.compacted = max(self.compacted, rev)
 
@@ -418,6 +442,63 @@ class StateMachine:
         del self.leases[lease_id]
         return rpc_pb2.LeaseRevokeResponse()
 
+    # ---------------------------------------------------------------- alarms
+
+    def _refused_by_alarm(self, cmd: tuple[Any, ...]) -> StoreError | None:
+        """etcd's capped and corrupt appliers, decided on the raised alarms.
+
+        CORRUPT (checked first, as etcd wraps it outermost) refuses every write,
+        compaction and lease grant or revoke; a Txn only when it is not made of
+        top-level Range ops alone (etcd serves those without Raft). NOSPACE
+        refuses Put, LeaseGrant and a Txn whose branches put something at the
+        top level (etcd's quota cost; DeleteRange, Compact and revokes pass).
+        Keep-alives pass both (etcd's never go through Raft).
+        """
+        op = cmd[0]
+        kinds = {kind for _, kind in self.alarms}
+        if rpc_pb2.CORRUPT in kinds and (
+            op != "txn" or not txn_is_read_only(_parse(rpc_pb2.TxnRequest, cmd[1]))
+        ):
+            return StoreError(Code.DATA_LOSS, CORRUPT)
+        if rpc_pb2.NOSPACE in kinds:
+            if op in ("put", "lease_grant"):
+                return StoreError(Code.RESOURCE_EXHAUSTED, NO_SPACE)
+            if op == "txn" and txn_cost(_parse(rpc_pb2.TxnRequest, cmd[1])) > 0:
+                return StoreError(Code.RESOURCE_EXHAUSTED, NO_SPACE)
+        return None
+
+    def _alarm(self, action: int, member: int, kind: int) -> Any:
+        """ACTIVATE or DEACTIVATE one alarm; etcd's answer (it lists the alarm changed).
+
+        Like etcd 3.4, any alarm type is recorded, NONE and unknown ones included
+        (they only show in the list); deactivating an alarm that is not raised
+        answers an empty list.
+        """
+        resp = rpc_pb2.AlarmResponse()
+        alarm = (member, kind)
+        if action == rpc_pb2.AlarmRequest.ACTIVATE:
+            self.alarms.add(alarm)
+        elif action == rpc_pb2.AlarmRequest.DEACTIVATE:
+            if alarm not in self.alarms:
+                return resp
+            self.alarms.discard(alarm)
+        else:
+            return StoreError(
+                Code.INVALID_ARGUMENT, f"mizzen: action: unknown alarm action {action}"
+            )
+        resp.alarms.add(memberID=member, alarm=kind)
+        return resp
+
+    def alarm_list(self, kind: int = rpc_pb2.NONE) -> list[tuple[int, int]]:
+        """Raised alarms, by type then member id; only type ``kind`` unless NONE (etcd's GET)."""
+        found = [a for a in self.alarms if kind == rpc_pb2.NONE or a[1] == kind]
+        return sorted(found, key=lambda a: (a[1], a[0]))
+
+    def size_bytes(self) -> int:
+        """What the store holds, as the quota and Status's dbSize count it: every
+        version of every key still kept, live or in the history, as key + value."""
+        return self.live_bytes + self.superseded_bytes
+
     # --------------------------------------------------------------- members
 
     def _member_command(self, cmd: tuple[Any, ...]) -> Any:
@@ -431,11 +512,15 @@ class StateMachine:
         if op == "member_seed":
             return self._member_seed(int(cmd[1]), cmd[2])
         if op == "member_attrs":
+            # ("member_attrs", name, client URLs[, Raft address]): a member publishes its
+            # name and URLs; with the address it claims the unnamed record added for it
             name, urls = str(cmd[1]), tuple(str(u) for u in cmd[2])
             m = self.members.get(name)
+            if m is None and len(cmd) > 3:
+                m = self.members.pop("@" + str(cmd[3]), None)
             if m is None:
                 return StoreError(Code.NOT_FOUND, "etcdserver: member not found")
-            self.members[name] = Member(m.name, m.id, m.peer_addr, urls)
+            self.members[name] = Member(name, m.id, m.peer_addr, urls)
             return self.members[name]
         if op == "member_add":
             name, mid, addr = str(cmd[1]), int(cmd[2]), str(cmd[3])
@@ -444,8 +529,24 @@ class StateMachine:
                 err = self._member_add_conflict(name, mid, addr)
             if err is not None:
                 return err
-            self.members[name] = Member(name, mid, addr)
-            return self.members[name]
+            added = Member(name, mid, addr)
+            self.members[added.key] = added
+            return added
+        if op == "member_update":
+            # ("member_update", id, new Raft address, expected keys): etcd's MemberUpdate
+            mid, addr = int(cmd[1]), str(cmd[2])
+            found = [m for m in self.members.values() if m.id == mid]
+            if not found:
+                return StoreError(Code.NOT_FOUND, "etcdserver: member not found")
+            err = self._member_change_allowed(cmd[3])
+            if err is not None:
+                return err
+            if any(m.peer_addr == addr and m.id != mid for m in self.members.values()):
+                return StoreError(Code.FAILED_PRECONDITION, PEER_URL_EXISTS)
+            old = self.members.pop(found[0].key)
+            updated = Member(old.name, old.id, addr, old.client_urls)
+            self.members[updated.key] = updated
+            return updated
         if op == "member_remove":
             mid = int(cmd[1])
             found = [m for m in self.members.values() if m.id == mid]
@@ -456,7 +557,7 @@ class StateMachine:
                 return err
             if len(self.members) == 1:
                 return StoreError(Code.FAILED_PRECONDITION, "mizzen: cannot remove the only member")
-            return self.members.pop(found[0].name)
+            return self.members.pop(found[0].key)
         return StoreError(Code.INVALID_ARGUMENT, f"mizzen: unknown command {op!r}")
 
     def _member_seed(self, cluster_id: int, seed: Any) -> bool:
@@ -484,14 +585,11 @@ class StateMachine:
         return None
 
     def _member_add_conflict(self, name: str, mid: int, addr: str) -> StoreError | None:
-        if name in self.members:
+        if name and name in self.members:
             return StoreError(Code.ALREADY_EXISTS, f"mizzen: member name {name!r} already exists")
         for m in self.members.values():
             if m.peer_addr == addr:
-                return StoreError(
-                    Code.ALREADY_EXISTS,
-                    f"etcdserver: Peer URLs already exists (peerURLs {addr} is member {m.name})",
-                )
+                return StoreError(Code.FAILED_PRECONDITION, PEER_URL_EXISTS)
             if m.id == mid:
                 return StoreError(Code.ALREADY_EXISTS, "etcdserver: ID exists")
         return None
@@ -596,6 +694,9 @@ class StateMachine:
         for k in _SNAPSHOT_FIELDS:
             setattr(self, k, state[k] if k in state else _OPTIONAL_FIELDS[k])
         self.history_bytes = sum(event_bytes(e) for e in self._history)
+        self.superseded_bytes = sum(superseded_bytes(e) for e in self._history)
+        self.live_bytes = sum(len(k) + len(r.value) for k, r in self._kv.items())
+        self.alarms = set(self.alarms)  # never the shared default
         # states written before member records held {name: [client URLs]}: dropped,
         # the members re-seed and re-publish them (see StoreNode)
         self.members = {n: m for n, m in self.members.items() if isinstance(m, Member)}
@@ -616,10 +717,22 @@ _SNAPSHOT_FIELDS = (
     "members",
     "cluster_id",
     "_sessions",
+    "alarms",
 )
-_MEMBER_COMMANDS = frozenset({"member_seed", "member_attrs", "member_add", "member_remove"})
+_MEMBER_COMMANDS = frozenset(
+    {"member_seed", "member_attrs", "member_add", "member_remove", "member_update"}
+)
+PEER_URL_EXISTS = "etcdserver: Peer URLs already exists"
 # fields a state written by an older version may lack, with their defaults
-_OPTIONAL_FIELDS: dict[str, Any] = {"cluster_id": 0, "history_bytes_limit": DEFAULT_HISTORY_BYTES}
+_OPTIONAL_FIELDS: dict[str, Any] = {
+    "cluster_id": 0,
+    "history_bytes_limit": DEFAULT_HISTORY_BYTES,
+    "alarms": set(),
+}
+# commands an alarm may refuse (see StateMachine._refused_by_alarm)
+_CAPPED_COMMANDS = frozenset(
+    {"put", "delete", "txn", "compact", "lease_grant", "lease_revoke", "lease_expire"}
+)
 
 
 def event_bytes(ev: Event) -> int:
@@ -634,6 +747,33 @@ def event_bytes(ev: Event) -> int:
     if ev.prev is not None:
         size += len(ev.prev.value)
     return size
+
+
+def superseded_bytes(ev: Event) -> int:
+    """The bytes an event keeps of the version it replaced (its key and previous value)."""
+    return len(ev.key) + len(ev.prev.value) if ev.prev is not None else 0
+
+
+def put_cost(req: rpc_pb2.PutRequest) -> int:
+    """What a Put adds to the store's size, as the quota counts it."""
+    return len(req.key) + len(req.value)
+
+
+def txn_cost(req: rpc_pb2.TxnRequest) -> int:
+    """etcd's quota cost of a Txn: the larger branch's top-level Puts (nested txns
+    and deletes cost nothing, as in etcd 3.4)."""
+
+    def branch(ops: Any) -> int:
+        return sum(
+            put_cost(op.request_put) for op in ops if op.WhichOneof("request") == "request_put"
+        )
+
+    return max(branch(req.success), branch(req.failure))
+
+
+def txn_is_read_only(req: rpc_pb2.TxnRequest) -> bool:
+    """etcd's isTxnReadonly: only Range ops, at the top level."""
+    return all(op.WhichOneof("request") == "request_range" for op in (*req.success, *req.failure))
 
 
 def _sorted(records: list[Record], target: int, order: int) -> list[Record]:

@@ -62,6 +62,15 @@ def add_store_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         f"least {MIN_HISTORY_BYTES} (default {DEFAULT_HISTORY_BYTES}; the same on every member)",
     )
     p.add_argument(
+        "--quota-backend-bytes",
+        type=int,
+        default=0,
+        help="raise the NOSPACE alarm and refuse Put, Txn with puts and LeaseGrant when the "
+        "store's size (keys and values of every version kept, as `etcdctl endpoint status` "
+        "shows it) would reach this many bytes; 0 = 2 GiB (etcd's default), negative = no "
+        "quota; above 8 GiB a warning is logged",
+    )
+    p.add_argument(
         "--proposal-batch-bytes",
         type=int,
         default=1024 * 1024,
@@ -233,6 +242,7 @@ def run_store(args: argparse.Namespace) -> int:
         history_bytes=args.history_bytes,
         proposal_batch_bytes=args.proposal_batch_bytes,
         proposal_queue_bytes=args.proposal_queue_bytes,
+        quota_backend_bytes=args.quota_backend_bytes,
         request_timeout=args.request_timeout,
         raft_password=raft_password,
         progress_interval=args.progress_interval,

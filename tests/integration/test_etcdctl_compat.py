@@ -23,9 +23,11 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import grpc
 import pytest
 
 from mizzen.testing.local_cluster import MizzenCluster
+from protos import rpc_pb2, rpc_pb2_grpc
 
 pytestmark = [
     pytest.mark.compat,
@@ -577,3 +579,28 @@ def test_member_list(ctl: Etcdctl, cluster: MizzenCluster) -> None:
         assert row[1] == "started" and row[-1] == "false"
         assert int(row[0], 16) == cluster.member_id(i)
         assert row[4] == f"http://{cluster.endpoint(i)}"
+
+
+def test_alarm_list_and_disarm(ctl: Etcdctl, cluster: MizzenCluster, p: str) -> None:
+    """What etcdctl 3.4 prints against etcd 3.4 with a NOSPACE alarm raised by hand."""
+    assert ctl.out("alarm", "list") == []
+    me = cluster.member_id(0)
+    req = rpc_pb2.AlarmRequest
+    with grpc.insecure_channel(cluster.endpoint(0)) as ch:
+        rpc_pb2_grpc.MaintenanceStub(ch).Alarm(
+            req(action=req.ACTIVATE, memberID=me, alarm=rpc_pb2.NOSPACE), timeout=10
+        )
+    try:
+        assert ctl.out("alarm", "list") == [f"memberID:{me} alarm:NOSPACE "]
+        assert ctl.json("alarm", "list") == {"alarms": [{"memberID": me, "alarm": 1}]}
+        err = ctl.fails("put", p + "k", "v")
+        assert "Error: etcdserver: mvcc: database space exceeded" in err
+        for row in ctl.out("endpoint", "status"):
+            assert row.endswith(f", memberID:{me} alarm:NOSPACE "), row
+        assert ctl.out("get", p + "k") == []  # reads pass
+    finally:
+        disarmed = ctl.out("alarm", "disarm")
+    assert disarmed == [f"memberID:{me} alarm:NOSPACE "]
+    assert ctl.out("alarm", "list") == []
+    assert ctl.out("alarm", "disarm") == []
+    assert ctl.out("put", p + "k", "v") == ["OK"]

@@ -57,7 +57,8 @@ def test_add_returns_the_member_and_records_it() -> None:
     ("name", "addr", "code", "needle"),
     [
         ("n2", "127.0.0.1:2480", Code.ALREADY_EXISTS, "member name 'n2' already exists"),
-        ("n4", "127.0.0.1:2381", Code.ALREADY_EXISTS, "Peer URLs already exists"),
+        # etcd 3.4's code and message
+        ("n4", "127.0.0.1:2381", Code.FAILED_PRECONDITION, "etcdserver: Peer URLs already exists"),
     ],
 )
 def test_add_refuses_duplicates(name: str, addr: str, code: Code, needle: str) -> None:
@@ -186,3 +187,39 @@ def test_parse_peer_url_rejects(url: str) -> None:
 
 def test_quorum() -> None:
     assert [quorum(n) for n in range(1, 6)] == [1, 2, 2, 3, 3]
+
+
+def test_an_unnamed_member_is_claimed_by_its_first_publish() -> None:
+    """etcdctl's member add sends no name: the record is unnamed (listed `unstarted`)
+    until the member starts and publishes its name with its Raft address."""
+    sm = seeded()
+    added = sm.apply(("member_add", "", 77, "127.0.0.1:2480", ("n1", "n2", "n3")))
+    assert added == Member("", 77, "127.0.0.1:2480")
+    assert sorted(sm.members) == ["@127.0.0.1:2480", "n1", "n2", "n3"]
+    other = sm.apply(("member_add", "", 78, "127.0.0.1:2481", tuple(sorted(sm.members))))
+    assert other.key == "@127.0.0.1:2481"
+    err = sm.apply(("member_attrs", "n4", ["http://127.0.0.1:2379"]))  # no address: not found
+    assert isinstance(err, StoreError) and err.code == Code.NOT_FOUND
+    rec = sm.apply(("member_attrs", "n4", ["http://127.0.0.1:2379"], "127.0.0.1:2480"))
+    assert rec == Member("n4", 77, "127.0.0.1:2480", ("http://127.0.0.1:2379",))
+    assert sorted(sm.members) == ["@127.0.0.1:2481", "n1", "n2", "n3", "n4"]
+    removed = sm.apply(("member_remove", 78, tuple(sorted(sm.members))))
+    assert removed.id == 78 and "@127.0.0.1:2481" not in sm.members
+
+
+def test_member_update_moves_the_raft_address() -> None:
+    sm = seeded()
+    sm.apply(("member_add", "", 77, "127.0.0.1:2480", ("n1", "n2", "n3")))
+    keys = tuple(sorted(sm.members))
+    moved = sm.apply(("member_update", 77, "127.0.0.1:2490", keys))
+    assert moved == Member("", 77, "127.0.0.1:2490") and "@127.0.0.1:2490" in sm.members
+    keys = tuple(sorted(sm.members))
+    n2 = sm.members["n2"]
+    taken = sm.apply(("member_update", 77, n2.peer_addr, keys))
+    assert taken == StoreError(Code.FAILED_PRECONDITION, "etcdserver: Peer URLs already exists")
+    unknown = sm.apply(("member_update", 5, "127.0.0.1:1", keys))
+    assert unknown == StoreError(Code.NOT_FOUND, "etcdserver: member not found")
+    stale = sm.apply(("member_update", 77, "127.0.0.1:2491", ("n1",)))
+    assert isinstance(stale, StoreError) and stale.code == Code.FAILED_PRECONDITION
+    renamed = sm.apply(("member_update", n2.id, "127.0.0.1:2492", keys))
+    assert renamed == Member("n2", n2.id, "127.0.0.1:2492", n2.client_urls)
