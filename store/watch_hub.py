@@ -72,6 +72,10 @@ class WatchStream:
     sink: Sink
     watchers: dict[int, Watcher] = field(default_factory=dict)
     next_id: int = 0
+    # etcd's Watch API: a watch from exactly the compacted revision gets that
+    # revision's surviving puts, as from etcd (WatchHub.create); the Objects watch
+    # leaves this off (it would lose that revision's deletes silently)
+    from_compaction_revision: bool = False
 
     def allocate_id(self) -> int:
         while self.next_id in self.watchers:
@@ -90,9 +94,13 @@ class WatchHub:
         max_pending: int = 50_000,
         progress_interval: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
+        puts_at: Callable[[int, bytes, bytes], tuple[list[Event], int]] | None = None,
     ) -> None:
-        """``history(after)`` returns (events with revision > after, compacted revision)."""
+        """``history(after)`` returns (events with revision > after, compacted revision);
+        ``puts_at(rev, key, range_end)`` (the puts of revision rev still visible, the
+        compacted revision): see StateMachine.puts_at."""
         self._history = history
+        self._puts_at = puts_at
         self._header = header
         self._max_pending = max_pending
         self.progress_interval = progress_interval
@@ -118,7 +126,9 @@ class WatchHub:
           watcher range is empty") or an id in use on the stream;
         - a watch from a compacted revision is created (one response), then
           cancelled in a second one carrying compact_revision, header revision 0
-          and no reason; its id stays taken until the client cancels it.
+          and no reason; its id stays taken until the client cancels it;
+        - a watch from exactly the compacted revision gets that revision's puts
+          (on streams with ``from_compaction_revision``, see WatchStream).
         """
         key = req.key or b"\0"
         if req.range_end not in (b"", b"\0") and key >= req.range_end:
@@ -152,9 +162,16 @@ class WatchHub:
         )
         stream.watchers[wid] = w
         events, compacted = ([], 0) if start > self.delivered else self._history(start - 1)
+        if start == compacted and stream.from_compaction_revision and self._puts_at:
+            # History holds no event at the compacted revision itself; etcd's
+            # compaction keeps each key's newest version there, so a watch from it
+            # gets that revision's puts (not its deletes).
+            puts, now = self._puts_at(start, key, req.range_end)
+            if now == compacted:
+                events, compacted = puts + events, start - 1
+            else:  # compacted further meanwhile: those events are gone
+                compacted = now
         if start <= compacted:
-            # Mizzen's history holds no event at the compacted revision itself (etcd
-            # may still have that revision's puts): a start there is compacted too.
             self._send_compacted(w, compacted)
             return
         self._watchers.add(w)

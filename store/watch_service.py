@@ -40,7 +40,7 @@ class WatchService(rpc_pb2_grpc.WatchServicer):
     ) -> AsyncIterator[bytes]:
         """Responses are pre-serialized WatchResponse bytes (see add_watch_service)."""
         sink = QueueSink()
-        stream = WatchStream(sink)
+        stream = WatchStream(sink, from_compaction_revision=True)
         hub = self.node.hub
 
         async def read_requests() -> None:

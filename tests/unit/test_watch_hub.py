@@ -25,11 +25,14 @@ class ListSink:
 class Harness:
     def __init__(self, **kw: object) -> None:
         self.sm = StateMachine(history_limit=1000)
-        self.hub = WatchHub(self.history, self.header, **kw)  # type: ignore[arg-type]
+        self.hub = WatchHub(self.history, self.header, puts_at=self.puts_at, **kw)  # type: ignore[arg-type]
         self.hub.delivered = self.sm.revision
 
     def history(self, after: int) -> tuple[list[Event], int]:
         return list(self.sm.events_after(after)), self.sm.compacted
+
+    def puts_at(self, rev: int, key: bytes, range_end: bytes) -> tuple[list[Event], int]:
+        return self.sm.puts_at(rev, key, range_end), self.sm.compacted
 
     def header(self, rev: int) -> rpc_pb2.ResponseHeader:
         return rpc_pb2.ResponseHeader(revision=rev, member_id=7)
@@ -201,3 +204,30 @@ def test_history_goes_in_runs_of_whole_revisions() -> None:
     assert [[e.revision for e in c] for c in _by_revisions(evs, 2)] == [[1, 2, 2, 2], [3, 4, 4]]
     assert [[e.revision for e in c] for c in _by_revisions(evs, 1)] == [[1], [2, 2, 2], [3], [4, 4]]
     assert _by_revisions([], 5) == []
+
+
+def test_watch_from_exactly_the_compacted_revision_gets_its_puts_as_from_etcd() -> None:
+    h = Harness()
+    h.put(b"k1", b"old")
+    n = h.put(b"k1", b"at-n")  # overwritten later: etcd's compaction keeps it
+    h.put(b"k1", b"later")
+    h.sm.apply(("compact", n))
+    sink = ListSink()
+    stream = WatchStream(sink, from_compaction_revision=True)
+    h.hub.create(stream, rpc_pb2.WatchCreateRequest(key=b"k", range_end=b"l", start_revision=n))
+    created, history = sink.responses()
+    assert created.created and not history.canceled
+    assert [(e.kv.mod_revision, e.kv.value, e.HasField("prev_kv")) for e in history.events] == [
+        (n, b"at-n", False),  # no previous value: compacted
+        (n + 1, b"later", False),
+    ]
+    d = h.delete(b"k1")
+    h.sm.apply(("compact", d))  # a delete at the compacted revision is gone, as in etcd
+    before = len(sink.sent)
+    h.hub.create(stream, rpc_pb2.WatchCreateRequest(key=b"k1", start_revision=d))
+    (only,) = sink.responses()[before:]  # created; nothing at d, not cancelled
+    assert (only.watch_id, only.created, only.canceled) == (1, True, False)
+    # the Objects watch keeps refusing it: it would lose that revision's deletes
+    objects = ListSink()
+    h.watch(objects, key=b"k", range_end=b"l", start_revision=d)
+    assert objects.responses()[-1].compact_revision == d
