@@ -151,7 +151,12 @@ class StoreNode:
         self._was_leader = False
         self.leader_changes_seen = 0
         self._last_leader: str | None = None
-        self.hub = WatchHub(self._history, self.header, progress_interval=cfg.progress_interval)
+        self.hub = WatchHub(
+            self._history,
+            self.header,
+            progress_interval=cfg.progress_interval,
+            puts_at=self._puts_at,
+        )
         self.batcher = Batcher(
             self._submit,
             max_batch_bytes=cfg.proposal_batch_bytes,
@@ -265,6 +270,15 @@ class StoreNode:
         with self.replicated.lock:
             sm = self.replicated.state
             return list(sm.events_after(after)), sm.compacted
+
+    def _puts_at(self, rev: int, key: bytes, range_end: bytes) -> tuple[list[Event], int]:
+        """(the puts of revision rev still visible, the compacted revision); no events
+        when history no longer reaches back to rev (see StateMachine.puts_at)."""
+        with self.replicated.lock:
+            sm = self.replicated.state
+            if rev < sm.compacted:
+                return [], sm.compacted
+            return sm.puts_at(rev, key, range_end), sm.compacted
 
     # ---------------------------------------------------------- service API
 

@@ -670,6 +670,18 @@ class StateMachine:
         i = bisect.bisect_right(self._history, rev, key=lambda e: e.revision)
         return self._history[i:]
 
+    def puts_at(self, rev: int, key: bytes, range_end: bytes) -> list[Event]:
+        """The PUT events of revision ``rev`` in [key, range_end) that the state at
+        ``rev`` still shows (keys whose version at ``rev`` was written at ``rev``), in
+        key order, without previous values: what etcd's compaction at ``rev`` keeps
+        of that revision. For a watch from the compacted revision (caller checks
+        rev >= compacted; deletes at ``rev`` are gone, as after etcd's compaction)."""
+        return [
+            Event(rev, r.key, r, None)
+            for r in self._records_at(key, range_end, rev)
+            if r.mod_revision == rev
+        ]
+
     def lease_keys(self, lease_id: int) -> list[bytes]:
         lease = self.leases.get(lease_id)
         return sorted(lease.keys) if lease else []

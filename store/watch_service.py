@@ -40,10 +40,13 @@ class WatchService(rpc_pb2_grpc.WatchServicer):
     ) -> AsyncIterator[bytes]:
         """Responses are pre-serialized WatchResponse bytes (see add_watch_service)."""
         sink = QueueSink()
-        stream = WatchStream(sink)
+        stream = WatchStream(sink, from_compaction_revision=True)
         hub = self.node.hub
 
         async def read_requests() -> None:
+            # The client closing its side of the stream ends nothing: like etcd, the
+            # watchers go on until the call is cancelled (the HTTP gateway and
+            # one-shot clients send their create request and half-close).
             try:
                 async for req in request_iterator:
                     which = req.WhichOneof("request_union")
@@ -53,9 +56,9 @@ class WatchService(rpc_pb2_grpc.WatchServicer):
                         hub.cancel(stream, req.cancel_request.watch_id)
                     elif which == "progress_request":
                         hub.progress(stream)
-            except (asyncio.CancelledError, grpc.RpcError):
+            except asyncio.CancelledError:
                 pass
-            finally:
+            except grpc.RpcError:
                 sink.queue.put_nowait(None)
 
         reader = asyncio.create_task(read_requests())

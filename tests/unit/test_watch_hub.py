@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from protos import rpc_pb2
 from store.state_machine import Event, StateMachine
-from store.watch_hub import WatchHub, WatchStream
+from store.watch_hub import WatchHub, WatchStream, _by_revisions
 
 
 class ListSink:
@@ -25,11 +25,14 @@ class ListSink:
 class Harness:
     def __init__(self, **kw: object) -> None:
         self.sm = StateMachine(history_limit=1000)
-        self.hub = WatchHub(self.history, self.header, **kw)  # type: ignore[arg-type]
+        self.hub = WatchHub(self.history, self.header, puts_at=self.puts_at, **kw)  # type: ignore[arg-type]
         self.hub.delivered = self.sm.revision
 
     def history(self, after: int) -> tuple[list[Event], int]:
         return list(self.sm.events_after(after)), self.sm.compacted
+
+    def puts_at(self, rev: int, key: bytes, range_end: bytes) -> tuple[list[Event], int]:
+        return self.sm.puts_at(rev, key, range_end), self.sm.compacted
 
     def header(self, rev: int) -> rpc_pb2.ResponseHeader:
         return rpc_pb2.ResponseHeader(revision=rev, member_id=7)
@@ -92,10 +95,19 @@ def test_compacted_start_revision_is_cancelled_with_compact_revision() -> None:
         h.put(b"k%d" % i)
     h.sm.apply(("compact", 4))
     sink = ListSink()
-    h.watch(sink, key=b"k", range_end=b"l", start_revision=2)
-    (resp,) = sink.responses()
-    assert resp.created and resp.canceled and resp.compact_revision == 4
+    stream = h.watch(sink, key=b"k", range_end=b"l", start_revision=2)
+    # etcd's sequence: created, then a separate cancel (one response with both hung aetcd)
+    created, cancelled = sink.responses()
+    assert created.created and not created.canceled and not created.compact_revision
+    assert cancelled.canceled and not cancelled.created and cancelled.compact_revision == 4
+    assert (cancelled.header.revision, cancelled.cancel_reason) == (0, "")
     assert h.hub.watcher_count == 0
+    # its id stays taken until the client cancels it, as in etcd
+    h.hub.create(stream, rpc_pb2.WatchCreateRequest(key=b"k", watch_id=0))
+    assert sink.responses()[-1].watch_id == 1
+    h.hub.cancel(stream, 0)
+    h.hub.cancel(stream, 0)  # unknown by now: no answer
+    assert [(r.watch_id, r.canceled) for r in sink.responses()[-2:]] == [(1, False), (0, True)]
 
 
 def test_ids_are_per_stream_and_duplicates_refused() -> None:
@@ -104,8 +116,12 @@ def test_ids_are_per_stream_and_duplicates_refused() -> None:
     stream = h.watch(sink, key=b"a")
     h.hub.create(stream, rpc_pb2.WatchCreateRequest(key=b"b"))
     h.hub.create(stream, rpc_pb2.WatchCreateRequest(key=b"c", watch_id=1))
-    ids = [(r.watch_id, r.created, r.canceled) for r in sink.responses()]
-    assert ids == [(0, True, False), (1, True, False), (1, True, True)]
+    ids = [(r.watch_id, r.created, r.canceled, r.cancel_reason) for r in sink.responses()]
+    assert ids == [
+        (0, True, False, ""),
+        (1, True, False, ""),
+        (-1, True, True, "mvcc: duplicate watch ID provided on the WatchStream"),
+    ]
     h.hub.cancel(stream, 0)
     h.put(b"a")
     h.put(b"b")
@@ -151,3 +167,67 @@ def test_progress_request_and_notifications() -> None:
     resp = sink.responses()
     assert (resp[1].watch_id, resp[1].header.revision) == (-1, rev)
     assert (resp[2].watch_id, resp[2].header.revision, list(resp[2].events)) == (0, rev, [])
+
+
+def test_empty_ranges_refused_and_empty_key_is_the_smallest_key() -> None:
+    h = Harness()
+    sink = ListSink()
+    stream = h.watch(sink, key=b"b", range_end=b"a")
+    h.hub.create(stream, rpc_pb2.WatchCreateRequest(key=b"b", range_end=b"b"))
+    h.hub.create(stream, rpc_pb2.WatchCreateRequest(key=b"", range_end=b"\0"))  # every key
+    refused, refused_too, everything = sink.responses()
+    for r in (refused, refused_too):
+        assert (r.watch_id, r.created, r.canceled) == (-1, True, True)
+        assert r.cancel_reason == "mvcc: watcher range is empty"
+    assert (everything.watch_id, everything.canceled) == (0, False)
+    rev = h.put(b"\x01")
+    assert event_revs(sink) == [rev]
+
+
+def test_fragment_splits_large_responses_as_etcd() -> None:
+    h = Harness()
+    value = b"x" * 600_000
+    for k in (b"k1", b"k2", b"k3", b"k4"):
+        h.put(k, value)
+    whole, parts = ListSink(), ListSink()
+    h.watch(whole, key=b"k", range_end=b"l", start_revision=1)
+    h.watch(parts, key=b"k", range_end=b"l", start_revision=1, fragment=True)
+    got = [(r.fragment, len(r.events)) for r in parts.responses()[1:]]
+    # 2 MiB (etcd's 1.5 MiB request limit + 512 KiB): three events fit, the fourth does not
+    assert got == [(True, 3), (False, 1)]
+    assert [(r.fragment, len(r.events)) for r in whole.responses()[1:]] == [(False, 4)]
+    assert event_revs(parts) == event_revs(whole)
+
+
+def test_history_goes_in_runs_of_whole_revisions() -> None:
+    evs = [Event(revision=r, key=b"k", record=None, prev=None) for r in (1, 2, 2, 2, 3, 4, 4)]
+    assert [[e.revision for e in c] for c in _by_revisions(evs, 2)] == [[1, 2, 2, 2], [3, 4, 4]]
+    assert [[e.revision for e in c] for c in _by_revisions(evs, 1)] == [[1], [2, 2, 2], [3], [4, 4]]
+    assert _by_revisions([], 5) == []
+
+
+def test_watch_from_exactly_the_compacted_revision_gets_its_puts_as_from_etcd() -> None:
+    h = Harness()
+    h.put(b"k1", b"old")
+    n = h.put(b"k1", b"at-n")  # overwritten later: etcd's compaction keeps it
+    h.put(b"k1", b"later")
+    h.sm.apply(("compact", n))
+    sink = ListSink()
+    stream = WatchStream(sink, from_compaction_revision=True)
+    h.hub.create(stream, rpc_pb2.WatchCreateRequest(key=b"k", range_end=b"l", start_revision=n))
+    created, history = sink.responses()
+    assert created.created and not history.canceled
+    assert [(e.kv.mod_revision, e.kv.value, e.HasField("prev_kv")) for e in history.events] == [
+        (n, b"at-n", False),  # no previous value: compacted
+        (n + 1, b"later", False),
+    ]
+    d = h.delete(b"k1")
+    h.sm.apply(("compact", d))  # a delete at the compacted revision is gone, as in etcd
+    before = len(sink.sent)
+    h.hub.create(stream, rpc_pb2.WatchCreateRequest(key=b"k1", start_revision=d))
+    (only,) = sink.responses()[before:]  # created; nothing at d, not cancelled
+    assert (only.watch_id, only.created, only.canceled) == (1, True, False)
+    # the Objects watch keeps refusing it: it would lose that revision's deletes
+    objects = ListSink()
+    h.watch(objects, key=b"k", range_end=b"l", start_revision=d)
+    assert objects.responses()[-1].compact_revision == d
