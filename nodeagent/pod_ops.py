@@ -167,3 +167,6 @@ class AgentPolicy:
 
     def watch_delta(self, method: str, request: Any) -> int:
         return 0
+
+    def watch_answer(self, method: str, response: Any) -> tuple[str, int] | None:
+        return None

@@ -62,6 +62,7 @@ from protos import rpc_pb2
 from .errors import Code, StoreError
 
 LEADER_PREFIX = b"/mizzen/leader/"
+ETCD_WATCH = "/etcdserverpb.Watch/Watch"
 NODE_LEASE_NAMESPACE = "mizzen-node-lease"
 OBJECTS = "/mizzen.v1.Objects/"
 FENCING_ROLES = frozenset({"controller", "admin"})
@@ -129,13 +130,22 @@ class StorePolicy:
     """The AuthInterceptor's policy: the rules that need only the identity and the request."""
 
     def watch_delta(self, method: str, request: Any) -> int:
-        if method != "/etcdserverpb.Watch/Watch":
+        """+1 per etcd watch create; a cancel counts nothing here: the watch is
+        released by the answer that ends it (watch_answer), so cancels of ids that
+        were never opened cannot lower the count below what is open."""
+        if method != ETCD_WATCH:
             return 0
-        if request.HasField("create_request"):
-            return 1
-        if request.HasField("cancel_request"):
-            return -1
-        return 0
+        return 1 if request.HasField("create_request") else 0
+
+    def watch_answer(self, method: str, response: Any) -> tuple[str, int] | None:
+        if method != ETCD_WATCH:
+            return None
+        watch_id, created, canceled = watch_response_head(response)
+        if created:
+            return ("refused" if canceled else "opened", watch_id)
+        if canceled:
+            return ("closed", watch_id)
+        return None
 
     async def authorize(self, identity: Identity, method: str, request: Any) -> None:
         role = identity.role
@@ -475,6 +485,44 @@ def _selects_node(selector: str, node: str) -> bool:
     except ValueError:
         return False
     return matcher.value_of("spec.nodeName") == node
+
+
+def watch_response_head(response: bytes | rpc_pb2.WatchResponse) -> tuple[int, bool, bool]:
+    """(watch_id, created, canceled) of a WatchResponse, also as the bytes the watch
+    hub sends, without decoding its events: protobuf writes fields in number order,
+    so the scan stops at the first field after ``canceled`` (4)."""
+    if not isinstance(response, bytes | bytearray | memoryview):
+        return response.watch_id, response.created, response.canceled
+    data = bytes(response)
+    values = {2: 0, 3: 0, 4: 0}
+    pos = 0
+    while pos < len(data):
+        tag, pos = _varint(data, pos)
+        number, wire = tag >> 3, tag & 7
+        if number > 4:
+            break
+        if wire == 0:
+            value, pos = _varint(data, pos)
+            if number in values:
+                values[number] = value
+        elif wire == 2:
+            length, pos = _varint(data, pos)
+            pos += length
+        else:  # no other wire type comes before field 5 of a WatchResponse
+            break
+    watch_id = values[2] - (1 << 64) if values[2] >= 1 << 63 else values[2]
+    return watch_id, bool(values[3]), bool(values[4])
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
 
 
 def key_ranges(method: str, request: Any) -> Iterator[tuple[str, bytes, bytes]]:

@@ -116,6 +116,17 @@ class Policy(Protocol):
     def watch_delta(self, method: str, request: Any) -> int:
         """How many watches this message opens (+) or closes (-) beyond the stream itself."""
 
+    def watch_answer(self, method: str, response: Any) -> WatchAnswer | None:
+        """What an answer on a stream did to one watch it counts (None: nothing).
+
+        For a stream whose watches end by the server's answer (etcd's Watch: a
+        cancel request may name an id that was never opened), requests only open
+        (watch_delta +1) and answers release: ("refused", id) a create that did
+        not open, ("opened", id), then ("closed", id) once, for an opened id."""
+
+
+WatchAnswer = tuple[str, int]
+
 
 MIB = 1024 * 1024
 QUOTA_BURST_SECONDS = 2.0
@@ -468,9 +479,13 @@ class AuthInterceptor(CachingInterceptor):
             requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
         ) -> AsyncIterator[Any]:
             identity = await self._who(context)
-            async with self._watching(method, context, identity) as counted:
+            watching = self._watching(method, context, identity)
+            async with watching as counted:
                 checked = self._checked(method, requests, context, identity, counted)
                 async for item in behavior(checked, context):
+                    answer = self.policy.watch_answer(method, item)
+                    if answer is not None:
+                        watching.answered(answer)
                     yield item
 
         return call
@@ -496,6 +511,7 @@ class _WatchCount:
         self.context = context
         self.identity = identity
         self.counted = [0]
+        self.opened: set[int] = set()  # ids the server answered as open (watch_answer)
 
     async def __aenter__(self) -> list[int]:
         if self.stream:
@@ -507,6 +523,20 @@ class _WatchCount:
 
     async def __aexit__(self, *exc: object) -> None:
         self.interceptor.limits.open_watches(self.identity, -(self.stream + self.counted[0]))
+
+    def answered(self, answer: WatchAnswer) -> None:
+        """Release what a refused create reserved, or an opened watch once it closed."""
+        what, watch_id = answer
+        if what == "opened":
+            self.opened.add(watch_id)
+            return
+        if what == "closed":
+            if watch_id not in self.opened:
+                return  # never opened, or already closed (a cancel after a compaction's)
+            self.opened.discard(watch_id)
+        if self.counted[0] > 0:
+            self.counted[0] -= 1
+            self.interceptor.limits.open_watches(self.identity, -1)
 
 
 class RolePolicy:
@@ -523,3 +553,6 @@ class RolePolicy:
 
     def watch_delta(self, method: str, request: Any) -> int:
         return 0
+
+    def watch_answer(self, method: str, response: Any) -> WatchAnswer | None:
+        return None

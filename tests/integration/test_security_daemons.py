@@ -83,6 +83,29 @@ async def test_rate_and_watch_limits_per_identity(pki: Pki, tmp_path: Path) -> N
                 assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) == 1
                 for call in calls:
                     call.cancel()
+            await asyncio.sleep(0.5)  # the cancelled streams are released
+            await _cancels_of_unknown_ids_do_not_free_watches(pki, cluster)
+
+
+async def _cancels_of_unknown_ids_do_not_free_watches(pki: Pki, cluster: MizzenCluster) -> None:
+    """An etcd Watch stream (counts 1) with one watch (2 = the limit): a cancel of an id
+    that was never opened frees nothing, so a second create is refused."""
+    from protos import rpc_pb2, rpc_pb2_grpc
+
+    key = b"/mizzen/leader/x"  # a viewer may read (and watch) the leader keys
+    creates = [rpc_pb2.WatchRequest(create_request=rpc_pb2.WatchCreateRequest(key=key))]
+    async with pki.creds("vera").aio_channel(cluster.endpoints[0]) as channel:
+        stream = rpc_pb2_grpc.WatchStub(channel).Watch()
+        await stream.write(creates[0])
+        first = await asyncio.wait_for(stream.read(), 5)
+        assert first.created and not first.canceled
+        cancel = rpc_pb2.WatchCancelRequest(watch_id=99)
+        await stream.write(rpc_pb2.WatchRequest(cancel_request=cancel))
+        await stream.write(creates[0])
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await asyncio.wait_for(stream.read(), 5)
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "too many watches for vera: limit 2" in (err.value.details() or "")
 
 
 # ----------------------------------------------------------------- insecure mode

@@ -625,8 +625,22 @@ def test_watch_delta_counts_etcd_watch_ids() -> None:
     cancel = rpc_pb2.WatchRequest(cancel_request=rpc_pb2.WatchCancelRequest(watch_id=1))
     method = "/etcdserverpb.Watch/Watch"
     assert POLICY.watch_delta(method, create) == 1
-    assert POLICY.watch_delta(method, cancel) == -1
+    assert POLICY.watch_delta(method, cancel) == 0  # released by the answer instead
     assert POLICY.watch_delta(OBJ + "Watch", api.WatchRequest()) == 0
+    answer = rpc_pb2.WatchResponse
+    assert POLICY.watch_answer(method, answer(watch_id=3, created=True)) == ("opened", 3)
+    refused = answer(watch_id=-1, created=True, canceled=True)
+    assert POLICY.watch_answer(method, refused) == ("refused", -1)
+    assert POLICY.watch_answer(method, answer(watch_id=3, canceled=True)) == ("closed", 3)
+    assert POLICY.watch_answer(method, answer(watch_id=3)) is None  # events
+    assert POLICY.watch_answer(OBJ + "Watch", answer(created=True)) is None
+    # as the watch hub sends them: bytes, events and all
+    event = rpc_pb2.WatchResponse(watch_id=7, canceled=True, cancel_reason="x")
+    event.header.revision = 12
+    event.events.add().kv.key = b"k"
+    assert POLICY.watch_answer(method, event.SerializeToString()) == ("closed", 7)
+    assert POLICY.watch_answer(method, refused.SerializeToString()) == ("refused", -1)
+    assert POLICY.watch_answer(method, answer(watch_id=2).SerializeToString()) is None
 
 
 def test_identity_from_certificates(tmp_path: Path) -> None:

@@ -183,6 +183,9 @@ class AllowAll:
     def watch_delta(self, method: str, request: Any) -> int:
         return 0
 
+    def watch_answer(self, method: str, response: Any) -> tuple[str, int] | None:
+        return None
+
 
 async def admit(interceptor: AuthInterceptor, method: str, request: Any, ctx: Any) -> None:
     await interceptor._admit(method, request, ctx, NODE_A)
