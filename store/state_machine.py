@@ -21,6 +21,7 @@ needs aliases for old snapshots and is a change of its own.
 from __future__ import annotations
 
 import bisect
+import copy
 import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from typing import Any
 
 from protos import kv_pb2, rpc_pb2
 
+from . import etcd_auth
 from .errors import Code, StoreError
 from .keyspace import in_range, range_bounds
 
@@ -122,6 +124,13 @@ class KeepAliveResult:
 class StateMachine:
     """Applies commands; answers reads. Not thread-safe: the Raft glue holds a lock."""
 
+    # etcd's auth store (store/etcd_auth.py), set by etcd_auth.init_fields
+    auth_enabled: bool
+    auth_revision: int
+    auth_secret: bytes
+    auth_users: dict[str, bytes]
+    auth_roles: dict[str, bytes]
+
     def __init__(
         self, history_limit: int = 100_000, history_bytes_limit: int = DEFAULT_HISTORY_BYTES
     ) -> None:
@@ -138,6 +147,7 @@ class StateMachine:
         self.cluster_id = 0  # set by the seed; 0 before
         self._sessions: OrderedDict[str, Session] = OrderedDict()
         self._pending: list[Event] = []  # events produced by the command being applied
+        etcd_auth.init_fields(self)  # etcd's users, roles and auth switch (store/etcd_auth.py)
 
     # ------------------------------------------------------------------ apply
 
@@ -196,6 +206,8 @@ class StateMachine:
                 return self._member_command(cmd)
             if op == "barrier":
                 return self.revision
+            if op == "auth":
+                return self._auth(cmd)
             return StoreError(Code.INVALID_ARGUMENT, f"mizzen: unknown command {op!r}")
         except StoreError as err:
             self._rollback()
@@ -418,6 +430,15 @@ class StateMachine:
         del self.leases[lease_id]
         return rpc_pb2.LeaseRevokeResponse()
 
+    # ------------------------------------------------------------------ auth
+
+    def _auth(self, cmd: tuple[Any, ...]) -> Any:
+        """etcd's auth store (store/etcd_auth.py): a response stamped with the revision."""
+        result = etcd_auth.apply_auth(self, cmd)
+        if not isinstance(result, StoreError):
+            result.header.revision = self.revision
+        return result
+
     # --------------------------------------------------------------- members
 
     def _member_command(self, cmd: tuple[Any, ...]) -> Any:
@@ -594,7 +615,7 @@ class StateMachine:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         for k in _SNAPSHOT_FIELDS:
-            setattr(self, k, state[k] if k in state else _OPTIONAL_FIELDS[k])
+            setattr(self, k, state[k] if k in state else copy.copy(_OPTIONAL_FIELDS[k]))
         self.history_bytes = sum(event_bytes(e) for e in self._history)
         # states written before member records held {name: [client URLs]}: dropped,
         # the members re-seed and re-publish them (see StoreNode)
@@ -616,10 +637,15 @@ _SNAPSHOT_FIELDS = (
     "members",
     "cluster_id",
     "_sessions",
+    *etcd_auth.FIELDS,
 )
 _MEMBER_COMMANDS = frozenset({"member_seed", "member_attrs", "member_add", "member_remove"})
 # fields a state written by an older version may lack, with their defaults
-_OPTIONAL_FIELDS: dict[str, Any] = {"cluster_id": 0, "history_bytes_limit": DEFAULT_HISTORY_BYTES}
+_OPTIONAL_FIELDS: dict[str, Any] = {
+    "cluster_id": 0,
+    "history_bytes_limit": DEFAULT_HISTORY_BYTES,
+    **etcd_auth.FIELDS,
+}
 
 
 def event_bytes(ev: Event) -> int:
