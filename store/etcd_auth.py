@@ -23,6 +23,10 @@ secret are in the key space, so nothing read through Range helps forge one.
 ``permitted`` is etcd's range permission check: a request range must lie
 wholly in the union of the ranges the user's roles grant for that verb; the
 ``root`` role may do everything.
+
+One file because this is etcd's auth store, one idea: the records, the
+commands that change them, the permission check that reads them and the
+tokens bound to them (a token is valid only while its user's record is).
 """
 
 from __future__ import annotations
