@@ -48,7 +48,7 @@ from mizzen.security.tls import AUTHORIZATION, BEARER
 from protos import rpc_pb2
 
 from . import etcd_auth
-from .authz import CONTROLLER_LEASE, LEADER_PREFIX, LOCK_ELECTION_METHODS, etcd_key_ranges, within
+from .authz import LEADER_PREFIX, LOCK_ELECTION_METHODS, etcd_key_ranges, within
 from .errors import StoreError
 from .node import StoreNode
 from .state_machine import StateMachine
@@ -99,6 +99,7 @@ ETCD_SERVICES = (
     "/v3electionpb.",
 )
 WATCH = "/etcdserverpb.Watch/Watch"
+REVOKE = "/etcdserverpb.Lease/LeaseRevoke"
 # every identity may log in as an etcd user and ask whether auth is on
 PUBLIC_AUTH = frozenset({AUTH + "Authenticate", AUTH + "AuthStatus"})
 GO_CODES = {
@@ -141,7 +142,7 @@ def decide(
     if etcd_auth.is_root(user):
         return None
     if kind == "keys":
-        if method == "/etcdserverpb.Lease/LeaseRevoke":
+        if method == REVOKE:
             ranges = [("write", k, b"") for k in lease_keys]
         else:
             ranges = etcd_key_ranges(method, request)
@@ -153,11 +154,12 @@ def decide(
     return etcd_auth.MAINTENANCE_DENIED if maintenance else etcd_auth.DENIED
 
 
-def anonymous_allowed(method: str, request: Any) -> bool:
+def anonymous_allowed(method: str, request: Any, lease_keys: list[bytes]) -> bool:
     """What a plaintext store lets a caller without a token do while auth is on: the
-    controller role's raw rights (leader election keys, leases)."""
-    if method in CONTROLLER_LEASE:
-        return True
+    controller role's raw rights (leader election keys; revoking a lease whose keys
+    are all leader keys)."""
+    if method == REVOKE:
+        return all(within(k, b"", LEADER_PREFIX) for k in lease_keys)
     if method not in KEYS or method in LOCK_ELECTION_METHODS:
         return False
     ranges = etcd_key_ranges(method, request)
@@ -253,9 +255,14 @@ class EtcdAuthInterceptor(CachingInterceptor):
         if token is None:
             if not self._enabled() or self.secure or method_class(method) == "token":
                 return None
-            if anonymous_allowed(method, request):
-                return None
-            return self.node.read(lambda sm: decide(sm, method, request, None, []))
+
+            def anonymous(sm: StateMachine) -> StoreError | None:
+                keys = sm.lease_keys(request.ID) if method == REVOKE else []
+                if anonymous_allowed(method, request, keys):
+                    return None
+                return decide(sm, method, request, None, keys)
+
+            return self.node.read(anonymous)
         if not (method == "/etcdserverpb.KV/Range" and request.serializable):
             await self.node.barrier()
         now = self.clock()
@@ -266,7 +273,7 @@ class EtcdAuthInterceptor(CachingInterceptor):
                 return etcd_auth.INVALID_TOKEN
             if not sm.auth_enabled:
                 return None
-            keys = sm.lease_keys(request.ID) if method.endswith("/LeaseRevoke") else []
+            keys = sm.lease_keys(request.ID) if method == REVOKE else []
             return decide(sm, method, request, name, keys)
 
         refusal = self.node.read(judge)

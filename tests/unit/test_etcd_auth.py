@@ -251,10 +251,13 @@ def test_lock_and_election_need_the_name_prefix(sm: StateMachine) -> None:
 
 def test_anonymous_keeps_the_controller_role_on_a_plaintext_store() -> None:
     leader = rpc_pb2.PutRequest(key=b"/mizzen/leader/controllers")
-    assert anonymous_allowed("/etcdserverpb.KV/Put", leader)
-    assert not anonymous_allowed("/etcdserverpb.KV/Put", rpc_pb2.PutRequest(key=b"/a"))
-    assert anonymous_allowed("/etcdserverpb.Lease/LeaseRevoke", rpc_pb2.LeaseRevokeRequest())
-    assert not anonymous_allowed("/etcdserverpb.Auth/UserAdd", rpc_pb2.AuthUserAddRequest())
+    assert anonymous_allowed("/etcdserverpb.KV/Put", leader, [])
+    assert not anonymous_allowed("/etcdserverpb.KV/Put", rpc_pb2.PutRequest(key=b"/a"), [])
+    revoke, request = "/etcdserverpb.Lease/LeaseRevoke", rpc_pb2.LeaseRevokeRequest(ID=1)
+    assert anonymous_allowed(revoke, request, [b"/mizzen/leader/controllers"])
+    assert anonymous_allowed(revoke, request, [])  # etcd checks only the lease's keys
+    assert not anonymous_allowed(revoke, request, [b"/mizzen/leader/x", b"/a"])
+    assert not anonymous_allowed("/etcdserverpb.Auth/UserAdd", rpc_pb2.AuthUserAddRequest(), [])
 
 
 def test_token_metadata() -> None:
