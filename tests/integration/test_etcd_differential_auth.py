@@ -56,7 +56,7 @@ async def cleanup(channel: grpc.aio.Channel) -> None:
         await auth.RoleDelete(rpc_pb2.AuthRoleDeleteRequest(role=role))
 
 
-def perm(kind: int, key: bytes, end: bytes = b"") -> auth_pb2.Permission:
+def perm(kind: auth_pb2.Permission.Type, key: bytes, end: bytes = b"") -> auth_pb2.Permission:
     return auth_pb2.Permission(permType=kind, key=key, range_end=end)
 
 

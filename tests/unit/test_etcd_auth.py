@@ -27,7 +27,7 @@ def auth(sm: StateMachine, *cmd: Any) -> Any:
     return sm.apply(("auth", *cmd))
 
 
-def perm(kind: int, key: bytes, end: bytes = b"") -> bytes:
+def perm(kind: auth_pb2.Permission.Type, key: bytes, end: bytes = b"") -> bytes:
     return auth_pb2.Permission(permType=kind, key=key, range_end=end).SerializeToString()
 
 
