@@ -62,6 +62,10 @@ class AuthService(rpc_pb2_grpc.AuthServicer):
         enabled, user = self.node.read(lookup)
         if not enabled:
             raise etcd_auth.NOT_ENABLED
+        if not self.node.read(lambda sm: sm.auth_secret):
+            # restored from a snapshot file (no secret saved): the first applied
+            # enable's secret is everyone's
+            await self.node.propose(("auth", "enable", etcd_auth.new_secret()))
         if user is None:
             raise etcd_auth.AUTH_FAILED
         if user.options.no_password:

@@ -145,6 +145,8 @@ def apply_auth(sm: Any, cmd: tuple[Any, ...]) -> Any:
 
 def _enable(sm: Any, secret: bytes) -> Any:
     if sm.auth_enabled:
+        if not sm.auth_secret:  # restored from a snapshot file, which holds no secret
+            sm.auth_secret = bytes(secret)
         return rpc_pb2.AuthEnableResponse()
     root = user(sm, ROOT)
     if root is None:

@@ -13,7 +13,9 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -181,3 +183,69 @@ def test_plaintext_controllers_keep_their_leader_keys(stores: dict[str, LocalClu
         etcdctl(endpoint, ROOT, "auth", "disable")
         etcdctl(endpoint, "del", "/mizzen/leader/test")
         etcdctl(endpoint, "user", "delete", "root")
+
+
+def test_snapshot_restore_keeps_users_roles_and_auth(
+    stores: dict[str, LocalCluster], tmp_path: Path
+) -> None:
+    endpoint = stores["mizzen"].endpoint(0)
+    setup = [
+        ("user", "add", "root:rootpw"),
+        ("user", "grant-role", "root", "root"),
+        ("user", "add", "u:upw"),
+        ("role", "add", "app"),
+        ("role", "grant-permission", "app", "--prefix=true", "readwrite", "/app/"),
+        ("user", "grant-role", "u", "app"),
+        ("put", "/app/kept", "1"),
+        ("auth", "enable"),
+    ]
+    for args in setup:
+        assert etcdctl(endpoint, *args)[0] == 0, args
+    snap = tmp_path / "auth.snap"
+    try:
+        code, text = etcdctl(endpoint, ROOT, "snapshot", "save", str(snap))
+        assert code == 0, text
+    finally:
+        etcdctl(endpoint, ROOT, "auth", "disable")
+        for args in (
+            ("user", "delete", "u"),
+            ("user", "delete", "root"),
+            ("role", "delete", "app"),
+        ):
+            etcdctl(endpoint, *args)
+        etcdctl(endpoint, "del", "/app/kept")
+    new = MizzenCluster(3, tmp_path / "new")
+    argv = new.argv(0)
+    initial = argv[argv.index("--initial-cluster") + 1]
+    for i, name in enumerate(new.names):
+        restore = [sys.executable, "-m", "mizzen", "snapshot", "restore", str(snap)]
+        restore += [
+            "--data-dir",
+            str(new.data_dir(i)),
+            "--name",
+            name,
+            "--initial-cluster",
+            initial,
+        ]
+        subprocess.run(restore, check=True, capture_output=True, timeout=60)
+    with new:
+        first, second = new.endpoint(1), new.endpoint(2)
+        assert etcdctl(first, "get", "/app/kept")[0] != 0  # auth is on: no token, no read
+        assert etcdctl(first, U, "get", "/app/kept", "--print-value-only") == (0, "1")
+        assert etcdctl(second, U, "put", "/app/new", "2") == (0, "OK")
+        code, text = etcdctl(second, U, "put", "/other", "2")
+        assert code != 0 and "permission denied" in text
+        assert asyncio.run(_token_on_another_member(first, second)) == b"2"
+
+
+async def _token_on_another_member(first: str, second: str) -> bytes:
+    async with grpc.aio.insecure_channel(first) as a, grpc.aio.insecure_channel(second) as b:
+        login = rpc_pb2.AuthenticateRequest(name="u", password="upw")
+        token = await asyncio.wait_for(rpc_pb2_grpc.AuthStub(a).Authenticate(login), 10)
+        got = await asyncio.wait_for(
+            rpc_pb2_grpc.KVStub(b).Range(
+                rpc_pb2.RangeRequest(key=b"/app/new"), metadata=(("token", token.token),)
+            ),
+            10,
+        )
+        return got.kvs[0].value

@@ -266,3 +266,71 @@ def test_token_metadata() -> None:
     assert token_of([("authorization", "Bearer mizzen")]) is None  # Mizzen's own tokens
     assert token_of([("authorization", "t2"), ("token", "t1")]) == "t1"
     assert token_of(None) is None
+
+
+# -------------------------------------------------- snapshot files (store/snapshot.py)
+
+
+def test_snapshot_files_keep_users_roles_and_the_switch_not_the_secret(sm: StateMachine) -> None:
+    from store import snapshot
+
+    auth(sm, "enable", b"k" * 32)
+    restored = snapshot.for_new_cluster(snapshot.decode(snapshot.encode(sm)))
+    assert restored.auth_users == sm.auth_users and restored.auth_roles == sm.auth_roles
+    assert restored.auth_enabled and restored.auth_secret == b""
+    # the first Authenticate proposes an enable: it only draws the secret
+    assert isinstance(auth(restored, "enable", b"n" * 32), rpc_pb2.AuthEnableResponse)
+    assert restored.auth_secret == b"n" * 32
+    auth(restored, "enable", b"x" * 32)
+    assert restored.auth_secret == b"n" * 32
+    token = etcd_auth.mint_token(restored, "u", now=1.0)
+    assert etcd_auth.token_user(restored, token, 1.0) == "u"
+    plain = snapshot.decode(snapshot.encode(StateMachine()))
+    assert plain.auth_users == {} and not plain.auth_enabled
+
+
+def _records_file(sm: StateMachine, edit: Any) -> bytes:
+    """A snapshot file of sm whose header and user/role records edit(header, users, roles)
+    changed."""
+    from store import snapshot
+
+    c = snapshot.capture(sm)
+    users = [auth_pb2.User.FromString(u) for u in c.users]
+    roles = [auth_pb2.Role.FromString(r) for r in c.roles]
+    enabled = bool(edit(users, roles))
+    return snapshot.encode_captured(
+        snapshot.Captured(
+            revision=c.revision,
+            compacted=c.compacted,
+            history_limit=c.history_limit,
+            records=c.records,
+            leases=c.leases,
+            history=c.history,
+            users=[u.SerializeToString() for u in users],
+            roles=[r.SerializeToString() for r in roles],
+            auth_enabled=enabled,
+        )
+    )
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda users, roles: users.reverse(), "users must be unique and ascending"),
+        (lambda users, roles: users.append(users[-1]), "users must be unique and ascending"),
+        (lambda users, roles: users[0].ClearField("name"), "user with an empty name"),
+        (
+            lambda users, roles: [roles[0].keyPermission.add(permType=7, key=b"/x"), 0][1],
+            "unknown permission type 7",
+        ),
+        (lambda users, roles: [users.pop(0), True][1], "no user root with the root role"),
+    ],
+)
+def test_snapshot_files_with_bad_auth_records_are_refused(
+    sm: StateMachine, edit: Any, message: str
+) -> None:
+    from store import snapshot
+
+    data = _records_file(sm, edit)
+    with pytest.raises(snapshot.SnapshotError, match=message):
+        snapshot.decode(data)
