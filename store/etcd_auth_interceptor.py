@@ -329,6 +329,21 @@ class EtcdAuthInterceptor(CachingInterceptor):
 
         async def call(requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             token = token_of(context.invocation_metadata())
+            if token is None and not self._enabled():
+                # the common case, without the extra task and queue hop per response:
+                # auth off as the stream opens; if it is turned on meanwhile, a
+                # refused create ends the stream with etcd's error instead
+                async def unchanged() -> AsyncIterator[Any]:
+                    async for request in requests:
+                        if request.HasField("create_request"):
+                            refusal = await self._check(method, request, None)
+                            if refusal is not None:
+                                await context.abort(refusal.code.grpc, refusal.message)
+                        yield request
+
+                async for item in behavior(unchanged(), context):
+                    yield item
+                return
             out: asyncio.Queue[Any] = asyncio.Queue()
             end = object()
 
