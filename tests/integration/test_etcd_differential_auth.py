@@ -257,6 +257,11 @@ async def enforcement(trace: Trace, second: grpc.aio.Channel) -> None:
     await c("put on member 2", kv2.Put(put(key=trace.key("a/z"), value=b"2"), metadata=u))
     await c("put outside on member 2", kv2.Put(put(key=trace.key("c"), value=b"2"), metadata=u))
 
+    await c(
+        "user get self on member 2", a2.UserGet(rpc_pb2.AuthUserGetRequest(name="u"), metadata=u)
+    )
+    await c("user list on member 2", a2.UserList(rpc_pb2.AuthUserListRequest(), metadata=u))
+
     # leases: grant needs nothing, revoke needs write on every key of the lease
     lease = rpc_pb2_grpc.LeaseStub(trace.channel)
     grant = await c(
@@ -316,7 +321,7 @@ async def enforcement(trace: Trace, second: grpc.aio.Channel) -> None:
     # a password change ends the user's tokens
     cp = rpc_pb2.AuthUserChangePasswordRequest
     await c(
-        "change u's password", a2.UserChangePassword(cp(name="u", password="new"), metadata=root)
+        "change u's password", a.UserChangePassword(cp(name="u", password="new"), metadata=root)
     )
     await c(
         "old token after password change", kv.Put(put(key=trace.key("b"), value=b"4"), metadata=u)
@@ -331,6 +336,7 @@ async def enforcement(trace: Trace, second: grpc.aio.Channel) -> None:
     await c("put b with new token", kv.Put(put(key=trace.key("b"), value=b"5"), metadata=u))
     # a deleted user's token stops working
     await c("delete u", a.UserDelete(rpc_pb2.AuthUserDeleteRequest(name="u"), metadata=root))
+    await c("root reads on member 2 again", kv2.Range(rng(key=trace.key("b")), metadata=root))
     await c("token of a deleted user", kv2.Put(put(key=trace.key("b"), value=b"6"), metadata=u))
     await c("disable without token", a.AuthDisable(rpc_pb2.AuthDisableRequest()))
     await c("disable as root", a.AuthDisable(rpc_pb2.AuthDisableRequest(), metadata=root))
