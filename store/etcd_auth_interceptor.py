@@ -264,7 +264,10 @@ class EtcdAuthInterceptor(CachingInterceptor):
 
             return self.node.read(anonymous)
         if not (method == "/etcdserverpb.KV/Range" and request.serializable):
-            await self.node.barrier()
+            try:
+                await self.node.barrier()
+            except StoreError as err:  # no leader, timed out: the client may retry
+                return err
         now = self.clock()
 
         def judge(sm: StateMachine) -> StoreError | None:
