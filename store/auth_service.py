@@ -78,7 +78,7 @@ class AuthService(rpc_pb2_grpc.AuthServicer):
             current = etcd_auth.user(sm, request.name)
             if not sm.auth_enabled or current is None or current.password != user.password:
                 return None  # changed while the password was checked
-            return etcd_auth.mint_token(sm, request.name, time.time())
+            return etcd_auth.mint_token(sm, request.name, time.time(), self.node.cfg.auth_token_ttl)
 
         token = self.node.read(mint)
         if token is None:

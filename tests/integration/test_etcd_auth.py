@@ -249,3 +249,37 @@ async def _token_on_another_member(first: str, second: str) -> bytes:
             10,
         )
         return got.kvs[0].value
+
+
+def test_tokens_expire_after_auth_token_ttl(tmp_path: Path) -> None:
+    bad = subprocess.run(
+        [sys.executable, "-m", "mizzen", "store", "--auth-token-ttl", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode != 0 and "--auth-token-ttl: must be at least 1" in bad.stderr
+    assert "Traceback" not in bad.stderr
+    with MizzenCluster(1, tmp_path / "ttl", extra_args=["--auth-token-ttl", "1"]) as store:
+        assert asyncio.run(_expiry(store.endpoint(0))) == "etcdserver: invalid auth token"
+
+
+async def _expiry(endpoint: str) -> str | None:
+    async with grpc.aio.insecure_channel(endpoint) as channel:
+        auth, kv = rpc_pb2_grpc.AuthStub(channel), rpc_pb2_grpc.KVStub(channel)
+        await auth.UserAdd(rpc_pb2.AuthUserAddRequest(name="root", password="rootpw"))
+        await auth.UserGrantRole(rpc_pb2.AuthUserGrantRoleRequest(user="root", role="root"))
+        await auth.AuthEnable(rpc_pb2.AuthEnableRequest())
+        login = rpc_pb2.AuthenticateRequest(name="root", password="rootpw")
+        token = (await auth.Authenticate(login, timeout=10)).token
+        put = rpc_pb2.PutRequest(key=b"/ttl", value=b"1")
+        await kv.Put(put, metadata=(("token", token),), timeout=10)  # valid at first
+        for _ in range(100):  # bounded: the token's second ends within 2 s
+            try:
+                await kv.Put(put, metadata=(("token", token),), timeout=10)
+            except grpc.aio.AioRpcError as err:
+                fresh = (await auth.Authenticate(login, timeout=10)).token
+                await kv.Put(put, metadata=(("token", fresh),), timeout=10)  # a new one works
+                return err.details()
+            await asyncio.sleep(0.1)
+        return None
