@@ -6,13 +6,18 @@ Driven with Debian's etcdctl 3.4 (client certificate plus ``--user``).
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import os
 import shutil
 import subprocess
 from collections.abc import Iterator
 
+import grpc
 import pytest
 from security_fixtures import Pki, Store, pki_fixture, store_fixture  # noqa: F401 (fixtures)
+
+from protos import rpc_pb2, rpc_pb2_grpc
 
 pytestmark = [
     pytest.mark.timeout(120),
@@ -70,3 +75,33 @@ def test_certificates_keep_their_roles_with_auth_on(pki: Pki, store: Store, auth
     # a viewer may log in but not administer: UserList needs root or the admin role
     listed = etcdctl(pki, store, "vera", "--user=u:upw", "user", "list")
     assert listed.returncode != 0 and "vera (role viewer)" in listed.stderr
+
+
+async def _first_watch_answer(
+    pki: Pki, store: Store, metadata: tuple[tuple[str, str], ...], key: bytes
+) -> str:
+    """created / canceled: <reason> / the status code the stream ended with."""
+    create = rpc_pb2.WatchRequest(
+        create_request=rpc_pb2.WatchCreateRequest(key=key, range_end=key[:-1] + b"0")
+    )
+    async with pki.creds("vera").aio_channel(store.endpoint) as channel:
+        call = rpc_pb2_grpc.WatchStub(channel).Watch(iter([create]), metadata=metadata)
+        try:
+            async for resp in call:
+                return f"canceled: {resp.cancel_reason}" if resp.canceled else "created"
+        except grpc.aio.AioRpcError as err:
+            return str(err.code().name)
+        finally:
+            call.cancel()
+    return "ended"
+
+
+async def test_an_etcd_user_widens_a_viewers_watch(pki: Pki, store: Store, auth_on: None) -> None:
+    async with pki.creds("vera").aio_channel(store.endpoint) as channel:
+        login = rpc_pb2.AuthenticateRequest(name="u", password="upw")
+        token = await asyncio.wait_for(rpc_pb2_grpc.AuthStub(channel).Authenticate(login), 10)
+    u = (("token", token.token),)
+    watch = functools.partial(_first_watch_answer, pki, store)
+    assert await asyncio.wait_for(watch(u, b"/app/"), 10) == "created"
+    assert await asyncio.wait_for(watch((), b"/app/"), 10) == "PERMISSION_DENIED"
+    assert await asyncio.wait_for(watch(u, b"/other/"), 10) == "PERMISSION_DENIED"
