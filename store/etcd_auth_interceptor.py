@@ -27,9 +27,16 @@ an etcd token is one more way to be allowed a raw etcd request
 (``EtcdUserPolicy``). Without a token, or when the etcd user is not allowed,
 the Mizzen role decides. On a plaintext store (no identities) the etcd user
 decides, and a request without a token is refused as etcd refuses it — except
-what the ``controller`` role may do on a secure store (the leader-election
-keys under ``/mizzen/leader/`` and the Lease API), so a plaintext cluster's
-controllers keep electing their leader.
+the ``controller`` role's raw rights (the leader-election keys under
+``/mizzen/leader/``, revoking a lease whose keys are all there; the rest of the
+Lease API needs no token anyway), so a plaintext cluster's controllers keep
+electing their leader.
+
+Watch streams: a refused create is answered on the stream (etcd's
+created+canceled response) through a queue merged with the service's own
+responses; a stream opened without a token while auth is off skips that queue
+(one generator layer less per response) and, if auth is turned on meanwhile, a
+refused create ends it with the same error.
 """
 
 from __future__ import annotations
