@@ -22,20 +22,21 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from protos import auth_pb2 as protos_dot_auth__pb2
 from protos import kv_pb2 as protos_dot_kv__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15protos/snapshot.proto\x12\x12mizzen.snapshot.v2\x1a\x0fprotos/kv.proto\"z\n\x0eSnapshotHeader\x12\x10\n\x08revision\x18\x01 \x01(\x03\x12\x11\n\tcompacted\x18\x02 \x01(\x03\x12\x15\n\rhistory_limit\x18\x03 \x01(\x03\x12\x0c\n\x04keys\x18\x04 \x01(\x03\x12\x0e\n\x06leases\x18\x05 \x01(\x03\x12\x0e\n\x06\x65vents\x18\x06 \x01(\x03\"(\n\rSnapshotLease\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x0b\n\x03ttl\x18\x02 \x01(\x03\"\xc4\x01\n\x0eSnapshotRecord\x12\x34\n\x06header\x18\x01 \x01(\x0b\x32\".mizzen.snapshot.v2.SnapshotHeaderH\x00\x12\x1e\n\x02kv\x18\x02 \x01(\x0b\x32\x10.mvccpb.KeyValueH\x00\x12\x32\n\x05lease\x18\x03 \x01(\x0b\x32!.mizzen.snapshot.v2.SnapshotLeaseH\x00\x12\x1e\n\x05\x65vent\x18\x04 \x01(\x0b\x32\r.mvccpb.EventH\x00\x42\x08\n\x06recordb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15protos/snapshot.proto\x12\x12mizzen.snapshot.v2\x1a\x11protos/auth.proto\x1a\x0fprotos/kv.proto\"\xae\x01\n\x0eSnapshotHeader\x12\x10\n\x08revision\x18\x01 \x01(\x03\x12\x11\n\tcompacted\x18\x02 \x01(\x03\x12\x15\n\rhistory_limit\x18\x03 \x01(\x03\x12\x0c\n\x04keys\x18\x04 \x01(\x03\x12\x0e\n\x06leases\x18\x05 \x01(\x03\x12\x0e\n\x06\x65vents\x18\x06 \x01(\x03\x12\r\n\x05users\x18\x07 \x01(\x03\x12\r\n\x05roles\x18\x08 \x01(\x03\x12\x14\n\x0c\x61uth_enabled\x18\t \x01(\x08\"(\n\rSnapshotLease\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x0b\n\x03ttl\x18\x02 \x01(\x03\"\x80\x02\n\x0eSnapshotRecord\x12\x34\n\x06header\x18\x01 \x01(\x0b\x32\".mizzen.snapshot.v2.SnapshotHeaderH\x00\x12\x1e\n\x02kv\x18\x02 \x01(\x0b\x32\x10.mvccpb.KeyValueH\x00\x12\x32\n\x05lease\x18\x03 \x01(\x0b\x32!.mizzen.snapshot.v2.SnapshotLeaseH\x00\x12\x1e\n\x05\x65vent\x18\x04 \x01(\x0b\x32\r.mvccpb.EventH\x00\x12\x1c\n\x04user\x18\x05 \x01(\x0b\x32\x0c.authpb.UserH\x00\x12\x1c\n\x04role\x18\x06 \x01(\x0b\x32\x0c.authpb.RoleH\x00\x42\x08\n\x06recordb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.snapshot_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SNAPSHOTHEADER']._serialized_start=62
-  _globals['_SNAPSHOTHEADER']._serialized_end=184
-  _globals['_SNAPSHOTLEASE']._serialized_start=186
-  _globals['_SNAPSHOTLEASE']._serialized_end=226
-  _globals['_SNAPSHOTRECORD']._serialized_start=229
-  _globals['_SNAPSHOTRECORD']._serialized_end=425
+  _globals['_SNAPSHOTHEADER']._serialized_start=82
+  _globals['_SNAPSHOTHEADER']._serialized_end=256
+  _globals['_SNAPSHOTLEASE']._serialized_start=258
+  _globals['_SNAPSHOTLEASE']._serialized_end=298
+  _globals['_SNAPSHOTRECORD']._serialized_start=301
+  _globals['_SNAPSHOTRECORD']._serialized_end=557
 # @@protoc_insertion_point(module_scope)

@@ -589,3 +589,50 @@ def within(key: bytes, range_end: bytes, prefix: bytes) -> bool:
 def _show(key: bytes, range_end: bytes = b"") -> str:
     text = echo(key.decode("utf-8", "replace"))
     return f"{text}..{echo(range_end.decode('utf-8', 'replace'))}" if range_end else text
+
+
+# ------------------------------------------- etcd users (store/etcd_auth_interceptor.py)
+
+LOCK_ELECTION_METHODS = frozenset(
+    {
+        "/v3lockpb.Lock/Lock",
+        "/v3lockpb.Lock/Unlock",
+        "/v3electionpb.Election/Campaign",
+        "/v3electionpb.Election/Proclaim",
+        "/v3electionpb.Election/Resign",
+        "/v3electionpb.Election/Leader",
+        "/v3electionpb.Election/Observe",
+    }
+)
+
+
+def lock_election_ranges(method: str, request: Any) -> Iterator[tuple[str, bytes, bytes]]:
+    """(verb, key, range_end) a Lock or Election request needs, as etcd's own
+    implementation of those services (clientv3 concurrency, run with the caller's
+    token) reads and writes: keys ``<name>/<lease>`` under the prefix ``<name>/``.
+
+    Lock and Campaign put a key under the prefix and range and watch the prefix
+    (read and write on it); Unlock deletes its key; Proclaim and Resign compare
+    and write the leader's key; Leader and Observe read the prefix.
+    """
+    name = method.rsplit("/", 1)[-1]
+    if name in ("Lock", "Campaign"):
+        prefix = request.name + b"/"
+        yield "read", prefix, prefix_end(prefix)
+        yield "write", prefix, prefix_end(prefix)
+    elif name == "Unlock":
+        yield "write", request.key, b""
+    elif name in ("Proclaim", "Resign"):
+        yield "read", request.leader.key, b""
+        yield "write", request.leader.key, b""
+    elif name in ("Leader", "Observe"):
+        prefix = request.name + b"/"
+        yield "read", prefix, prefix_end(prefix)
+
+
+def etcd_key_ranges(method: str, request: Any) -> list[tuple[str, bytes, bytes]]:
+    """Every (verb, key, range_end) an etcd user needs for a KV, Watch, Lock or
+    Election request (LeaseRevoke's keys are read from the state instead)."""
+    if method in LOCK_ELECTION_METHODS:
+        return list(lock_election_ranges(method, request))
+    return list(key_ranges(method, request))

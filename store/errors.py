@@ -23,6 +23,8 @@ class Code(enum.Enum):
     PERMISSION_DENIED = "PERMISSION_DENIED"
     DATA_LOSS = "DATA_LOSS"
     INTERNAL = "INTERNAL"
+    UNAUTHENTICATED = "UNAUTHENTICATED"
+    UNKNOWN = "UNKNOWN"  # etcd's auth package answers some refusals with it
 
     @property
     def grpc(self) -> grpc.StatusCode:

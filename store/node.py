@@ -112,6 +112,7 @@ class NodeConfig:
     history_limit: int = 100_000
     history_bytes: int = 256 * 1024 * 1024
     request_timeout: float = 5.0
+    auth_token_ttl: int = 300  # seconds an etcd auth token is valid (store/etcd_auth.py)
     raft_password: str | None = None
     progress_interval: float = 5.0
     election_min: float = 0.5

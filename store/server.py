@@ -35,9 +35,11 @@ from protos import (
     v3lock_pb2_grpc,
 )
 
+from .auth_service import AuthService
 from .authz import WATCH_METHODS, StorePolicy
 from .cluster_service import ClusterService, MaintenanceService
 from .election_service import ElectionService
+from .etcd_auth_interceptor import EtcdAuthInterceptor, EtcdUserPolicy
 from .kv_service import KVService
 from .lease_service import LeaseService
 from .lock_service import Concurrency, LockService
@@ -59,7 +61,7 @@ class AddressInUse(Exception):
     """A listen address could not be bound."""
 
 
-SERVICES = ("KV", "Watch", "Lease", "Cluster", "Maintenance")
+SERVICES = ("KV", "Watch", "Lease", "Cluster", "Maintenance", "Auth")
 # What the per-identity write quotas count (mizzen.security.server_auth.Limits).
 WRITE_METHODS = frozenset(
     {
@@ -80,14 +82,15 @@ WRITE_METHODS = frozenset(
 
 
 def _interceptors(node: StoreNode, security: ServerSecurity) -> list[grpc.aio.ServerInterceptor]:
-    """Malformed requests refused first, then authentication and authorization (secure
-    mode only), then the leader check."""
+    """Malformed requests refused first, then etcd's auth (users and roles, both modes),
+    then authentication and authorization (secure mode only), then the leader check."""
     out: list[grpc.aio.ServerInterceptor] = [MalformedRequestInterceptor()]
+    out.append(EtcdAuthInterceptor(node, secure=security.secure))
     if security.secure:
         tokens = load_tokens(security.token_file) if security.token_file else {}
         out.append(
             AuthInterceptor(
-                StorePolicy(),
+                EtcdUserPolicy(StorePolicy()),
                 tokens=tokens,
                 limits=security.limits,
                 watch_methods=WATCH_METHODS,
@@ -144,6 +147,7 @@ async def serve(
     rpc_pb2_grpc.add_LeaseServicer_to_server(LeaseService(node), server)
     rpc_pb2_grpc.add_ClusterServicer_to_server(ClusterService(node), server)
     rpc_pb2_grpc.add_MaintenanceServicer_to_server(MaintenanceService(node), server)
+    rpc_pb2_grpc.add_AuthServicer_to_server(AuthService(node), server)
     codec = ValueCodec(keyring, require_key=security.secure)
     objects_api_pb2_grpc.add_ObjectsServicer_to_server(ObjectsService(node, codec), server)
     concurrency = Concurrency(node)

@@ -8,7 +8,8 @@ docs/store.md)::
     body    records, each a u32 length and one protos/snapshot.proto
             SnapshotRecord: the SnapshotHeader, then every live key
             (mvccpb.KeyValue, ascending), every lease (ascending id), and the
-            watch history (mvccpb.Event with prev_kv, ascending revision)
+            watch history (mvccpb.Event with prev_kv, ascending revision),
+            then etcd's users and roles (authpb, ascending name)
     padding zero bytes up to a multiple of 512
     trailer sha256 of everything before it (32 bytes)
 
@@ -45,13 +46,13 @@ import secrets
 import struct
 from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from google.protobuf.message import DecodeError
 from pysyncobj.node import TCPNode
 
-from protos import kv_pb2, snapshot_pb2
+from protos import auth_pb2, kv_pb2, snapshot_pb2
 
 from .raft_dump import encode_dump
 from .state_machine import MAX_LEASE_TTL, Event, Lease, Record, StateMachine
@@ -98,6 +99,9 @@ class Captured:
     records: list[Record]  # live keys, ascending
     leases: list[tuple[int, int]]  # (id, ttl), ascending id
     history: list[Event]  # ascending revision
+    users: list[bytes] = field(default_factory=list)  # serialized authpb.User, by name
+    roles: list[bytes] = field(default_factory=list)  # serialized authpb.Role, by name
+    auth_enabled: bool = False
 
 
 def capture(sm: StateMachine) -> Captured:
@@ -114,6 +118,9 @@ def capture(sm: StateMachine) -> Captured:
         records=[kv[k] for k in state["_keys"]],
         leases=sorted((lease.id, lease.ttl) for lease in sm.leases.values()),
         history=list(state["_history"]),
+        users=[sm.auth_users[n] for n in sorted(sm.auth_users)],
+        roles=[sm.auth_roles[n] for n in sorted(sm.auth_roles)],
+        auth_enabled=sm.auth_enabled,
     )
 
 
@@ -133,6 +140,9 @@ def encode_captured(c: Captured) -> bytes:
         keys=len(c.records),
         leases=len(c.leases),
         events=len(c.history),
+        users=len(c.users),
+        roles=len(c.roles),
+        auth_enabled=c.auth_enabled,
     )
     records = [snapshot_pb2.SnapshotRecord(header=header)]
     records += [snapshot_pb2.SnapshotRecord(kv=r.to_proto()) for r in c.records]
@@ -141,6 +151,8 @@ def encode_captured(c: Captured) -> bytes:
         for i, t in c.leases
     ]
     records += [snapshot_pb2.SnapshotRecord(event=e.to_proto(with_prev=True)) for e in c.history]
+    records += [snapshot_pb2.SnapshotRecord(user=auth_pb2.User.FromString(u)) for u in c.users]
+    records += [snapshot_pb2.SnapshotRecord(role=auth_pb2.Role.FromString(r)) for r in c.roles]
     parts: list[bytes] = []
     for record in records:
         raw = record.SerializeToString()
@@ -228,7 +240,7 @@ class _Checker:
             )
         if header.history_limit < 1:
             raise SnapshotError(f"snapshot {where}: history_limit {header.history_limit} < 1")
-        for what in ("keys", "leases", "events"):
+        for what in ("keys", "leases", "events", "users", "roles"):
             if getattr(header, what) < 0:
                 raise SnapshotError(f"snapshot {where}: negative count of {what}")
         self.header = header
@@ -238,6 +250,8 @@ class _Checker:
         self.leases: dict[int, Lease] = {}
         self.last_lease = 0
         self.history: list[Event] = []
+        self.users: dict[str, bytes] = {}
+        self.roles: dict[str, bytes] = {}
 
     def _record(self, kv: kv_pb2.KeyValue, where: str, what: str) -> Record:
         if not kv.key:
@@ -314,7 +328,40 @@ class _Checker:
                 )
         self.history.append(Event(rev, key, record, prev))
 
+    def _name(self, raw: bytes, what: str, have: dict[str, bytes], where: str) -> str:
+        try:
+            name = raw.decode()
+        except UnicodeDecodeError:
+            raise SnapshotError(f"snapshot {where}: {what} name is not UTF-8") from None
+        if not name:
+            raise SnapshotError(f"snapshot {where}: {what} with an empty name")
+        if have and name <= max(have):
+            raise SnapshotError(
+                f"snapshot {where}: {what} {name!r} is not after {max(have)!r} "
+                f"({what}s must be unique and ascending)"
+            )
+        return name
+
+    def add_user(self, user: auth_pb2.User, where: str) -> None:
+        name = self._name(user.name, "user", self.users, where)
+        self.users[name] = user.SerializeToString()
+
+    def add_role(self, role: auth_pb2.Role, where: str) -> None:
+        name = self._name(role.name, "role", self.roles, where)
+        for perm in role.keyPermission:
+            if perm.permType not in auth_pb2.Permission.Type.values():
+                raise SnapshotError(
+                    f"snapshot {where}: role {name!r}: unknown permission type {perm.permType}"
+                )
+        self.roles[name] = role.SerializeToString()
+
     def state_machine(self) -> StateMachine:
+        if self.header.auth_enabled:
+            root = self.users.get("root")
+            if root is None or "root" not in auth_pb2.User.FromString(root).roles:
+                raise SnapshotError(
+                    "snapshot: etcd auth is enabled but no user root with the root role"
+                )
         for rec in self.kv.values():
             if rec.lease:
                 lease = self.leases.get(rec.lease)
@@ -336,6 +383,10 @@ class _Checker:
             members={},
             cluster_id=0,
             _sessions=OrderedDict(),
+            auth_users=self.users,
+            auth_roles=self.roles,
+            auth_enabled=self.header.auth_enabled,
+            auth_secret=b"",  # a new one at the first Authenticate (store/auth_service.py)
         )
         sm.__setstate__(state)
         return sm
@@ -357,21 +408,32 @@ def decode(data: bytes) -> StateMachine:
         raise SnapshotError(f"snapshot {where}: the first record is not the header")
     checker = _Checker(revision, record.header, where)
     h = checker.header
-    total = h.keys + h.leases + h.events
+    total = h.keys + h.leases + h.events + h.users + h.roles
+    ends = [
+        ("kv", h.keys),
+        ("lease", h.keys + h.leases),
+        ("event", h.keys + h.leases + h.events),
+        ("user", h.keys + h.leases + h.events + h.users),
+        ("role", total),
+    ]
     count = 0
     for _, where, record in records:
         kind = record.WhichOneof("record")
         if count >= total:
             raise SnapshotError(f"snapshot {where}: more records than the header counts ({total})")
-        want = "kv" if count < h.keys else "lease" if count < h.keys + h.leases else "event"
+        want = next(kind for kind, end in ends if count < end)
         if kind != want:
             raise SnapshotError(f"snapshot {where}: expected a {want} record, found {kind}")
         if kind == "kv":
             checker.add_kv(record.kv, where)
         elif kind == "lease":
             checker.add_lease(record.lease, where)
-        else:
+        elif kind == "event":
             checker.add_event(record.event, where)
+        elif kind == "user":
+            checker.add_user(record.user, where)
+        else:
+            checker.add_role(record.role, where)
         count += 1
     if count != total:
         raise SnapshotError(f"snapshot body ends after {count} records; the header counts {total}")

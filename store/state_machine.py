@@ -21,6 +21,7 @@ needs aliases for old snapshots and is a change of its own.
 from __future__ import annotations
 
 import bisect
+import copy
 import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from typing import Any
 
 from protos import kv_pb2, rpc_pb2
 
+from . import etcd_auth
 from .errors import Code, StoreError
 from .keyspace import in_range, range_bounds
 
@@ -131,6 +133,13 @@ class KeepAliveResult:
 class StateMachine:
     """Applies commands; answers reads. Not thread-safe: the Raft glue holds a lock."""
 
+    # etcd's auth store (store/etcd_auth.py), set by etcd_auth.init_fields
+    auth_enabled: bool
+    auth_revision: int
+    auth_secret: bytes
+    auth_users: dict[str, bytes]
+    auth_roles: dict[str, bytes]
+
     def __init__(
         self, history_limit: int = 100_000, history_bytes_limit: int = DEFAULT_HISTORY_BYTES
     ) -> None:
@@ -151,6 +160,7 @@ class StateMachine:
         self.superseded_bytes = 0  # key + previous value bytes of the history's events
         self._sessions: OrderedDict[str, Session] = OrderedDict()
         self._pending: list[Event] = []  # events produced by the command being applied
+        etcd_auth.init_fields(self)  # etcd's users, roles and auth switch (store/etcd_auth.py)
 
     # ------------------------------------------------------------------ apply
 
@@ -215,6 +225,8 @@ class StateMachine:
                 return self.revision
             if op == "alarm":
                 return self._alarm(int(cmd[1]), int(cmd[2]), int(cmd[3]))
+            if op == "auth":
+                return self._auth(cmd)
             return StoreError(Code.INVALID_ARGUMENT, f"mizzen: unknown command {op!r}")
         except StoreError as err:
             self._rollback()
@@ -498,6 +510,14 @@ class StateMachine:
         """What the store holds, as the quota and Status's dbSize count it: every
         version of every key still kept, live or in the history, as key + value."""
         return self.live_bytes + self.superseded_bytes
+    # ------------------------------------------------------------------ auth
+
+    def _auth(self, cmd: tuple[Any, ...]) -> Any:
+        """etcd's auth store (store/etcd_auth.py): a response stamped with the revision."""
+        result = etcd_auth.apply_auth(self, cmd)
+        if not isinstance(result, StoreError):
+            result.header.revision = self.revision
+        return result
 
     # --------------------------------------------------------------- members
 
@@ -704,7 +724,7 @@ class StateMachine:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         for k in _SNAPSHOT_FIELDS:
-            setattr(self, k, state[k] if k in state else _OPTIONAL_FIELDS[k])
+            setattr(self, k, state[k] if k in state else copy.copy(_OPTIONAL_FIELDS[k]))
         self.history_bytes = sum(event_bytes(e) for e in self._history)
         self.superseded_bytes = sum(superseded_bytes(e) for e in self._history)
         self.live_bytes = sum(len(k) + len(r.value) for k, r in self._kv.items())
@@ -730,6 +750,7 @@ _SNAPSHOT_FIELDS = (
     "cluster_id",
     "_sessions",
     "alarms",
+    *etcd_auth.FIELDS,
 )
 _MEMBER_COMMANDS = frozenset(
     {"member_seed", "member_attrs", "member_add", "member_remove", "member_update"}
@@ -740,6 +761,7 @@ _OPTIONAL_FIELDS: dict[str, Any] = {
     "cluster_id": 0,
     "history_bytes_limit": DEFAULT_HISTORY_BYTES,
     "alarms": set(),
+    **etcd_auth.FIELDS,
 }
 # commands an alarm may refuse (see StateMachine._refused_by_alarm)
 _CAPPED_COMMANDS = frozenset(

@@ -49,6 +49,13 @@ def add_store_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         help="flush the Raft journal to disk before acknowledging (default always)",
     )
     p.add_argument(
+        "--auth-token-ttl",
+        type=int,
+        default=300,
+        help="seconds a token from the etcd Auth service's Authenticate stays valid "
+        "(etcd's flag; default 300)",
+    )
+    p.add_argument(
         "--history-limit",
         type=int,
         default=100_000,
@@ -158,6 +165,8 @@ def check_sizes(args: argparse.Namespace) -> None:
             f"--history-bytes: must be 0 (no limit) or at least {MIN_HISTORY_BYTES} "
             "(several Raft entries of history)"
         )
+    if args.auth_token_ttl < 1:
+        raise UsageError("--auth-token-ttl: must be at least 1 (seconds)")
     for flag in ("proposal_batch_bytes", "proposal_queue_bytes"):
         if getattr(args, flag) < 1:
             raise UsageError(f"--{flag.replace('_', '-')}: must be at least 1")
@@ -244,6 +253,7 @@ def run_store(args: argparse.Namespace) -> int:
         proposal_queue_bytes=args.proposal_queue_bytes,
         quota_backend_bytes=args.quota_backend_bytes,
         request_timeout=args.request_timeout,
+        auth_token_ttl=args.auth_token_ttl,
         raft_password=raft_password,
         progress_interval=args.progress_interval,
         election_min=args.election_timeout,

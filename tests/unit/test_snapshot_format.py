@@ -100,7 +100,7 @@ def test_a_version_1_pickle_file_is_refused_with_a_reason() -> None:
 
 
 def _hdr(**fields: int) -> snapshot_pb2.SnapshotRecord:
-    values = {"revision": 5, "compacted": -1, "history_limit": 10, **fields}
+    values: dict[str, Any] = {"revision": 5, "compacted": -1, "history_limit": 10, **fields}
     return snapshot_pb2.SnapshotRecord(header=snapshot_pb2.SnapshotHeader(**values))
 
 
