@@ -541,26 +541,6 @@ def key_ranges(method: str, request: Any) -> Iterator[tuple[str, bytes, bytes]]:
         yield "read", request.create_request.key, request.create_request.range_end
 
 
-def lock_election_ranges(method: str, request: Any) -> Iterator[tuple[str, bytes, bytes]]:
-    """What a Lock or Election call touches, as the KV requests it makes would.
-
-    Lock and Campaign write a key under ``<name>/`` and read that prefix; Leader
-    and Observe read it; Unlock deletes its key; Proclaim and Resign write the
-    leader key they are given (none given: the empty key, which no rule allows).
-    """
-    name = method.rpartition("/")[2]
-    if name in ("Lock", "Campaign"):
-        prefix = request.name + b"/"
-        yield "write", prefix, prefix_end(prefix)
-    elif name in ("Leader", "Observe"):
-        prefix = request.name + b"/"
-        yield "read", prefix, prefix_end(prefix)
-    elif name == "Unlock":
-        yield "write", request.key, b""
-    elif name in ("Proclaim", "Resign"):
-        yield "write", request.leader.key, b""
-
-
 def _txn_ranges(txn: rpc_pb2.TxnRequest) -> Iterator[tuple[str, bytes, bytes]]:
     for cmp in txn.compare:
         yield "read", cmp.key, cmp.range_end
@@ -593,18 +573,6 @@ def _show(key: bytes, range_end: bytes = b"") -> str:
 
 # ------------------------------------------- etcd users (store/etcd_auth_interceptor.py)
 
-LOCK_ELECTION_METHODS = frozenset(
-    {
-        "/v3lockpb.Lock/Lock",
-        "/v3lockpb.Lock/Unlock",
-        "/v3electionpb.Election/Campaign",
-        "/v3electionpb.Election/Proclaim",
-        "/v3electionpb.Election/Resign",
-        "/v3electionpb.Election/Leader",
-        "/v3electionpb.Election/Observe",
-    }
-)
-
 
 def lock_election_ranges(method: str, request: Any) -> Iterator[tuple[str, bytes, bytes]]:
     """(verb, key, range_end) a Lock or Election request needs, as etcd's own
@@ -633,6 +601,4 @@ def lock_election_ranges(method: str, request: Any) -> Iterator[tuple[str, bytes
 def etcd_key_ranges(method: str, request: Any) -> list[tuple[str, bytes, bytes]]:
     """Every (verb, key, range_end) an etcd user needs for a KV, Watch, Lock or
     Election request (LeaseRevoke's keys are read from the state instead)."""
-    if method in LOCK_ELECTION_METHODS:
-        return list(lock_election_ranges(method, request))
     return list(key_ranges(method, request))

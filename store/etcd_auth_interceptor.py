@@ -50,7 +50,7 @@ from typing import Any
 import grpc
 
 from mizzen.grpc_intercept import CachingInterceptor
-from mizzen.security.server_auth import Identity, Policy
+from mizzen.security.server_auth import Identity, Policy, WatchAnswer
 from mizzen.security.tls import AUTHORIZATION, BEARER
 from protos import rpc_pb2
 
@@ -210,6 +210,9 @@ class EtcdUserPolicy:
 
     def watch_delta(self, method: str, request: Any) -> int:
         return self.base.watch_delta(method, request)
+
+    def watch_answer(self, method: str, response: Any) -> WatchAnswer | None:
+        return self.base.watch_answer(method, response)
 
 
 class EtcdAuthInterceptor(CachingInterceptor):

@@ -510,6 +510,7 @@ class StateMachine:
         """What the store holds, as the quota and Status's dbSize count it: every
         version of every key still kept, live or in the history, as key + value."""
         return self.live_bytes + self.superseded_bytes
+
     # ------------------------------------------------------------------ auth
 
     def _auth(self, cmd: tuple[Any, ...]) -> Any:
