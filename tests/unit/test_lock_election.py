@@ -119,7 +119,10 @@ async def test_lock_and_election_follow_the_raw_kv_rules(
 
 
 def test_the_ranges_are_the_name_prefix_or_the_given_key() -> None:
-    assert list(key_ranges(LOCK + "Lock", lk.LockRequest(name=b"a"))) == [("write", b"a/", b"a0")]
+    assert list(key_ranges(LOCK + "Lock", lk.LockRequest(name=b"a"))) == [
+        ("read", b"a/", b"a0"),  # it ranges and watches the prefix
+        ("write", b"a/", b"a0"),
+    ]
     assert list(key_ranges(ELECTION + "Leader", el.LeaderRequest(name=b"a"))) == [
         ("read", b"a/", b"a0")
     ]
@@ -127,7 +130,10 @@ def test_the_ranges_are_the_name_prefix_or_the_given_key() -> None:
         ("write", b"a/1", b"")
     ]
     resign = el.ResignRequest(leader=_leader(b"a/7"))
-    assert list(key_ranges(ELECTION + "Resign", resign)) == [("write", b"a/7", b"")]
+    assert list(key_ranges(ELECTION + "Resign", resign)) == [
+        ("read", b"a/7", b""),  # it compares the key's revision
+        ("write", b"a/7", b""),
+    ]
 
 
 def test_observe_is_a_counted_watch_stream() -> None:
