@@ -48,7 +48,6 @@ from aiohttp import web
 from google.protobuf import json_format
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
-from prometheus_client import CONTENT_TYPE_LATEST
 
 from mizzen.metrics_http import parse_listen, server_context
 from mizzen.security.server_auth import CALLER
@@ -90,6 +89,8 @@ CORS = {
 }
 JSON = "application/json"
 TEXT = "text/plain; charset=utf-8"
+# what etcd 3.4 answers, and the text format generate_latest writes
+PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 MAX_BODY_BYTES = 4 * 1024 * 1024  # a 1.5 MiB request (the store's limit) in base64 JSON
 HEALTH_TIMEOUT = 1.0  # etcd 3.4 gives its /health read one second too
 PREFIXES = ("/v3/", "/v3beta/")  # etcd 3.4 rewrites /v3beta/ to /v3/; it has no /v3alpha/
@@ -293,6 +294,43 @@ def _go_type(value: Any) -> str:
     return _GO_TYPES.get(type(value), "number")
 
 
+_F = FieldDescriptor
+_GO_SCALARS = {
+    _F.TYPE_BOOL: "bool",
+    _F.TYPE_STRING: "string",
+    _F.TYPE_INT64: "int64",
+    _F.TYPE_SINT64: "int64",
+    _F.TYPE_SFIXED64: "int64",
+    _F.TYPE_UINT64: "uint64",
+    _F.TYPE_FIXED64: "uint64",
+    _F.TYPE_INT32: "int32",
+    _F.TYPE_SINT32: "int32",
+    _F.TYPE_SFIXED32: "int32",
+    _F.TYPE_UINT32: "uint32",
+    _F.TYPE_FIXED32: "uint32",
+}
+
+
+def _check_scalar(value: Any, go: str) -> None:
+    """Refuse what Go's jsonpb refuses for a scalar field, with its message."""
+    if value is None:
+        return
+    if go in ("bool", "string"):
+        if not isinstance(value, bool if go == "bool" else str):
+            _invalid(f"json: cannot unmarshal {_go_type(value)} into Go value of type {go}")
+        return
+    if isinstance(value, str):  # jsonpb takes an integer quoted too
+        text = value.strip()
+        if not text:
+            _invalid("unexpected end of JSON input")
+        if not text.lstrip("-").isdigit():
+            _invalid(f"invalid character {text[0]!r} looking for beginning of value")
+        return
+    if isinstance(value, float) or not isinstance(value, int) or isinstance(value, bool):
+        shown = f" {value}" if isinstance(value, float) else ""
+        _invalid(f"json: cannot unmarshal {_go_type(value)}{shown} into Go value of type {go}")
+
+
 def _bytes_field(value: Any) -> Any:
     if value is None:
         return None
@@ -314,6 +352,9 @@ def _prepare(value: dict[str, Any], desc: Any) -> dict[str, Any]:
         repeated = f.is_repeated and isinstance(v, list)
         if f.type == FieldDescriptor.TYPE_BYTES:
             v = [_bytes_field(x) for x in v] if repeated else _bytes_field(v)
+        elif f.type in _GO_SCALARS:
+            for x in v if repeated else [v]:
+                _check_scalar(x, _GO_SCALARS[f.type])
         elif f.type == FieldDescriptor.TYPE_ENUM:
             for name in v if repeated else [v]:
                 if isinstance(name, str) and name not in f.enum_type.values_by_name:
@@ -601,7 +642,7 @@ class Gateway:
                 return await self._health()
             body = await asyncio.to_thread(self.metrics.exposition)
             return web.Response(
-                status=200, body=body, headers={**CORS, "Content-Type": CONTENT_TYPE_LATEST}
+                status=200, body=body, headers={**CORS, "Content-Type": PROMETHEUS_TEXT}
             )
         for prefix in PREFIXES:
             if path.startswith(prefix):
