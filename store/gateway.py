@@ -349,7 +349,7 @@ class Gateway:
             self._ssl = server_context(tls)
             if token_clients:  # a bearer token instead of a certificate, as --token-listen
                 self._ssl.verify_mode = ssl.CERT_OPTIONAL
-        app = web.Application(client_max_size=MAX_BODY_BYTES)
+        app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._serve)
         self._runner = web.AppRunner(
             app, access_log=None, handle_signals=False, handler_cancellation=True
@@ -414,7 +414,7 @@ class Gateway:
     async def _call(self, request: web.Request, route: Route) -> web.StreamResponse:
         metadata = call_metadata(request.headers)
         context = GatewayContext(metadata, _peer_pem(request), _peer(request))
-        values = JsonValues(request.content.readany)
+        values = JsonValues(request.content.readany, MAX_BODY_BYTES)
         if route.kind == "unary":
             try:
                 found, value = await values.next()

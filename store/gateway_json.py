@@ -258,10 +258,15 @@ def render(msg: Message) -> dict[str, Any]:
 
 
 class JsonValues:
-    """The JSON values of a request body, one after another (a body may hold several)."""
+    """The JSON values of a request body, one after another (a body may hold several).
 
-    def __init__(self, read: Callable[[], Awaitable[bytes]]) -> None:
+    At most ``limit`` bytes wait unparsed: a longer value is refused with
+    RESOURCE_EXHAUSTED (as gRPC refuses a message over its receive limit).
+    """
+
+    def __init__(self, read: Callable[[], Awaitable[bytes]], limit: int) -> None:
         self._read = read
+        self._limit = limit
         self._text = ""
         self._raw = b""
         self._eof = False
@@ -289,6 +294,11 @@ class JsonValues:
         chunk = await self._read()
         if not chunk:
             self._eof = True
+        if len(self._text) + len(self._raw) + len(chunk) > self._limit:
+            raise GatewayAbort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"request larger than the gateway's limit of {self._limit} bytes",
+            )
         self._raw += chunk
         try:
             decoded = self._raw.decode()

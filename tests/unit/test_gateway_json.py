@@ -131,7 +131,7 @@ def test_a_body_of_several_values_in_chunks() -> None:
         return chunks.pop(0) if chunks else b""
 
     async def all_values() -> list[object]:
-        values = JsonValues(read)
+        values = JsonValues(read, 1024)
         out: list[object] = []
         while True:
             found, value = await values.next()
@@ -140,3 +140,14 @@ def test_a_body_of_several_values_in_chunks() -> None:
             out.append(value)
 
     assert asyncio.run(all_values()) == [{"a": 1}, {"b": 2}, "é"]
+
+
+def test_a_value_over_the_limit_is_refused() -> None:
+    chunks = [b'{"key": "', b"QUFB" * 100, b'"}', b""]
+
+    async def read() -> bytes:
+        return chunks.pop(0)
+
+    with pytest.raises(GatewayAbort) as err:
+        asyncio.run(JsonValues(read, 300).next())
+    assert err.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
