@@ -375,6 +375,47 @@ def test_etcdctl_check_datascale(sides: Sides) -> None:
     assert "PASS: Approximate system memory used" in done.stdout
 
 
+# ------------------------------------------------------------------ a real gateway client
+
+
+@pytest.mark.parametrize("side", ["etcd", "mizzen"])
+def test_etcd3gw_client(sides: Sides, side: str) -> None:
+    """etcd3gw (PyPI), unchanged, against etcd's gateway and Mizzen's."""
+    from etcd3gw.client import Etcd3Client
+
+    address = sides.etcd.endpoint(0) if side == "etcd" else sides.mizzen.http_address(0)
+    host, _, port = address.rpartition(":")
+    client = Etcd3Client(host=host, port=int(port), timeout=TIMEOUT)
+    assert client.api_path == "/v3/"  # discovered from /version
+    prefix = f"/gw3/{uuid.uuid4().hex[:8]}/"
+    assert client.status()["header"]["revision"]
+    assert len(client.members()) == 3
+    assert client.put(prefix + "a", "1")
+    assert client.get(prefix + "a") == [b"1"]
+    assert client.create(prefix + "a", "2") is False  # exists: the txn fails
+    assert client.replace(prefix + "a", "1", "3")
+    assert client.get(prefix + "a") == [b"3"]
+    client.put(prefix + "b", "4")
+    assert sorted(v for v, _ in client.get_prefix(prefix)) == [b"3", b"4"]
+    lease = client.lease(ttl=30)
+    client.put(prefix + "leased", "x", lease=lease)
+    assert lease.keys() == [(prefix + "leased").encode()]
+    assert 0 < lease.refresh() <= 30
+    with client.lock(id=prefix + "lock", ttl=30) as lock:
+        assert lock.is_acquired()
+    assert lease.revoke()
+    assert client.get(prefix + "leased") == []
+    events, cancel = client.watch_prefix(prefix)
+    try:
+        client.put(prefix + "w", "5")
+        event = next(events)
+        assert (event["kv"]["key"], event["kv"]["value"]) == ((prefix + "w").encode(), b"5")
+    finally:
+        cancel()
+    assert client.delete_prefix(prefix)
+    assert client.get_prefix(prefix) == []
+
+
 # ------------------------------------------------------------------ secure mode
 
 
