@@ -40,7 +40,7 @@ import asyncio
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 import grpc
 import structlog
@@ -48,7 +48,7 @@ from aiohttp import web
 from google.protobuf.message import Message
 
 from mizzen.metrics_http import parse_listen, server_context
-from mizzen.security.server_auth import CALLER
+from mizzen.security.server_auth import CALLER, AuthInterceptor
 from mizzen.security.tls import AUTHORIZATION, BEARER, ServerTLS
 from protos import rpc_pb2, v3election_pb2, v3lock_pb2
 
@@ -377,6 +377,8 @@ class Gateway:
         if path in ("/version", "/health", "/metrics"):
             if request.method != "GET":
                 return _text(405, "Method Not Allowed\n", {"Allow": "GET"})
+            if not self._authenticated(request):
+                return _text(401, "Unauthorized: no client certificate or bearer token\n")
             if path == "/version":
                 return _plain(200, dumps({"etcdserver": API_VERSION, "etcdcluster": _cluster()}))
             if path == "/health":
@@ -394,6 +396,21 @@ class Gateway:
                     return _text(405, "Method Not Allowed\n")
                 return await self._call(request, route)
         return _text(404, "404 page not found\n")
+
+    def _authenticated(self, request: web.Request) -> bool:
+        """Whether the caller of a route that is no gRPC call is someone (secure mode).
+
+        The TLS handshake has verified a certificate if there is one; with token
+        clients there may be none, and then a valid bearer token must name the
+        caller, as the client port's AuthInterceptor decides for a gRPC call.
+        """
+        auth = next(
+            (i for i in self.dispatcher.interceptors if isinstance(i, AuthInterceptor)), None
+        )
+        if auth is None:
+            return True  # plaintext: everyone is the anonymous admin
+        context = GatewayContext(call_metadata(request.headers), _peer_pem(request), _peer(request))
+        return auth.identify(cast(Any, context)) is not None
 
     async def _health(self) -> web.Response:
         """etcd 3.4: healthy with a leader, no alarm, and a linearizable read that succeeds."""

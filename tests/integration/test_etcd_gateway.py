@@ -468,6 +468,16 @@ def test_secure_gateway_needs_a_client_certificate(secure: SecureGateway) -> Non
     )
     assert (answer.status, answer.json()["code"]) == (401, 16), answer
     assert "no client certificate or bearer token" in answer.json()["message"]
+    for path in ("/metrics", "/health", "/version"):
+        anonymous = request(secure.token_address, path, method="GET", context=secure.context())
+        assert anonymous.status == 401, anonymous
+        token = {"Authorization": f"Bearer {secure.pki.viewer_token}"}
+        with_token = request(
+            secure.token_address, path, method="GET", headers=token, context=secure.context()
+        )
+        assert with_token.status == 200, with_token
+        with_cert = request(secure.address, path, method="GET", context=secure.context("vera"))
+        assert with_cert.status == 200, with_cert
 
 
 def test_secure_gateway_authorizes_as_grpc(secure: SecureGateway) -> None:
