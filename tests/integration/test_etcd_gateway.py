@@ -304,14 +304,23 @@ def test_watch_stream(sides: Sides) -> None:
         create = {"create_request": {"key": t.key("w"), "prev_kv": True}}
         for i, line in enumerate(watch_lines(t.address, create, writes, 4)):
             t.entries.append((f"watch line {i}", t.trace.normalize(line)))
-        # from a past revision, a body of two requests (the second a progress request)
+        # from a past revision
         since = {"create_request": {"key": t.key("w"), "start_revision": str(t.trace.base)}}
+        for i, line in enumerate(watch_lines(t.address, since, lambda: None, 2)):
+            t.entries.append((f"history {i}", t.trace.normalize(line)))
+        # a body of two requests: two watches on one stream
+        two = json.dumps({"create_request": {"key": t.key("x")}}) + json.dumps(
+            {"create_request": {"key": t.key("y")}}
+        )
         conn = http.client.HTTPConnection(t.address, timeout=TIMEOUT)
         try:
-            conn.request("POST", "/v3/watch", body=json.dumps(since))
+            conn.request("POST", "/v3/watch", body=two)
             resp = conn.getresponse()
-            for i in range(2):
-                t.entries.append((f"history {i}", t.trace.normalize(json.loads(resp.readline()))))
+            lines = [resp.readline(), resp.readline()]
+            t.put("y", "1")
+            lines.append(resp.readline())
+            for i, line in enumerate(lines):
+                t.entries.append((f"two watches {i}", t.trace.normalize(json.loads(line))))
         finally:
             conn.close()
 
