@@ -120,6 +120,7 @@ class NodeConfig:
     snapshot_entries: int = 20_000
     snapshot_interval: float = 60.0
     metrics_listen: str | None = None  # host:port for /metrics and /healthz; None = off
+    client_http_listen: str | None = None  # host:port for etcd's HTTP/JSON gateway; None = off
     # the proposal pipeline (store/batcher.py): bytes per Raft entry, writes queued
     proposal_batch_bytes: int = 1024 * 1024
     proposal_queue_bytes: int = 8 * 1024 * 1024

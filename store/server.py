@@ -40,6 +40,7 @@ from .authz import WATCH_METHODS, StorePolicy
 from .cluster_service import ClusterService, MaintenanceService
 from .election_service import ElectionService
 from .etcd_auth_interceptor import EtcdAuthInterceptor, EtcdUserPolicy
+from .gateway import Dispatcher, Gateway
 from .kv_service import KVService
 from .lease_service import LeaseService
 from .lock_service import Concurrency, LockService
@@ -101,6 +102,31 @@ def _interceptors(node: StoreNode, security: ServerSecurity) -> list[grpc.aio.Se
     return out
 
 
+async def _start_gateway(
+    cfg: NodeConfig,
+    dispatcher: Dispatcher,
+    node: StoreNode,
+    metrics: StoreMetrics,
+    security: ServerSecurity,
+) -> Gateway | None:
+    """The HTTP/JSON gateway on --listen-client-http, serving (None: not asked for)."""
+    if not cfg.client_http_listen:
+        return None
+    gateway = Gateway(
+        cfg.client_http_listen,
+        dispatcher,
+        node,
+        metrics,
+        security.tls,
+        token_clients=bool(security.token_listen),
+    )
+    try:
+        await gateway.start()
+    except OSError as err:
+        raise AddressInUse(f"cannot listen on {cfg.client_http_listen}: {err}") from None
+    return gateway
+
+
 async def serve(
     cfg: NodeConfig,
     listen: str,
@@ -141,7 +167,11 @@ async def serve(
         if http is not None:
             http.stop()
         raise
-    server = grpc.aio.server(interceptors=[*interceptors, metrics.interceptor()], options=options)
+    chain = [*interceptors, metrics.interceptor()]
+    # the HTTP gateway calls the same handlers through the same interceptor instances
+    dispatcher = Dispatcher()
+    dispatcher.interceptors = chain
+    server = dispatcher.record(grpc.aio.server(interceptors=chain, options=options))
     rpc_pb2_grpc.add_KVServicer_to_server(KVService(node), server)
     add_watch_service(WatchService(node), server)
     rpc_pb2_grpc.add_LeaseServicer_to_server(LeaseService(node), server)
@@ -171,6 +201,13 @@ async def serve(
             http.stop()
         await node.stop()
         raise AddressInUse(f"cannot listen on {failed} address in use?)")
+    try:
+        gateway = await _start_gateway(cfg, dispatcher, node, metrics, security)
+    except AddressInUse:
+        if http is not None:
+            http.stop()
+        await node.stop()
+        raise
     await server.start()
     if http is not None:
         http.start()
@@ -181,6 +218,7 @@ async def serve(
         metrics=cfg.metrics_listen,
         tls=security.secure,
         token_listen=security.token_listen,
+        client_http=cfg.client_http_listen,
     )
 
     stop = stop or asyncio.Event()
@@ -219,6 +257,8 @@ async def serve(
         log.info("store_stopping", name=cfg.name)
         health_task.cancel()
         await asyncio.gather(health_task, return_exceptions=True)
+        if gateway is not None:
+            await gateway.stop()
         await server.stop(grace=1.0)
         if http is not None:
             http.stop()

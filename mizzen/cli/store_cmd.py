@@ -121,6 +121,14 @@ def add_store_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         metavar="HOST:PORT",
         help="serve Prometheus /metrics and /healthz over HTTP here (default off)",
     )
+    p.add_argument(
+        "--listen-client-http",
+        default=None,
+        metavar="HOST:PORT",
+        help="serve etcd's HTTP/JSON gateway (POST /v3/kv/range, ...), /version, /health "
+        "and /metrics over HTTP/1.1 here, with the client port's TLS and authorization "
+        "(default off; docs/store.md, HTTP gateway)",
+    )
     p.add_argument("--cacert", default=None, help="CA that client certificates must chain to")
     p.add_argument("--cert", default=None, help="this member's server certificate (TLS)")
     p.add_argument("--key", default=None, help="the certificate's key")
@@ -157,6 +165,12 @@ def parse_cluster(spec: str | None, name: str, raft: str) -> dict[str, str]:
             f"--initial-cluster must list this member as {name}={raft}, got {out.get(name)!r}"
         )
     return out
+
+
+def check_listen(flag: str, addr: str) -> None:
+    host, _, port = addr.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"{flag}: expected host:port, got {addr!r}")
 
 
 def check_sizes(args: argparse.Namespace) -> None:
@@ -214,7 +228,10 @@ def run_store(args: argparse.Namespace) -> int:
         "--listen-client": args.listen_client,
         "--listen-raft": args.listen_raft,
         "--metrics-listen": args.metrics_listen,
+        "--listen-client-http": args.listen_client_http,
     }
+    if args.listen_client_http:
+        check_listen("--listen-client-http", args.listen_client_http)
     security = server_security(args, listeners)
     try:
         raft_password = raft_secret.resolve(args.peer_secret_file, security.secure, listeners)
@@ -261,6 +278,7 @@ def run_store(args: argparse.Namespace) -> int:
         snapshot_entries=args.snapshot_entries,
         snapshot_interval=args.snapshot_interval,
         metrics_listen=args.metrics_listen,
+        client_http_listen=args.listen_client_http,
     )
     from store.errors import StoreError
     from store.pysyncobj_fixes import UnsupportedPysyncobj
