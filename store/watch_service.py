@@ -42,6 +42,7 @@ class WatchService(rpc_pb2_grpc.WatchServicer):
         sink = QueueSink()
         stream = WatchStream(sink, from_compaction_revision=True)
         hub = self.node.hub
+        failed: list[Exception] = []
 
         async def read_requests() -> None:
             # The client closing its side of the stream ends nothing: like etcd, the
@@ -58,7 +59,9 @@ class WatchService(rpc_pb2_grpc.WatchServicer):
                         hub.progress(stream)
             except asyncio.CancelledError:
                 pass
-            except grpc.RpcError:
+            except Exception as exc:  # the client went away (RpcError), or an
+                # interceptor refused a request (context.abort): the stream ends
+                failed.append(exc)
                 sink.queue.put_nowait(None)
 
         reader = asyncio.create_task(read_requests())
@@ -66,6 +69,8 @@ class WatchService(rpc_pb2_grpc.WatchServicer):
             while True:
                 resp = await sink.queue.get()
                 if resp is None:
+                    if failed and not isinstance(failed[0], grpc.RpcError):
+                        raise failed[0]  # an abort: the status it set ends the call
                     break
                 yield resp
         finally:

@@ -85,6 +85,21 @@ async def test_rate_and_watch_limits_per_identity(pki: Pki, tmp_path: Path) -> N
                     call.cancel()
             await asyncio.sleep(0.5)  # the cancelled streams are released
             await _cancels_of_unknown_ids_do_not_free_watches(pki, cluster)
+            await _a_refused_watch_create_ends_the_stream(pki, cluster)
+
+
+async def _a_refused_watch_create_ends_the_stream(pki: Pki, cluster: MizzenCluster) -> None:
+    """A viewer's etcd watch outside the leader keys: PERMISSION_DENIED ends the stream
+    (it once stayed open, silent, until the client gave up)."""
+    from protos import rpc_pb2, rpc_pb2_grpc
+
+    create = rpc_pb2.WatchCreateRequest(key=b"/registry/secret")
+    async with pki.creds("vera").aio_channel(cluster.endpoints[0]) as channel:
+        stream = rpc_pb2_grpc.WatchStub(channel).Watch()
+        await stream.write(rpc_pb2.WatchRequest(create_request=create))
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await asyncio.wait_for(stream.read(), 5)
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
 async def _cancels_of_unknown_ids_do_not_free_watches(pki: Pki, cluster: MizzenCluster) -> None:
