@@ -64,6 +64,17 @@ for ``PYSYNCOBJ_VERSION`` only: ``install`` refuses any other version.
 7. **Log noise**: pysyncobj logs "truncating already-applied log entries" as
    critical before calling ``deleteEntriesFrom``, which (fix 1) no longer
    truncates matching entries; a real conflict is logged by the journal.
+8. **A follower alone forgets its leader** (wraps ``SyncObj._onTick``): Raft
+   has a follower that hears nothing from its leader for an election timeout
+   stand as a candidate (§5.2), so it knows no leader. pysyncobj starts that
+   election only while it is connected to some other member; a follower whose
+   leader died and whose other peers are unreachable kept naming the dead
+   leader forever, so it never answered "etcdserver: no leader", its health
+   stayed "serving" and proposals waited for their timeouts (found by the HTTP
+   gateway's /health test). Once the election deadline passed while it is
+   connected to nobody, it now drops the leader (and fails the commands waiting
+   on it, as any leader change does); the term and state stay as they are, and
+   pysyncobj's own election starts as soon as a peer answers.
 """
 
 from __future__ import annotations
@@ -106,6 +117,7 @@ def install() -> None:
     _patch_follower_commit()
     _patch_single_member_commit()
     _patch_compaction_keeps_transmitted()
+    _patch_lonely_follower()
     logging.getLogger("pysyncobj.syncobj").addFilter(_drop_truncation_warning)
     _installed = True
 
@@ -228,6 +240,37 @@ def _patch_single_member_commit() -> None:
                 notifier.notify()
 
     pysyncobj.SyncObj._checkCommandsToApply = check_commands
+
+
+# ------------------------------------------------------- 8. a follower alone
+
+
+def forgets_leader(
+    follower: bool, has_leader: bool, deadline_passed: bool, connected: bool
+) -> bool:
+    """Whether a member should drop the leader it names (fix 8)."""
+    return follower and has_leader and deadline_passed and not connected
+
+
+def _patch_lonely_follower() -> None:
+    original = pysyncobj.SyncObj._onTick
+    waiting_states = (
+        pysyncobj_syncobj._RAFT_STATE.FOLLOWER,
+        pysyncobj_syncobj._RAFT_STATE.CANDIDATE,
+    )
+
+    def on_tick(self: Any, timeToWait: float = 0.0) -> Any:
+        if forgets_leader(
+            self._SyncObj__raftState in waiting_states and self._SyncObj__selfNode is not None,
+            self._SyncObj__raftLeader is not None,
+            self._SyncObj__raftElectionDeadline < pysyncobj_syncobj.monotonicTime(),
+            self._SyncObj__connectedToAnyone(),
+        ):
+            self._SyncObj__raftLeader = None
+            self._SyncObj__onLeaderChanged()
+        return original(self, timeToWait)
+
+    pysyncobj.SyncObj._onTick = on_tick
 
 
 def _patch_compaction_keeps_transmitted() -> None:

@@ -528,8 +528,8 @@ def test_secure_gateway_authorizes_as_grpc(secure: SecureGateway) -> None:
 
 def test_health_without_a_leader(sides: Sides) -> None:
     """The two followers gone: on the leader, which steps down, /health and a hasleader
-    request answer as etcd's do. (The survivor is the leader, as in test_no_leader.py:
-    a Mizzen follower whose leader died keeps naming it, so it never says "no leader".)"""
+    request answer as etcd's do. (A follower left alone says so too:
+    tests/integration/test_no_leader.py.)"""
     survivors = []
     for cluster in (sides.etcd, sides.mizzen):
         survivor = cluster.leader_index()

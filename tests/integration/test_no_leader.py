@@ -72,3 +72,33 @@ def test_leaderless_member_answers_no_leader_and_proposes_nothing(cluster: Mizze
         # the refused writes were never proposed: the value from before the outage remains,
         # apart from writes that timed out (ambiguous) before the member knew it had no leader
         assert got.kvs[0].value in (b"before", b"lost")
+
+
+def test_a_follower_whose_peers_are_gone_answers_no_leader(cluster: MizzenCluster) -> None:
+    """Its leader and the other follower killed: within an election timeout or so it
+    names no leader (Status.leader 0, "etcdserver: no leader" for hasleader requests),
+    as an etcd follower does. It once named the dead leader forever."""
+    leader = cluster.leader_index()
+    survivor = next(i for i in range(3) if i != leader)
+    for i in range(3):
+        if i != survivor:
+            cluster.kill(i)
+    with grpc.insecure_channel(cluster.endpoints[survivor]) as channel:
+        maintenance = rpc_pb2_grpc.MaintenanceStub(channel)
+        deadline = time.monotonic() + 20
+        while True:
+            status = maintenance.Status(rpc_pb2.StatusRequest(), timeout=5)
+            if status.leader == 0:
+                break
+            assert time.monotonic() < deadline, "still names its dead leader"
+            time.sleep(0.2)
+        assert "etcdserver: no leader" in status.errors
+        kv = rpc_pb2_grpc.KVStub(channel)
+        with pytest.raises(grpc.RpcError) as refused:
+            kv.Range(rpc_pb2.RangeRequest(key=b"k"), metadata=HASLEADER, timeout=5)
+        assert refused.value.details() == "etcdserver: no leader"
+        cluster.restart(leader)  # a peer again: they elect a leader
+        deadline = time.monotonic() + 20
+        while maintenance.Status(rpc_pb2.StatusRequest(), timeout=5).leader == 0:
+            assert time.monotonic() < deadline, "no leader after a peer came back"
+            time.sleep(0.2)

@@ -187,3 +187,14 @@ def test_a_member_alone_wakes_itself_to_commit_what_it_appended(tmp_path: Path) 
     finally:
         so.destroy()
         journal._destroy()
+
+
+def test_only_a_follower_past_its_deadline_and_connected_to_nobody_forgets_its_leader() -> None:
+    """Fix 8's decision (the integration test: tests/integration/test_no_leader.py)."""
+    from store.pysyncobj_fixes import forgets_leader
+
+    assert forgets_leader(True, True, True, False)
+    assert not forgets_leader(True, True, True, True)  # pysyncobj's own election runs
+    assert not forgets_leader(True, True, False, False)  # the leader spoke recently
+    assert not forgets_leader(True, False, True, False)  # nothing to forget
+    assert not forgets_leader(False, True, True, False)  # a leader
