@@ -26,7 +26,7 @@ import contextlib
 import functools
 import shlex
 from collections.abc import AsyncIterator, Callable, Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import structlog
@@ -224,12 +224,7 @@ class NodeAgentService(agent_pb2_grpc.NodeAgentServicer):
     async def Exec(
         self, requests: AsyncIterator[agent_pb2.ExecRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[agent_pb2.ExecResponse]:
-        first = await anext(requests, None)
-        if first is None or first.WhichOneof("kind") != "start":
-            raise InvalidRequest("start: the first message must be start")
-        start = first.start
-        if not start.pod:
-            raise InvalidRequest("start.pod: required")
+        start = await _first_start(requests)
         if not start.command or not start.command[0]:
             raise InvalidRequest("start.command: required")
         namespace = start.namespace or DEFAULT_NAMESPACE
@@ -280,12 +275,7 @@ class NodeAgentService(agent_pb2_grpc.NodeAgentServicer):
     async def Attach(
         self, requests: AsyncIterator[agent_pb2.AttachRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[agent_pb2.ExecResponse]:
-        first = await anext(requests, None)
-        if first is None or first.WhichOneof("kind") != "start":
-            raise InvalidRequest("start: the first message must be start")
-        start = first.start
-        if not start.pod:
-            raise InvalidRequest("start.pod: required")
+        start = await _first_start(requests)
         if start.wait_seconds > MAX_WAIT:
             raise InvalidRequest(
                 f"start.wait_seconds: at most {MAX_WAIT}, got {start.wait_seconds}"
@@ -306,3 +296,13 @@ class NodeAgentService(agent_pb2_grpc.NodeAgentServicer):
                     code = item.exit.code
                 yield item
         log.info("attach_finished", pod=target.pod, process=name, exit_code=code)
+
+
+async def _first_start(requests: AsyncIterator[Any]) -> Any:
+    """The ``start`` of an Exec or Attach stream: its first message, naming a pod."""
+    first = await anext(requests, None)
+    if first is None or first.WhichOneof("kind") != "start":
+        raise InvalidRequest("start: the first message must be start")
+    if not first.start.pod:
+        raise InvalidRequest("start.pod: required")
+    return first.start
