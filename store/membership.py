@@ -68,6 +68,40 @@ class RaftView:
         return self.others | {self.self_addr}
 
 
+def next_raft_change(
+    view: RaftView,
+    want: set[str],
+    change_since: float | None,
+    remove_seen: dict[str, float],
+    now: float,
+) -> tuple[str, str] | None:
+    """The leader's next step of Raft's member set toward the records' addresses (want):
+    ("transfer", self) when this member's own record is gone, ("add", addr),
+    ("remove", addr), or None (not the settled leader, a change still in flight for
+    less than CHANGE_GIVE_UP, not seeded, nothing to do, or a connected member to
+    remove still within REMOVE_GRACE of when it was first seen: it first gets a few
+    heartbeats carrying the commit of its record's removal, so it learns that it was
+    removed). Records in remove_seen when a removal was first considered."""
+    if not view.is_leader or not view.settled:
+        return None
+    if change_since is not None and now - change_since < CHANGE_GIVE_UP:
+        return None  # the previous change is not committed yet: one at a time
+    if not want:
+        return None  # not seeded yet
+    if view.self_addr not in want:
+        return ("transfer", view.self_addr)
+    add = sorted(want - view.addrs)
+    if add:
+        return ("add", add[0])
+    remove = sorted(view.addrs - want)
+    if remove:
+        first = remove_seen.setdefault(remove[0], now)
+        if remove[0] in view.connected and now - first < REMOVE_GRACE:
+            return None
+        return ("remove", remove[0])
+    return None
+
+
 def parse_peer_url(url: str) -> tuple[str | None, str]:
     """``(name or None, host:port)`` of ``http://[NAME@]host:port`` or ``host:port``."""
     rest = url.strip()
@@ -157,8 +191,9 @@ class MembershipHost(Protocol):
 class Membership:
     """Member records, the Raft reconciler, and the MemberAdd/Remove/MoveLeader operations."""
 
-    def __init__(self, node: MembershipHost) -> None:
+    def __init__(self, node: MembershipHost, clock: Callable[[], float] = time.monotonic) -> None:
         self.node = node
+        self.clock = clock
         self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._change_lock = asyncio.Lock()
         self._remove_seen: dict[str, float] = {}  # peer -> when first seen to remove
@@ -302,35 +337,23 @@ class Membership:
 
         def decide() -> str | None:
             view = self._view()
-            if not view.is_leader or not view.settled:
-                return None
-            since = self._change_since
-            if since is not None and time.monotonic() - since < CHANGE_GIVE_UP:
-                return None  # the previous change is not committed yet: one at a time
             want = self.node.read(lambda sm: {m.peer_addr for m in sm.members.values()})
-            if not want:
-                return None  # not seeded yet
+            now = self.clock()
+            step = next_raft_change(view, want, self._change_since, self._remove_seen, now)
+            if step is None:
+                return None
+            what, addr = step
             so = self.node.syncobj
-            if view.self_addr not in want:
+            if what == "transfer":
                 so.transferLeadership(None, callback)
-                return f"transfer leadership away from removed {view.self_addr}"
-            add = sorted(want - view.addrs)
-            remove = sorted(view.addrs - want)
-            if add:
-                self._change_since = time.monotonic()
-                so.addNodeToCluster(add[0], callback)
-                return f"add {add[0]}"
-            if remove:
-                # a connected member first gets a few heartbeats carrying the commit of
-                # its record's removal, so it learns that it was removed (and says so)
-                first = self._remove_seen.setdefault(remove[0], time.monotonic())
-                if remove[0] in view.connected and time.monotonic() - first < REMOVE_GRACE:
-                    return None
-                self._remove_seen.pop(remove[0], None)
-                self._change_since = time.monotonic()
-                so.removeNodeFromCluster(remove[0], callback)
-                return f"remove {remove[0]}"
-            return None
+                return f"transfer leadership away from removed {addr}"
+            self._change_since = now
+            if what == "add":
+                so.addNodeToCluster(addr, callback)
+            else:
+                self._remove_seen.pop(addr, None)
+                so.removeNodeFromCluster(addr, callback)
+            return f"{what} {addr}"
 
         action = await self._in_tick(decide)
         if action is None:
@@ -435,8 +458,8 @@ class Membership:
 
     async def _wait_raft(self, done: Callable[[RaftView], bool], what: str) -> None:
         timeout = max(10.0, self.node.cfg.request_timeout * 2)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        deadline = self.clock() + timeout
+        while self.clock() < deadline:
             if done(await self._in_tick(self._view)):
                 return
             await asyncio.sleep(0.05)
@@ -455,9 +478,9 @@ class Membership:
             raise StoreError(Code.NOT_FOUND, "etcdserver: member not found")
         if target.name == self.node.cfg.name:
             return
-        deadline = time.monotonic() + max(5.0, self.node.cfg.request_timeout)
+        deadline = self.clock() + max(5.0, self.node.cfg.request_timeout)
         sent_in_term: int | None = None
-        while time.monotonic() < deadline:
+        while self.clock() < deadline:
             leader = self.node.leader_name()
             if leader == target.name:
                 return

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import math
 import os
 import secrets
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import structlog
@@ -29,6 +28,7 @@ from protos import rpc_pb2
 
 from .batcher import Batcher
 from .errors import Code, StoreError
+from .lease_clock import LeaseClock
 from .membership import REMOVED, Membership, member_id
 from .raft_node import RaftConfig, RaftFacts, ReplicatedState, make_syncobj
 from .state_machine import (
@@ -129,25 +129,19 @@ class NodeConfig:
     quota_backend_bytes: int = 0
 
 
-@dataclass
-class _LeaseClock:
-    """Lease deadlines as this member sees them (monotonic seconds)."""
-
-    deadlines: dict[int, float] = field(default_factory=dict)
-    expiring: set[int] = field(default_factory=set)
-
-
 class StoreNode:
-    def __init__(self, cfg: NodeConfig) -> None:
+    def __init__(self, cfg: NodeConfig, clock: Callable[[], float] = time.monotonic) -> None:
+        """clock: the monotonic clock of lease deadlines and membership's waits."""
         self.cfg = cfg
+        self.clock = clock
         self.member_id = member_id(cfg.name)
         ring = ",".join(f"{n}={a}" for n, a in sorted(cfg.initial_cluster.items()))
         self._flag_cluster_id = int.from_bytes(hashlib.sha256(ring.encode()).digest()[:8], "big")
-        self.membership = Membership(self)
+        self.membership = Membership(self, clock)
         self.replicated = ReplicatedState(cfg.history_limit)
         # before Raft starts; a snapshot loaded later brings the limit it was written with
         self.replicated.state.history_bytes_limit = cfg.history_bytes
-        self._leases = _LeaseClock()
+        self._leases = LeaseClock(clock)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._was_leader = False
@@ -246,25 +240,22 @@ class StoreNode:
 
     def _on_applied(self, batch: tuple[Any, ...], results: list[Any], events: list[Event]) -> None:
         self.hub.on_events(events)
-        now = time.monotonic()
-        deadlines = self._leases.deadlines
+        leases = self._leases
         for cmd, res in zip(batch[3], results, strict=False):
             op = cmd[0]
             if op == "lease_grant" and isinstance(res, rpc_pb2.LeaseGrantResponse):
-                deadlines[res.ID] = now + res.TTL
+                leases.extend(res.ID, res.TTL)
             elif op == "lease_keepalive" and isinstance(res, KeepAliveResult) and res.ttl > 0:
-                deadlines[res.lease_id] = now + res.ttl
+                leases.extend(res.lease_id, res.ttl)
             elif op in ("lease_revoke", "lease_expire"):
-                deadlines.pop(int(cmd[1]), None)
-                self._leases.expiring.discard(int(cmd[1]))
+                leases.forget(int(cmd[1]))
 
     def _on_reset(self) -> None:
         with self.replicated.lock:
             sm = self.replicated.state
             revision = sm.revision
             leases = {lid: lease.ttl for lid, lease in sm.leases.items()}
-        now = time.monotonic()
-        self._leases.deadlines = {lid: now + ttl for lid, ttl in leases.items()}
+        self._leases.restart_all(leases)
         self.hub.resync(revision)
         log.info("state_restored_from_snapshot", revision=revision, leases=len(leases))
 
@@ -425,39 +416,31 @@ class StoreNode:
         return secrets.randbits(62) | 1
 
     def lease_remaining(self, lease_id: int) -> int:
-        deadline = self._leases.deadlines.get(lease_id)
-        if deadline is None:
-            return -1
-        return max(0, math.ceil(deadline - time.monotonic()))
+        return self._leases.remaining(lease_id)
 
     def _expire_leases(self) -> None:
-        now = time.monotonic()
-        for lid, deadline in list(self._leases.deadlines.items()):
-            if deadline <= now and lid not in self._leases.expiring:
-                self._leases.expiring.add(lid)
-                self._spawn(self._expire(lid))
+        for lid in self._leases.due():
+            self._spawn(self._expire(lid))
 
     async def _expire(self, lease_id: int) -> None:
+        gone = False
         try:
             await self.propose(("lease_expire", lease_id))
             log.info("lease_expired", lease=f"{lease_id:x}")
         except StoreError as err:
-            if err.code == Code.NOT_FOUND:
-                self._leases.deadlines.pop(lease_id, None)
+            gone = err.code == Code.NOT_FOUND
         finally:
-            self._leases.expiring.discard(lease_id)
+            self._leases.settled(lease_id, gone=gone)
 
     def _on_become_leader(self) -> None:
         """Like etcd's lessor promotion: every lease gets a full TTL from now."""
         leases = self.read(lambda sm: {lid: lease.ttl for lid, lease in sm.leases.items()})
-        now = time.monotonic()
-        self._leases.deadlines = {lid: now + ttl for lid, ttl in leases.items()}
-        self._leases.expiring.clear()
+        self._leases.restart_all(leases)
 
     # ---------------------------------------------------------- background
 
     async def _housekeeping(self) -> None:
-        last_progress = time.monotonic()
+        last_progress = self.clock()
         while True:
             await asyncio.sleep(0.1)
             try:
@@ -474,7 +457,7 @@ class StoreNode:
                 if leader and not self.read(_has_corrupt_alarm):
                     self._expire_leases()  # etcd's revokes fail under CORRUPT too
                 self.batcher.check_stuck()
-                now = time.monotonic()
+                now = self.clock()
                 if now - last_progress >= min(1.0, self.hub.progress_interval):
                     last_progress = now
                     self.hub.progress_tick()
