@@ -9,7 +9,7 @@ from protos import rpc_pb2, rpc_pb2_grpc
 from .errors import REQUEST_TOO_LARGE, Code, StoreError
 from .grpc_errors import grpc_errors
 from .node import StoreNode
-from .state_machine import check_key, check_txn
+from .requests import check_key, check_txn
 
 MAX_REQUEST_BYTES = 1536 * 1024  # etcd's default --max-request-bytes (1.5 MiB)
 # etcd applies the limit to the whole Raft entry: the request plus its request header

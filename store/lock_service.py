@@ -52,7 +52,7 @@ from protos import rpc_pb2, v3lock_pb2, v3lock_pb2_grpc
 from .errors import Code, StoreError
 from .kv_service import check_size
 from .node import StoreNode
-from .state_machine import check_key, check_txn
+from .requests import check_key, check_txn
 from .watch_hub import WatchStream
 
 log = structlog.get_logger("store.lock")

@@ -31,13 +31,12 @@ from .errors import Code, StoreError
 from .lease_clock import LeaseClock
 from .membership import REMOVED, Membership, member_id
 from .raft_node import RaftConfig, RaftFacts, ReplicatedState, make_syncobj
+from .requests import put_cost, txn_cost
 from .state_machine import (
     NO_SPACE,
     Event,
     KeepAliveResult,
     StateMachine,
-    put_cost,
-    txn_cost,
 )
 from .watch_hub import WatchHub
 

@@ -13,9 +13,12 @@ DeleteRange that deletes something and every Txn that writes bumps it by one
 do not.
 
 One file because everything here is applied by ``apply_batch`` in one
-deterministic step on every replica, and pickled snapshots name its classes;
-splitting KV, leases, membership and request checks into a package (issue 25)
-needs aliases for old snapshots and is a change of its own.
+deterministic step on every replica, and pickled Raft snapshots name its
+classes (``store.state_machine.Record`` ...): moving them would need aliases
+both ways, or a member of the previous version could not load a snapshot a
+newer leader sends. What holds no pickled state lives apart: the request
+checks and quota costs (``store.requests``), etcd's users and roles
+(``store.etcd_auth``), lease deadlines (``store.lease_clock``).
 """
 
 from __future__ import annotations
@@ -32,8 +35,14 @@ from protos import kv_pb2, rpc_pb2
 from . import etcd_auth
 from .errors import Code, StoreError
 from .keyspace import in_range, range_bounds
+from .requests import (
+    check_key,
+    check_put,
+    check_txn,
+    txn_cost,
+    txn_is_read_only,
+)
 
-MAX_TXN_OPS = 128
 DEFAULT_HISTORY_BYTES = 256 * 1024 * 1024
 MAX_LEASE_TTL = 9_000_000_000
 DEDUP_BATCHES_PER_PROPOSER = 256
@@ -789,28 +798,6 @@ def superseded_bytes(ev: Event) -> int:
     return len(ev.key) + len(ev.prev.value) if ev.prev is not None else 0
 
 
-def put_cost(req: rpc_pb2.PutRequest) -> int:
-    """What a Put adds to the store's size, as the quota counts it."""
-    return len(req.key) + len(req.value)
-
-
-def txn_cost(req: rpc_pb2.TxnRequest) -> int:
-    """etcd's quota cost of a Txn: the larger branch's top-level Puts (nested txns
-    and deletes cost nothing, as in etcd 3.4)."""
-
-    def branch(ops: Any) -> int:
-        return sum(
-            put_cost(op.request_put) for op in ops if op.WhichOneof("request") == "request_put"
-        )
-
-    return max(branch(req.success), branch(req.failure))
-
-
-def txn_is_read_only(req: rpc_pb2.TxnRequest) -> bool:
-    """etcd's isTxnReadonly: only Range ops, at the top level."""
-    return all(op.WhichOneof("request") == "request_range" for op in (*req.success, *req.failure))
-
-
 def _sorted(records: list[Record], target: int, order: int) -> list[Record]:
     keyfs: dict[int, Any] = {
         rpc_pb2.RangeRequest.KEY: lambda r: r.key,
@@ -840,83 +827,3 @@ def _parse(cls: Any, data: bytes) -> Any:
     msg = cls()
     msg.ParseFromString(data)
     return msg
-
-
-def check_key(key: bytes) -> None:
-    if not key:
-        raise StoreError(Code.INVALID_ARGUMENT, "etcdserver: key is not provided")
-
-
-def check_put(req: rpc_pb2.PutRequest) -> None:
-    check_key(req.key)
-    if req.ignore_value and req.value:
-        raise StoreError(Code.INVALID_ARGUMENT, "etcdserver: value is provided")
-    if req.ignore_lease and req.lease:
-        raise StoreError(Code.INVALID_ARGUMENT, "etcdserver: lease is provided")
-
-
-def check_txn(req: rpc_pb2.TxnRequest, max_ops: int = MAX_TXN_OPS, nested: bool = False) -> None:
-    """etcd's static txn checks: op count, well-formed ops, no key written twice in one branch.
-
-    A nested txn gets the op budget its parent leaves (etcd's checkTxnRequest).
-    """
-    opc = max(len(req.compare), len(req.success), len(req.failure))
-    if opc > max_ops:
-        raise StoreError(Code.INVALID_ARGUMENT, "etcdserver: too many operations in txn request")
-    for c in req.compare:
-        check_key(c.key)
-    for op in (*req.success, *req.failure):
-        which = op.WhichOneof("request")
-        if which == "request_put":
-            check_put(op.request_put)
-        elif which == "request_delete_range":
-            check_key(op.request_delete_range.key)
-        elif which == "request_range":
-            check_key(op.request_range.key)
-        elif which == "request_txn":
-            check_txn(op.request_txn, max_ops - opc, nested=True)
-        else:
-            raise StoreError(Code.INVALID_ARGUMENT, "etcdserver: key not found")
-    if not nested:
-        _check_branch(req.success)
-        _check_branch(req.failure)
-
-
-def _check_branch(ops: Any) -> tuple[set[bytes], list[tuple[bytes, bytes]]]:
-    """etcd's checkIntervals: the keys put and ranges deleted by ops, at this level and below.
-
-    A key may not be put twice, nor put and deleted, except that the two
-    branches of a nested txn are exclusive and may put the same key.
-    """
-    dup = StoreError(Code.INVALID_ARGUMENT, "etcdserver: duplicate key given in txn request")
-    dels = [
-        (op.request_delete_range.key, op.request_delete_range.range_end)
-        for op in ops
-        if op.WhichOneof("request") == "request_delete_range"
-    ]
-
-    def deleted(k: bytes) -> bool:
-        return any(in_range(k, lo, hi) for lo, hi in dels)
-
-    puts: set[bytes] = set()
-    for op in ops:
-        if op.WhichOneof("request") != "request_txn":
-            continue
-        puts_then, dels_then = _check_branch(op.request_txn.success)
-        puts_else, dels_else = _check_branch(op.request_txn.failure)
-        for k in puts_then:
-            if k in puts or deleted(k):
-                raise dup
-            puts.add(k)
-        for k in puts_else:
-            if (k in puts and k not in puts_then) or deleted(k):
-                raise dup
-            puts.add(k)
-        dels += dels_then + dels_else
-    for op in ops:
-        if op.WhichOneof("request") == "request_put":
-            k = op.request_put.key
-            if k in puts or deleted(k):
-                raise dup
-            puts.add(k)
-    return puts, dels

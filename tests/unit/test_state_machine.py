@@ -17,11 +17,11 @@ from google.protobuf import text_format
 from mizzen.keyrange import prefix_end
 from protos import kv_pb2, rpc_pb2
 from store.errors import Code, StoreError
+from store.requests import MAX_TXN_OPS
 from store.state_machine import (
     DEDUP_BATCHES_PER_PROPOSER,
     DEDUP_PROPOSERS,
     MAX_LEASE_TTL,
-    MAX_TXN_OPS,
     Event,
     KeepAliveResult,
     Record,

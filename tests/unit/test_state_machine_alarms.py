@@ -10,8 +10,9 @@ import pickle
 
 from protos import rpc_pb2
 from store.errors import Code, StoreError
+from store.requests import txn_cost
 from store.snapshot import for_new_cluster
-from store.state_machine import CORRUPT, NO_SPACE, StateMachine, txn_cost
+from store.state_machine import CORRUPT, NO_SPACE, StateMachine
 
 A = rpc_pb2.AlarmRequest
 ME = 0x2E1259D415F2A040
