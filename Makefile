@@ -16,7 +16,7 @@ up: $(STAMP)
 	$(BIN)/mizzen up --data-dir ./.mizzen
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -ra
+	$(BIN)/python -m pytest -q -ra --durations=20
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
