@@ -225,6 +225,38 @@ async def test_agent_runs_pods_as_its_node_and_guards_its_api(
         assert await stats(pki.creds("node-na")) == grpc.StatusCode.PERMISSION_DENIED
         assert await stats(pki.creds("controller")) == grpc.StatusCode.PERMISSION_DENIED
         assert await stats(pki.ca_only) == grpc.StatusCode.UNAVAILABLE
+
+        async def execute(creds: ClientCredentials) -> tuple[grpc.StatusCode, int | None]:
+            """Exec `true` in the pod: the status, and the command's exit code."""
+            start = agent_pb2.ExecStart(namespace="default", pod="runs-on-c", command=["true"])
+            async with creds.aio_channel(address) as channel:
+                call = agent_pb2_grpc.NodeAgentStub(channel).Exec(timeout=10)
+                try:
+                    await call.write(agent_pb2.ExecRequest(start=start))
+                    async for answer in call:
+                        if answer.HasField("exit"):
+                            return grpc.StatusCode.OK, answer.exit.code
+                except grpc.aio.AioRpcError as err:
+                    return err.code(), None
+            return grpc.StatusCode.OK, None
+
+        async def attach(creds: ClientCredentials) -> grpc.StatusCode:
+            start = agent_pb2.AttachStart(namespace="default", pod="runs-on-c")
+            async with creds.aio_channel(address) as channel:
+                call = agent_pb2_grpc.NodeAgentStub(channel).Attach(timeout=3)
+                try:
+                    await call.write(agent_pb2.AttachRequest(start=start))
+                    await call.read()
+                except grpc.aio.AioRpcError as err:
+                    return err.code()
+            return grpc.StatusCode.OK
+
+        # exec and attach over TLS: admin only by default (--exec-roles)
+        assert await execute(pki.creds("admin")) == (grpc.StatusCode.OK, 0)
+        assert await execute(pki.creds("vera")) == (grpc.StatusCode.PERMISSION_DENIED, None)
+        assert (await execute(pki.creds("controller")))[0] == grpc.StatusCode.PERMISSION_DENIED
+        assert await attach(pki.creds("vera")) == grpc.StatusCode.PERMISSION_DENIED
+        assert await attach(pki.creds("node-na")) == grpc.StatusCode.PERMISSION_DENIED
         await admin.delete("pods", "runs-on-c", "default", grace_period_seconds=0)
     finally:
         agent.destroy()
