@@ -101,12 +101,14 @@ class Scheduler(Controller):
         scheduled_events: bool = True,
         backoff_initial: float = 1.0,
         backoff_max: float = 30.0,
+        port_in_use_block: float = PORT_IN_USE_BLOCK,
     ) -> None:
         self.workers = workers
         self.state = ClusterState(most_allocated=most_allocated)
         self.scheduled_events = scheduled_events
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
+        self.port_in_use_block = port_in_use_block
         self.unschedulable: dict[str, int] = {}
         self.bound = 0
         self.metrics: SchedulingObserver | None = None
@@ -173,7 +175,7 @@ class Scheduler(Controller):
             if pod.status.HasField("start_time")
             else now
         )
-        until = min(start, now) + PORT_IN_USE_BLOCK
+        until = min(start, now) + self.port_in_use_block
         if until > now:
             self.state.block_ports(pod.spec.node_name, pod_ports(pod), until)
             log.info("ports_blocked", node=pod.spec.node_name, pod=queue_key(pod), until=until)
@@ -299,9 +301,11 @@ def _failed_port_in_use(pod: pb.Pod) -> bool:
 
 def scheduler_from_config(config: ManagerConfig) -> Scheduler:
     """The manager's factory; options ``scheduler.most_allocated`` (pack nodes instead of
-    spreading) and ``scheduler.scheduled_events`` (default true)."""
+    spreading), ``scheduler.scheduled_events`` (default true) and
+    ``scheduler.port_in_use_block`` (seconds, `mizzen controllers --port-in-use-block`)."""
     options = config.options
     return Scheduler(
         most_allocated=bool(options.get("scheduler.most_allocated", False)),
         scheduled_events=bool(options.get("scheduler.scheduled_events", True)),
+        port_in_use_block=float(options.get("scheduler.port_in_use_block", PORT_IN_USE_BLOCK)),
     )

@@ -49,6 +49,14 @@ def add_controllers_parser(sub: argparse._SubParsersAction[argparse.ArgumentPars
     p.add_argument("--eviction-timeout", type=float, default=10.0)
     p.add_argument("--request-timeout", type=float, default=5.0)
     p.add_argument(
+        "--port-in-use-block",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long the scheduler keeps a node's ports that another program holds "
+        "(a pod failed with PortInUse) away from new pods (default 30)",
+    )
+    p.add_argument(
         "--controllers",
         default=None,
         help="comma-separated controller names to run (default: all)",
@@ -96,7 +104,10 @@ def run_controllers(args: argparse.Namespace) -> int:
         workers=_workers(args.workers),
         enabled=tuple(n.strip() for n in args.controllers.split(",")) if args.controllers else None,
         metrics_listen=args.metrics_listen,
+        options={"scheduler.port_in_use_block": args.port_in_use_block},
     )
+    if args.port_in_use_block < 0:
+        raise UsageError("--port-in-use-block must not be negative")
     if args.id:
         config.id = args.id
     if args.election_key:

@@ -133,7 +133,11 @@ class AgentProcess:
 
 @contextlib.contextmanager
 def agent_and_controllers(
-    base: Path, endpoints: list[str], name: str, agent_args: list[str] | None = None
+    base: Path,
+    endpoints: list[str],
+    name: str,
+    agent_args: list[str] | None = None,
+    controller_args: list[str] | None = None,
 ) -> Iterator[AgentProcess]:
     """A started ``AgentProcess`` and a ``mizzen controllers`` (id ``<name>-cm``, log in
     ``base/controllers.log``) on ``endpoints``; both killed and cleaned up on exit."""
@@ -143,6 +147,7 @@ def agent_and_controllers(
         [
             sys.executable, "-m", "mizzen", "--log-format", "json", "controllers",
             "--endpoints", ",".join(endpoints), "--id", f"{name}-cm",
+            *(controller_args or []),
         ],
         stdout=log, stderr=log, cwd=REPO_ROOT, start_new_session=True,
     )  # fmt: skip

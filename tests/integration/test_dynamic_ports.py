@@ -66,7 +66,13 @@ def daemons(
 ) -> Iterator[AgentProcess]:
     base: Path = tmp_path_factory.mktemp("ports")
     with agent_and_controllers(
-        base, cluster.endpoints, "ports", ["--port-range", f"{FIRST}-{LAST}"]
+        base,
+        cluster.endpoints,
+        "ports",
+        ["--port-range", f"{FIRST}-{LAST}"],
+        # a port another program holds stays blocked for 10 s, not 30: long enough for
+        # the test to see the replacement wait, short enough not to wait for nothing
+        controller_args=["--port-in-use-block", "10"],
     ) as agent:
         yield agent
 
