@@ -47,7 +47,6 @@ import shlex
 import shutil
 import signal
 import subprocess
-import threading
 import time
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
@@ -57,16 +56,14 @@ from typing import Self
 
 import structlog
 
-from mizzen.testing.local_cluster import has_exited
+from mizzen.testing.processes import TERMINATING, dies_with_parent, has_exited, reap_group
 
 _log = structlog.get_logger(__name__)
 
 DEFAULT_SUBNET = "198.18.0.0/24"
 MARKER_DIR = Path("/run/mizzen-testhosts")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
-_SETPRIV = shutil.which("setpriv")
 _NSENTER = shutil.which("nsenter")
-_TERMINATING = {signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT}
 
 
 class HostsError(RuntimeError):
@@ -157,9 +154,7 @@ class TestHost:
             if _NSENTER is None:
                 raise HostsError("host_mounts needs nsenter (apt-get install util-linux)")
             inner = [_NSENTER, f"--mount=/proc/{os.getpid()}/ns/mnt", "--", *inner]
-        full = ["ip", "netns", "exec", self.netns, *inner]
-        if _SETPRIV is not None and threading.current_thread() is threading.main_thread():
-            full = [_SETPRIV, "--pdeathsig", "KILL", "--", *full]
+        full = dies_with_parent(["ip", "netns", "exec", self.netns, *inner])
         out = open(log, "ab") if log is not None else None  # noqa: SIM115
         try:
             if out is not None:
@@ -199,14 +194,9 @@ class TestHost:
             raise HostsError(f"{self.name}: daemon {name} is not running")
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, sig)
-        if sig not in _TERMINATING:
+        if sig not in TERMINATING:
             return
-        deadline = time.monotonic() + wait
-        while not has_exited(proc) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
+        reap_group(proc, wait)
         _log.info("test_host_killed", host=self.name, daemon=name, signal=int(sig))
 
     def kill_all(self) -> None:

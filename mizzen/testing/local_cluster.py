@@ -9,8 +9,8 @@ agree on a leader, then kill, restart and stop members. What is guaranteed:
   been reaped (SIGTERM, a grace period, then SIGKILL);
 * a cluster still running when it is garbage-collected or when the interpreter
   exits is stopped, and members spawned from the main thread carry
-  ``PR_SET_PDEATHSIG=SIGKILL`` (through ``setpriv``), so even a test runner
-  killed with SIGKILL leaves no store behind.
+  ``PR_SET_PDEATHSIG=SIGKILL`` (``mizzen.testing.processes``, shared with the
+  test hosts), so even a test runner killed with SIGKILL leaves no store behind.
 
 Member index ``i`` is 0-based, as in ``endpoints``; its name is ``n{i+1}``
 (``e{i+1}`` for etcd), its data dir ``base/<name>`` and its log ``base/<name>.log``.
@@ -44,18 +44,23 @@ from typing import Self
 import grpc
 
 from mizzen.security.tls import INSECURE, ClientCredentials
+from mizzen.testing.processes import (
+    TERMINATING,
+    dies_with_parent,
+    has_exited,
+    kill_group,
+    reap_group,
+)
 from protos import rpc_pb2, rpc_pb2_grpc
 
 HOST = "127.0.0.1"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
-_SETPRIV = shutil.which("setpriv")
 _PROBE_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 500),
 ]
-_TERMINATING = {signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT}
 
 _ports_lock = threading.Lock()
 _ports_given: set[int] = set()
@@ -105,16 +110,6 @@ class _Member:
     proc: subprocess.Popen[bytes] | None = None
     expect_running: bool = False
     paused: bool = False
-
-
-def has_exited(proc: subprocess.Popen[bytes]) -> bool:
-    """True once the process is dead, without reaping it (its pgid stays reserved)."""
-    if proc.returncode is not None:
-        return True
-    try:
-        return os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
-    except ChildProcessError:
-        return True
 
 
 class LocalCluster:
@@ -250,7 +245,7 @@ class LocalCluster:
             m.paused = True
         elif sig == signal.SIGCONT:
             m.paused = False
-        elif sig in _TERMINATING:
+        elif sig in TERMINATING:
             m.expect_running = False
             if wait:
                 if m.paused:
@@ -375,9 +370,7 @@ class LocalCluster:
 
     def _spawn(self, m: _Member) -> None:
         m.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # as the store makes it
-        argv = m.argv
-        if _SETPRIV is not None and threading.current_thread() is threading.main_thread():
-            argv = [_SETPRIV, "--pdeathsig", "KILL", "--", *argv]
+        argv = dies_with_parent(m.argv)
         with open(m.log_path, "ab") as log:
             stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
             log.write(f"=== {stamp} start: {shlex.join(m.argv)}\n".encode())
@@ -394,21 +387,15 @@ class LocalCluster:
         m.paused = False
 
     def _signal_group(self, m: _Member, sig: int) -> None:
-        if m.proc is None or m.proc.returncode is not None:
-            return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(m.proc.pid, sig)
+        if m.proc is not None:
+            kill_group(m.proc, sig)
 
     def _reap(self, m: _Member, grace: float) -> None:
         proc = m.proc
-        if proc is None or proc.returncode is not None:
+        if proc is None:
             return
-        deadline = time.monotonic() + max(grace, 0.0)
-        while not has_exited(proc) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        self._signal_group(m, signal.SIGKILL)
         try:
-            proc.wait(timeout=10)
+            reap_group(proc, grace)
         except subprocess.TimeoutExpired as exc:  # only if the kernel cannot kill it
             raise ClusterError(f"{m.name} (pid {proc.pid}) survived SIGKILL") from exc
 

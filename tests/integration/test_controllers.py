@@ -14,7 +14,6 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -29,6 +28,7 @@ from sim_agent import SimAgent
 from controllers.leader import current_leader
 from mizzen.client import Informer, ObjectsClient, StoreClient
 from mizzen.testing.local_cluster import REPO_ROOT, MizzenCluster
+from mizzen.testing.processes import dies_with_parent
 from mizzen.testing.waits import modify
 from protos import objects_pb2 as pb
 
@@ -59,9 +59,7 @@ class Manager:
             "--lease-ttl", str(LEASE_TTL), "--renew-interval", "0.5",
             "--controllers", "replicaset,deployment",
         ]  # fmt: skip
-        setpriv = shutil.which("setpriv")
-        if setpriv is not None:  # dies with the test runner even if that is SIGKILLed
-            argv = [setpriv, "--pdeathsig", "KILL", "--", *argv]
+        argv = dies_with_parent(argv)  # dies with the test runner even if that is SIGKILLed
         self.proc = subprocess.Popen(
             argv,
             stdout=self._log,

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -32,6 +31,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from mizzen.client import ObjectsClient
 from mizzen.testing.local_cluster import MizzenCluster, free_ports
+from mizzen.testing.processes import dies_with_parent
 from protos import objects_pb2 as pb
 
 _why = cgroups_unavailable()
@@ -85,9 +85,7 @@ class ControllersProcess:
             "--controllers", "scheduler,replicaset,deployment",
             "--metrics-listen", f"127.0.0.1:{self.metrics_port}",
         ]  # fmt: skip
-        setpriv = shutil.which("setpriv")
-        if setpriv is not None:
-            argv = [setpriv, "--pdeathsig", "KILL", "--", *argv]
+        argv = dies_with_parent(argv)
         env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), PYTHONUNBUFFERED="1")
         with log_path.open("wb") as log:
             self.proc = subprocess.Popen(

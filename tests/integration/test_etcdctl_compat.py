@@ -27,6 +27,7 @@ import grpc
 import pytest
 
 from mizzen.testing.local_cluster import MizzenCluster
+from mizzen.testing.processes import dies_with_parent
 from protos import rpc_pb2, rpc_pb2_grpc
 
 pytestmark = [
@@ -38,7 +39,6 @@ pytestmark = [
 
 COMMAND_TIMEOUT = 20.0  # seconds for one etcdctl invocation
 LINE_TIMEOUT = 10.0  # seconds to wait for the next line of a streaming command
-_SETPRIV = shutil.which("setpriv")
 
 
 def _env() -> dict[str, str]:
@@ -107,8 +107,7 @@ class Stream:
     """A long-running etcdctl; its stdout is read by a thread into a queue of lines."""
 
     def __init__(self, argv: list[str], env: dict[str, str]) -> None:
-        if _SETPRIV is not None and threading.current_thread() is threading.main_thread():
-            argv = [_SETPRIV, "--pdeathsig", "KILL", "--", *argv]
+        argv = dies_with_parent(argv)
         self.proc = subprocess.Popen(
             argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
         )
