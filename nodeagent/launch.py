@@ -148,11 +148,33 @@ def checked_argv(spec: LaunchSpec, prefix: Sequence[str] = ()) -> list[str]:
     return wrap_argv(spec.procs_files, [*prefix, executable, *spec.argv[1:]], run_as)
 
 
-def launch(spec: LaunchSpec, log_fd: int, stdin_fd: int | None = None) -> subprocess.Popen[bytes]:
+def launch(
+    spec: LaunchSpec, log_fd: int, stdin_fd: int | None = None, tty_fd: int | None = None
+) -> subprocess.Popen[bytes]:
     """Spawn the process (its stdin is stdin_fd, else /dev/null); LaunchError when it cannot
-    run (checked before spawning)."""
-    argv = checked_argv(spec)
+    run (checked before spawning).
+
+    tty_fd (a pty's slave): the process's stdin, stdout, stderr and controlling terminal
+    instead, in a new session made by ``setsid --ctty`` (no ``preexec_fn`` in a threaded
+    process); the wrapper is not made a group leader here, or setsid would fork."""
+    prefix: list[str] = []
+    if tty_fd is not None:
+        setsid = shutil.which("setsid", path=DEFAULT_PATH)
+        if setsid is None:
+            raise LaunchError("setsid (util-linux) is needed for a process with tty: true")
+        prefix = [setsid, "--ctty"]
+    argv = checked_argv(spec, prefix)
     try:
+        if tty_fd is not None:
+            return subprocess.Popen(
+                argv,
+                stdin=tty_fd,
+                stdout=tty_fd,
+                stderr=tty_fd,
+                env=dict(spec.env),
+                cwd=spec.cwd or "/",
+                close_fds=True,
+            )
         return subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL if stdin_fd is None else stdin_fd,

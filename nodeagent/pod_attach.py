@@ -14,7 +14,10 @@ An attach (``AttachSession``) waits, bounded, for the process to run,
 claims its stdin when the client wants to send some (one writer at a time;
 refused once stdinOnce closed it), passes the client's bytes to the pipe
 and streams the run's output from its log file (from now on, or from the
-run's start) until the run exits, then its exit code.
+run's start) until the run exits, then its exit code. A process with
+``tty: true`` has a pseudo-terminal instead of a pipe (nodeagent.process_tty):
+the same claim, its client's resizes applied to it, its output copied by the
+agent into the same log file.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import structlog
 from nodeagent.logs import follow
 from nodeagent.pod_ops import NotRunning, Target, TargetNotFound, find_target
 from nodeagent.process_stdin import AttachRefused, ProcessStdin
+from nodeagent.process_tty import ProcessTty
 from protos import agent_pb2
 
 if TYPE_CHECKING:
@@ -104,6 +108,11 @@ async def wait_for_target(
 # ------------------------------------------------------------------ one attach
 
 
+def _copying(stdin: ProcessStdin | None) -> bool:
+    """Whether stdin is a pty whose output the agent may still copy into the log file."""
+    return isinstance(stdin, ProcessTty) and not stdin.closed
+
+
 class AttachSession:
     """One client attached to a process's run: its stdin (claimed here) and its output."""
 
@@ -144,6 +153,8 @@ class AttachSession:
             elif kind == "stdin_close":
                 stdin.end_input()
                 return
+            elif kind == "resize" and isinstance(stdin, ProcessTty):
+                stdin.resize(request.resize)
         if stdin is not None:
             stdin.end_input()
 
@@ -167,7 +178,8 @@ class AttachSession:
                 self.path,
                 start_offset=self._offset(),
                 poll=poll,
-                stop_when=lambda: run.result is not None,
+                # a tty's last output is in the log file once the agent closed its master
+                stop_when=lambda: run.result is not None and not _copying(run.stdin),
             )
             async with contextlib.aclosing(output):
                 async for data in output:

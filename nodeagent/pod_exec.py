@@ -49,10 +49,10 @@ _QUEUE = 16
 # to reach end of file.
 DRAIN_SECONDS = 1.0
 _KILL_ROUNDS = 20
-_EOT = b"\x04"
+EOT = b"\x04"
 
 
-def _set_window(fd: int, size: agent_pb2.WindowSize) -> None:
+def set_window(fd: int, size: agent_pb2.WindowSize) -> None:
     if size.rows and size.cols:
         with contextlib.suppress(OSError):
             fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", size.rows, size.cols, 0, 0))
@@ -158,7 +158,7 @@ class ExecSession:
         if tty:
             master, slave = os.openpty()
             if size is not None:
-                _set_window(master, size)
+                set_window(master, size)
             try:
                 # Not a new session here: setsid must not be a group leader, or it forks.
                 popen = subprocess.Popen(
@@ -260,13 +260,13 @@ class ExecSession:
                 await self._write(request.stdin)
             elif kind == "stdin_close":
                 if self.tty:
-                    await self._write(_EOT)
+                    await self._write(EOT)
                 elif self.stdin_fd is not None and self.popen.stdin is not None:
                     self.stdin_fd = None
                     with contextlib.suppress(OSError):
                         self.popen.stdin.close()
             elif kind == "resize" and self.tty and self.stdin_fd is not None:
-                _set_window(self.stdin_fd, request.resize)
+                set_window(self.stdin_fd, request.resize)
 
     async def _wait_exit(self) -> agent_pb2.ExecExit:
         await self._readable(self.pidfd)

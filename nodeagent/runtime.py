@@ -69,7 +69,8 @@ class ProcessRun:
         self._popen = popen
         self._clock = clock
         self._exited: asyncio.Future[Terminated] | None = None
-        # The write end of the run's stdin pipe (spec stdin: true), held by the agent.
+        # The write end of the run's stdin pipe (spec stdin: true), held by the agent;
+        # a ProcessTty (its pty's master) with tty: true.
         self.stdin: ProcessStdin | None = None
 
     @property
@@ -201,15 +202,17 @@ def start(
     clock: Clock = time.time,
     new_cgroup: bool = False,
     stdin_fd: int | None = None,
+    tty_fd: int | None = None,
 ) -> ProcessRun:
     """Spawn a run in cgroup; LaunchError (from ``launch``) when it cannot start.
 
     new_cgroup: the cgroup was just created, so its OOM-kill count is 0 (not read).
     stdin_fd: the run's stdin (the read end of its pipe), else /dev/null.
+    tty_fd: a pty's slave, the run's stdin, stdout, stderr and controlling terminal.
     """
     oom_before = 0 if new_cgroup else _oom_kills(cgroup)
     started = clock()
-    popen = launch(spec, log_fd, stdin_fd)
+    popen = launch(spec, log_fd, stdin_fd, tty_fd)
     pidfd = os.pidfd_open(popen.pid)
     ticks = read_start_ticks(popen.pid) or 0
     return ProcessRun(

@@ -43,6 +43,7 @@ from nodeagent.pod_config import PodConfig
 from nodeagent.pod_status import ProcessView, Running, State, Waiting
 from nodeagent.probes import ProbeTracker, run_probe
 from nodeagent.process_stdin import ProcessStdin
+from nodeagent.process_tty import ProcessTty
 from nodeagent.runtime import ProcessRun
 from nodeagent.services import PodServices
 from nodeagent.state import ProcessRecord, Terminated
@@ -403,7 +404,14 @@ class ProcessSupervisor:
             return _Spawned(None, None, f"cgroup: {err}")
         spec = self.launch_spec(cgroup)
         read_end = write_end = -1
-        if self.spec.stdin:  # a pipe held open by the agent (pod_attach), else /dev/null
+        tty = self.spec.tty and self.spec.stdin
+        if tty:  # a pty: the agent keeps the master (process_tty), the slave is the process's
+            try:
+                write_end, read_end = os.openpty()
+                os.set_inheritable(write_end, False)
+            except OSError as err:
+                return _Spawned(cgroup, None, f"pseudo-terminal: {err}")
+        elif self.spec.stdin:  # a pipe held open by the agent (pod_attach), else /dev/null
             try:
                 read_end, write_end = os.pipe2(os.O_CLOEXEC)
             except OSError as err:
@@ -416,18 +424,23 @@ class ProcessSupervisor:
                 fd,
                 clock=ctx.wall,
                 new_cgroup=new_cgroup,
-                stdin_fd=read_end if read_end >= 0 else None,
+                stdin_fd=read_end if read_end >= 0 and not tty else None,
+                tty_fd=read_end if tty else None,
             )
         except LaunchError as err:
             if write_end >= 0:
                 os.close(write_end)
+            os.close(fd)
             return _Spawned(cgroup, None, str(err))
         finally:
-            os.close(fd)
             if read_end >= 0:
                 os.close(read_end)
-        if write_end >= 0:
-            run.stdin = ProcessStdin(write_end, once=self.spec.stdin_once)
+        if tty:  # the master's output goes to the log file: the tty keeps fd
+            run.stdin = ProcessTty(write_end, fd, once=self.spec.stdin_once)
+        else:
+            os.close(fd)
+            if write_end >= 0:
+                run.stdin = ProcessStdin(write_end, once=self.spec.stdin_once)
         ctx.logs.prune(ctx.namespace, ctx.pod, ctx.uid, self.name, keep_instances=2)
         return _Spawned(cgroup, run)
 
@@ -495,15 +508,23 @@ class ProcessSupervisor:
         self.ctx.changed()
         self.settled.set()
         probes = asyncio.create_task(self._probe_loop(run, initially_ready))
+        if isinstance(run.stdin, ProcessTty):
+            run.stdin.start_copy()
         try:
             exited = await run.wait()
+        except BaseException:
+            if run.stdin is not None:
+                run.stdin.close()
+            raise
         finally:
             probes.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await probes
-            if run.stdin is not None:
+            if run.stdin is not None and not isinstance(run.stdin, ProcessTty):
                 run.stdin.close()
         run.kill_cgroup()
+        if isinstance(run.stdin, ProcessTty):  # its last output into the log, then closed
+            await run.stdin.drain_and_close()
         self._log.info(
             "process_exited", pid=run.pid, exit_code=exited.exit_code, reason=exited.reason
         )

@@ -70,6 +70,8 @@ def _process(process: pb.Process, path: str, errs: FieldErrors) -> None:
         errs.add(f"{path}.user", "must be a user name or a numeric uid")
     if process.stdin_once and not process.stdin:
         errs.add(f"{path}.stdinOnce", "requires stdin: true")
+    if process.tty and not process.stdin:
+        errs.add(f"{path}.tty", "requires stdin: true")
     for j, port in enumerate(process.ports):
         ppath = f"{path}.ports[{j}]"
         if port.port == 0 and port.name:

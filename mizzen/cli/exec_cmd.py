@@ -21,11 +21,8 @@ import argparse
 import asyncio
 import contextlib
 import os
-import signal
 import sys
-import termios
 import threading
-import tty
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -35,6 +32,7 @@ from mizzen.api.defaults import DEFAULT_NAMESPACE
 from mizzen.cli.errors import CommandError, UsageError
 from mizzen.cli.logs_cmd import agent_error, connect_agent, locate_agent
 from mizzen.cli.runner import client_options, with_objects_client
+from mizzen.cli.terminal import remote_terminal, stdin_is_terminal, window
 from mizzen.client.objects import ObjectsClient
 from mizzen.security.tls import ClientCredentials
 from protos import agent_pb2, agent_pb2_grpc
@@ -128,16 +126,6 @@ def run_kill(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------ exec
 
 
-def _window() -> agent_pb2.WindowSize | None:
-    for fd in (sys.stdin.fileno(), sys.stdout.fileno()):
-        try:
-            size = os.get_terminal_size(fd)
-        except (OSError, ValueError):
-            continue
-        return agent_pb2.WindowSize(rows=size.lines, cols=size.columns)
-    return None
-
-
 def _read_stdin(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[Any]) -> None:
     """Thread body: copy stdin into queue as requests, then stdin_close (a daemon
     thread, so a terminal that never ends does not keep the command alive)."""
@@ -158,13 +146,6 @@ def _read_stdin(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[Any]) -> N
             return
 
 
-def _stdin_is_terminal() -> bool:
-    try:
-        return os.isatty(sys.stdin.fileno())
-    except (OSError, ValueError):
-        return False
-
-
 async def _exec(
     args: argparse.Namespace,
     namespace: str,
@@ -180,9 +161,9 @@ async def _exec(
         stdin=args.stdin,
         tty=args.tty,
     )
-    local_terminal = args.tty and _stdin_is_terminal()
+    local_terminal = args.tty and stdin_is_terminal()
     if args.tty:
-        size = _window()
+        size = window()
         if size is not None:
             start.size.CopyFrom(size)
     loop = asyncio.get_running_loop()
@@ -194,50 +175,40 @@ async def _exec(
             yield await outgoing.get()
 
     channel = await connect_agent(address, node, args.request_timeout, credentials)
-    saved: list[Any] | None = None
     code: int | None = None
+    terminal: contextlib.AbstractContextManager[None] = (
+        remote_terminal(
+            lambda size: outgoing.put_nowait(agent_pb2.ExecRequest(resize=size)),
+            raw=args.stdin,
+        )
+        if local_terminal
+        else contextlib.nullcontext()
+    )
     try:
         if args.stdin:
             threading.Thread(target=_read_stdin, args=(loop, outgoing), daemon=True).start()
-        if local_terminal:
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-
-                def resized() -> None:
-                    size = _window()
-                    if size is not None:
-                        outgoing.put_nowait(agent_pb2.ExecRequest(resize=size))
-
-                loop.add_signal_handler(signal.SIGWINCH, resized)
-            if args.stdin:
-                saved = termios.tcgetattr(sys.stdin.fileno())
-                # TCSADRAIN, not setraw's default TCSAFLUSH: what was typed ahead is kept.
-                tty.setraw(sys.stdin.fileno(), termios.TCSADRAIN)
-        stub = agent_pb2_grpc.NodeAgentStub(channel)
-        out, err = sys.stdout.buffer, sys.stderr.buffer
-        call = stub.Exec(requests())
-        async for response in call:
-            kind = response.WhichOneof("kind")
-            if kind == "stdout":
-                with contextlib.suppress(BrokenPipeError):
-                    out.write(response.stdout)
-                    out.flush()
-            elif kind == "stderr":
-                err.write(response.stderr)
-                err.flush()
-            elif kind == "exit":
-                # The last message. Stop here: stdin still being sent (`yes | mizzen exec
-                # -i POD -- head -1`) must not turn the ended call into an error.
-                code = response.exit.code
-                call.cancel()
-                break
+        with terminal:
+            stub = agent_pb2_grpc.NodeAgentStub(channel)
+            out, err = sys.stdout.buffer, sys.stderr.buffer
+            call = stub.Exec(requests())
+            async for response in call:
+                kind = response.WhichOneof("kind")
+                if kind == "stdout":
+                    with contextlib.suppress(BrokenPipeError):
+                        out.write(response.stdout)
+                        out.flush()
+                elif kind == "stderr":
+                    err.write(response.stderr)
+                    err.flush()
+                elif kind == "exit":
+                    # The last message. Stop here: stdin still being sent (`yes | mizzen
+                    # exec -i POD -- head -1`) must not turn the ended call into an error.
+                    code = response.exit.code
+                    call.cancel()
+                    break
     except grpc.aio.AioRpcError as error:
         raise agent_error(error, node, address) from None
     finally:
-        if saved is not None:
-            termios.tcsetattr(sys.stdin.fileno(), termios.TCSADRAIN, saved)
-        if local_terminal:
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.remove_signal_handler(signal.SIGWINCH)
         await channel.close(None)
     if code is None:
         raise CommandError(f'the agent of node "{node}" ended the exec without an exit status')

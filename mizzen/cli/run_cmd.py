@@ -23,8 +23,16 @@ agent's Attach RPC, from the start of the run's output, so nothing written
 before is missed), copies its own stdin to it (its end of file closes the
 process's stdin), and shows the output as it comes. The exit code and the
 rest are as without ``-i``. If the command goes away (Ctrl-C, even SIGKILL),
-the call ends and, stdinOnce, the process's stdin is closed. ``-t`` is
-refused: the agent gives a pod's process a pipe, not a terminal.
+the call ends and, stdinOnce, the process's stdin is closed.
+
+``-i -t`` (as ``kubectl run -it``): the process also gets ``tty: true``, a
+pseudo-terminal held by its agent. When this command's stdin is a terminal,
+it is put in raw mode for the attach (every key, ^C and ^D included, goes to
+the process's terminal; restored whatever ends the command) and its size is
+sent at the start and on each SIGWINCH. The end of this command's input is
+^D on the process's terminal. ``-t`` without ``-i`` is a usage error, and
+``-t`` whose stdin is not a terminal says so on stderr (kubectl's words) and
+goes on without the local terminal's raw mode and size.
 
 One file because it is one command: creating the pod, following it by watch,
 streaming its output and exiting with its code are steps of one run.
@@ -52,6 +60,7 @@ from mizzen.api.pods import has_ended
 from mizzen.cli.errors import CommandError, UsageError
 from mizzen.cli.logs_cmd import agent_error, connect_agent, pod_agent, stream_logs
 from mizzen.cli.runner import client_options, with_objects_client
+from mizzen.cli.terminal import NOT_A_TERMINAL, remote_terminal, stdin_is_terminal, window
 from mizzen.client.errors import AlreadyExistsError, NotFoundError
 from mizzen.client.objects import ObjectsClient
 from protos import agent_pb2, agent_pb2_grpc
@@ -60,10 +69,7 @@ from protos import objects_pb2 as pb
 RUN_LABEL = "run"
 DELETE_WAIT = 60.0
 """Seconds --rm waits, beyond the pod's grace period, for the store to remove the pod."""
-TTY_REFUSED = (
-    "run -t: a terminal for a pod's process is not supported (the agent gives it a pipe); "
-    "use -i without -t, or mizzen exec -t for a terminal"
-)
+TTY_NEEDS_STDIN = "-i/--stdin is required for containers with -t/--tty=true"
 _READ = 64 * 1024
 _STDIN_QUEUE = 16
 REFUSED_GRACE = 5.0
@@ -91,7 +97,12 @@ def add_run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         action="store_true",
         help="pass stdin to the process (stdin: true, stdinOnce: true) and attach to it",
     )
-    p.add_argument("-t", "--tty", action="store_true", help="not supported (refused)")
+    p.add_argument(
+        "-t",
+        "--tty",
+        action="store_true",
+        help="with -i: the process runs on a terminal (tty: true), this terminal in raw mode",
+    )
     p.add_argument("--restart", default="Never", choices=["Never", "OnFailure"])
     p.add_argument("--env", action="append", default=[], metavar="K=V")
     p.add_argument("--cpu", default="", metavar="Q", help="CPU request and limit, e.g. 500m")
@@ -165,6 +176,7 @@ def build_pod(args: argparse.Namespace, namespace: str) -> pb.Pod:
     if args.stdin:
         proc.stdin = True
         proc.stdin_once = True
+        proc.tty = bool(args.tty)
     for key, value in _pairs(args.env, "--env").items():
         proc.env.add(name=key, value=value)
     try:
@@ -400,21 +412,34 @@ async def attach(
         while True:
             yield await outgoing.get()
 
+    def resize(size: agent_pb2.WindowSize) -> None:
+        with contextlib.suppress(asyncio.QueueFull):  # the next resize brings it up to date
+            outgoing.put_nowait(agent_pb2.AttachRequest(resize=size))
+
+    local_terminal = bool(args.tty) and stdin_is_terminal()
+    terminal: contextlib.AbstractContextManager[None] = (
+        remote_terminal(resize, raw=True) if local_terminal else contextlib.nullcontext()
+    )
+    if local_terminal:
+        size = window()
+        if size is not None:
+            resize(size)
     channel = await connect_agent(address, node, args.request_timeout, client.credentials)
     out = sys.stdout.buffer
     try:
         threading.Thread(target=_read_stdin, args=(loop, outgoing), daemon=True).start()
-        call = agent_pb2_grpc.NodeAgentStub(channel).Attach(requests())
-        async for response in call:
-            kind = response.WhichOneof("kind")
-            if kind == "stdout":
-                with contextlib.suppress(BrokenPipeError):
-                    out.write(response.stdout)
-                    out.flush()
-                output.shown += len(response.stdout)
-            elif kind == "exit":
-                call.cancel()  # the last message; stdin may still be flowing
-                break
+        with terminal:
+            call = agent_pb2_grpc.NodeAgentStub(channel).Attach(requests())
+            async for response in call:
+                kind = response.WhichOneof("kind")
+                if kind == "stdout":
+                    with contextlib.suppress(BrokenPipeError):
+                        out.write(response.stdout)
+                        out.flush()
+                    output.shown += len(response.stdout)
+                elif kind == "exit":
+                    call.cancel()  # the last message; stdin may still be flowing
+                    break
     except grpc.aio.AioRpcError as err:
         if err.code() != grpc.StatusCode.FAILED_PRECONDITION or not await watch.until(
             has_ended, REFUSED_GRACE
@@ -490,8 +515,10 @@ async def delete_and_wait(client: ObjectsClient, pod: pb.Pod) -> None:
 
 def run_run(args: argparse.Namespace) -> int:
     command_of(args)  # options given after NAME, before "--"
-    if args.tty:
-        raise UsageError(TTY_REFUSED)
+    if args.tty and not args.stdin:
+        raise UsageError(TTY_NEEDS_STDIN)
+    if args.tty and not stdin_is_terminal():
+        print(NOT_A_TERMINAL, file=sys.stderr, flush=True)
     namespace = args.namespace or DEFAULT_NAMESPACE
     pod = build_pod(args, namespace)
 

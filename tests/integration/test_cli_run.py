@@ -11,10 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
+import re
+import select
 import signal
+import struct
 import subprocess
 import sys
+import termios
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +35,7 @@ from agent_fixtures import (
     pid_alive,
 )
 
+from mizzen.cli.terminal import NOT_A_TERMINAL
 from mizzen.client import ObjectsClient
 from mizzen.testing.local_cluster import REPO_ROOT, MizzenCluster
 from protos import agent_pb2, agent_pb2_grpc
@@ -141,8 +148,81 @@ async def test_run_rm_prints_output_exits_with_the_code_and_removes_the_pod(
     assert err == 'mizzen: pods "kept" already exists in namespace "runs"\n'
     await client.delete("pods", "kept", NS)
 
-    code, out, err = run(cluster, "run", "talk", "-n", NS, "-i", "-t", "--", "cat")
-    assert code == 1 and err.count("\n") == 1 and "run -t: a terminal" in err, err
+    # -t without -i: kubectl's usage error
+    code, out, err = run(cluster, "run", "talk", "-n", NS, "-t", "--", "cat")
+    assert code == 1 and err.count("\n") == 1, err
+    assert "-i/--stdin is required for containers with -t/--tty=true" in err
+    # -i -t whose stdin is not a terminal: kubectl's warning, then a tty all the same
+    # (the end of input is ^D on it)
+    code, out, err = run(
+        cluster, "run", "talk", "-n", NS, "--rm", "-i", "-t", "--", "sh", "-c",
+        'read line; tty; echo "got $line"', stdin="hello\n",
+    )  # fmt: skip
+    assert code == 0, err
+    assert err == f"{NOT_A_TERMINAL}\n"
+    assert "got hello" in out and re.search(r"/dev/pts/\d+", out), out
+    await gone(client, "talk")
+
+
+def _read_until(fd: int, wanted: bytes | re.Pattern[bytes], seen: bytearray) -> None:
+    """Read fd into seen until wanted is in it (30 s at most)."""
+    deadline = time.monotonic() + 30
+
+    def found() -> bool:
+        return bool(wanted.search(seen)) if isinstance(wanted, re.Pattern) else wanted in seen
+
+    while not found():
+        left = deadline - time.monotonic()
+        assert left > 0, f"no {wanted!r} in {bytes(seen)!r}"
+        ready, _, _ = select.select([fd], [], [], left)
+        if ready:
+            seen += os.read(fd, 4096)
+
+
+def _set_size(fd: int, rows: int, cols: int) -> None:
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+
+@pytest.mark.timeout(90)
+async def test_run_it_rm_a_shell_on_a_terminal(
+    cluster: MizzenCluster, daemons: AgentProcess, client: ObjectsClient
+) -> None:
+    """`mizzen run x -i -t --rm -- sh` on a local terminal (a pty): the process's shell
+    is on a terminal of its own (`tty`: /dev/pts/N) of the local size, a SIGWINCH
+    forwards the new size, `exit 3` is the CLI's exit code and the pod is gone."""
+    master, slave = os.openpty()
+    _set_size(slave, 20, 70)
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "mizzen", "run", "shell", "-n", NS, "-i", "-t", "--rm", "--", "sh"],
+        stdin=slave, stdout=slave, stderr=slave, cwd=REPO_ROOT, env=env(cluster),
+        start_new_session=True,
+    )  # fmt: skip
+    os.close(slave)
+    seen = bytearray()
+    try:
+        _read_until(master, b"# ", seen)  # the remote shell's prompt (root)
+        os.write(master, b"stty size\n")
+        _read_until(master, b"20 70", seen)
+        _set_size(master, 25, 90)
+        cli.send_signal(signal.SIGWINCH)
+        # the CLI reads the signal and the typed line on one event loop, in either
+        # order: ask again until the resize has reached the remote terminal
+        deadline = time.monotonic() + 30
+        while b"25 90" not in seen:
+            assert time.monotonic() < deadline, f"no b'25 90' in {bytes(seen)!r}"
+            os.write(master, b"stty size\n")
+            answer = bytearray()
+            _read_until(master, b"# ", answer)  # the answer, up to the next prompt
+            seen += answer
+        os.write(master, b"echo $((6*7)); tty; exit 3\n")
+        _read_until(master, re.compile(rb"42\r\n/dev/pts/\d+"), seen)
+        assert cli.wait(60) == 3, bytes(seen)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+            cli.wait(10)
+        os.close(master)
+    await gone(client, "shell")
 
 
 @pytest.mark.timeout(90)

@@ -269,6 +269,15 @@ POD_CASES = [
         [],
     ),
     ("pod", lambda o: setattr(_proc(o), "stdin_once", True), [f"{P0}.stdinOnce"]),
+    (
+        "pod",
+        _many(
+            lambda o: setattr(_proc(o), "stdin", True),
+            lambda o: setattr(_proc(o), "tty", True),
+        ),
+        [],
+    ),
+    ("pod", lambda o: setattr(_proc(o), "tty", True), [f"{P0}.tty"]),
     # ports
     ("pod", lambda o: _proc(o).ports.add(name="http", port=65535, protocol="TCP"), []),
     ("pod", lambda o: _proc(o).ports.add(port=0), [f"{P0}.ports[0].port"]),
