@@ -321,16 +321,18 @@ class Output:
             namespace=self.namespace, pod=self.name, process=self.process, follow=follow
         )
         skip, self.shown = self.shown, 0
-        await stream_logs(
-            address,
-            node,
-            request,
-            self.timeout,
-            self.client.credentials,
-            skip=skip,
-            written=self._count,
-        )
-        self.shown += skip
+        try:
+            await stream_logs(
+                address,
+                node,
+                request,
+                self.timeout,
+                self.client.credentials,
+                skip=skip,
+                written=self._count,
+            )
+        finally:  # also when cancelled (the pod ended): rest() goes on from here
+            self.shown += skip
 
     async def follow(self, watch: PodWatch) -> None:
         """Follow each instance in turn until cancelled (a restart ends a follow)."""
@@ -471,7 +473,8 @@ async def follow_pod(client: ObjectsClient, pod: pb.Pod, args: argparse.Namespac
                 ended.cancel()
                 follower.result()  # raises the agent's error
             follower.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            # the pod ended: how the follow stopped does not matter, rest() reads the rest
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await follower
         if watch.deleted:
             raise CommandError(f'pod "{pod.metadata.namespace}/{pod.metadata.name}" was deleted')

@@ -288,7 +288,9 @@ async def test_the_live_file_follows_pods_dying_and_coming_back(
         what="db's endpoint in the consumer's file",
     )
     first = doc["endpoints"][0]["pod"]
-    inode = live.stat().st_ino
+    # held open, so its inode cannot be reused by the file that replaces it
+    old = live.open("rb")
+    before = old.read()
 
     pods = (await client.list("pods", NS, label_selector="app=db")).items
     for p in pods:
@@ -299,7 +301,12 @@ async def test_the_live_file_follows_pods_dying_and_coming_back(
         timeout=30,
         what="no ready db endpoint in the file",
     )
-    assert live.stat().st_ino != inode, "replaced by a rename"
+    try:
+        assert live.stat().st_ino != os.fstat(old.fileno()).st_ino, "replaced by a rename"
+        old.seek(0)
+        assert old.read() == before, "the replaced file was not written in place"
+    finally:
+        old.close()
     doc = await eventually(
         lambda: asyncio.to_thread(read_json, live),
         lambda d: (
