@@ -596,9 +596,3 @@ def lock_election_ranges(method: str, request: Any) -> Iterator[tuple[str, bytes
     elif name in ("Leader", "Observe"):
         prefix = request.name + b"/"
         yield "read", prefix, prefix_end(prefix)
-
-
-def etcd_key_ranges(method: str, request: Any) -> list[tuple[str, bytes, bytes]]:
-    """Every (verb, key, range_end) an etcd user needs for a KV, Watch, Lock or
-    Election request (LeaseRevoke's keys are read from the state instead)."""
-    return list(key_ranges(method, request))

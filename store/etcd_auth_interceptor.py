@@ -11,7 +11,7 @@ none while auth is off). With it on, each raw etcd method is one of:
 * keys — Range, Put, DeleteRange, Txn, Watch (each create), LeaseRevoke (every
   key of the lease), Lock and Election: the user's roles must grant the verb
   on every key range the request touches (``store/authz.py``
-  ``etcd_key_ranges``);
+  ``key_ranges``);
 * root — the Auth service's admin methods (UserGet of oneself and RoleGet of
   one's own role excepted), Cluster's member changes, Maintenance's Hash,
   HashKV, Snapshot, Defragment and MoveLeader.
@@ -55,7 +55,7 @@ from mizzen.security.tls import AUTHORIZATION, BEARER
 from protos import rpc_pb2
 
 from . import etcd_auth
-from .authz import LEADER_PREFIX, LOCK_ELECTION_METHODS, etcd_key_ranges, within
+from .authz import LEADER_PREFIX, LOCK_ELECTION_METHODS, key_ranges, within
 from .errors import StoreError
 from .node import StoreNode
 from .state_machine import StateMachine
@@ -152,7 +152,7 @@ def decide(
         if method == REVOKE:
             ranges = [("write", k, b"") for k in lease_keys]
         else:
-            ranges = etcd_key_ranges(method, request)
+            ranges = list(key_ranges(method, request))
         return None if etcd_auth.permitted(sm, name, ranges) else etcd_auth.DENIED
     if method == AUTH + "UserGet" and request.name == name:
         return None
@@ -169,7 +169,7 @@ def anonymous_allowed(method: str, request: Any, lease_keys: list[bytes]) -> boo
         return all(within(k, b"", LEADER_PREFIX) for k in lease_keys)
     if method not in KEYS or method in LOCK_ELECTION_METHODS:
         return False
-    ranges = etcd_key_ranges(method, request)
+    ranges = list(key_ranges(method, request))
     return bool(ranges) and all(within(k, end, LEADER_PREFIX) for _, k, end in ranges)
 
 
